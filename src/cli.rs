@@ -1,0 +1,94 @@
+//! Command-line definitions (clap derive). No logic here: `commands` turns
+//! these into work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "seedconv", version, about = "Measure how language models trained under different random seeds converge and diverge over training")]
+pub struct Cli {
+    /// Pipeline file; relative paths in it resolve against its folder.
+    #[arg(short, long, global = true, default_value = "pipeline.toml")]
+    pub config: PathBuf,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail (repeat for debug output).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run what is stale (all stages, or the named ones and their upstream), in order.
+    Run(RunArgs),
+    /// Every instance: fresh, stale (with the reason) or missing; a summary per stage.
+    Status,
+    /// Paths of a stage's current artefacts, one per line, or their Parquet schemas.
+    Show(ShowArgs),
+    /// Re-hash every stored artefact against its manifest; report corrupted ones.
+    Verify,
+    /// Remove store entries that no current plan references.
+    Gc(GcArgs),
+    /// Print the fully resolved configuration.
+    Config,
+    /// Check the environment: ONNX Runtime library, store, cores.
+    Doctor,
+    /// Benchmarks that print a table.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Stages to bring up to date (default: all).
+    pub stages: Vec<String>,
+    /// Recompute this stage's instances even if fresh (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Print each instance that would run, and why; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Instances run at once (default: number of cores).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub stage: String,
+    /// Print each Parquet file's schema and metadata instead of its path.
+    #[arg(long)]
+    pub schema: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// Engine overhead: no-op run over a synthetic plan, and input hashing throughput.
+    Engine {
+        /// Instances (and input files) in the synthetic plan.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+        /// Size of the file whose hashing throughput is measured, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        hash_mib: usize,
+        /// Scratch folder (default: a temp folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}

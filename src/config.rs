@@ -1,0 +1,436 @@
+//! The typed pipeline configuration (`pipeline.toml`).
+//!
+//! Parsing happens in two passes so that every error can name the file, the
+//! key path and the line: serde (through `serde_path_to_error`) catches syntax
+//! errors, unknown keys and wrong types; `validate` then checks values that
+//! types cannot express (an odd window, a missing input file). Relative paths
+//! resolve against the folder of the config file, never the working directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+pub const DEFAULT_CONFIG: &str = "pipeline.toml";
+
+/// The whole pipeline, as written in `pipeline.toml` with defaults filled in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub train_corpus: TrainCorpusConfig,
+    #[serde(default)]
+    pub tokenizer: TokenizerConfig,
+    pub corpus: CorpusConfig,
+    #[serde(default)]
+    pub frequency: FrequencyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Artefact store folder.
+    #[serde(default = "default_store_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: default_store_dir(),
+        }
+    }
+}
+
+fn default_store_dir() -> PathBuf {
+    PathBuf::from("stages")
+}
+
+/// Text formats seedconv reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextFormat {
+    /// Decide from the file extension (`.txt`, `.jsonl`, `.conllu`).
+    Auto,
+    /// One document per line; blank lines are skipped.
+    Txt,
+    /// The whole file is one text whose documents are separated by the
+    /// tokenizer's EOS literal (`<|endoftext|>`), as in the paper's sample.
+    Raw,
+    /// One JSON object per line; the document is its `text_field`.
+    Jsonl,
+    /// CoNLL-U: documents from `# newdoc`, text from `# text`.
+    Conllu,
+}
+
+/// Training text shared by the tokenizer trainer, the frequency counts and
+/// (later) the built-in model trainer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainCorpusConfig {
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    #[serde(default = "default_format")]
+    pub format: TextFormat,
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+}
+
+impl Default for TrainCorpusConfig {
+    fn default() -> Self {
+        TrainCorpusConfig {
+            files: Vec::new(),
+            format: default_format(),
+            text_field: default_text_field(),
+        }
+    }
+}
+
+fn default_format() -> TextFormat {
+    TextFormat::Auto
+}
+fn default_text_field() -> String {
+    "text".into()
+}
+
+/// Either an existing `tokenizer.json` (`path`) or a byte-level BPE trained on
+/// the training corpus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// An existing Hugging Face `tokenizer.json`; when set, nothing is trained.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+    /// Document separator, also used as BOS and EOS (Pythia's convention).
+    #[serde(default = "default_eos")]
+    pub eos_token: String,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            path: None,
+            vocab_size: default_vocab_size(),
+            min_frequency: default_min_frequency(),
+            eos_token: default_eos(),
+        }
+    }
+}
+
+fn default_vocab_size() -> usize {
+    4096
+}
+fn default_min_frequency() -> u64 {
+    2
+}
+fn default_eos() -> String {
+    "<|endoftext|>".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorpusMode {
+    /// The paper's protocol: one token stream, sliding windows with stride W/2.
+    Stream,
+    /// Each document is its own sequence, windowed at W.
+    Documents,
+}
+
+/// The evaluation text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_format")]
+    pub format: TextFormat,
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    #[serde(default = "default_mode")]
+    pub mode: CorpusMode,
+    /// Window length W in tokens (the model's context); stride is W/2.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Keep only the first N documents (0 = all).
+    #[serde(default)]
+    pub max_documents: usize,
+}
+
+fn default_mode() -> CorpusMode {
+    CorpusMode::Stream
+}
+fn default_window() -> usize {
+    2048
+}
+
+/// Token counts for frequency bins and the unigram baseline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyConfig {
+    /// Files to count; empty means the training corpus.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    #[serde(default = "default_format")]
+    pub format: TextFormat,
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+}
+
+impl Default for FrequencyConfig {
+    fn default() -> Self {
+        FrequencyConfig {
+            files: Vec::new(),
+            format: default_format(),
+            text_field: default_text_field(),
+        }
+    }
+}
+
+/// A loaded configuration with the file it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The config file as given.
+    pub file: PathBuf,
+    /// Folder that relative paths resolve against.
+    pub root: PathBuf,
+}
+
+impl Loaded {
+    pub fn store_dir(&self) -> PathBuf {
+        self.config.store.dir.clone()
+    }
+    /// Display form of the config file name used in messages.
+    pub fn file_name(&self) -> String {
+        self.file.display().to_string()
+    }
+}
+
+/// Load, resolve and validate a config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        file: file.clone(),
+        source: e,
+    })?;
+    let mut config = parse(&raw, &file)?;
+    let root = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    resolve_paths(&mut config, &root, &file, &raw)?;
+    let loaded = Loaded {
+        config,
+        file: path.to_path_buf(),
+        root,
+    };
+    validate(&loaded, &raw)?;
+    Ok(loaded)
+}
+
+/// Parse TOML text into a `Config`, turning serde errors into messages with
+/// key path, line and a suggestion.
+pub fn parse(raw: &str, file: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::parse(raw).map_err(|e| ConfigError::Syntax {
+        file: file.to_string(),
+        line: e.span().map(|s| line_of(raw, s.start)).unwrap_or(0),
+        message: e.message().to_string(),
+    })?;
+    serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner();
+        let line = inner.span().map(|s| line_of(raw, s.start)).unwrap_or(0);
+        let msg = inner.message();
+        if let Some(rest) = msg.strip_prefix("unknown field `") {
+            let name = rest.split('`').next().unwrap_or("").to_string();
+            let expected: Vec<String> = rest
+                .split("expected ")
+                .nth(1)
+                .unwrap_or("")
+                .split('`')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| s.to_string())
+                .collect();
+            // serde_path_to_error stops at the table holding the unknown key.
+            let key = if path == "." || path.is_empty() {
+                name.clone()
+            } else if path.ends_with(&name) {
+                path.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            let suggestion = expected
+                .iter()
+                .map(|c| (strsim::levenshtein(&name, c), c))
+                .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+                .min()
+                .map(|(_, c)| format!(" — did you mean {c}?"))
+                .unwrap_or_else(|| format!(" — expected one of: {}", expected.join(", ")));
+            ConfigError::UnknownKey {
+                file: file.to_string(),
+                line,
+                key,
+                suggestion,
+            }
+        } else {
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                key: if path == "." { "(top level)".into() } else { path },
+                message: msg.to_string(),
+            }
+        }
+    })
+}
+
+/// 1-based line number of a byte offset.
+pub fn line_of(raw: &str, offset: usize) -> usize {
+    raw[..offset.min(raw.len())].matches('\n').count() + 1
+}
+
+/// Line of a dotted key in the TOML source, for validation errors.
+pub fn line_of_key(raw: &str, key: &str) -> usize {
+    let Ok(doc) = toml::de::DeTable::parse(raw) else {
+        return 0;
+    };
+    let mut table = doc.get_ref();
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part) else {
+            return 0;
+        };
+        if i + 1 == parts.len() {
+            return line_of(raw, k.span().start);
+        }
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return line_of(raw, k.span().start),
+        }
+    }
+    0
+}
+
+fn resolve(root: &Path, p: &mut PathBuf) {
+    if p.is_relative() {
+        *p = root.join(&*p);
+    }
+}
+
+/// Resolve a file list against `root`, expanding glob patterns (sorted).
+fn resolve_list(root: &Path, list: &mut Vec<PathBuf>, key: &str, file: &str, raw: &str) -> Result<(), ConfigError> {
+    let mut out = Vec::new();
+    for p in list.iter() {
+        let mut p = p.clone();
+        resolve(root, &mut p);
+        let s = p.to_string_lossy();
+        if !s.contains(['*', '?', '[']) {
+            out.push(p);
+            continue;
+        }
+        let bad = |message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            line: line_of_key(raw, key),
+            key: key.to_string(),
+            message,
+        };
+        let mut matched: Vec<PathBuf> = glob::glob(&s)
+            .map_err(|e| bad(format!("bad pattern {s}: {e}")))?
+            .flatten()
+            .filter(|p| p.is_file())
+            .collect();
+        if matched.is_empty() {
+            return Err(bad(format!("pattern {s} matches no file")));
+        }
+        matched.sort();
+        out.extend(matched);
+    }
+    *list = out;
+    Ok(())
+}
+
+fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(), ConfigError> {
+    resolve(root, &mut c.store.dir);
+    resolve_list(root, &mut c.train_corpus.files, "train_corpus.files", file, raw)?;
+    if let Some(p) = c.tokenizer.path.as_mut() {
+        resolve(root, p);
+    }
+    resolve(root, &mut c.corpus.path);
+    resolve_list(root, &mut c.frequency.files, "frequency.files", file, raw)
+}
+
+fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
+    let c = &l.config;
+    let bad = |key: &str, message: String| ConfigError::Invalid {
+        file: l.file_name(),
+        line: line_of_key(raw, key),
+        key: key.to_string(),
+        message,
+    };
+    let missing = |key: &str, p: &Path| {
+        if p.is_file() {
+            Ok(())
+        } else {
+            Err(bad(key, format!("input file {} does not exist", p.display())))
+        }
+    };
+    if c.corpus.window < 2 || c.corpus.window % 2 != 0 {
+        return Err(bad(
+            "corpus.window",
+            format!("must be an even number ≥ 2 (got {})", c.corpus.window),
+        ));
+    }
+    missing("corpus.path", &c.corpus.path)?;
+    for p in &c.train_corpus.files {
+        missing("train_corpus.files", p)?;
+    }
+    for p in &c.frequency.files {
+        missing("frequency.files", p)?;
+    }
+    match &c.tokenizer.path {
+        Some(p) => missing("tokenizer.path", p)?,
+        None => {
+            if c.train_corpus.files.is_empty() {
+                return Err(bad(
+                    "tokenizer",
+                    "no tokenizer.path and no train_corpus.files to train one on".into(),
+                ));
+            }
+            if c.tokenizer.vocab_size < 260 {
+                return Err(bad(
+                    "tokenizer.vocab_size",
+                    format!(
+                        "must be ≥ 260 (256 bytes + special tokens), got {}",
+                        c.tokenizer.vocab_size
+                    ),
+                ));
+            }
+        }
+    }
+    if c.frequency.files.is_empty() && c.train_corpus.files.is_empty() {
+        return Err(bad(
+            "frequency.files",
+            "empty, and there is no train_corpus.files to count instead".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The fully resolved configuration as TOML (for `seedconv config`).
+pub fn render(c: &Config) -> String {
+    toml::to_string_pretty(c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+}

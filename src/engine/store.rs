@@ -1,0 +1,428 @@
+//! The artefact store: `<store>/<stage>/<key>/` entries with a `manifest.json`.
+//!
+//! Invariants that make crashes harmless:
+//! - an entry is trusted only if its `manifest.json` parses, names the same
+//!   stage and key, and every output it lists has the recorded hash;
+//! - outputs are written into `.tmp-<key>-<pid>/`, fsynced, renamed into
+//!   place, and the manifest is written (atomically) last;
+//! - each entry is computed under its own lock file `<key>.lock`, held with
+//!   `flock`, which the kernel releases when the holder dies (even kill -9),
+//!   and which the holder deletes before unlocking;
+//! - `<stage>/current` is a symlink swapped atomically to a view folder of
+//!   symlinks, so readers (DuckDB, polars) never see a half-updated set.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::hashcache::{hash_file, HashCache, Stamp};
+use crate::error::EngineError;
+
+pub const MANIFEST: &str = "manifest.json";
+const INDEX: &str = "index.json";
+
+/// What a cache key is made of. Its canonical JSON (sorted maps) is hashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ingredients {
+    pub stage: String,
+    pub version: u32,
+    pub params: serde_json::Value,
+    /// Input name → blake3 of its content (paths are not part of the key, so
+    /// moving a project keeps its cache).
+    pub inputs: BTreeMap<String, String>,
+    /// Upstream instance id → its output hash (early cutoff).
+    pub upstream: BTreeMap<String, String>,
+}
+
+impl Ingredients {
+    pub fn key(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("ingredients serialise");
+        blake3::hash(&bytes).to_hex()[..32].to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub blake3: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub seedconv_version: String,
+    pub stage: String,
+    pub label: String,
+    pub key: String,
+    pub ingredients: Ingredients,
+    /// Input name → path it was read from (informational, not in the key).
+    pub input_paths: BTreeMap<String, PathBuf>,
+    pub outputs: BTreeMap<String, OutputFile>,
+    /// blake3 over `outputs`; what downstream keys depend on.
+    pub output_hash: String,
+    pub started_unix: f64,
+    pub seconds: f64,
+    pub pid: u32,
+    /// Stage-specific facts (e.g. row counts, validation errors).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+pub fn output_hash(outputs: &BTreeMap<String, OutputFile>) -> String {
+    blake3::hash(&serde_json::to_vec(outputs).expect("outputs serialise"))
+        .to_hex()
+        .to_string()
+}
+
+/// The state of one entry on disk.
+#[derive(Debug)]
+pub enum EntryState {
+    Valid(Box<Manifest>),
+    /// No entry folder.
+    Absent,
+    /// Folder without a readable manifest (an interrupted write).
+    NoManifest,
+    /// Manifest present but an output is missing or differs.
+    Corrupt(String),
+}
+
+pub struct Store {
+    pub root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique temporary sibling name for `path`.
+pub fn tmp_sibling(path: &Path) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Write a small file atomically: temp file, fsync, rename, fsync folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    let tmp = tmp_sibling(path);
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map_err(|e| EngineError::io(path, e))
+}
+
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Exclusive per-entry lock. Dropping it deletes the lock file, then unlocks.
+pub struct EntryLock {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl EntryLock {
+    /// Block until the lock is ours. The lock file may be deleted by the
+    /// previous holder between our open and our flock; then we hold a lock on
+    /// an orphaned inode and must retry on the new file.
+    pub fn acquire(path: &Path) -> Result<EntryLock, EngineError> {
+        loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(|e| EngineError::io(path, e))?;
+            file.lock().map_err(|e| EngineError::io(path, e))?;
+            if Self::still_current(&file, path) {
+                return Ok(EntryLock {
+                    file: Some(file),
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    /// Non-blocking variant: `None` when another process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<EntryLock>, EngineError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| EngineError::io(path, e))?;
+        match file.try_lock() {
+            Ok(()) if Self::still_current(&file, path) => Ok(Some(EntryLock {
+                file: Some(file),
+                path: path.to_path_buf(),
+            })),
+            Ok(()) => Ok(None),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(EngineError::io(path, e)),
+        }
+    }
+
+    fn still_current(file: &File, path: &Path) -> bool {
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+}
+
+impl Drop for EntryLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.file.take());
+    }
+}
+
+/// Shared/exclusive lock on a stage folder, for the index read-modify-write.
+/// Locks a folder, not a file, so nothing is left behind.
+struct DirLock(#[allow(dead_code)] File);
+
+impl DirLock {
+    fn exclusive(dir: &Path) -> Result<DirLock, EngineError> {
+        let f = File::open(dir).map_err(|e| EngineError::io(dir, e))?;
+        f.lock().map_err(|e| EngineError::io(dir, e))?;
+        Ok(DirLock(f))
+    }
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn stage_dir(&self, stage: &str) -> PathBuf {
+        self.root.join(stage)
+    }
+    pub fn entry_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.stage_dir(stage).join(key)
+    }
+    pub fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
+        self.stage_dir(stage).join(format!("{key}.lock"))
+    }
+
+    pub fn read_manifest(&self, stage: &str, key: &str) -> Option<Manifest> {
+        let p = self.entry_dir(stage, key).join(MANIFEST);
+        let m: Manifest = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
+        (m.stage == stage && m.key == key).then_some(m)
+    }
+
+    /// Check an entry. Output hashes come from the memo, so this is cheap
+    /// unless a file was touched since it was last hashed.
+    pub fn check(&self, stage: &str, key: &str, memo: &HashCache) -> EntryState {
+        let dir = self.entry_dir(stage, key);
+        if !dir.is_dir() {
+            return EntryState::Absent;
+        }
+        let Some(m) = self.read_manifest(stage, key) else {
+            return EntryState::NoManifest;
+        };
+        for (name, out) in &m.outputs {
+            let p = dir.join(name);
+            match memo.hash(&p) {
+                Ok(h) if h == out.blake3 => {}
+                Ok(_) => return EntryState::Corrupt(format!("output {name} differs from its manifest hash")),
+                Err(_) => return EntryState::Corrupt(format!("output {name} is missing")),
+            }
+        }
+        EntryState::Valid(Box::new(m))
+    }
+
+    /// A fresh temporary folder for computing `key`; stale ones from killed
+    /// runs are removed (the caller holds the entry lock).
+    pub fn fresh_tmp(&self, stage: &str, key: &str) -> Result<PathBuf, EngineError> {
+        let sdir = self.stage_dir(stage);
+        let prefix = format!(".tmp-{key}-");
+        if let Ok(rd) = fs::read_dir(&sdir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let tmp = sdir.join(format!("{prefix}{}", std::process::id()));
+        fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+        Ok(tmp)
+    }
+
+    /// Hash and fsync every file a job wrote into `tmp`.
+    pub fn seal_outputs(
+        &self,
+        tmp: &Path,
+    ) -> Result<(BTreeMap<String, OutputFile>, Vec<(String, Stamp)>), EngineError> {
+        let mut outputs = BTreeMap::new();
+        let mut stamps = Vec::new();
+        let mut names: Vec<String> = fs::read_dir(tmp)
+            .map_err(|e| EngineError::io(tmp, e))?
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n != MANIFEST)
+            .collect();
+        names.sort();
+        for name in names {
+            let p = tmp.join(&name);
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| EngineError::io(&p, e))?;
+            let meta = fs::metadata(&p).map_err(|e| EngineError::io(&p, e))?;
+            let hash = hash_file(&p)?;
+            stamps.push((name.clone(), Stamp::of(&meta)));
+            outputs.insert(
+                name,
+                OutputFile {
+                    blake3: hash,
+                    bytes: meta.len(),
+                },
+            );
+        }
+        Ok((outputs, stamps))
+    }
+
+    /// Move a sealed temp folder into place and write its manifest last.
+    pub fn commit(
+        &self,
+        tmp: &Path,
+        manifest: &Manifest,
+        stamps: &[(String, Stamp)],
+        memo: &HashCache,
+    ) -> Result<(), EngineError> {
+        let dir = self.entry_dir(&manifest.stage, &manifest.key);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+        }
+        fs::rename(tmp, &dir).map_err(|e| EngineError::io(&dir, e))?;
+        let sdir = self.stage_dir(&manifest.stage);
+        sync_dir(&sdir).map_err(|e| EngineError::io(&sdir, e))?;
+        let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        write_atomic(&dir.join(MANIFEST), &bytes)?;
+        for (name, stamp) in stamps {
+            memo.remember(&dir.join(name), *stamp, &manifest.outputs[name].blake3);
+        }
+        Ok(())
+    }
+
+    pub fn read_index(&self, stage: &str) -> BTreeMap<String, String> {
+        fs::read(self.stage_dir(stage).join(INDEX))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Record which entry is current for each label of a stage and refresh
+    /// the `current` view. `retain`, when given, drops labels not in it.
+    pub fn update_index(
+        &self,
+        stage: &str,
+        updates: &BTreeMap<String, String>,
+        retain: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<(), EngineError> {
+        let sdir = self.stage_dir(stage);
+        fs::create_dir_all(&sdir).map_err(|e| EngineError::io(&sdir, e))?;
+        let _guard = DirLock::exclusive(&sdir)?;
+        let old = self.read_index(stage);
+        let mut index = old.clone();
+        index.extend(updates.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(keep) = retain {
+            index.retain(|label, _| keep.contains(label));
+        }
+        let current = sdir.join("current");
+        if index == old && current.exists() {
+            return Ok(());
+        }
+        write_atomic(
+            &sdir.join(INDEX),
+            &serde_json::to_vec_pretty(&index).expect("index serialises"),
+        )?;
+        self.write_view(stage, &index)
+    }
+
+    fn write_view(&self, stage: &str, index: &BTreeMap<String, String>) -> Result<(), EngineError> {
+        let sdir = self.stage_dir(stage);
+        let mut links: BTreeMap<String, String> = BTreeMap::new();
+        for (label, key) in index {
+            let Some(m) = self.read_manifest(stage, key) else {
+                continue;
+            };
+            for name in m.outputs.keys() {
+                let view_name = if label.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{label}.{name}")
+                };
+                links.insert(view_name, format!("../../{key}/{name}"));
+            }
+        }
+        let vhash = blake3::hash(&serde_json::to_vec(&links).expect("links serialise")).to_hex();
+        let views = sdir.join(".views");
+        let view = views.join(&vhash[..16]);
+        if !view.is_dir() {
+            let tmp = tmp_sibling(&view);
+            fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+            for (name, target) in &links {
+                std::os::unix::fs::symlink(target, tmp.join(name))
+                    .map_err(|e| EngineError::io(tmp.join(name), e))?;
+            }
+            if let Err(e) = fs::rename(&tmp, &view) {
+                let _ = fs::remove_dir_all(&tmp);
+                if !view.is_dir() {
+                    return Err(EngineError::io(&view, e));
+                }
+            }
+        }
+        let link = sdir.join("current");
+        let tmp_link = tmp_sibling(&link);
+        std::os::unix::fs::symlink(format!(".views/{}", &vhash[..16]), &tmp_link)
+            .map_err(|e| EngineError::io(&tmp_link, e))?;
+        fs::rename(&tmp_link, &link).map_err(|e| EngineError::io(&link, e))?;
+        sync_dir(&sdir).map_err(|e| EngineError::io(&sdir, e))
+    }
+
+    /// The view folder `current` points at, if any.
+    pub fn current_view(&self, stage: &str) -> Option<PathBuf> {
+        let link = self.stage_dir(stage).join("current");
+        let target = fs::read_link(&link).ok()?;
+        Some(self.stage_dir(stage).join(target))
+    }
+
+    /// Stage folders present in the store.
+    pub fn stages(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Entry keys (folders that are not temp/view folders) of a stage.
+    pub fn entries(&self, stage: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.stage_dir(stage))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}

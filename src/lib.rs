@@ -1,0 +1,17 @@
+//! seedconv: how language models trained under different random seeds
+//! converge and diverge over training (Fehlauer, Mahowald, Pimentel, 2025).
+//!
+//! Layout: `config` (typed `pipeline.toml`), `engine` (content-addressed,
+//! incremental stage runner that knows nothing of language models), `stages`
+//! (the science, one module per stage), `cli`/`commands` (the thin CLI).
+
+pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod ortlib;
+pub mod stages;
+pub mod table;
+pub mod text;

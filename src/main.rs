@@ -1,0 +1,75 @@
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use seedconv::cli::{BenchWhat, Cli, Command};
+use seedconv::commands::{self, Session};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(cli.quiet, cli.verbose);
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        // First Ctrl-C: stop starting instances and let running ones abort
+        // cleanly (their temp folders are removed). Second: exit at once;
+        // nothing half-written is ever trusted, so that is safe too.
+        let cancel = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("interrupt: finishing cleanly (Ctrl-C again to exit now)");
+        });
+    }
+    if let Err(e) = dispatch(&cli, cancel) {
+        let code = commands::exit_code(&e);
+        if !matches!(e.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+            eprintln!("error: {e:#}");
+            std::process::exit(code);
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run(args) => commands::run(&Session::open(&cli.config, cancel)?, args, cli.quiet),
+        Command::Status => commands::status(&Session::open(&cli.config, cancel)?),
+        Command::Show(args) => commands::show(&Session::open(&cli.config, cancel)?, args),
+        Command::Verify => commands::verify(&Session::open(&cli.config, cancel)?),
+        Command::Gc(args) => commands::gc(&Session::open(&cli.config, cancel)?, args),
+        Command::Config => commands::show_config(&seedconv::config::load(&cli.config)?),
+        Command::Doctor => commands::doctor(&cli.config),
+        Command::Bench(b) => match &b.what {
+            BenchWhat::Engine { instances, hash_mib, dir } => {
+                seedconv::bench::engine(*instances, *hash_mib, dir.as_deref())
+            }
+        },
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    // ort logs through tracing; keep its chatter below our own level.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEEDCONV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},ort=warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,69 @@
+//! Finding and loading the ONNX Runtime shared library.
+//!
+//! seedconv uses `ort` with `load-dynamic`: nothing is linked or downloaded
+//! at build time. The library comes from the PyPI `onnxruntime` wheel
+//! (`scripts/fetch_ort.py`) and is found, in order, at `$ORT_DYLIB_PATH`, at
+//! `.ort/libonnxruntime.so` in the working folder or one of its ancestors,
+//! and at `.ort/` in the source tree the binary was built from.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+/// The ONNX Runtime version this build expects (`ort` feature `api-31`).
+pub const ORT_VERSION: &str = "1.31.1";
+pub const FIX: &str = "python3 scripts/fetch_ort.py (in the seedconv source folder), or set ORT_DYLIB_PATH=/path/to/libonnxruntime.so.1.31.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrtLibError {
+    #[error("ONNX Runtime library not found (ORT_DYLIB_PATH unset, no .ort/libonnxruntime.so); fix: {FIX}")]
+    NotFound,
+    #[error("ORT_DYLIB_PATH={0} does not exist; fix: {FIX}")]
+    EnvMissing(String),
+    #[error("cannot use ONNX Runtime at {path}: {message}; fix: {FIX}")]
+    Load { path: String, message: String },
+}
+
+/// Where the library would be loaded from.
+pub fn locate() -> Result<PathBuf, OrtLibError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(OrtLibError::EnvMissing(p.display().to_string()))
+        };
+    }
+    let rel = Path::new(".ort").join("libonnxruntime.so");
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            if dir.join(&rel).exists() {
+                return Ok(dir.join(&rel));
+            }
+        }
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel);
+    if built.exists() {
+        return Ok(built);
+    }
+    Err(OrtLibError::NotFound)
+}
+
+/// Load the library once per process and return its path and build info.
+pub fn init() -> Result<(PathBuf, String), OrtLibError> {
+    let path = locate()?;
+    let load_err = |message: String| OrtLibError::Load {
+        path: path.display().to_string(),
+        message: message.replace('\n', " "),
+    };
+    if ENV.get().is_none() {
+        let env = ort::init_from(&path)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_name("seedconv")
+            .build()
+            .map_err(|e| load_err(e.to_string()))?;
+        let _ = ENV.set(env);
+    }
+    Ok((path.clone(), ort::info().to_string()))
+}

@@ -1,0 +1,180 @@
+//! `tokenizer`: the suite's `tokenizer.json`, either trained here (byte-level
+//! BPE, as GPT-NeoX/Pythia) on the training corpus or copied from a given
+//! file after checking it loads. Downstream stages always read it from this
+//! stage's entry, so both routes look the same to them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::json;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+
+use crate::config::{Loaded, TextFormat};
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::table;
+use crate::text;
+
+pub const NAME: &str = "tokenizer";
+pub const VERSION: u32 = 1;
+pub const FILE: &str = "tokenizer.json";
+/// Pythia's second special token, kept for id-compatible layouts.
+const PAD: &str = "<|padding|>";
+
+pub fn instances(l: &Loaded) -> Vec<Instance> {
+    let c = &l.config;
+    match &c.tokenizer.path {
+        Some(p) => vec![Instance {
+            stage: NAME,
+            version: VERSION,
+            label: String::new(),
+            params: json!({ "mode": "file", "eos_token": c.tokenizer.eos_token }),
+            inputs: vec![("tokenizer.path".into(), p.clone())],
+            deps: vec![],
+            job: Box::new(CopyJob {
+                path: p.clone(),
+                eos: c.tokenizer.eos_token.clone(),
+            }),
+        }],
+        None => {
+            let files = c.train_corpus.files.clone();
+            vec![Instance {
+                stage: NAME,
+                version: VERSION,
+                label: String::new(),
+                params: json!({
+                    "mode": "train",
+                    "vocab_size": c.tokenizer.vocab_size,
+                    "min_frequency": c.tokenizer.min_frequency,
+                    "eos_token": c.tokenizer.eos_token,
+                    "format": c.train_corpus.format,
+                    "text_field": c.train_corpus.text_field,
+                }),
+                inputs: files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("train_corpus.files[{i}]"), p.clone()))
+                    .collect(),
+                deps: vec![],
+                job: Box::new(TrainJob {
+                    files,
+                    format: c.train_corpus.format,
+                    text_field: c.train_corpus.text_field.clone(),
+                    vocab_size: c.tokenizer.vocab_size,
+                    min_frequency: c.tokenizer.min_frequency,
+                    eos: c.tokenizer.eos_token.clone(),
+                }),
+            }]
+        }
+    }
+}
+
+/// Load the tokenizer an upstream `tokenizer` entry holds.
+pub fn load_upstream(ctx: &JobCtx) -> Result<(Tokenizer, PathBuf), StageError> {
+    let path = ctx.upstream(NAME, "")?.join(FILE);
+    let tok = load(&path)?;
+    Ok((tok, path))
+}
+
+pub fn load(path: &Path) -> Result<Tokenizer, StageError> {
+    Tokenizer::from_file(path).map_err(|e| StageError::input(path, format!("not a usable tokenizer.json: {e}")))
+}
+
+/// Id of the EOS/separator token, or an error naming the tokenizer file.
+pub fn eos_id(tok: &Tokenizer, eos: &str, path: &Path) -> Result<u32, StageError> {
+    tok.token_to_id(eos)
+        .ok_or_else(|| StageError::input(path, format!("has no token {eos:?} (tokenizer.eos_token)")))
+}
+
+struct CopyJob {
+    path: PathBuf,
+    eos: String,
+}
+
+impl Job for CopyJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let tok = load(&self.path)?;
+        eos_id(&tok, &self.eos, &self.path)?;
+        let out = ctx.out.join(FILE);
+        std::fs::copy(&self.path, &out).map_err(|e| StageError::io(&out, e))?;
+        write_vocab(ctx.out, &tok)
+    }
+}
+
+struct TrainJob {
+    files: Vec<PathBuf>,
+    format: TextFormat,
+    text_field: String,
+    vocab_size: usize,
+    min_frequency: u64,
+    eos: String,
+}
+
+impl Job for TrainJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let mut docs = Vec::new();
+        for f in &self.files {
+            ctx.check_cancel()?;
+            docs.extend(text::read_documents(f, self.format, &self.text_field, &self.eos)?.into_iter().map(|d| d.text));
+        }
+        let mut trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(self.vocab_size)
+            .min_frequency(self.min_frequency)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(vec![
+                AddedToken::from(self.eos.clone(), true),
+                AddedToken::from(PAD.to_string(), true),
+            ])
+            .build();
+        // add_prefix_space = false, trim_offsets = false: offsets keep the
+        // leading space, which the paper's PoS mapping counts as untagged.
+        let byte_level = ByteLevel::new(false, false, true);
+        let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
+            .with_model(BPE::default())
+            .with_normalizer(None)
+            .with_pre_tokenizer(Some(byte_level.into()))
+            .with_post_processor(Some(byte_level.into()))
+            .with_decoder(Some(byte_level.into()))
+            .build()
+            .map_err(|e| StageError::Other(format!("building tokenizer: {e}")))?;
+        tok.train(&mut trainer, docs.iter())
+            .map_err(|e| StageError::Other(format!("training tokenizer: {e}")))?;
+        let out = ctx.out.join(FILE);
+        tok.save(&out, false)
+            .map_err(|e| StageError::Other(format!("{}: {e}", out.display())))?;
+        let tok = load(&out)?;
+        write_vocab(ctx.out, &tok)
+    }
+}
+
+/// `vocab.parquet`: id → token string, for inspection and joins.
+fn write_vocab(out: &Path, tok: &Tokenizer) -> Result<serde_json::Value, StageError> {
+    let n = tok.get_vocab_size(true) as u32;
+    let ids: Vec<u32> = (0..n).collect();
+    let toks: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap_or_default()).collect();
+    let text: Vec<String> = ids.iter().map(|&i| tok.decode(&[i], false).unwrap_or_default()).collect();
+    let schema = Schema::new(vec![
+        Field::new("token_id", DataType::UInt32, false),
+        Field::new("token", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(UInt32Array::from(ids)),
+            Arc::new(StringArray::from(toks)),
+            Arc::new(StringArray::from(text)),
+        ],
+    )?;
+    table::write(&out.join("vocab.parquet"), &batch, &[("stage", NAME.into())])?;
+    Ok(json!({ "vocab_size": n }))
+}

@@ -1,0 +1,69 @@
+//! Parquet in and out (arrow-rs). Tables are flat, zstd-compressed, with
+//! provenance in the file's key-value metadata so that a file copied out of
+//! the store still says where it came from.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::StageError;
+
+/// Write one batch to `path` with key-value metadata.
+pub fn write(path: &Path, batch: &RecordBatch, meta: &[(&str, String)]) -> Result<(), StageError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_key_value_metadata(Some(
+            meta.iter()
+                .map(|(k, v)| KeyValue::new(format!("seedconv.{k}"), v.clone()))
+                .collect(),
+        ))
+        .build();
+    let file = File::create(path).map_err(|e| StageError::io(path, e))?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(())
+}
+
+/// Read a whole Parquet file into one batch.
+pub fn read(path: &Path) -> Result<RecordBatch, StageError> {
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let schema = builder.schema().clone();
+    let reader = builder.with_batch_size(1 << 16).build()?;
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+/// The Arrow schema and key-value metadata of a Parquet file.
+pub fn schema(path: &Path) -> Result<(Arc<Schema>, Vec<(String, String)>, i64), StageError> {
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let md = builder.metadata().file_metadata();
+    let kv = md
+        .key_value_metadata()
+        .map(|v| {
+            v.iter()
+                .filter(|k| k.key.starts_with("seedconv."))
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((builder.schema().clone(), kv, md.num_rows()))
+}
+
+/// A typed column of a batch, or an error naming the file and column.
+pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, StageError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| StageError::input(path, format!("missing or mistyped column {name}")))
+}
