@@ -20,7 +20,8 @@ impl Job for Digest {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let bytes = std::fs::read(&self.0).map_err(|e| StageError::io(&self.0, e))?;
         let out = ctx.out.join("digest.txt");
-        std::fs::write(&out, blake3::hash(&bytes).to_hex().as_bytes()).map_err(|e| StageError::io(&out, e))?;
+        std::fs::write(&out, blake3::hash(&bytes).to_hex().as_bytes())
+            .map_err(|e| StageError::io(&out, e))?;
         Ok(serde_json::Value::Null)
     }
 }
@@ -66,7 +67,10 @@ pub fn engine(n: usize, hash_mib: usize, dir: Option<&Path>) -> Result<()> {
     let t = Instant::now();
     let plan = synthetic_plan(&inputs, n)?;
     let r = Engine::open(&store)?.run(&plan, &opts, &Silent)?;
-    rows.push((format!("cold run, {n} instances (computed {})", r.computed), secs(t)));
+    rows.push((
+        format!("cold run, {n} instances (computed {})", r.computed),
+        secs(t),
+    ));
 
     for k in 1..=3 {
         let t = Instant::now();
@@ -80,13 +84,19 @@ pub fn engine(n: usize, hash_mib: usize, dir: Option<&Path>) -> Result<()> {
     let plan = synthetic_plan(&inputs, n)?;
     let e = Engine::open(&store)?;
     let v = e.evaluate(&plan, &vec![true; n])?;
-    rows.push((format!("status evaluation ({} instances)", v.len()), secs(t)));
+    rows.push((
+        format!("status evaluation ({} instances)", v.len()),
+        secs(t),
+    ));
 
     std::fs::write(inputs.join("0.txt"), "changed\n")?;
     let t = Instant::now();
     let plan = synthetic_plan(&inputs, n)?;
     let r = Engine::open(&store)?.run(&plan, &opts, &Silent)?;
-    rows.push((format!("one input changed (computed {})", r.computed), secs(t)));
+    rows.push((
+        format!("one input changed (computed {})", r.computed),
+        secs(t),
+    ));
 
     // Hash throughput on one large file with a warm page cache.
     if hash_mib > 0 {
@@ -95,7 +105,10 @@ pub fn engine(n: usize, hash_mib: usize, dir: Option<&Path>) -> Result<()> {
             let mut f = std::io::BufWriter::new(std::fs::File::create(&big)?);
             let mut block = vec![0u8; 1 << 20];
             for i in 0..hash_mib {
-                block.iter_mut().enumerate().for_each(|(j, b)| *b = (i * 31 + j * 7) as u8);
+                block
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, b)| *b = (i * 31 + j * 7) as u8);
                 f.write_all(&block)?;
             }
         }
@@ -107,7 +120,10 @@ pub fn engine(n: usize, hash_mib: usize, dir: Option<&Path>) -> Result<()> {
             best = best.min(t.elapsed().as_secs_f64());
         }
         let gbs = hash_mib as f64 * 1048576.0 / 1e9 / best;
-        rows.push((format!("blake3 of a {hash_mib} MiB file (warm, best of 3)"), format!("{best:.3} s = {gbs:.2} GB/s")));
+        rows.push((
+            format!("blake3 of a {hash_mib} MiB file (warm, best of 3)"),
+            format!("{best:.3} s = {gbs:.2} GB/s"),
+        ));
         std::fs::remove_file(&big)?;
     }
 

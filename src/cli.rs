@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "seedconv", version, about = "Measure how language models trained under different random seeds converge and diverge over training")]
+#[command(
+    name = "seedconv",
+    version,
+    about = "Measure how language models trained under different random seeds converge and diverge over training"
+)]
 pub struct Cli {
     /// Pipeline file; relative paths in it resolve against its folder.
     #[arg(short, long, global = true, default_value = "pipeline.toml")]

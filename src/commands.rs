@@ -39,7 +39,11 @@ impl Session {
         let plan = stages::plan(&loaded)?;
         let mut engine = Engine::open(&loaded.store_dir())?;
         engine.cancel = cancel;
-        Ok(Session { loaded, plan, engine })
+        Ok(Session {
+            loaded,
+            plan,
+            engine,
+        })
     }
 
     fn check_stage(&self, stage: &str) -> Result<()> {
@@ -115,7 +119,9 @@ impl Reporter for CliReporter {
 }
 
 pub fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
@@ -173,9 +179,24 @@ fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
                 would += 1;
                 writeln!(out, "would run {}: {}", inst.id(), why.join("; "))?;
             }
-            Verdict::Pending(up) => {
+            Verdict::Pending { upstream, changes } if changes.is_empty() => {
                 may += 1;
-                writeln!(out, "may run {}: after {} (unless its output is unchanged)", inst.id(), up.join(", "))?;
+                writeln!(
+                    out,
+                    "may run {}: after {} (unless its output is unchanged)",
+                    inst.id(),
+                    upstream.join(", ")
+                )?;
+            }
+            Verdict::Pending { upstream, changes } => {
+                would += 1;
+                writeln!(
+                    out,
+                    "would run {}: {} (after {})",
+                    inst.id(),
+                    changes.join("; "),
+                    upstream.join(", ")
+                )?;
             }
         }
     }
@@ -191,12 +212,22 @@ pub fn status(s: &Session) -> Result<()> {
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
         let Some((v, key)) = v else { continue };
         let counts = per_stage.entry(inst.stage).or_default();
-        let short = if key.is_empty() { "-" } else { &key[..key.len().min(12)] };
+        let short = if key.is_empty() {
+            "-"
+        } else {
+            &key[..key.len().min(12)]
+        };
         let (state, reason, slot) = match v {
             Verdict::Fresh(_) => ("fresh", String::new(), 0),
-            Verdict::Stale(why) if why.len() == 1 && why[0] == "never run" => ("missing", why[0].clone(), 2),
+            Verdict::Stale(why) if why.len() == 1 && why[0] == "never run" => {
+                ("missing", why[0].clone(), 2)
+            }
             Verdict::Stale(why) => ("stale", why.join("; "), 1),
-            Verdict::Pending(up) => ("pending", format!("waits on {}", up.join(", ")), 3),
+            Verdict::Pending { upstream, changes } => {
+                let mut why = vec![format!("waits on {}", upstream.join(", "))];
+                why.extend(changes.iter().cloned());
+                ("pending", why.join("; "), 3)
+            }
         };
         counts[slot] += 1;
         writeln!(out, "{state:<8} {:<40} {short:<12} {reason}", inst.id())?;
@@ -204,7 +235,11 @@ pub fn status(s: &Session) -> Result<()> {
     writeln!(out)?;
     for st in &s.plan.stages {
         let c = per_stage.get(st).copied().unwrap_or_default();
-        writeln!(out, "{st}: {} fresh, {} stale, {} missing, {} pending", c[0], c[1], c[2], c[3])?;
+        writeln!(
+            out,
+            "{st}: {} fresh, {} stale, {} missing, {} pending",
+            c[0], c[1], c[2], c[3]
+        )?;
     }
     Ok(())
 }
@@ -216,7 +251,11 @@ fn current_files(s: &Session, stage: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for key in index.values() {
         if let Some(m) = store.read_manifest(stage, key) {
-            files.extend(m.outputs.keys().map(|n| store.entry_dir(stage, key).join(n)));
+            files.extend(
+                m.outputs
+                    .keys()
+                    .map(|n| store.entry_dir(stage, key).join(n)),
+            );
         }
     }
     if files.is_empty() {
@@ -238,13 +277,17 @@ pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
         if f.extension().and_then(|e| e.to_str()) != Some("parquet") {
             continue;
         }
-        let (schema, kv, rows) = crate::table::schema(&f).with_context(|| f.display().to_string())?;
-        writeln!(out, "{}  ({rows} rows)", f.display())?;
-        for field in schema.fields() {
-            let null = if field.is_nullable() { " (nullable)" } else { "" };
+        let info = crate::table::schema(&f).with_context(|| f.display().to_string())?;
+        writeln!(out, "{}  ({} rows)", f.display(), info.rows)?;
+        for field in info.schema.fields() {
+            let null = if field.is_nullable() {
+                " (nullable)"
+            } else {
+                ""
+            };
             writeln!(out, "  {:<16} {}{null}", field.name(), field.data_type())?;
         }
-        for (k, v) in kv {
+        for (k, v) in info.metadata {
             writeln!(out, "  # {k} = {v}")?;
         }
     }
@@ -260,7 +303,10 @@ pub fn verify(s: &Session) -> Result<()> {
             let dir = store.entry_dir(&stage, &key);
             let Some(m) = store.read_manifest(&stage, &key) else {
                 incomplete += 1;
-                writeln!(out, "incomplete {stage}/{key}: no valid manifest (ignored by run, removed by gc)")?;
+                writeln!(
+                    out,
+                    "incomplete {stage}/{key}: no valid manifest (ignored by run, removed by gc)"
+                )?;
                 continue;
             };
             let mut problems = Vec::new();
@@ -276,13 +322,25 @@ pub fn verify(s: &Session) -> Result<()> {
                 ok += 1;
             } else {
                 bad += 1;
-                writeln!(out, "CORRUPT {stage}/{key} ({}): {}", crate::engine::instance_id(&stage, &m.label), problems.join("; "))?;
+                writeln!(
+                    out,
+                    "CORRUPT {stage}/{key} ({}): {}",
+                    crate::engine::instance_id(&stage, &m.label),
+                    problems.join("; ")
+                )?;
             }
         }
     }
-    writeln!(out, "verified {} entries: {ok} ok, {bad} corrupted, {incomplete} incomplete", ok + bad + incomplete)?;
+    writeln!(
+        out,
+        "verified {} entries: {ok} ok, {bad} corrupted, {incomplete} incomplete",
+        ok + bad + incomplete
+    )?;
     if bad > 0 {
-        return Err(RunFailed(format!("{bad} corrupted entries; `seedconv run` recomputes them")).into());
+        return Err(RunFailed(format!(
+            "{bad} corrupted entries; `seedconv run` recomputes them"
+        ))
+        .into());
     }
     Ok(())
 }
@@ -301,7 +359,7 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
             }
             // Its key is unknown until upstream reruns; the last entry may
             // still be valid then (early cutoff).
-            Verdict::Pending(_) => {
+            Verdict::Pending { .. } => {
                 if let Some(k) = store.read_index(inst.stage).get(&inst.label) {
                     set.insert(k.clone());
                 }
@@ -313,7 +371,15 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
     let mut bytes = 0u64;
     let mut remove = |p: &Path, what: &str| -> Result<()> {
         let size = dir_size(p);
-        println!( "{} {what} {}", if args.dry_run { "would remove" } else { "removed" }, p.display());
+        println!(
+            "{} {what} {}",
+            if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            p.display()
+        );
         if !args.dry_run {
             if p.is_dir() {
                 std::fs::remove_dir_all(p).with_context(|| p.display().to_string())?;
@@ -343,7 +409,9 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
                 }
             } else if name == ".views" {
                 for v in std::fs::read_dir(&path)?.flatten() {
-                    if Some(v.path()) != current_view && !v.file_name().to_string_lossy().contains(".tmp-") {
+                    if Some(v.path()) != current_view
+                        && !v.file_name().to_string_lossy().contains(".tmp-")
+                    {
                         remove(&v.path(), "view")?;
                     }
                 }
@@ -380,7 +448,9 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
     if !meta.is_dir() {
         return meta.len();
     }
@@ -390,7 +460,11 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 pub fn show_config(l: &Loaded) -> Result<()> {
-    println!("# resolved from {} (relative paths resolved against {})", l.file_name(), l.root.display());
+    println!(
+        "# resolved from {} (relative paths resolved against {})",
+        l.file_name(),
+        l.root.display()
+    );
     print!("{}", config::render(&l.config));
     Ok(())
 }
@@ -400,12 +474,20 @@ pub fn doctor(config_path: &Path) -> Result<()> {
     println!("cores: {}", default_jobs());
     match crate::ortlib::init() {
         Ok((path, info)) => {
-            println!("onnxruntime: {} ({})", path.display(), info.lines().next().unwrap_or(""));
+            println!(
+                "onnxruntime: {} ({})",
+                path.display(),
+                info.lines().next().unwrap_or("")
+            );
         }
         Err(e) => return Err(e.into()),
     }
     match config::load(config_path) {
-        Ok(l) => println!("config: {} (store {})", l.file_name(), l.store_dir().display()),
+        Ok(l) => println!(
+            "config: {} (store {})",
+            l.file_name(),
+            l.store_dir().display()
+        ),
         Err(e) => println!("config: {e}"),
     }
     Ok(())

@@ -291,7 +291,11 @@ pub fn parse(raw: &str, file: &str) -> Result<Config, ConfigError> {
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
-                key: if path == "." { "(top level)".into() } else { path },
+                key: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
                 message: msg.to_string(),
             }
         }
@@ -332,7 +336,13 @@ fn resolve(root: &Path, p: &mut PathBuf) {
 }
 
 /// Resolve a file list against `root`, expanding glob patterns (sorted).
-fn resolve_list(root: &Path, list: &mut Vec<PathBuf>, key: &str, file: &str, raw: &str) -> Result<(), ConfigError> {
+fn resolve_list(
+    root: &Path,
+    list: &mut Vec<PathBuf>,
+    key: &str,
+    file: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
     let mut out = Vec::new();
     for p in list.iter() {
         let mut p = p.clone();
@@ -365,7 +375,13 @@ fn resolve_list(root: &Path, list: &mut Vec<PathBuf>, key: &str, file: &str, raw
 
 fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(), ConfigError> {
     resolve(root, &mut c.store.dir);
-    resolve_list(root, &mut c.train_corpus.files, "train_corpus.files", file, raw)?;
+    resolve_list(
+        root,
+        &mut c.train_corpus.files,
+        "train_corpus.files",
+        file,
+        raw,
+    )?;
     if let Some(p) = c.tokenizer.path.as_mut() {
         resolve(root, p);
     }
@@ -385,10 +401,13 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
         if p.is_file() {
             Ok(())
         } else {
-            Err(bad(key, format!("input file {} does not exist", p.display())))
+            Err(bad(
+                key,
+                format!("input file {} does not exist", p.display()),
+            ))
         }
     };
-    if c.corpus.window < 2 || c.corpus.window % 2 != 0 {
+    if c.corpus.window < 2 || !c.corpus.window.is_multiple_of(2) {
         return Err(bad(
             "corpus.window",
             format!("must be an even number ≥ 2 (got {})", c.corpus.window),

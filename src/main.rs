@@ -31,7 +31,8 @@ fn main() {
     }
     if let Err(e) = dispatch(&cli, cancel) {
         let code = commands::exit_code(&e);
-        if !matches!(e.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+        if !matches!(e.downcast_ref::<std::io::Error>(), Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
             eprintln!("error: {e:#}");
             std::process::exit(code);
         }
@@ -48,9 +49,11 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Config => commands::show_config(&seedconv::config::load(&cli.config)?),
         Command::Doctor => commands::doctor(&cli.config),
         Command::Bench(b) => match &b.what {
-            BenchWhat::Engine { instances, hash_mib, dir } => {
-                seedconv::bench::engine(*instances, *hash_mib, dir.as_deref())
-            }
+            BenchWhat::Engine {
+                instances,
+                hash_mib,
+                dir,
+            } => seedconv::bench::engine(*instances, *hash_mib, dir.as_deref()),
         },
     }
 }

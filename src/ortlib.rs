@@ -65,5 +65,7 @@ pub fn init() -> Result<(PathBuf, String), OrtLibError> {
             .map_err(|e| load_err(e.to_string()))?;
         let _ = ENV.set(env);
     }
-    Ok((path.clone(), ort::info().to_string()))
+    // Report the file behind the symlink: its name carries the version.
+    let real = std::fs::canonicalize(&path).unwrap_or(path);
+    Ok((real, ort::info().to_string()))
 }

@@ -43,8 +43,16 @@ pub fn read(path: &Path) -> Result<RecordBatch, StageError> {
     Ok(arrow::compute::concat_batches(&schema, &batches)?)
 }
 
+/// What `seedconv show --schema` prints of a file.
+pub struct FileInfo {
+    pub schema: Arc<Schema>,
+    /// `seedconv.*` key-value metadata.
+    pub metadata: Vec<(String, String)>,
+    pub rows: i64,
+}
+
 /// The Arrow schema and key-value metadata of a Parquet file.
-pub fn schema(path: &Path) -> Result<(Arc<Schema>, Vec<(String, String)>, i64), StageError> {
+pub fn schema(path: &Path) -> Result<FileInfo, StageError> {
     let file = File::open(path).map_err(|e| StageError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let md = builder.metadata().file_metadata();
@@ -57,13 +65,30 @@ pub fn schema(path: &Path) -> Result<(Arc<Schema>, Vec<(String, String)>, i64), 
                 .collect()
         })
         .unwrap_or_default();
-    Ok((builder.schema().clone(), kv, md.num_rows()))
+    Ok(FileInfo {
+        schema: builder.schema().clone(),
+        metadata: kv,
+        rows: md.num_rows(),
+    })
 }
 
 /// A typed column of a batch, or an error naming the file and column.
-pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, StageError> {
+pub fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a T, StageError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| StageError::input(path, format!("missing or mistyped column {name}")))
+}
+
+/// The file name of a source, for Parquet metadata. Full paths would make an
+/// artefact's bytes depend on where the project lives, while its key does
+/// not; the full path is in the entry's `manifest.json`.
+pub fn source_name(path: &Path) -> String {
+    path.file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
 }

@@ -50,7 +50,8 @@ pub fn read_documents(
     separator: &str,
 ) -> Result<Vec<Document>, StageError> {
     let raw = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
-    let raw = String::from_utf8(raw).map_err(|e| StageError::input(path, format!("not UTF-8: {e}")))?;
+    let raw =
+        String::from_utf8(raw).map_err(|e| StageError::input(path, format!("not UTF-8: {e}")))?;
     match resolve_format(path, format)? {
         TextFormat::Txt => Ok(raw
             .lines()
@@ -131,14 +132,21 @@ pub fn parse_conllu(path: &Path, raw: &str) -> Result<Vec<Document>, StageError>
             if cols.len() != 10 {
                 return Err(StageError::input(
                     path,
-                    format!("line {}: expected 10 tab-separated columns, found {}", i + 1, cols.len()),
+                    format!(
+                        "line {}: expected 10 tab-separated columns, found {}",
+                        i + 1,
+                        cols.len()
+                    ),
                 ));
             }
             if cols[0].contains('-') || cols[0].contains('.') {
                 continue;
             }
             let Some((chars, base, cursor)) = sent.as_mut() else {
-                return Err(StageError::input(path, format!("line {}: word before any `# text =`", i + 1)));
+                return Err(StageError::input(
+                    path,
+                    format!("line {}: word before any `# text =`", i + 1),
+                ));
             };
             let form: Vec<char> = cols[1].chars().collect();
             while *cursor < chars.len() && chars[*cursor].is_whitespace() {
@@ -177,9 +185,22 @@ mod tests {
         let docs = parse_conllu(Path::new("x.conllu"), raw).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].text, "Hi, you. Ça va");
-        let spans: Vec<(usize, usize, &str)> =
-            docs[0].words.iter().map(|w| (w.char_start, w.char_end, w.xpos.as_str())).collect();
-        assert_eq!(spans, vec![(0, 2, "UH"), (2, 3, ","), (4, 7, "PRP"), (7, 8, "."), (9, 11, "PRP"), (12, 14, "VBZ")]);
+        let spans: Vec<(usize, usize, &str)> = docs[0]
+            .words
+            .iter()
+            .map(|w| (w.char_start, w.char_end, w.xpos.as_str()))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0, 2, "UH"),
+                (2, 3, ","),
+                (4, 7, "PRP"),
+                (7, 8, "."),
+                (9, 11, "PRP"),
+                (12, 14, "VBZ")
+            ]
+        );
         let chars: Vec<char> = docs[0].text.chars().collect();
         for w in &docs[0].words {
             let s: String = chars[w.char_start..w.char_end].iter().collect();

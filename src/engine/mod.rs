@@ -111,7 +111,10 @@ impl Plan {
                 return Err(EngineError::Plan(format!("bad label in {}", inst.id())));
             }
             if index.insert(inst.id(), i).is_some() {
-                return Err(EngineError::Plan(format!("duplicate instance {}", inst.id())));
+                return Err(EngineError::Plan(format!(
+                    "duplicate instance {}",
+                    inst.id()
+                )));
             }
             if !stages.contains(&inst.stage) {
                 stages.push(inst.stage);
@@ -208,8 +211,12 @@ pub enum Verdict {
     Fresh(Box<Manifest>),
     /// Must run, with human-readable reasons.
     Stale(Vec<String>),
-    /// Cannot be judged until these upstream instances have run.
-    Pending(Vec<String>),
+    /// Cannot be judged until these upstream instances have run; `changes`
+    /// lists what is already known to differ from the last run.
+    Pending {
+        upstream: Vec<String>,
+        changes: Vec<String>,
+    },
 }
 
 /// The engine bound to a store.
@@ -294,14 +301,17 @@ impl Engine {
                 inst.inputs
                     .iter()
                     .map(|(name, p)| {
-                        self.memo.hash(p).map(|h| (name.clone(), h)).map_err(|e| match e {
-                            EngineError::Io { path, source } => EngineError::Failed(format!(
-                                "{}: input {name} ({}): {source}",
-                                inst.id(),
-                                path.display()
-                            )),
-                            e => e,
-                        })
+                        self.memo
+                            .hash(p)
+                            .map(|h| (name.clone(), h))
+                            .map_err(|e| match e {
+                                EngineError::Io { path, source } => EngineError::Failed(format!(
+                                    "{}: input {name} ({}): {source}",
+                                    inst.id(),
+                                    path.display()
+                                )),
+                                e => e,
+                            })
                     })
                     .collect()
             })
@@ -328,9 +338,9 @@ impl Engine {
         match self.store.check(inst.stage, &key, &self.memo) {
             EntryState::Valid(m) => Verdict::Fresh(m),
             EntryState::Corrupt(why) => Verdict::Stale(vec![format!("entry {key}: {why}")]),
-            EntryState::NoManifest => {
-                Verdict::Stale(vec![format!("entry {key} has no valid manifest (interrupted write)")])
-            }
+            EntryState::NoManifest => Verdict::Stale(vec![format!(
+                "entry {key} has no valid manifest (interrupted write)"
+            )]),
             EntryState::Absent => Verdict::Stale(self.explain(inst, ing, &key)),
         }
     }
@@ -347,7 +357,15 @@ impl Engine {
         let Some(old) = self.store.read_manifest(inst.stage, old_key) else {
             return vec![format!("previous entry {old_key} is gone")];
         };
-        let o = &old.ingredients;
+        let mut why = Self::diff(inst, &old.ingredients, ing);
+        if why.is_empty() {
+            why.push(format!("key changed {old_key} → {key}"));
+        }
+        why
+    }
+
+    /// Human-readable differences between two sets of key ingredients.
+    fn diff(inst: &Instance, o: &Ingredients, ing: &Ingredients) -> Vec<String> {
         let mut why = Vec::new();
         if o.version != ing.version {
             why.push(format!("stage version {} → {}", o.version, ing.version));
@@ -384,15 +402,16 @@ impl Engine {
                 why.push(format!("upstream {id} removed"));
             }
         }
-        if why.is_empty() {
-            why.push(format!("key changed {old_key} → {key}"));
-        }
         why
     }
 
     /// Judge every selected instance without running anything (status,
     /// dry-run, gc). Instances downstream of a stale one are `Pending`.
-    pub fn evaluate(&self, plan: &Plan, sel: &[bool]) -> Result<Vec<Option<(Verdict, String)>>, EngineError> {
+    pub fn evaluate(
+        &self,
+        plan: &Plan,
+        sel: &[bool],
+    ) -> Result<Vec<Option<(Verdict, String)>>, EngineError> {
         let inputs = self.input_hashes(plan, sel)?;
         let mut out: Vec<Option<(Verdict, String)>> = Vec::with_capacity(plan.len());
         let mut out_hash: Vec<Option<String>> = vec![None; plan.len()];
@@ -412,9 +431,29 @@ impl Engine {
                 }
             }
             if !pending.is_empty() {
-                // Show the key of the entry last current, if any.
-                let key = self.store.read_index(inst.stage).get(&inst.label).cloned().unwrap_or_default();
-                out.push(Some((Verdict::Pending(pending), key)));
+                // Show the entry last current and what is already known to
+                // differ from it; unknown upstream hashes are taken as equal.
+                let key = self
+                    .store
+                    .read_index(inst.stage)
+                    .get(&inst.label)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut changes = Vec::new();
+                if let Some(old) = self.store.read_manifest(inst.stage, &key) {
+                    let mut ing = Self::ingredients(inst, &inputs[i], upstream);
+                    for (id, h) in &old.ingredients.upstream {
+                        ing.upstream.entry(id.clone()).or_insert_with(|| h.clone());
+                    }
+                    changes = Self::diff(inst, &old.ingredients, &ing);
+                }
+                out.push(Some((
+                    Verdict::Pending {
+                        upstream: pending,
+                        changes,
+                    },
+                    key,
+                )));
                 continue;
             }
             let ing = Self::ingredients(inst, &inputs[i], upstream);
@@ -429,7 +468,12 @@ impl Engine {
     }
 
     /// Run what is stale among the selected instances, `opts.jobs` at a time.
-    pub fn run(&self, plan: &Plan, opts: &RunOptions, reporter: &dyn Reporter) -> Result<RunReport, EngineError> {
+    pub fn run(
+        &self,
+        plan: &Plan,
+        opts: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
         for s in opts.targets.iter().chain(&opts.force) {
             if !plan.stages.iter().any(|p| p == s) {
                 return Err(EngineError::Plan(format!(
@@ -530,7 +574,10 @@ impl Engine {
                     } else {
                         report.computed += 1;
                     }
-                    updates.entry(inst.stage).or_default().insert(inst.label.clone(), m.key.clone());
+                    updates
+                        .entry(inst.stage)
+                        .or_default()
+                        .insert(inst.label.clone(), m.key.clone());
                 }
                 Outcome::Failed(e) => report.failed.push(format!("{}: {e}", inst.id())),
                 Outcome::Skipped(_) => report.skipped += 1,
@@ -561,7 +608,10 @@ impl Engine {
         jobs: usize,
         reporter: &dyn Reporter,
     ) -> Outcome {
-        let up_hashes = upstream.iter().map(|(id, m)| (id.clone(), m.output_hash.clone())).collect();
+        let up_hashes = upstream
+            .iter()
+            .map(|(id, m)| (id.clone(), m.output_hash.clone()))
+            .collect();
         let ing = Self::ingredients(inst, inputs, up_hashes);
         let key = ing.key();
         if !forced {
@@ -600,7 +650,10 @@ impl Engine {
         upstream: &[(String, Box<Manifest>)],
         jobs: usize,
     ) -> Outcome {
-        let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         let t0 = Instant::now();
         let tmp = match self.store.fresh_tmp(inst.stage, &key) {
             Ok(t) => t,
@@ -652,7 +705,12 @@ impl Engine {
 }
 
 /// Describe parameter differences as `params.x: old → new`.
-fn diff_params(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+fn diff_params(
+    path: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {

@@ -90,6 +90,9 @@ pub enum EntryState {
     Corrupt(String),
 }
 
+/// Hashes of a finished job's outputs and the stamps to memoise them under.
+pub type Sealed = (BTreeMap<String, OutputFile>, Vec<(String, Stamp)>);
+
 pub struct Store {
     pub root: PathBuf,
 }
@@ -99,7 +102,10 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A unique temporary sibling name for `path`.
 pub fn tmp_sibling(path: &Path) -> PathBuf {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|s| s.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
@@ -232,7 +238,11 @@ impl Store {
             let p = dir.join(name);
             match memo.hash(&p) {
                 Ok(h) if h == out.blake3 => {}
-                Ok(_) => return EntryState::Corrupt(format!("output {name} differs from its manifest hash")),
+                Ok(_) => {
+                    return EntryState::Corrupt(format!(
+                        "output {name} differs from its manifest hash"
+                    ))
+                }
                 Err(_) => return EntryState::Corrupt(format!("output {name} is missing")),
             }
         }
@@ -257,10 +267,7 @@ impl Store {
     }
 
     /// Hash and fsync every file a job wrote into `tmp`.
-    pub fn seal_outputs(
-        &self,
-        tmp: &Path,
-    ) -> Result<(BTreeMap<String, OutputFile>, Vec<(String, Stamp)>), EngineError> {
+    pub fn seal_outputs(&self, tmp: &Path) -> Result<Sealed, EngineError> {
         let mut outputs = BTreeMap::new();
         let mut stamps = Vec::new();
         let mut names: Vec<String> = fs::read_dir(tmp)

@@ -64,6 +64,9 @@ struct CorpusJob {
     eos: String,
 }
 
+/// One document's token ids and their character spans.
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
 /// One token of the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tok {
@@ -76,16 +79,24 @@ pub struct Tok {
 /// Build the token stream from per-document encodings (ids, char offsets).
 /// Returns the tokens and, per token, the start of its sequence (0 in stream
 /// mode; the document's BOS in documents mode).
-pub fn build_stream(encoded: &[(Vec<u32>, Vec<(usize, usize)>)], eos: u32, mode: CorpusMode) -> (Vec<Tok>, Vec<usize>) {
+pub fn build_stream(encoded: &[Encoded], eos: u32, mode: CorpusMode) -> (Vec<Tok>, Vec<usize>) {
     let mut toks = Vec::new();
     let mut seq_start = Vec::new();
-    let special = |doc: u32| Tok { id: eos, doc, span: None };
+    let special = |doc: u32| Tok {
+        id: eos,
+        doc,
+        span: None,
+    };
     match mode {
         CorpusMode::Stream => {
             toks.push(special(0));
             for (d, (ids, offs)) in encoded.iter().enumerate() {
                 for (&id, &(s, e)) in ids.iter().zip(offs) {
-                    toks.push(Tok { id, doc: d as u32, span: Some((s as u32, e as u32)) });
+                    toks.push(Tok {
+                        id,
+                        doc: d as u32,
+                        span: Some((s as u32, e as u32)),
+                    });
                 }
                 toks.push(special(d as u32));
             }
@@ -97,7 +108,11 @@ pub fn build_stream(encoded: &[(Vec<u32>, Vec<(usize, usize)>)], eos: u32, mode:
                 let start = toks.len();
                 toks.push(special(d as u32));
                 for (&id, &(s, e)) in ids.iter().zip(offs) {
-                    toks.push(Tok { id, doc: d as u32, span: Some((s as u32, e as u32)) });
+                    toks.push(Tok {
+                        id,
+                        doc: d as u32,
+                        span: Some((s as u32, e as u32)),
+                    });
                 }
                 toks.push(special(d as u32));
                 seq_start.resize(toks.len(), start);
@@ -135,7 +150,8 @@ impl Job for CorpusJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
         let eos = tokenizer::eos_id(&tok, &self.eos, &tok_path)?;
-        let mut docs: Vec<Document> = text::read_documents(&self.path, self.format, &self.text_field, &self.eos)?;
+        let mut docs: Vec<Document> =
+            text::read_documents(&self.path, self.format, &self.text_field, &self.eos)?;
         if self.max_documents > 0 {
             docs.truncate(self.max_documents);
         }
@@ -143,7 +159,7 @@ impl Job for CorpusJob {
             return Err(StageError::input(&self.path, "contains no documents"));
         }
         ctx.check_cancel()?;
-        let encoded: Vec<(Vec<u32>, Vec<(usize, usize)>)> = docs
+        let encoded: Vec<Encoded> = docs
             .par_iter()
             .map(|d| {
                 tok.encode_char_offsets(d.text.as_str(), false)
@@ -158,7 +174,7 @@ impl Job for CorpusJob {
         let decode = |id: u32| tok.decode(&[id], false).unwrap_or_default();
         let meta = [
             ("stage", NAME.to_string()),
-            ("source", self.path.display().to_string()),
+            ("source", table::source_name(&self.path)),
             ("mode", format!("{:?}", self.mode).to_lowercase()),
             ("window", self.window.to_string()),
         ];
@@ -177,7 +193,9 @@ impl Job for CorpusJob {
             vec![
                 u32col((0..toks.len() as u32).collect()),
                 u32col(toks.iter().map(|t| t.id).collect()),
-                Arc::new(StringArray::from(toks.iter().map(|t| decode(t.id)).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    toks.iter().map(|t| decode(t.id)).collect::<Vec<_>>(),
+                )),
                 u32col(toks.iter().map(|t| t.doc).collect()),
                 optcol(toks.iter().map(|t| t.span.map(|s| s.0)).collect()),
                 optcol(toks.iter().map(|t| t.span.map(|s| s.1)).collect()),
@@ -201,7 +219,9 @@ impl Job for CorpusJob {
                 u32col(rows.iter().map(|&(p, _)| p as u32).collect()),
                 u32col(rows.iter().map(|&(p, _)| toks[p].id).collect()),
                 u32col(rows.iter().map(|r| tgt(r).id).collect()),
-                Arc::new(StringArray::from(rows.iter().map(|r| decode(tgt(r).id)).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| decode(tgt(r).id)).collect::<Vec<_>>(),
+                )),
                 u32col(rows.iter().map(|r| tgt(r).doc).collect()),
                 optcol(rows.iter().map(|r| tgt(r).span.map(|s| s.0)).collect()),
                 optcol(rows.iter().map(|r| tgt(r).span.map(|s| s.1)).collect()),
@@ -217,7 +237,9 @@ impl Job for CorpusJob {
             .collect();
         if !words.is_empty() {
             let s = |f: fn(&text::Word) -> &str| {
-                Arc::new(StringArray::from(words.iter().map(|(_, w)| f(w)).collect::<Vec<_>>())) as ArrayRef
+                Arc::new(StringArray::from(
+                    words.iter().map(|(_, w)| f(w)).collect::<Vec<_>>(),
+                )) as ArrayRef
             };
             let batch = RecordBatch::try_new(
                 Arc::new(Schema::new(vec![
@@ -259,7 +281,7 @@ mod tests {
         let mut s = 0;
         while s < n_rows {
             let from = if s == 0 { 0 } else { s + w / 2 };
-            for (r, slot) in start.iter_mut().enumerate().take((s + w).min(n_rows)).skip(from) {
+            for slot in start.iter_mut().take((s + w).min(n_rows)).skip(from) {
                 *slot = s;
             }
             s += w / 2;
@@ -269,7 +291,14 @@ mod tests {
 
     #[test]
     fn stream_windowing_matches_the_rule() {
-        for &(n, w) in &[(1usize, 4usize), (5, 4), (9, 4), (4663, 2048), (100, 10), (37, 2)] {
+        for &(n, w) in &[
+            (1usize, 4usize),
+            (5, 4),
+            (9, 4),
+            (4663, 2048),
+            (100, 10),
+            (37, 2),
+        ] {
             let seq = vec![0usize; n];
             let got = rows(&seq, w);
             let want = reference(n - 1, w);
@@ -295,7 +324,10 @@ mod tests {
 
     #[test]
     fn documents_mode_never_crosses_documents() {
-        let enc = vec![(vec![5, 6, 7], vec![(0, 1), (1, 2), (2, 3)]), (vec![8], vec![(0, 1)])];
+        let enc = vec![
+            (vec![5, 6, 7], vec![(0, 1), (1, 2), (2, 3)]),
+            (vec![8], vec![(0, 1)]),
+        ];
         let (toks, seq) = build_stream(&enc, 0, CorpusMode::Documents);
         let ids: Vec<u32> = toks.iter().map(|t| t.id).collect();
         assert_eq!(ids, vec![0, 5, 6, 7, 0, 0, 8, 0]);

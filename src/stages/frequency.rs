@@ -48,7 +48,13 @@ fn label_for(p: &std::path::Path, taken: &mut Vec<String>) -> String {
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut label = base.clone();
     let mut k = 2;
@@ -63,9 +69,17 @@ fn label_for(p: &std::path::Path, taken: &mut Vec<String>) -> String {
 pub fn instances(l: &Loaded) -> Vec<Instance> {
     let c = &l.config;
     let (files, format, field) = if c.frequency.files.is_empty() {
-        (&c.train_corpus.files, c.train_corpus.format, &c.train_corpus.text_field)
+        (
+            &c.train_corpus.files,
+            c.train_corpus.format,
+            &c.train_corpus.text_field,
+        )
     } else {
-        (&c.frequency.files, c.frequency.format, &c.frequency.text_field)
+        (
+            &c.frequency.files,
+            c.frequency.format,
+            &c.frequency.text_field,
+        )
     };
     let mut taken = Vec::new();
     let mut out: Vec<Instance> = files
@@ -132,10 +146,13 @@ impl Job for CountJob {
                     c[eos] += 1;
                     Ok::<_, StageError>(c)
                 })
-                .try_reduce(|| vec![0u64; vocab], |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    Ok(a)
-                })?;
+                .try_reduce(
+                    || vec![0u64; vocab],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        Ok(a)
+                    },
+                )?;
             counts.iter_mut().zip(part).for_each(|(x, y)| *x += y);
         }
         let total: u64 = counts.iter().sum();
@@ -152,7 +169,10 @@ impl Job for CountJob {
         table::write(
             &ctx.out.join("counts.parquet"),
             &batch,
-            &[("stage", NAME.into()), ("source", self.path.display().to_string())],
+            &[
+                ("stage", NAME.into()),
+                ("source", table::source_name(&self.path)),
+            ],
         )?;
         Ok(json!({ "documents": docs.len(), "tokens": total }))
     }
@@ -173,17 +193,25 @@ impl Job for UnigramJob {
             let ids = table::column::<UInt32Array>(&batch, "token_id", &path)?;
             let cs = table::column::<UInt64Array>(&batch, "count", &path)?;
             for (id, c) in ids.values().iter().zip(cs.values().iter()) {
-                let slot = counts
-                    .get_mut(*id as usize)
-                    .ok_or_else(|| StageError::input(&path, format!("token id {id} outside the vocabulary ({vocab})")))?;
+                let slot = counts.get_mut(*id as usize).ok_or_else(|| {
+                    StageError::input(
+                        &path,
+                        format!("token id {id} outside the vocabulary ({vocab})"),
+                    )
+                })?;
                 *slot += c;
             }
         }
         let total: u64 = counts.iter().sum();
         let denom = (total + vocab as u64) as f64;
-        let log_prob: Vec<f64> = counts.iter().map(|&c| ((c + 1) as f64 / denom).ln()).collect();
+        let log_prob: Vec<f64> = counts
+            .iter()
+            .map(|&c| ((c + 1) as f64 / denom).ln())
+            .collect();
         let bins: Vec<&str> = counts.iter().map(|&c| BINS[bin_of(c)]).collect();
-        let text: Vec<String> = (0..vocab as u32).map(|i| tok.decode(&[i], false).unwrap_or_default()).collect();
+        let text: Vec<String> = (0..vocab as u32)
+            .map(|i| tok.decode(&[i], false).unwrap_or_default())
+            .collect();
         let batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("token_id", DataType::UInt32, false),
@@ -215,8 +243,18 @@ mod tests {
 
     #[test]
     fn bins_follow_true_decades() {
-        let cases = [(0, "<10"), (9, "<10"), (10, "10-100"), (99, "10-100"), (100, "100-1e3"), (999, "100-1e3"),
-            (1000, "1e3-1e4"), (12_345, "1e4-1e5"), (100_000, ">=1e5"), (u64::MAX, ">=1e5")];
+        let cases = [
+            (0, "<10"),
+            (9, "<10"),
+            (10, "10-100"),
+            (99, "10-100"),
+            (100, "100-1e3"),
+            (999, "100-1e3"),
+            (1000, "1e3-1e4"),
+            (12_345, "1e4-1e5"),
+            (100_000, ">=1e5"),
+            (u64::MAX, ">=1e5"),
+        ];
         for (c, want) in cases {
             assert_eq!(BINS[bin_of(c)], want, "count {c}");
         }

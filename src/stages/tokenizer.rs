@@ -85,13 +85,15 @@ pub fn load_upstream(ctx: &JobCtx) -> Result<(Tokenizer, PathBuf), StageError> {
 }
 
 pub fn load(path: &Path) -> Result<Tokenizer, StageError> {
-    Tokenizer::from_file(path).map_err(|e| StageError::input(path, format!("not a usable tokenizer.json: {e}")))
+    Tokenizer::from_file(path)
+        .map_err(|e| StageError::input(path, format!("not a usable tokenizer.json: {e}")))
 }
 
 /// Id of the EOS/separator token, or an error naming the tokenizer file.
 pub fn eos_id(tok: &Tokenizer, eos: &str, path: &Path) -> Result<u32, StageError> {
-    tok.token_to_id(eos)
-        .ok_or_else(|| StageError::input(path, format!("has no token {eos:?} (tokenizer.eos_token)")))
+    tok.token_to_id(eos).ok_or_else(|| {
+        StageError::input(path, format!("has no token {eos:?} (tokenizer.eos_token)"))
+    })
 }
 
 struct CopyJob {
@@ -123,7 +125,11 @@ impl Job for TrainJob {
         let mut docs = Vec::new();
         for f in &self.files {
             ctx.check_cancel()?;
-            docs.extend(text::read_documents(f, self.format, &self.text_field, &self.eos)?.into_iter().map(|d| d.text));
+            docs.extend(
+                text::read_documents(f, self.format, &self.text_field, &self.eos)?
+                    .into_iter()
+                    .map(|d| d.text),
+            );
         }
         let mut trainer = BpeTrainerBuilder::new()
             .show_progress(false)
@@ -138,14 +144,20 @@ impl Job for TrainJob {
         // add_prefix_space = false, trim_offsets = false: offsets keep the
         // leading space, which the paper's PoS mapping counts as untagged.
         let byte_level = ByteLevel::new(false, false, true);
-        let mut tok = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-            .with_model(BPE::default())
-            .with_normalizer(None)
-            .with_pre_tokenizer(Some(byte_level.into()))
-            .with_post_processor(Some(byte_level.into()))
-            .with_decoder(Some(byte_level.into()))
-            .build()
-            .map_err(|e| StageError::Other(format!("building tokenizer: {e}")))?;
+        let mut tok = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            PreTokenizerWrapper,
+            PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_post_processor(Some(byte_level.into()))
+        .with_decoder(Some(byte_level.into()))
+        .build()
+        .map_err(|e| StageError::Other(format!("building tokenizer: {e}")))?;
         tok.train(&mut trainer, docs.iter())
             .map_err(|e| StageError::Other(format!("training tokenizer: {e}")))?;
         let out = ctx.out.join(FILE);
@@ -160,8 +172,14 @@ impl Job for TrainJob {
 fn write_vocab(out: &Path, tok: &Tokenizer) -> Result<serde_json::Value, StageError> {
     let n = tok.get_vocab_size(true) as u32;
     let ids: Vec<u32> = (0..n).collect();
-    let toks: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap_or_default()).collect();
-    let text: Vec<String> = ids.iter().map(|&i| tok.decode(&[i], false).unwrap_or_default()).collect();
+    let toks: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap_or_default())
+        .collect();
+    let text: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.decode(&[i], false).unwrap_or_default())
+        .collect();
     let schema = Schema::new(vec![
         Field::new("token_id", DataType::UInt32, false),
         Field::new("token", DataType::Utf8, false),
@@ -175,6 +193,10 @@ fn write_vocab(out: &Path, tok: &Tokenizer) -> Result<serde_json::Value, StageEr
             Arc::new(StringArray::from(text)),
         ],
     )?;
-    table::write(&out.join("vocab.parquet"), &batch, &[("stage", NAME.into())])?;
+    table::write(
+        &out.join("vocab.parquet"),
+        &batch,
+        &[("stage", NAME.into())],
+    )?;
     Ok(json!({ "vocab_size": n }))
 }

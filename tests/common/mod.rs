@@ -1,0 +1,242 @@
+//! Helpers shared by the integration tests: a micro project in a temp
+//! folder, made from slices of the shipped data, driven through the real
+//! `seedconv` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_seedconv");
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// (computed, reused) from the run summary line.
+    pub fn counts(&self) -> (usize, usize) {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("computed "))
+            .unwrap_or_else(|| panic!("no summary in stderr:\n{}", self.stderr));
+        let nums: Vec<usize> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (nums[0], nums[1])
+    }
+    /// Instance ids named in "computed X in …" log lines.
+    pub fn computed_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .stderr
+            .lines()
+            .filter_map(|l| l.split("computed ").nth(1))
+            .filter(|rest| rest.contains(" in "))
+            .map(|rest| rest.split(" in ").next().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn head_lines(src: &Path, n: usize) -> String {
+    std::fs::read_to_string(src)
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The first `docs` documents of a CoNLL-U file.
+pub fn conllu_docs(src: &Path, docs: usize) -> String {
+    let raw = std::fs::read_to_string(src).unwrap();
+    let mut out = String::new();
+    let mut seen = 0;
+    for line in raw.lines() {
+        if line.starts_with("# newdoc") {
+            seen += 1;
+            if seen > docs {
+                break;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(REPO).join("data").join(rel)
+}
+
+impl Project {
+    /// A micro project: two small training files, a few EWT test documents,
+    /// a 300-token BPE.
+    pub fn micro() -> Project {
+        let dir = tempfile::TempDir::new().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("text")).unwrap();
+        std::fs::write(
+            p.join("text/a.txt"),
+            head_lines(&data("us_presidential_addresses/inaugural.txt"), 120),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("text/b.txt"),
+            head_lines(&data("us_presidential_addresses/state_union.txt"), 120),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("text/eval.conllu"),
+            conllu_docs(&data("ud_english_ewt/en_ewt-ud-test.conllu"), 3),
+        )
+        .unwrap();
+        let proj = Project { dir };
+        proj.write_config(&Self::micro_config());
+        proj
+    }
+
+    pub fn micro_config() -> String {
+        r#"[train_corpus]
+files = ["text/a.txt", "text/b.txt"]
+
+[tokenizer]
+vocab_size = 300
+
+[corpus]
+path = "text/eval.conllu"
+window = 64
+"#
+        .to_string()
+    }
+
+    /// A project whose run takes a few seconds (for kill and concurrency
+    /// tests): the shipped Gutenberg books.
+    pub fn heavy() -> Project {
+        let proj = Project::micro();
+        let books = data("gutenberg");
+        proj.write_config(&format!(
+            r#"[train_corpus]
+files = ["{}/pg1*.txt", "{}/pg2*.txt", "text/a.txt"]
+
+[tokenizer]
+vocab_size = 2000
+
+[corpus]
+path = "text/eval.conllu"
+window = 64
+"#,
+            books.display(),
+            books.display()
+        ));
+        proj
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn store(&self) -> PathBuf {
+        self.path().join("stages")
+    }
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.path().join("pipeline.toml"), text).unwrap();
+    }
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(self.path().join("pipeline.toml")).unwrap()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("SEEDCONV_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out: Output = self.cmd(args).output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Run and insist on success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(
+            r.code, 0,
+            "seedconv {args:?} failed:\n{}\n{}",
+            r.stdout, r.stderr
+        );
+        r
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Every current artefact: view name → blake3 of its bytes.
+    pub fn artefacts(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for stage in std::fs::read_dir(self.store()).unwrap().flatten() {
+            let cur = stage.path().join("current");
+            if !cur.exists() {
+                continue;
+            }
+            for f in std::fs::read_dir(&cur).unwrap().flatten() {
+                let name = format!(
+                    "{}/{}",
+                    stage.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                );
+                out.insert(
+                    name,
+                    blake3::hash(&std::fs::read(f.path()).unwrap())
+                        .to_hex()
+                        .to_string(),
+                );
+            }
+        }
+        out
+    }
+
+    /// Files anywhere in the store whose name satisfies `pred`.
+    pub fn find(&self, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+        fn walk(dir: &Path, pred: &dyn Fn(&str) -> bool, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if pred(&name) {
+                    out.push(e.path());
+                }
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), pred, out);
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.store(), &pred, &mut v);
+        v
+    }
+
+    /// The entry folder `current` resolves to for a single-instance stage file.
+    pub fn current_file(&self, stage: &str, name: &str) -> PathBuf {
+        std::fs::canonicalize(self.store().join(stage).join("current").join(name)).unwrap()
+    }
+}

@@ -1,0 +1,190 @@
+//! The engine as a library: a stage version bump, plan validation and the
+//! `current` view, with a tiny job that copies its input upper-cased.
+
+use std::path::{Path, PathBuf};
+
+use seedconv::engine::{Engine, Instance, Job, JobCtx, Outcome, Plan, RunOptions, Silent, Verdict};
+use seedconv::error::StageError;
+use serde_json::json;
+
+struct Upper(PathBuf);
+
+impl Job for Upper {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let s = std::fs::read_to_string(&self.0).map_err(|e| StageError::io(&self.0, e))?;
+        std::fs::write(ctx.out.join("upper.txt"), s.to_uppercase())
+            .map_err(|e| StageError::io(ctx.out, e))?;
+        Ok(json!({ "chars": s.len() }))
+    }
+}
+
+struct Count;
+
+impl Job for Count {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let up = ctx.upstream("upper", "a")?.join("upper.txt");
+        let n = std::fs::read_to_string(&up)
+            .map_err(|e| StageError::io(&up, e))?
+            .len();
+        std::fs::write(ctx.out.join("count.txt"), n.to_string())
+            .map_err(|e| StageError::io(ctx.out, e))?;
+        Ok(serde_json::Value::Null)
+    }
+}
+
+fn plan(dir: &Path, upper_version: u32) -> Plan {
+    Plan::new(vec![
+        Instance {
+            stage: "count",
+            version: 1,
+            label: String::new(),
+            params: json!({}),
+            inputs: vec![],
+            deps: vec![("upper", "a".into())],
+            job: Box::new(Count),
+        },
+        Instance {
+            stage: "upper",
+            version: upper_version,
+            label: "a".into(),
+            params: json!({ "case": "upper" }),
+            inputs: vec![("text".into(), dir.join("a.txt"))],
+            deps: vec![],
+            job: Box::new(Upper(dir.join("a.txt"))),
+        },
+    ])
+    .unwrap()
+}
+
+fn computed(report: &seedconv::engine::RunReport) -> Vec<String> {
+    report
+        .outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Computed(_)))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[test]
+fn stage_version_bump_reruns_that_stage_and_explains_why() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    std::fs::write(tmp.path().join("a.txt"), "hello").unwrap();
+    let store = tmp.path().join("stages");
+    let opts = RunOptions {
+        jobs: 2,
+        ..Default::default()
+    };
+    let r = Engine::open(&store)
+        .unwrap()
+        .run(&plan(tmp.path(), 1), &opts, &Silent)
+        .unwrap();
+    assert_eq!(computed(&r), vec!["upper[a]", "count"]);
+
+    let e = Engine::open(&store).unwrap();
+    let p2 = plan(tmp.path(), 2);
+    let v = e.evaluate(&p2, &[true, true]).unwrap();
+    match &v[0].as_ref().unwrap().0 {
+        Verdict::Stale(why) => assert_eq!(why, &vec!["stage version 1 → 2".to_string()]),
+        other => panic!("expected stale, got {other:?}"),
+    }
+    assert!(matches!(v[1].as_ref().unwrap().0, Verdict::Pending { .. }));
+    let r = e.run(&p2, &opts, &Silent).unwrap();
+    // Same bytes from the new version: the count is not rerun.
+    assert_eq!(computed(&r), vec!["upper[a]"]);
+}
+
+#[test]
+fn current_view_points_at_the_latest_entries() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    std::fs::write(tmp.path().join("a.txt"), "hello").unwrap();
+    let store = tmp.path().join("stages");
+    let opts = RunOptions {
+        jobs: 1,
+        ..Default::default()
+    };
+    Engine::open(&store)
+        .unwrap()
+        .run(&plan(tmp.path(), 1), &opts, &Silent)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(store.join("upper/current/a.upper.txt")).unwrap(),
+        "HELLO"
+    );
+    assert_eq!(
+        std::fs::read_to_string(store.join("count/current/count.txt")).unwrap(),
+        "5"
+    );
+    std::fs::write(tmp.path().join("a.txt"), "hello world").unwrap();
+    Engine::open(&store)
+        .unwrap()
+        .run(&plan(tmp.path(), 1), &opts, &Silent)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(store.join("upper/current/a.upper.txt")).unwrap(),
+        "HELLO WORLD"
+    );
+    assert_eq!(
+        std::fs::read_to_string(store.join("count/current/count.txt")).unwrap(),
+        "11"
+    );
+}
+
+#[test]
+fn failing_job_leaves_no_entry_and_skips_dependents() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    std::fs::write(tmp.path().join("a.txt"), "hello").unwrap();
+    let store = tmp.path().join("stages");
+    let p = plan(tmp.path(), 1);
+    std::fs::remove_file(tmp.path().join("a.txt")).unwrap();
+    let err = Engine::open(&store).unwrap().run(
+        &p,
+        &RunOptions {
+            jobs: 1,
+            ..Default::default()
+        },
+        &Silent,
+    );
+    // A missing input is caught while hashing, before anything runs.
+    let msg = err.expect_err("run fails").to_string();
+    assert!(msg.contains("upper[a]") && msg.contains("a.txt"), "{msg}");
+    assert!(
+        !store.join("upper").exists()
+            || std::fs::read_dir(store.join("upper"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
+
+#[test]
+fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
+    let job = || -> Box<dyn Job> { Box::new(Count) };
+    let inst = |stage: &'static str, label: &str, deps: Vec<(&'static str, String)>| Instance {
+        stage,
+        version: 1,
+        label: label.into(),
+        params: json!({}),
+        inputs: vec![],
+        deps,
+        job: job(),
+    };
+    let e = Plan::new(vec![
+        inst("a", "", vec![("b", "".into())]),
+        inst("b", "", vec![("a", "".into())]),
+    ])
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("cycle"));
+    let e = Plan::new(vec![inst("a", "x", vec![]), inst("a", "x", vec![])])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("duplicate instance a[x]"));
+    let e = Plan::new(vec![inst("a", "", vec![("zzz", "".into())])])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("a depends on unknown instance zzz"));
+    let e = Plan::new(vec![inst("a", "bad/label", vec![])])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("bad label"));
+}
