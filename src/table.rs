@@ -17,18 +17,32 @@ use parquet::file::properties::WriterProperties;
 use crate::error::StageError;
 
 /// Write one batch to `path` with key-value metadata.
+/// The metadata goes both into the Parquet footer (DuckDB, `parquet-tools`)
+/// and into the Arrow schema (pyarrow's and polars' `schema.metadata`).
 pub fn write(path: &Path, batch: &RecordBatch, meta: &[(&str, String)]) -> Result<(), StageError> {
+    let kv: Vec<(String, String)> = meta
+        .iter()
+        .map(|(k, v)| (format!("seedconv.{k}"), v.clone()))
+        .collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_key_value_metadata(Some(
-            meta.iter()
-                .map(|(k, v)| KeyValue::new(format!("seedconv.{k}"), v.clone()))
+            kv.iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
                 .collect(),
         ))
         .build();
+    let schema = Arc::new(
+        batch
+            .schema()
+            .as_ref()
+            .clone()
+            .with_metadata(kv.into_iter().collect::<std::collections::HashMap<_, _>>()),
+    );
+    let batch = batch.clone().with_schema(schema.clone())?;
     let file = File::create(path).map_err(|e| StageError::io(path, e))?;
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    w.write(batch)?;
+    let mut w = ArrowWriter::try_new(file, schema, Some(props))?;
+    w.write(&batch)?;
     w.close()?;
     Ok(())
 }
