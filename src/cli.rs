@@ -95,4 +95,10 @@ pub enum BenchWhat {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Training throughput (tokens/s) of each model size in the config's [train].
+    Train {
+        /// Optimizer steps timed per size (after 2 warm-up steps).
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+    },
 }

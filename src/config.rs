@@ -27,6 +27,119 @@ pub struct Config {
     pub corpus: CorpusConfig,
     #[serde(default)]
     pub frequency: FrequencyConfig,
+    /// A built-in seed suite trained here (absent: no training).
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+}
+
+/// One model size of a built-in suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeConfig {
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    /// Context length (learned positions): also the training window.
+    pub context: usize,
+}
+
+/// A seed: one number for both initialisation and data order, or the two
+/// separately (PolyPythia's decoupled runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SeedSpec {
+    Both(u64),
+    Split { init_seed: u64, data_seed: u64 },
+}
+
+impl SeedSpec {
+    pub fn init(&self) -> u64 {
+        match *self {
+            SeedSpec::Both(s) => s,
+            SeedSpec::Split { init_seed, .. } => init_seed,
+        }
+    }
+    pub fn data(&self) -> u64 {
+        match *self {
+            SeedSpec::Both(s) => s,
+            SeedSpec::Split { data_seed, .. } => data_seed,
+        }
+    }
+    /// What `{seed}` expands to: `3`, or `i3-d5` for split seeds.
+    pub fn label(&self) -> String {
+        match *self {
+            SeedSpec::Both(s) => s.to_string(),
+            SeedSpec::Split {
+                init_seed,
+                data_seed,
+            } => format!("i{init_seed}-d{data_seed}"),
+        }
+    }
+}
+
+/// A built-in seed suite: sizes × seeds, trained on `train_corpus`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub seeds: Vec<SeedSpec>,
+    /// Model sizes by name (the name is `{size}` in paths).
+    pub sizes: std::collections::BTreeMap<String, SizeConfig>,
+    /// Optimizer updates per run.
+    pub steps: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Warmup as a fraction of `steps` (Pythia: 1%).
+    #[serde(default = "default_warmup")]
+    pub warmup_fraction: f64,
+    #[serde(default = "default_min_lr")]
+    pub min_lr_fraction: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// Checkpoint steps; empty = 0, 1, 2, 4, …, 512, every doubling, last.
+    #[serde(default)]
+    pub checkpoints: Vec<usize>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Pad the logits to a multiple of this many columns (Pythia: 128).
+    #[serde(default = "default_pad")]
+    pub pad_vocab_multiple: usize,
+    /// Windows on which each exported checkpoint is checked against the
+    /// training forward pass.
+    #[serde(default = "default_check_windows")]
+    pub check_windows: usize,
+    /// Largest |Δ logit| allowed between ONNX Runtime and the training forward.
+    #[serde(default = "default_check_tolerance")]
+    pub check_tolerance: f64,
+}
+
+fn default_batch() -> usize {
+    16
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_warmup() -> f64 {
+    0.01
+}
+fn default_min_lr() -> f64 {
+    0.1
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_pad() -> usize {
+    1
+}
+fn default_check_windows() -> usize {
+    4
+}
+fn default_check_tolerance() -> f64 {
+    1e-4
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -438,6 +551,67 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
                     ),
                 ));
             }
+        }
+    }
+    if let Some(t) = &c.train {
+        if c.train_corpus.files.is_empty() {
+            return Err(bad(
+                "train",
+                "a built-in suite needs train_corpus.files".into(),
+            ));
+        }
+        if t.seeds.is_empty() {
+            return Err(bad("train.seeds", "no seeds".into()));
+        }
+        let labels: std::collections::BTreeSet<String> =
+            t.seeds.iter().map(|s| s.label()).collect();
+        if labels.len() != t.seeds.len() {
+            return Err(bad("train.seeds", "a seed is listed twice".into()));
+        }
+        if t.sizes.is_empty() {
+            return Err(bad("train.sizes", "no model sizes".into()));
+        }
+        for (name, s) in &t.sizes {
+            let key = format!("train.sizes.{name}");
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.".contains(c))
+            {
+                return Err(bad(
+                    &key,
+                    "size names may use letters, digits, `_` and `.`".into(),
+                ));
+            }
+            if s.layers == 0 || s.heads == 0 || s.d_model == 0 || s.d_model % s.heads != 0 {
+                return Err(bad(
+                    &key,
+                    format!(
+                        "d_model ({}) must be a positive multiple of heads ({}), layers ≥ 1",
+                        s.d_model, s.heads
+                    ),
+                ));
+            }
+            if s.context < 2 {
+                return Err(bad(&key, "context must be ≥ 2".into()));
+            }
+        }
+        if t.steps == 0 || t.batch_size == 0 || t.pad_vocab_multiple == 0 {
+            return Err(bad(
+                "train",
+                "steps, batch_size and pad_vocab_multiple must be ≥ 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&t.warmup_fraction) || !(0.0..=1.0).contains(&t.min_lr_fraction) {
+            return Err(bad(
+                "train",
+                "warmup_fraction must be in [0, 1) and min_lr_fraction in [0, 1]".into(),
+            ));
+        }
+        if let Some(&s) = t.checkpoints.iter().find(|&&s| s > t.steps) {
+            return Err(bad(
+                "train.checkpoints",
+                format!("step {s} is beyond train.steps = {}", t.steps),
+            ));
         }
     }
     if c.frequency.files.is_empty() && c.train_corpus.files.is_empty() {

@@ -54,6 +54,9 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 hash_mib,
                 dir,
             } => seedconv::bench::engine(*instances, *hash_mib, dir.as_deref()),
+            BenchWhat::Train { steps } => {
+                seedconv::bench::train(&seedconv::config::load(&cli.config)?, *steps)
+            }
         },
     }
 }

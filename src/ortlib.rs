@@ -50,6 +50,12 @@ pub fn locate() -> Result<PathBuf, OrtLibError> {
     Err(OrtLibError::NotFound)
 }
 
+/// The process-wide ONNX Runtime environment (loading the library first).
+pub fn env() -> Result<&'static ort::environment::Environment, OrtLibError> {
+    init()?;
+    Ok(ENV.get().expect("initialised by init"))
+}
+
 /// Load the library once per process and return its path and build info.
 pub fn init() -> Result<(PathBuf, String), OrtLibError> {
     let path = locate()?;

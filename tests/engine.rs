@@ -41,6 +41,7 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             params: json!({}),
             inputs: vec![],
             deps: vec![("upper", "a".into())],
+            exclusive: false,
             job: Box::new(Count),
         },
         Instance {
@@ -50,6 +51,7 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             params: json!({ "case": "upper" }),
             inputs: vec![("text".into(), dir.join("a.txt"))],
             deps: vec![],
+            exclusive: false,
             job: Box::new(Upper(dir.join("a.txt"))),
         },
     ])
@@ -166,6 +168,7 @@ fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
         params: json!({}),
         inputs: vec![],
         deps,
+        exclusive: false,
         job: job(),
     };
     let e = Plan::new(vec![

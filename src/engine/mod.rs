@@ -14,7 +14,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -72,6 +72,10 @@ pub struct Instance {
     pub inputs: Vec<(String, PathBuf)>,
     /// Upstream instances as (stage, label).
     pub deps: Vec<(&'static str, String)>,
+    /// Uses every core by itself (e.g. training): runs while nothing else
+    /// computes, since two such jobs sharing the cores are slower than one
+    /// after the other.
+    pub exclusive: bool,
     pub job: Box<dyn Job>,
 }
 
@@ -224,6 +228,8 @@ pub struct Engine {
     pub store: Store,
     pub memo: HashCache,
     pub cancel: Arc<AtomicBool>,
+    /// Held shared while an instance computes, exclusively by `exclusive` ones.
+    cores: RwLock<()>,
 }
 
 /// Options of `run`.
@@ -282,6 +288,7 @@ impl Engine {
             store: Store::new(store_dir),
             memo: HashCache::open(store_dir),
             cancel: Arc::new(AtomicBool::new(false)),
+            cores: RwLock::new(()),
         })
     }
 
@@ -636,8 +643,24 @@ impl Engine {
         if self.cancel.load(Ordering::Relaxed) {
             return Outcome::Cancelled;
         }
+        let _cores = if inst.exclusive {
+            (
+                None,
+                Some(self.cores.write().unwrap_or_else(|e| e.into_inner())),
+            )
+        } else {
+            (
+                Some(self.cores.read().unwrap_or_else(|e| e.into_inner())),
+                None,
+            )
+        };
         reporter.begin(&inst.id());
-        let outcome = self.compute(inst, ing, key, upstream, jobs);
+        let threads = if inst.exclusive {
+            rayon::current_num_threads()
+        } else {
+            rayon::current_num_threads().div_ceil(jobs).max(1)
+        };
+        let outcome = self.compute(inst, ing, key, upstream, threads);
         drop(lock);
         outcome
     }
@@ -648,7 +671,7 @@ impl Engine {
         ing: Ingredients,
         key: String,
         upstream: &[(String, Box<Manifest>)],
-        jobs: usize,
+        threads: usize,
     ) -> Outcome {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -665,7 +688,7 @@ impl Engine {
             .collect();
         let ctx = JobCtx {
             out: &tmp,
-            threads: rayon::current_num_threads().div_ceil(jobs).max(1),
+            threads,
             upstream: &up_dirs,
             cancel: &self.cancel,
         };

@@ -109,6 +109,20 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
+/// Where an output appears in the `current` view: as it is for a
+/// single-instance stage; `<label>.<file>` for flat outputs of a multi-instance
+/// stage (so `current/*.parquet` globs them); `<label>/<path>` for outputs in
+/// subfolders (so `{label}/step{N}/model.onnx` is a path template).
+pub fn view_name(label: &str, name: &str) -> String {
+    if label.is_empty() {
+        name.to_string()
+    } else if name.contains('/') {
+        format!("{label}/{name}")
+    } else {
+        format!("{label}.{name}")
+    }
+}
+
 /// Write a small file atomically: temp file, fsync, rename, fsync folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let tmp = tmp_sibling(path);
@@ -123,6 +137,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
         let _ = fs::remove_file(&tmp);
     }
     res.map_err(|e| EngineError::io(path, e))
+}
+
+/// Relative paths (with `/`) of every regular file under `dir`.
+fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+        let t = e.file_type()?;
+        if t.is_dir() {
+            collect_files(&e.path(), &format!("{name}/"), out)?;
+        } else if t.is_file() {
+            out.push(name);
+        }
+    }
+    Ok(())
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -266,19 +295,16 @@ impl Store {
         Ok(tmp)
     }
 
-    /// Hash and fsync every file a job wrote into `tmp`.
+    /// Hash and fsync every file a job wrote into `tmp` (subfolders
+    /// included: output names are relative paths with `/`).
     pub fn seal_outputs(&self, tmp: &Path) -> Result<Sealed, EngineError> {
+        let mut files = Vec::new();
+        collect_files(tmp, "", &mut files).map_err(|e| EngineError::io(tmp, e))?;
+        files.retain(|n| n != MANIFEST);
+        files.sort();
         let mut outputs = BTreeMap::new();
         let mut stamps = Vec::new();
-        let mut names: Vec<String> = fs::read_dir(tmp)
-            .map_err(|e| EngineError::io(tmp, e))?
-            .flatten()
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n != MANIFEST)
-            .collect();
-        names.sort();
-        for name in names {
+        for name in files {
             let p = tmp.join(&name);
             File::open(&p)
                 .and_then(|f| f.sync_all())
@@ -293,6 +319,19 @@ impl Store {
                     bytes: meta.len(),
                 },
             );
+        }
+        // Subfolders must be durable too before the entry is renamed.
+        let mut dirs = vec![tmp.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d)
+                .map_err(|e| EngineError::io(&d, e))?
+                .flatten()
+            {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    sync_dir(&e.path()).map_err(|err| EngineError::io(e.path(), err))?;
+                    dirs.push(e.path());
+                }
+            }
         }
         Ok((outputs, stamps))
     }
@@ -363,12 +402,13 @@ impl Store {
                 continue;
             };
             for name in m.outputs.keys() {
-                let view_name = if label.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{label}.{name}")
-                };
-                links.insert(view_name, format!("../../{key}/{name}"));
+                let view_name = view_name(label, name);
+                // Climb out of the view's own subfolders, then out of `.views/<h>`.
+                let depth = view_name.matches('/').count();
+                links.insert(
+                    view_name,
+                    format!("{}../../{key}/{name}", "../".repeat(depth)),
+                );
             }
         }
         let vhash = blake3::hash(&serde_json::to_vec(&links).expect("links serialise")).to_hex();
@@ -378,8 +418,11 @@ impl Store {
             let tmp = tmp_sibling(&view);
             fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
             for (name, target) in &links {
-                std::os::unix::fs::symlink(target, tmp.join(name))
-                    .map_err(|e| EngineError::io(tmp.join(name), e))?;
+                let link = tmp.join(name);
+                if let Some(parent) = link.parent() {
+                    fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+                }
+                std::os::unix::fs::symlink(target, &link).map_err(|e| EngineError::io(&link, e))?;
             }
             if let Err(e) = fs::rename(&tmp, &view) {
                 let _ = fs::remove_dir_all(&tmp);

@@ -42,6 +42,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
         }),
         inputs: vec![("corpus.path".into(), c.path.clone())],
         deps: vec![(tokenizer::NAME, String::new())],
+        exclusive: false,
         job: Box::new(CorpusJob {
             path: c.path.clone(),
             format: c.format,

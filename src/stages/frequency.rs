@@ -91,6 +91,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
             params: json!({ "format": format, "text_field": field, "eos_token": c.tokenizer.eos_token }),
             inputs: vec![("file".into(), p.clone())],
             deps: vec![(tokenizer::NAME, String::new())],
+            exclusive: false,
             job: Box::new(CountJob {
                 path: p.clone(),
                 format,
@@ -109,6 +110,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
         deps: std::iter::once((tokenizer::NAME, String::new()))
             .chain(labels.iter().map(|l| (NAME, l.clone())))
             .collect(),
+        exclusive: false,
         job: Box::new(UnigramJob { labels }),
     });
     out

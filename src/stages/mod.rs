@@ -5,6 +5,8 @@
 pub mod corpus;
 pub mod frequency;
 pub mod tokenizer;
+pub mod train;
+pub mod traindata;
 
 use crate::config::Loaded;
 use crate::engine::Plan;
@@ -16,5 +18,7 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     instances.extend(tokenizer::instances(l));
     instances.extend(corpus::instances(l));
     instances.extend(frequency::instances(l));
+    instances.extend(traindata::instances(l));
+    instances.extend(train::instances(l));
     Plan::new(instances).map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))
 }

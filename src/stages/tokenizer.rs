@@ -39,6 +39,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
             params: json!({ "mode": "file", "eos_token": c.tokenizer.eos_token }),
             inputs: vec![("tokenizer.path".into(), p.clone())],
             deps: vec![],
+            exclusive: false,
             job: Box::new(CopyJob {
                 path: p.clone(),
                 eos: c.tokenizer.eos_token.clone(),
@@ -64,6 +65,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
                     .map(|(i, p)| (format!("train_corpus.files[{i}]"), p.clone()))
                     .collect(),
                 deps: vec![],
+                exclusive: false,
                 job: Box::new(TrainJob {
                     files,
                     format: c.train_corpus.format,

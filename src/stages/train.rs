@@ -1,0 +1,302 @@
+//! `train`: one instance per (size, seed) of the built-in suite. Trains the
+//! model, exports every checkpoint as `step{N}/model.onnx` — so the entry's
+//! layout is the suite path template `{size}-seed{seed}/step{step}/model.onnx`
+//! under `stages/train/current/` — and checks each export in ONNX Runtime
+//! against the training forward pass on fixed windows.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::json;
+
+use crate::config::{Loaded, SeedSpec, SizeConfig, TrainConfig};
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::model::{ids_tensor, to_f32_vec, weights_hash, Model, Shape};
+use crate::onnx::{export, runtime::OrtModel};
+use crate::stages::{tokenizer, traindata};
+use crate::table;
+use crate::train::{self, Hyper};
+
+pub const NAME: &str = "train";
+pub const VERSION: u32 = 1;
+
+/// Relative path of a checkpoint inside a train entry.
+pub fn checkpoint_path(step: usize) -> String {
+    format!("step{step}/model.onnx")
+}
+
+/// Instance label of (size, seed): what `{size}-seed{seed}` expands to.
+pub fn label(size: &str, seed: &SeedSpec) -> String {
+    format!("{size}-seed{}", seed.label())
+}
+
+pub fn checkpoints(t: &TrainConfig) -> Vec<usize> {
+    if t.checkpoints.is_empty() {
+        train::default_checkpoints(t.steps)
+    } else {
+        let mut v = t.checkpoints.clone();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+pub fn hyper(t: &TrainConfig) -> Hyper {
+    Hyper {
+        steps: t.steps,
+        batch_size: t.batch_size,
+        learning_rate: t.learning_rate,
+        warmup_steps: ((t.steps as f64 * t.warmup_fraction).round() as usize).max(1),
+        min_lr_fraction: t.min_lr_fraction,
+        weight_decay: t.weight_decay,
+        beta1: 0.9,
+        beta2: 0.95,
+        log_every: t.log_every,
+    }
+}
+
+pub fn instances(l: &Loaded) -> Vec<Instance> {
+    let Some(t) = &l.config.train else {
+        return vec![];
+    };
+    let hp = hyper(t);
+    let ckpts = checkpoints(t);
+    let mut out = Vec::new();
+    for (size_name, size) in &t.sizes {
+        for seed in &t.seeds {
+            out.push(Instance {
+                stage: NAME,
+                version: VERSION,
+                label: label(size_name, seed),
+                params: json!({
+                    "size": size_name,
+                    // Written into the tables, so part of the key.
+                    "seed": seed.label(),
+                    "shape": size,
+                    "init_seed": seed.init(),
+                    "data_seed": seed.data(),
+                    "hyper": hp,
+                    "checkpoints": ckpts,
+                    "pad_vocab_multiple": t.pad_vocab_multiple,
+                    "check_windows": t.check_windows,
+                    "check_tolerance": t.check_tolerance,
+                }),
+                inputs: vec![],
+                deps: vec![
+                    (tokenizer::NAME, String::new()),
+                    (traindata::NAME, String::new()),
+                ],
+                exclusive: true,
+                job: Box::new(TrainJob {
+                    size_name: size_name.clone(),
+                    size: *size,
+                    seed: *seed,
+                    hp: hp.clone(),
+                    checkpoints: ckpts.clone(),
+                    pad: t.pad_vocab_multiple,
+                    check_windows: t.check_windows,
+                    tolerance: t.check_tolerance,
+                }),
+            });
+        }
+    }
+    out
+}
+
+struct TrainJob {
+    size_name: String,
+    size: SizeConfig,
+    seed: SeedSpec,
+    hp: Hyper,
+    checkpoints: Vec<usize>,
+    pad: usize,
+    check_windows: usize,
+    tolerance: f64,
+}
+
+struct Ckpt {
+    step: usize,
+    tokens: u64,
+    hash: String,
+    max_dlogit: f64,
+}
+
+impl Job for TrainJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let (tok, _) = tokenizer::load_upstream(ctx)?;
+        let vocab = tok.get_vocab_size(true);
+        let tokens = traindata::read(ctx)?;
+        let shape = Shape {
+            vocab,
+            vocab_padded: vocab.div_ceil(self.pad) * self.pad,
+            layers: self.size.layers,
+            d_model: self.size.d_model,
+            heads: self.size.heads,
+            context: self.size.context,
+        };
+        let id = label(&self.size_name, &self.seed);
+        // Fixed windows, evenly spaced through the data, for the export check.
+        let t = shape.context;
+        let k = self.check_windows.max(1);
+        let span = tokens.len().saturating_sub(t);
+        let check_ids: Vec<u32> = (0..k)
+            .flat_map(|i| {
+                let s = if k == 1 { 0 } else { i * span / (k - 1) }.min(span);
+                tokens[s..s + t].to_vec()
+            })
+            .collect();
+        let check_i64: Vec<i64> = check_ids.iter().map(|&x| x as i64).collect();
+
+        let mut ckpts: Vec<Ckpt> = Vec::new();
+        let out = ctx.out.to_path_buf();
+        let t0 = Instant::now();
+        let mut export_secs = 0.0;
+        let mut on_ckpt = |step: usize, model: &Model, seen: u64| -> Result<(), StageError> {
+            let te = Instant::now();
+            let cerr = |e: candle_core::Error| StageError::Other(format!("{id} step {step}: {e}"));
+            let w = model.weights().map_err(cerr)?;
+            let bytes = export::to_bytes(&shape, &w);
+            let rel = checkpoint_path(step);
+            let path = out.join(&rel);
+            std::fs::create_dir_all(path.parent().unwrap())
+                .map_err(|e| StageError::io(&path, e))?;
+            std::fs::write(&path, &bytes).map_err(|e| StageError::io(&path, e))?;
+            let mut ort = OrtModel::from_bytes(&bytes, &format!("{id} step {step}"), ctx.threads)?;
+            let (got, width) = ort.logits(&check_i64, k, t)?;
+            let want = to_f32_vec(
+                &model
+                    .forward(&ids_tensor(&check_ids, k, t).map_err(cerr)?)
+                    .map_err(cerr)?,
+            )
+            .map_err(cerr)?;
+            if width != shape.vocab_padded || got.len() != want.len() {
+                return Err(StageError::Other(format!(
+                    "{id} step {step}: exported logits have width {width}, expected {}",
+                    shape.vocab_padded
+                )));
+            }
+            let max_dlogit = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .fold(0.0, f64::max);
+            if max_dlogit.is_nan() || max_dlogit > self.tolerance {
+                return Err(StageError::Other(format!(
+                    "{id} step {step}: ONNX Runtime logits differ from the training forward by {max_dlogit:.3e} > {:.1e}",
+                    self.tolerance
+                )));
+            }
+            ckpts.push(Ckpt {
+                step,
+                tokens: seen,
+                hash: weights_hash(&w),
+                max_dlogit,
+            });
+            export_secs += te.elapsed().as_secs_f64();
+            Ok(())
+        };
+        let cancel = || ctx.check_cancel();
+        let log = train::train(
+            shape,
+            &tokens,
+            (self.seed.init(), self.seed.data()),
+            &self.hp,
+            &self.checkpoints,
+            &cancel,
+            &mut on_ckpt,
+        )?;
+        let total = t0.elapsed().as_secs_f64();
+        let train_secs = (total - export_secs).max(1e-9);
+        let trained_tokens = (self.hp.steps * self.hp.batch_size * t) as f64;
+
+        let s = |v: String, n: usize| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
+        let n = log.len();
+        let loss = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("size", DataType::Utf8, false),
+                Field::new("seed", DataType::Utf8, false),
+                Field::new("init_seed", DataType::UInt64, false),
+                Field::new("data_seed", DataType::UInt64, false),
+                Field::new("step", DataType::UInt32, false),
+                Field::new("loss", DataType::Float32, false),
+                Field::new("lr", DataType::Float64, false),
+                Field::new("tokens", DataType::UInt64, false),
+            ])),
+            vec![
+                s(self.size_name.clone(), n),
+                s(self.seed.label(), n),
+                Arc::new(UInt64Array::from(vec![self.seed.init(); n])),
+                Arc::new(UInt64Array::from(vec![self.seed.data(); n])),
+                Arc::new(UInt32Array::from(
+                    log.iter().map(|r| r.step as u32).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float32Array::from(
+                    log.iter().map(|r| r.loss).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    log.iter().map(|r| r.lr).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt64Array::from(
+                    log.iter().map(|r| r.tokens).collect::<Vec<_>>(),
+                )),
+            ],
+        )?;
+        let meta = [
+            ("stage", NAME.to_string()),
+            ("size", self.size_name.clone()),
+            ("seed", self.seed.label()),
+        ];
+        table::write(&ctx.out.join("loss.parquet"), &loss, &meta)?;
+        let n = ckpts.len();
+        let cp = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("size", DataType::Utf8, false),
+                Field::new("seed", DataType::Utf8, false),
+                Field::new("step", DataType::UInt32, false),
+                Field::new("tokens", DataType::UInt64, false),
+                Field::new("weights_blake3", DataType::Utf8, false),
+                Field::new("max_abs_dlogit", DataType::Float64, false),
+                Field::new("path", DataType::Utf8, false),
+            ])),
+            vec![
+                s(self.size_name.clone(), n),
+                s(self.seed.label(), n),
+                Arc::new(UInt32Array::from(
+                    ckpts.iter().map(|c| c.step as u32).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt64Array::from(
+                    ckpts.iter().map(|c| c.tokens).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    ckpts.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    ckpts.iter().map(|c| c.max_dlogit).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    ckpts
+                        .iter()
+                        .map(|c| checkpoint_path(c.step))
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )?;
+        table::write(&ctx.out.join("checkpoints.parquet"), &cp, &meta)?;
+        Ok(json!({
+            "params": shape.n_params(),
+            "vocab": shape.vocab,
+            "vocab_padded": shape.vocab_padded,
+            "train_seconds": train_secs,
+            "export_seconds": export_secs,
+            "tokens_per_second": trained_tokens / train_secs,
+            "final_loss": log.last().map(|r| r.loss),
+            "max_abs_dlogit": ckpts.iter().map(|c| c.max_dlogit).fold(0.0, f64::max),
+            "checkpoints": ckpts.iter().map(|c| json!({"step": c.step, "weights_blake3": c.hash, "max_abs_dlogit": c.max_dlogit})).collect::<Vec<_>>(),
+        }))
+    }
+}

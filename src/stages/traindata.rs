@@ -1,0 +1,109 @@
+//! `traindata`: the training corpus as one token stream (each document
+//! followed by the separator token), for the built-in trainer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::config::{Loaded, TextFormat};
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::stages::tokenizer;
+use crate::table;
+use crate::text;
+
+pub const NAME: &str = "traindata";
+pub const VERSION: u32 = 1;
+pub const FILE: &str = "train_tokens.parquet";
+
+pub fn instances(l: &Loaded) -> Vec<Instance> {
+    let c = &l.config;
+    if c.train.is_none() {
+        return vec![];
+    }
+    let files = c.train_corpus.files.clone();
+    vec![Instance {
+        stage: NAME,
+        version: VERSION,
+        label: String::new(),
+        params: json!({
+            "format": c.train_corpus.format,
+            "text_field": c.train_corpus.text_field,
+            "eos_token": c.tokenizer.eos_token,
+        }),
+        inputs: files
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("train_corpus.files[{i}]"), p.clone()))
+            .collect(),
+        deps: vec![(tokenizer::NAME, String::new())],
+        exclusive: false,
+        job: Box::new(TrainDataJob {
+            files,
+            format: c.train_corpus.format,
+            text_field: c.train_corpus.text_field.clone(),
+            eos: c.tokenizer.eos_token.clone(),
+        }),
+    }]
+}
+
+struct TrainDataJob {
+    files: Vec<PathBuf>,
+    format: TextFormat,
+    text_field: String,
+    eos: String,
+}
+
+impl Job for TrainDataJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
+        let eos = tokenizer::eos_id(&tok, &self.eos, &tok_path)?;
+        let mut stream: Vec<u32> = Vec::new();
+        let mut docs = 0usize;
+        for f in &self.files {
+            ctx.check_cancel()?;
+            let d = text::read_documents(f, self.format, &self.text_field, &self.eos)?;
+            docs += d.len();
+            let enc: Vec<Vec<u32>> = d
+                .par_iter()
+                .map(|doc| {
+                    tok.encode(doc.text.as_str(), false)
+                        .map(|e| e.get_ids().to_vec())
+                        .map_err(|e| StageError::input(f, format!("tokenizing: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+            for ids in enc {
+                stream.extend(ids);
+                stream.push(eos);
+            }
+        }
+        let n = stream.len();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "token_id",
+                DataType::UInt32,
+                false,
+            )])),
+            vec![Arc::new(UInt32Array::from(stream))],
+        )?;
+        table::write(
+            &ctx.out.join(FILE),
+            &batch,
+            &[("stage", NAME.into()), ("documents", docs.to_string())],
+        )?;
+        Ok(json!({ "documents": docs, "tokens": n }))
+    }
+}
+
+/// Read the token stream back.
+pub fn read(ctx: &JobCtx) -> Result<Vec<u32>, StageError> {
+    let path = ctx.upstream(NAME, "")?.join(FILE);
+    let batch = table::read(&path)?;
+    Ok(table::column::<UInt32Array>(&batch, "token_id", &path)?
+        .values()
+        .to_vec())
+}

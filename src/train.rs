@@ -1,0 +1,213 @@
+//! Training loop for the built-in model: AdamW, linear warmup then cosine
+//! decay (Pythia's schedule, scaled), on random windows of the training
+//! token stream. Two independent seeds, as in PolyPythia's decoupled runs:
+//! `init_seed` draws the initial weights, `data_seed` the window order.
+
+use candle_core::{Tensor, Var};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::StageError;
+use crate::model::{ids_tensor, Model, Shape};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Hyper {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    /// Final learning rate as a fraction of the peak (Pythia: 0.1).
+    pub min_lr_fraction: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub log_every: usize,
+}
+
+impl Hyper {
+    /// Learning rate for the update taken at `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let peak = self.learning_rate;
+        if step < self.warmup_steps {
+            return peak * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = (self.steps - self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let min = peak * self.min_lr_fraction;
+        min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// Pythia-like checkpoint steps: 0, 1, 2, 4, …, 512, then every doubling,
+/// and always the last step.
+pub fn default_checkpoints(steps: usize) -> Vec<usize> {
+    let mut v = vec![0];
+    let mut s = 1;
+    while s < steps {
+        v.push(s);
+        s *= 2;
+    }
+    v.push(steps);
+    v
+}
+
+/// Random training windows of `len` tokens (inputs) plus the next token.
+pub struct Windows {
+    rng: ChaCha8Rng,
+    len: usize,
+}
+
+impl Windows {
+    pub fn new(data_seed: u64, len: usize) -> Windows {
+        Windows {
+            rng: ChaCha8Rng::seed_from_u64(data_seed),
+            len,
+        }
+    }
+    /// Start offsets of the next batch.
+    pub fn next_starts(&mut self, batch: usize, n_tokens: usize) -> Vec<usize> {
+        (0..batch)
+            .map(|_| self.rng.random_range(0..n_tokens - self.len))
+            .collect()
+    }
+}
+
+/// One logged training step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub tokens: u64,
+}
+
+fn cerr(e: candle_core::Error) -> StageError {
+    StageError::Other(format!("candle: {e}"))
+}
+
+/// Train from `seeds` = (init_seed, data_seed); call `checkpoint(step, model, tokens)`
+/// at each checkpoint step (after that many updates) and return the log.
+pub fn train(
+    shape: Shape,
+    tokens: &[u32],
+    (init_seed, data_seed): (u64, u64),
+    hp: &Hyper,
+    checkpoints: &[usize],
+    cancel: &dyn Fn() -> Result<(), StageError>,
+    checkpoint: &mut dyn FnMut(usize, &Model, u64) -> Result<(), StageError>,
+) -> Result<Vec<LogRow>, StageError> {
+    let t = shape.context;
+    if tokens.len() <= t + 1 {
+        return Err(StageError::Other(format!(
+            "training text has {} tokens, fewer than one window of {}",
+            tokens.len(),
+            t + 1
+        )));
+    }
+    let model = Model::from_weights(shape, &shape.init(init_seed)).map_err(cerr)?;
+    // Weight decay on matrices only, not on biases and LayerNorm gains.
+    let (decay, plain): (Vec<Var>, Vec<Var>) = model
+        .vars
+        .values()
+        .cloned()
+        .partition(|v| v.dims().len() == 2);
+    let params = |wd: f64| ParamsAdamW {
+        lr: hp.lr_at(0),
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        eps: 1e-8,
+        weight_decay: wd,
+    };
+    let mut opt_decay = AdamW::new(decay, params(hp.weight_decay)).map_err(cerr)?;
+    let mut opt_plain = AdamW::new(plain, params(0.0)).map_err(cerr)?;
+    let mut windows = Windows::new(data_seed, t + 1);
+    let mut log = Vec::new();
+    let b = hp.batch_size;
+    let mut seen = 0u64;
+    for step in 0..=hp.steps {
+        if checkpoints.contains(&step) {
+            checkpoint(step, &model, seen)?;
+        }
+        if step == hp.steps {
+            break;
+        }
+        cancel()?;
+        let starts = windows.next_starts(b, tokens.len());
+        let mut inp = Vec::with_capacity(b * t);
+        let mut tgt = Vec::with_capacity(b * t);
+        for &s in &starts {
+            inp.extend_from_slice(&tokens[s..s + t]);
+            tgt.extend_from_slice(&tokens[s + 1..s + t + 1]);
+        }
+        let logits = model
+            .forward(&ids_tensor(&inp, b, t).map_err(cerr)?)
+            .map_err(cerr)?;
+        let logits = logits.reshape((b * t, shape.vocab_padded)).map_err(cerr)?;
+        let targets = Tensor::from_vec(tgt, b * t, &candle_core::Device::Cpu).map_err(cerr)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &targets).map_err(cerr)?;
+        let lr = hp.lr_at(step);
+        opt_decay.set_learning_rate(lr);
+        opt_plain.set_learning_rate(lr);
+        let grads = loss.backward().map_err(cerr)?;
+        opt_decay.step(&grads).map_err(cerr)?;
+        opt_plain.step(&grads).map_err(cerr)?;
+        seen += (b * t) as u64;
+        if step % hp.log_every.max(1) == 0 || step + 1 == hp.steps {
+            let loss = loss.to_scalar::<f32>().map_err(cerr)?;
+            if !loss.is_finite() {
+                return Err(StageError::Other(format!(
+                    "training diverged: loss {loss} at step {step}"
+                )));
+            }
+            log.push(LogRow {
+                step,
+                loss,
+                lr,
+                tokens: seen,
+            });
+        }
+    }
+    Ok(log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let hp = Hyper {
+            steps: 100,
+            batch_size: 1,
+            learning_rate: 1e-3,
+            warmup_steps: 10,
+            min_lr_fraction: 0.1,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.95,
+            log_every: 1,
+        };
+        assert!((hp.lr_at(0) - 1e-4).abs() < 1e-12);
+        assert!((hp.lr_at(9) - 1e-3).abs() < 1e-12);
+        assert!((hp.lr_at(10) - 1e-3).abs() < 1e-12);
+        assert!((hp.lr_at(55) - 0.55e-3).abs() < 1e-9, "{}", hp.lr_at(55));
+        assert!((hp.lr_at(100) - 1e-4).abs() < 1e-12);
+        for s in 10..99 {
+            assert!(hp.lr_at(s + 1) <= hp.lr_at(s));
+        }
+    }
+
+    #[test]
+    fn default_checkpoints_are_log_spaced_and_end_at_the_last_step() {
+        assert_eq!(
+            default_checkpoints(1000),
+            vec![0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
+        );
+        assert_eq!(
+            default_checkpoints(2048),
+            vec![0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+        );
+        assert_eq!(default_checkpoints(3), vec![0, 1, 2, 3]);
+    }
+}
