@@ -46,6 +46,17 @@ impl Session {
         })
     }
 
+    /// Warn about suite checkpoints whose files are identical across steps.
+    fn warn_duplicates(&self) -> Result<()> {
+        if let Some(suite) = crate::suite::from_config(&self.loaded)? {
+            let memo = &self.engine.memo;
+            for w in crate::suite::duplicate_steps(&suite, &|p| memo.hash(p).ok()) {
+                tracing::warn!("{w}");
+            }
+        }
+        Ok(())
+    }
+
     fn check_stage(&self, stage: &str) -> Result<()> {
         if self.plan.stages.contains(&stage) {
             Ok(())
@@ -128,6 +139,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     for st in args.stages.iter().chain(&args.force) {
         s.check_stage(st)?;
     }
+    s.warn_duplicates()?;
     if args.dry_run {
         return dry_run(s, args);
     }
@@ -205,6 +217,7 @@ fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
 }
 
 pub fn status(s: &Session) -> Result<()> {
+    s.warn_duplicates()?;
     let sel = vec![true; s.plan.len()];
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let mut out = std::io::stdout().lock();

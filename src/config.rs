@@ -30,6 +30,103 @@ pub struct Config {
     /// A built-in seed suite trained here (absent: no training).
     #[serde(default)]
     pub train: Option<TrainConfig>,
+    /// An external seed suite of ONNX checkpoints (instead of `[train]`).
+    #[serde(default)]
+    pub suite: Option<SuiteConfig>,
+    #[serde(default)]
+    pub dist: DistConfig,
+    #[serde(default)]
+    pub kl: KlConfig,
+}
+
+/// An external multi-seed suite: model files found through a path template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteConfig {
+    /// Path template with `{size}`, `{seed}` and `{step}`, e.g.
+    /// `models/pythia-{size}-seed{seed}/step{step}/model.onnx`.
+    pub models: String,
+    pub sizes: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub steps: Vec<usize>,
+    /// Keep the first N logits and renormalise (default: the tokenizer's
+    /// vocabulary; Pythia emits 50,304 logits for 50,277 tokens).
+    #[serde(default)]
+    pub vocab: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when available, else CPU with a warning.
+    Auto,
+    Cpu,
+    /// CUDA or fail.
+    Cuda,
+}
+
+/// Per-checkpoint next-token distributions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistConfig {
+    /// Top-k token ids and log-probs stored per row.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Windows per ONNX Runtime call.
+    #[serde(default = "default_dist_batch")]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads (0: all cores).
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_device")]
+    pub device: Device,
+    /// Keep the full log-probability arrays after the kl stage used them
+    /// (then adding a seed recomputes no other seed's forward pass).
+    #[serde(default)]
+    pub retain_full: bool,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            top_k: default_top_k(),
+            batch_size: default_dist_batch(),
+            threads: 0,
+            device: default_device(),
+            retain_full: false,
+        }
+    }
+}
+
+fn default_top_k() -> usize {
+    64
+}
+fn default_dist_batch() -> usize {
+    16
+}
+fn default_device() -> Device {
+    Device::Auto
+}
+
+/// Exact KL across seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KlConfig {
+    /// k values for which the error of a top-k KL estimate is measured.
+    #[serde(default = "default_validation_k")]
+    pub validation_k: Vec<usize>,
+}
+
+impl Default for KlConfig {
+    fn default() -> Self {
+        KlConfig {
+            validation_k: default_validation_k(),
+        }
+    }
+}
+
+fn default_validation_k() -> Vec<usize> {
+    vec![16, 64, 256]
 }
 
 /// One model size of a built-in suite.
@@ -499,6 +596,11 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
         resolve(root, p);
     }
     resolve(root, &mut c.corpus.path);
+    if let Some(su) = c.suite.as_mut() {
+        if Path::new(&su.models).is_relative() {
+            su.models = root.join(&su.models).to_string_lossy().to_string();
+        }
+    }
     resolve_list(root, &mut c.frequency.files, "frequency.files", file, raw)
 }
 
@@ -607,12 +709,51 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
                 "warmup_fraction must be in [0, 1) and min_lr_fraction in [0, 1]".into(),
             ));
         }
+        if let Some((name, s)) = t.sizes.iter().find(|(_, s)| s.context < c.corpus.window) {
+            return Err(bad(
+                "corpus.window",
+                format!(
+                    "{} is longer than the context of size {name} ({}): windows must fit the model",
+                    c.corpus.window, s.context
+                ),
+            ));
+        }
         if let Some(&s) = t.checkpoints.iter().find(|&&s| s > t.steps) {
             return Err(bad(
                 "train.checkpoints",
                 format!("step {s} is beyond train.steps = {}", t.steps),
             ));
         }
+    }
+    if let Some(su) = &c.suite {
+        if c.train.is_some() {
+            return Err(bad(
+                "suite",
+                "give either [suite] (external checkpoints) or [train] (built-in), not both".into(),
+            ));
+        }
+        let needed: &[&str] = if su.sizes.len() > 1 {
+            &["{size}", "{seed}", "{step}"]
+        } else {
+            &["{seed}", "{step}"]
+        };
+        for ph in needed {
+            if !su.models.contains(ph) {
+                return Err(bad("suite.models", format!("the path template lacks {ph}")));
+            }
+        }
+        if su.sizes.is_empty() || su.seeds.len() < 2 || su.steps.is_empty() {
+            return Err(bad(
+                "suite",
+                "needs sizes, at least two seeds, and steps".into(),
+            ));
+        }
+        if su.vocab == Some(0) {
+            return Err(bad("suite.vocab", "must be ≥ 1".into()));
+        }
+    }
+    if c.dist.top_k == 0 || c.dist.batch_size == 0 {
+        return Err(bad("dist", "top_k and batch_size must be ≥ 1".into()));
     }
     if c.frequency.files.is_empty() && c.train_corpus.files.is_empty() {
         return Err(bad(

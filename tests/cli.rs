@@ -218,19 +218,6 @@ fn missing_or_broken_onnx_runtime_prints_the_fix() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// Parse a little-endian int64 `.npy` file (an independent reader).
-fn read_npy_i64(path: &std::path::Path) -> Vec<i64> {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..6], b"\x93NUMPY");
-    let header_len = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + header_len]).unwrap();
-    assert!(header.contains("'<i8'"), "{header}");
-    b[10 + header_len..]
-        .chunks(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 #[test]
 fn paper_sample_with_pythia_tokenizer_gives_4663_tokens_and_4662_rows() {
     let fx = std::path::Path::new(REPO).join("tests/fixtures/paper_sample");
@@ -241,7 +228,7 @@ fn paper_sample_with_pythia_tokenizer_gives_4663_tokens_and_4662_rows() {
         txt = fx.join("input_text.txt").display(),
     ));
     p.ok(&["run", "corpus"]);
-    let want = read_npy_i64(&fx.join("input_text_encoded.npy"));
+    let want = common::read_npy_i64(&fx.join("input_text_encoded.npy"));
     assert_eq!(want.len(), 4663);
 
     let batch = seedconv::table::read(&p.store().join("corpus/current/tokens.parquet")).unwrap();

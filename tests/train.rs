@@ -24,7 +24,7 @@ d_model = 16
 heads = 2
 context = 16
 "#,
-        base = Project::micro_config()
+        base = Project::micro_config().replace("window = 64", "window = 16")
     )
 }
 
@@ -378,4 +378,17 @@ fn exported_onnx_matches_a_float64_reference_forward_with_vocab_padding() {
         }
         assert!(max < 1e-4, "max |Δ logit| = {max:e} for batch {b}×{t}");
     }
+}
+
+#[test]
+fn corpus_window_longer_than_the_model_context_is_a_config_error() {
+    let p = Project::micro();
+    p.write_config(&suite_config("[1, 2]", "").replace("window = 16", "window = 64"));
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("corpus.window") && r.stderr.contains("context of size t16 (16)"),
+        "{}",
+        r.stderr
+    );
 }

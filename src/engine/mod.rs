@@ -11,7 +11,8 @@
 pub mod hashcache;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -34,9 +35,13 @@ pub trait Job: Send + Sync {
 pub struct JobCtx<'a> {
     /// Temporary output folder; the engine moves it into the store.
     pub out: &'a Path,
+    /// Folder for evictable intermediates of this instance (not outputs: not
+    /// in the manifest, not hashed; whoever reads them must verify them).
+    /// Keyed like the entry, created on demand, removed by `gc`.
+    pub scratch: PathBuf,
     /// Threads this job may use.
     pub threads: usize,
-    upstream: &'a HashMap<String, PathBuf>,
+    upstream: &'a HashMap<String, (PathBuf, PathBuf)>,
     cancel: &'a AtomicBool,
 }
 
@@ -46,7 +51,15 @@ impl JobCtx<'_> {
         let id = instance_id(stage, label);
         self.upstream
             .get(&id)
-            .map(|p| p.as_path())
+            .map(|p| p.0.as_path())
+            .ok_or_else(|| StageError::Other(format!("upstream {id} is not a declared dependency")))
+    }
+    /// Scratch folder of an upstream instance (may not exist).
+    pub fn upstream_scratch(&self, stage: &str, label: &str) -> Result<&Path, StageError> {
+        let id = instance_id(stage, label);
+        self.upstream
+            .get(&id)
+            .map(|p| p.1.as_path())
             .ok_or_else(|| StageError::Other(format!("upstream {id} is not a declared dependency")))
     }
     /// Return `Err(Cancelled)` once Ctrl-C was pressed; jobs call this
@@ -150,14 +163,17 @@ impl Plan {
                 dependents[j].push(i);
             }
         }
-        let mut queue: VecDeque<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+        // Among free nodes take the earliest declared, so instances keep the
+        // order their stage listed them in (e.g. grouped by size and step).
+        let mut queue: BinaryHeap<Reverse<usize>> =
+            (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
         let mut order = Vec::with_capacity(n);
-        while let Some(i) = queue.pop_front() {
+        while let Some(Reverse(i)) = queue.pop() {
             order.push(i);
             for &k in &dependents[i] {
                 indeg[k] -= 1;
                 if indeg[k] == 0 {
-                    queue.push_back(k);
+                    queue.push(Reverse(k));
                 }
             }
         }
@@ -274,7 +290,10 @@ pub struct Silent;
 impl Reporter for Silent {}
 
 struct Shared {
-    ready: VecDeque<usize>,
+    /// Ready instances, deepest (latest in topological order) first, so a
+    /// consumer runs as soon as its inputs exist and evictable intermediates
+    /// do not pile up.
+    ready: BinaryHeap<usize>,
     outcomes: Vec<Option<Outcome>>,
     waiting: Vec<usize>,
     in_flight: usize,
@@ -523,7 +542,7 @@ impl Engine {
                             if s.remaining == 0 {
                                 return;
                             }
-                            if let Some(i) = s.ready.pop_front() {
+                            if let Some(i) = s.ready.pop() {
                                 s.in_flight += 1;
                                 break i;
                             }
@@ -560,7 +579,7 @@ impl Engine {
                     for &k in &dependents[i] {
                         s.waiting[k] -= 1;
                         if s.waiting[k] == 0 {
-                            s.ready.push_back(k);
+                            s.ready.push(k);
                         }
                     }
                     cv.notify_all();
@@ -682,12 +701,21 @@ impl Engine {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
-        let up_dirs: HashMap<String, PathBuf> = upstream
+        let up_dirs: HashMap<String, (PathBuf, PathBuf)> = upstream
             .iter()
-            .map(|(id, m)| (id.clone(), self.store.entry_dir(&m.stage, &m.key)))
+            .map(|(id, m)| {
+                (
+                    id.clone(),
+                    (
+                        self.store.entry_dir(&m.stage, &m.key),
+                        self.store.scratch_dir(&m.stage, &m.key),
+                    ),
+                )
+            })
             .collect();
         let ctx = JobCtx {
             out: &tmp,
+            scratch: self.store.scratch_dir(inst.stage, &key),
             threads,
             upstream: &up_dirs,
             cancel: &self.cancel,

@@ -243,6 +243,10 @@ impl Store {
     pub fn entry_dir(&self, stage: &str, key: &str) -> PathBuf {
         self.stage_dir(stage).join(key)
     }
+    /// Evictable intermediates of an entry (see `JobCtx::scratch`).
+    pub fn scratch_dir(&self, stage: &str, key: &str) -> PathBuf {
+        self.root.join(".scratch").join(stage).join(key)
+    }
     pub fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
         self.stage_dir(stage).join(format!("{key}.lock"))
     }

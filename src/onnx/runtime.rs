@@ -11,6 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
+use crate::config::Device;
 use crate::error::StageError;
 
 pub struct OrtModel {
@@ -27,19 +28,56 @@ const KNOWN: [&str; 4] = [
 ];
 
 impl OrtModel {
-    /// Load a model file (external data beside it is found by ORT).
+    /// Load a model file (external data beside it is found by ORT) on the CPU.
     pub fn from_file(path: &Path, threads: usize) -> Result<OrtModel, StageError> {
+        Self::on_device(path, threads, Device::Cpu).map(|(m, _)| m)
+    }
+
+    /// Load a model file on `device`; returns whether CUDA is in use. With
+    /// `Auto` a CUDA failure falls back to the CPU with a warning; with `Cuda`
+    /// it is an error.
+    pub fn on_device(
+        path: &Path,
+        threads: usize,
+        device: Device,
+    ) -> Result<(OrtModel, bool), StageError> {
         let env = crate::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
         let err = |e: String| StageError::input(path, format!("ONNX Runtime: {e}"));
-        let session = Session::builder(env)
-            .map_err(|e| err(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| err(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| err(e.to_string()))?
+        let builder = || {
+            Session::builder(env)
+                .map_err(|e| err(e.to_string()))?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| err(e.to_string()))?
+                .with_intra_threads(threads.max(1))
+                .map_err(|e| err(e.to_string()))
+        };
+        if device != Device::Cpu {
+            let cuda = builder()?
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                .map_err(|e| err(e.to_string()))
+                .and_then(|mut b| b.commit_from_file(path).map_err(|e| err(e.to_string())));
+            match cuda {
+                Ok(session) => {
+                    return Ok((Self::check(session, path.display().to_string())?, true))
+                }
+                Err(e) if device == Device::Cuda => {
+                    return Err(StageError::input(
+                        path,
+                        format!("device = \"cuda\" but the CUDA execution provider failed: {e}"),
+                    ))
+                }
+                Err(e) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        tracing::warn!("CUDA unavailable, running ONNX Runtime on the CPU ({e})")
+                    });
+                }
+            }
+        }
+        let session = builder()?
             .commit_from_file(path)
             .map_err(|e| err(e.to_string()))?;
-        Self::check(session, path.display().to_string())
+        Ok((Self::check(session, path.display().to_string())?, false))
     }
 
     /// Load a model from bytes (name used in messages).
@@ -84,6 +122,10 @@ impl OrtModel {
         })
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn input_names(&self) -> &[String] {
         &self.inputs
     }
@@ -96,13 +138,29 @@ impl OrtModel {
         b: usize,
         t: usize,
     ) -> Result<(Vec<f32>, usize), StageError> {
+        self.logits_padded(ids, &vec![t; b], t)
+    }
+
+    /// Logits for sequences right-padded to `t`: sequence i has `lens[i]`
+    /// real tokens (attention mask 1), the rest is padding (mask 0). In a
+    /// causal model the real positions do not see the padding.
+    pub fn logits_padded(
+        &mut self,
+        ids: &[i64],
+        lens: &[usize],
+        t: usize,
+    ) -> Result<(Vec<f32>, usize), StageError> {
+        let b = lens.len();
         let err = |e: ort::Error| StageError::Other(format!("{}: {e}", self.name));
         let shape = vec![b as i64, t as i64];
         let mut feed: Vec<(String, SessionInputValue)> = Vec::new();
         for name in &self.inputs {
             let data: Vec<i64> = match name.as_str() {
                 "input_ids" => ids.to_vec(),
-                "attention_mask" => vec![1; b * t],
+                "attention_mask" => lens
+                    .iter()
+                    .flat_map(|&l| (0..t).map(move |j| (j < l) as i64))
+                    .collect(),
                 "position_ids" => (0..b).flat_map(|_| 0..t as i64).collect(),
                 _ => vec![0; b * t],
             };
@@ -110,10 +168,11 @@ impl OrtModel {
             feed.push((name.clone(), tensor.into()));
         }
         let name = self.name.clone();
-        let outputs = self
-            .session
-            .run(feed)
-            .map_err(|e| StageError::Other(format!("{name}: {e}")))?;
+        let outputs = self.session.run(feed).map_err(|e| {
+            StageError::Other(format!(
+                "{name}: {e} (sequence length {t}: is the window longer than the model's context?)"
+            ))
+        })?;
         let (oshape, data) = outputs["logits"]
             .try_extract_tensor::<f32>()
             .map_err(|e| StageError::Other(format!("{name}: logits: {e}")))?;

@@ -3,7 +3,9 @@
 //! together. Adding a stage means adding a module and one line here.
 
 pub mod corpus;
+pub mod dist;
 pub mod frequency;
+pub mod kl;
 pub mod tokenizer;
 pub mod train;
 pub mod traindata;
@@ -20,5 +22,9 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     instances.extend(frequency::instances(l));
     instances.extend(traindata::instances(l));
     instances.extend(train::instances(l));
+    if let Some(suite) = crate::suite::from_config(l)? {
+        instances.extend(dist::instances(l, &suite));
+        instances.extend(kl::instances(l, &suite));
+    }
     Plan::new(instances).map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))
 }

@@ -240,3 +240,34 @@ window = 64
         std::fs::canonicalize(self.store().join(stage).join("current").join(name)).unwrap()
     }
 }
+
+/// Header length and payload of a little-endian `.npy` file of dtype `want`.
+fn npy_payload(path: &Path, want: &str) -> Vec<u8> {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + header_len]).unwrap();
+    assert!(header.contains(want), "{header}");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    b[10 + header_len..].to_vec()
+}
+
+/// An int64 `.npy` file (an independent reader).
+pub fn read_npy_i64(path: &Path) -> Vec<i64> {
+    npy_payload(path, "'<i8'")
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// A float64 `.npy` file.
+pub fn read_npy_f64(path: &Path) -> Vec<f64> {
+    npy_payload(path, "'<f8'")
+        .chunks(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(REPO).join("tests/fixtures")
+}

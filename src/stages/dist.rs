@@ -1,0 +1,522 @@
+//! `dist`: one instance per checkpoint. Runs the model through ONNX Runtime
+//! over the corpus windows and stores, per row, what later analysis needs of
+//! its next-token distribution (truncated to the kept vocabulary and
+//! renormalised): top-k ids and log-probs, exact entropy, log mass outside
+//! the top-k, the target's log-prob, and KL to the uniform and unigram
+//! distributions, computed over the full distribution while it is in memory.
+//! With `dist.retain_full` it also leaves the full log-prob array in its
+//! scratch folder for the kl stage.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Schema};
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::config::{Device, Loaded};
+use crate::divergence::{self, RowStats};
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::onnx::runtime::OrtModel;
+use crate::stages::{corpus, frequency, tokenizer, train};
+use crate::suite::{self, Checkpoint, ModelRef, Suite};
+use crate::table;
+
+pub const NAME: &str = "dist";
+pub const VERSION: u32 = 1;
+pub const FULL: &str = "full.f32";
+const MAGIC: &[u8; 8] = b"SCVFULL1";
+const HEADER: usize = 64;
+
+/// Settings shared by dist and kl.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSettings {
+    pub batch_size: usize,
+    pub threads: usize,
+    pub device: Device,
+}
+
+pub fn settings(l: &Loaded) -> RunSettings {
+    RunSettings {
+        batch_size: l.config.dist.batch_size,
+        threads: l.config.dist.threads,
+        device: l.config.dist.device,
+    }
+}
+
+/// Upstream instances and named input files of an engine instance.
+pub type Reach = (Vec<(&'static str, String)>, Vec<(String, PathBuf)>);
+
+/// Upstream instances and input files that reach a checkpoint's model.
+pub fn model_deps(c: &Checkpoint) -> Reach {
+    match &c.model {
+        ModelRef::File(p) => (
+            vec![],
+            suite::model_files(p)
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    (
+                        if i == 0 {
+                            "model".to_string()
+                        } else {
+                            format!("model_data[{i}]")
+                        },
+                        f,
+                    )
+                })
+                .collect(),
+        ),
+        ModelRef::Builtin { label, .. } => (vec![(train::NAME, label.clone())], vec![]),
+    }
+}
+
+/// The model file of a checkpoint, given the job's upstream entries.
+pub fn model_path(c: &Checkpoint, ctx: &JobCtx) -> Result<PathBuf, StageError> {
+    match &c.model {
+        ModelRef::File(p) => Ok(p.clone()),
+        ModelRef::Builtin { label, rel } => Ok(ctx.upstream(train::NAME, label)?.join(rel)),
+    }
+}
+
+pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
+    let d = &l.config.dist;
+    let set = settings(l);
+    suite
+        .checkpoints
+        .iter()
+        .map(|c| {
+            let (mut deps, inputs) = model_deps(c);
+            deps.extend([
+                (corpus::NAME, String::new()),
+                (frequency::UNIGRAM, String::new()),
+                (tokenizer::NAME, String::new()),
+            ]);
+            Instance {
+                stage: NAME,
+                version: VERSION,
+                label: c.label(),
+                params: json!({
+                    "size": c.size, "seed": c.seed, "step": c.step,
+                    "vocab": suite.vocab, "top_k": d.top_k, "retain_full": d.retain_full,
+                    "batch_size": set.batch_size,
+                }),
+                inputs,
+                deps,
+                exclusive: false,
+                job: Box::new(DistJob {
+                    ckpt: c.clone(),
+                    vocab: suite.vocab,
+                    top_k: d.top_k,
+                    retain_full: d.retain_full,
+                    set: set.clone(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// One ONNX Runtime call: consecutive windows, right-padded to `t`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// (first token, length) of each window.
+    pub windows: Vec<(usize, usize)>,
+    /// Rows (indices into `EvalPlan::rows`) this batch yields, contiguous.
+    pub rows: Range<usize>,
+    pub t: usize,
+}
+
+/// The corpus rows and how to evaluate them.
+pub struct EvalPlan {
+    /// Logit columns the model emitted (set by `forward`; 0 before).
+    pub width: std::sync::atomic::AtomicUsize,
+    pub tokens: Vec<u32>,
+    /// Position of each row's last context token.
+    pub rows: Vec<u32>,
+    pub context_start: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub batches: Vec<Batch>,
+}
+
+impl EvalPlan {
+    pub fn load(ctx: &JobCtx, batch_size: usize) -> Result<EvalPlan, StageError> {
+        let dir = ctx.upstream(corpus::NAME, "")?;
+        let tp = dir.join("tokens.parquet");
+        let tokens = table::column::<UInt32Array>(&table::read(&tp)?, "token_id", &tp)?
+            .values()
+            .to_vec();
+        let rp = dir.join("rows.parquet");
+        let rb = table::read(&rp)?;
+        let rows = table::column::<UInt32Array>(&rb, "row", &rp)?
+            .values()
+            .to_vec();
+        let context_start = table::column::<UInt32Array>(&rb, "context_start", &rp)?
+            .values()
+            .to_vec();
+        let targets = table::column::<UInt32Array>(&rb, "target_id", &rp)?
+            .values()
+            .to_vec();
+        Ok(Self::new(tokens, rows, context_start, targets, batch_size))
+    }
+
+    pub fn new(
+        tokens: Vec<u32>,
+        rows: Vec<u32>,
+        context_start: Vec<u32>,
+        targets: Vec<u32>,
+        batch_size: usize,
+    ) -> EvalPlan {
+        // Windows: runs of rows sharing a context start; each reaches its last row.
+        let mut windows: Vec<(usize, usize, Range<usize>)> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let s = context_start[i];
+            let mut j = i;
+            while j < rows.len() && context_start[j] == s {
+                j += 1;
+            }
+            windows.push((s as usize, (rows[j - 1] - s) as usize + 1, i..j));
+            i = j;
+        }
+        let batches = windows
+            .chunks(batch_size.max(1))
+            .map(|w| Batch {
+                windows: w.iter().map(|(s, l, _)| (*s, *l)).collect(),
+                rows: w[0].2.start..w[w.len() - 1].2.end,
+                t: w.iter().map(|(_, l, _)| *l).max().unwrap_or(0),
+            })
+            .collect();
+        EvalPlan {
+            width: std::sync::atomic::AtomicUsize::new(0),
+            tokens,
+            rows,
+            context_start,
+            targets,
+            batches,
+        }
+    }
+
+    /// Run one batch and write the log-probs of its rows (each `n` wide,
+    /// truncated and renormalised) into `out`.
+    pub fn forward(
+        &self,
+        model: &mut OrtModel,
+        batch: &Batch,
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), StageError> {
+        let t = batch.t;
+        let mut ids = Vec::with_capacity(batch.windows.len() * t);
+        for &(s, l) in &batch.windows {
+            ids.extend(self.tokens[s..s + l].iter().map(|&x| x as i64));
+            ids.extend(std::iter::repeat_n(0i64, t - l));
+        }
+        let lens: Vec<usize> = batch.windows.iter().map(|w| w.1).collect();
+        let (logits, width) = model.logits_padded(&ids, &lens, t)?;
+        self.width
+            .store(width, std::sync::atomic::Ordering::Relaxed);
+        if width < n {
+            return Err(StageError::Other(format!(
+                "{}: emits {width} logits, fewer than the {n} kept vocabulary entries",
+                model.name()
+            )));
+        }
+        // Row r of window w sits at position rows[r] − start(w) of that window.
+        let mut row_src = Vec::with_capacity(batch.rows.len());
+        let mut r = batch.rows.start;
+        for (w, &(s, _)) in batch.windows.iter().enumerate() {
+            while r < batch.rows.end && self.context_start[r] as usize == s {
+                row_src.push((w * t + (self.rows[r] as usize - s)) * width);
+                r += 1;
+            }
+        }
+        let name = model.name().to_string();
+        out.par_chunks_mut(n)
+            .zip(row_src.par_iter().enumerate())
+            .try_for_each(|(dst, (k, &src))| {
+                divergence::log_softmax(&logits[src..src + width], dst).map_err(|i| {
+                    StageError::Other(format!(
+                        "{name}: non-finite logit (token {i}) at row {}",
+                        self.rows[batch.rows.start + k]
+                    ))
+                })
+            })
+    }
+}
+
+/// The kept vocabulary N: configured, else the tokenizer's.
+pub fn kept_vocab(vocab: Option<usize>, ctx: &JobCtx) -> Result<usize, StageError> {
+    match vocab {
+        Some(n) => Ok(n),
+        None => Ok(tokenizer::load_upstream(ctx)?.0.get_vocab_size(true)),
+    }
+}
+
+/// Unigram log-probs truncated to N and renormalised.
+pub fn unigram(ctx: &JobCtx, n: usize) -> Result<Vec<f64>, StageError> {
+    let p = ctx
+        .upstream(frequency::UNIGRAM, "")?
+        .join("unigram.parquet");
+    let b = table::read(&p)?;
+    let lq = table::column::<Float64Array>(&b, "log_prob", &p)?.values();
+    if lq.len() < n {
+        return Err(StageError::input(
+            &p,
+            format!(
+                "has {} tokens, fewer than the kept vocabulary {n}",
+                lq.len()
+            ),
+        ));
+    }
+    let lse = lq[..n].iter().map(|&x| x.exp()).sum::<f64>().ln();
+    Ok(lq[..n].iter().map(|&x| x - lse).collect())
+}
+
+pub fn threads(set: &RunSettings, ctx: &JobCtx) -> usize {
+    if set.threads > 0 {
+        set.threads
+    } else {
+        ctx.threads
+    }
+}
+
+struct DistJob {
+    ckpt: Checkpoint,
+    vocab: Option<usize>,
+    top_k: usize,
+    retain_full: bool,
+    set: RunSettings,
+}
+
+impl Job for DistJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let n = kept_vocab(self.vocab, ctx)?;
+        let plan = EvalPlan::load(ctx, self.set.batch_size)?;
+        let lq = unigram(ctx, n)?;
+        let path = model_path(&self.ckpt, ctx)?;
+        let (mut model, cuda) =
+            OrtModel::on_device(&path, threads(&self.set, ctx), self.set.device)?;
+        if let Some(&bad) = plan.targets.iter().find(|&&t| t as usize >= n) {
+            return Err(StageError::Other(format!(
+                "target token {bad} is outside the kept vocabulary of {n}"
+            )));
+        }
+        let rows = plan.rows.len();
+        let mut stats: Vec<Option<RowStats>> = vec![None; rows];
+        let mut full = if self.retain_full {
+            vec![0f32; rows * n]
+        } else {
+            Vec::new()
+        };
+        let t0 = std::time::Instant::now();
+        let mut ort_secs = 0.0;
+        // Forward passes on this thread; the previous batch's statistics on
+        // the pool meanwhile, so the forward pass bounds the wall time.
+        std::thread::scope(|scope| -> Result<(), StageError> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(2);
+            let plan_ref = &plan;
+            let lq = &lq;
+            let k = self.top_k;
+            let consumer = scope.spawn({
+                let stats = &mut stats;
+                let full = &mut full;
+                move || {
+                    for (bi, block) in rx {
+                        let batch = &plan_ref.batches[bi];
+                        let out: Vec<RowStats> = block
+                            .par_chunks(n)
+                            .enumerate()
+                            .map(|(j, lp)| {
+                                let r = batch.rows.start + j;
+                                divergence::row_stats(lp, plan_ref.targets[r] as usize, k, lq)
+                            })
+                            .collect();
+                        for (j, s) in out.into_iter().enumerate() {
+                            stats[batch.rows.start + j] = Some(s);
+                        }
+                        if !full.is_empty() {
+                            full[batch.rows.start * n..batch.rows.end * n].copy_from_slice(&block);
+                        }
+                    }
+                }
+            });
+            for (bi, batch) in plan.batches.iter().enumerate() {
+                ctx.check_cancel()?;
+                let mut block = vec![0f32; batch.rows.len() * n];
+                let tb = std::time::Instant::now();
+                plan.forward(&mut model, batch, n, &mut block)?;
+                ort_secs += tb.elapsed().as_secs_f64();
+                if tx.send((bi, block)).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            consumer
+                .join()
+                .map_err(|_| StageError::Other("statistics thread panicked".into()))
+        })?;
+        let stats: Vec<RowStats> = stats
+            .into_iter()
+            .map(|s| s.expect("every row computed"))
+            .collect();
+        let model_hash = crate::engine::hashcache::hash_file(&path)
+            .map_err(|e| StageError::Other(e.to_string()))?;
+        let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
+        write_table(ctx.out, &self.ckpt, &plan, &stats, (n, width), &model_hash)?;
+        if self.retain_full {
+            write_full(&ctx.scratch, &full, rows, n)?;
+        }
+        Ok(json!({
+            "rows": rows,
+            "vocab_kept": n,
+            "model": path.display().to_string(),
+            "model_blake3": model_hash,
+            "cuda": cuda,
+            "seconds_ort": ort_secs,
+            "seconds_total": t0.elapsed().as_secs_f64(),
+        }))
+    }
+}
+
+fn write_table(
+    out: &Path,
+    c: &Checkpoint,
+    plan: &EvalPlan,
+    stats: &[RowStats],
+    (n, width): (usize, usize),
+    model_hash: &str,
+) -> Result<(), StageError> {
+    let rows = stats.len();
+    let k = stats.first().map_or(0, |s| s.topk_ids.len());
+    let f32col = |f: &dyn Fn(&RowStats) -> f32| {
+        Arc::new(Float32Array::from(stats.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+    };
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(k, rows));
+    let ids = ListArray::new(
+        Arc::new(Field::new("item", DataType::UInt32, false)),
+        offsets.clone(),
+        Arc::new(UInt32Array::from(
+            stats
+                .iter()
+                .flat_map(|s| s.topk_ids.iter().copied())
+                .collect::<Vec<_>>(),
+        )),
+        None,
+    );
+    let lps = ListArray::new(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        offsets,
+        Arc::new(Float32Array::from(
+            stats
+                .iter()
+                .flat_map(|s| s.topk_logprobs.iter().copied())
+                .collect::<Vec<_>>(),
+        )),
+        None,
+    );
+    let schema = Schema::new(vec![
+        Field::new("size", DataType::Utf8, false),
+        Field::new("seed", DataType::Utf8, false),
+        Field::new("step", DataType::UInt32, false),
+        Field::new("row", DataType::UInt32, false),
+        Field::new("target_id", DataType::UInt32, false),
+        Field::new("target_logprob", DataType::Float32, false),
+        Field::new("entropy", DataType::Float32, false),
+        Field::new("log_mass_outside", DataType::Float32, false),
+        Field::new("kl_uniform", DataType::Float32, false),
+        Field::new("kl_unigram", DataType::Float32, false),
+        Field::new("topk_ids", ids.data_type().clone(), false),
+        Field::new("topk_logprobs", lps.data_type().clone(), false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(vec![c.size.as_str(); rows])),
+            Arc::new(StringArray::from(vec![c.seed.as_str(); rows])),
+            Arc::new(UInt32Array::from(vec![c.step as u32; rows])),
+            Arc::new(UInt32Array::from(plan.rows.clone())),
+            Arc::new(UInt32Array::from(plan.targets.clone())),
+            f32col(&|s| s.target_logprob),
+            f32col(&|s| s.entropy as f32),
+            f32col(&|s| s.log_mass_outside as f32),
+            f32col(&|s| s.kl_uniform as f32),
+            f32col(&|s| s.kl_unigram as f32),
+            Arc::new(ids),
+            Arc::new(lps),
+        ],
+    )?;
+    table::write(
+        &out.join("dist.parquet"),
+        &batch,
+        &[
+            ("stage", NAME.into()),
+            ("size", c.size.clone()),
+            ("seed", c.seed.clone()),
+            ("step", c.step.to_string()),
+            ("vocab_kept", n.to_string()),
+            ("logits_width", width.to_string()),
+            ("model_blake3", model_hash.to_string()),
+        ],
+    )
+}
+
+/// Write the full log-prob array atomically: header (magic, rows, width,
+/// blake3 of the payload) then row-major f32.
+pub fn write_full(dir: &Path, data: &[f32], rows: usize, width: usize) -> Result<(), StageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    let path = dir.join(FULL);
+    let tmp = dir.join(format!(".{FULL}.tmp-{}", std::process::id()));
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&(rows as u64).to_le_bytes());
+    header.extend_from_slice(&(width as u64).to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(bytes);
+    header.extend_from_slice(h.finalize().as_bytes());
+    header.resize(HEADER, 0);
+    let res = (|| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(&header)?;
+        f.write_all(bytes)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StageError::io(&path, e)
+    })
+}
+
+/// A verified full array, memory-mapped; `None` if absent, incomplete or
+/// not matching (rows, width).
+pub fn read_full(dir: &Path, rows: usize, width: usize) -> Option<memmap2::Mmap> {
+    let f = std::fs::File::open(dir.join(FULL)).ok()?;
+    // SAFETY: the file is written once under a temp name and renamed into
+    // place; nothing modifies it in place, and the hash check below rejects
+    // any file that does not match its header.
+    let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
+    if map.len() != HEADER + rows * width * 4 || &map[..8] != MAGIC {
+        return None;
+    }
+    let r = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
+    let w = u64::from_le_bytes(map[16..24].try_into().ok()?) as usize;
+    if r != rows || w != width {
+        return None;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(&map[HEADER..]);
+    (h.finalize().as_bytes() == &map[24..56]).then_some(map)
+}
+
+/// The f32 payload of a mapped full array.
+pub fn full_values(map: &memmap2::Mmap) -> &[f32] {
+    bytemuck::cast_slice(&map[HEADER..])
+}

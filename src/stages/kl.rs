@@ -1,0 +1,326 @@
+//! `kl`: one instance per (size, step). Exact forward KL(p_a ‖ p_b) in nats
+//! for every ordered pair of seeds a ≠ b and every row, over the full kept
+//! vocabulary, summed in f64 — not estimated from stored top-k lists, which
+//! is badly wrong exactly where the paper's phases live (the
+//! `topk_validation` table measures by how much).
+//!
+//! Full distributions meet here while they exist: a seed's log-probs come
+//! from the array its dist instance retained (`dist.retain_full`), verified
+//! by hash, or else from running its model again, batch by batch, all seeds
+//! in lockstep — so memory holds one batch per seed and disk holds nothing.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::config::Loaded;
+use crate::divergence;
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::onnx::runtime::OrtModel;
+use crate::stages::dist::{self, EvalPlan, RunSettings};
+use crate::stages::{corpus, tokenizer};
+use crate::suite::{Checkpoint, Suite};
+use crate::table;
+
+pub const NAME: &str = "kl";
+pub const VERSION: u32 = 1;
+
+pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
+    if suite.seeds.len() < 2 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    let set = dist::settings(l);
+    let ks = l.config.kl.validation_k.clone();
+    for size in &suite.sizes {
+        for &step in &suite.steps {
+            let ckpts: Vec<Checkpoint> = suite
+                .seeds
+                .iter()
+                .filter_map(|seed| suite.get(size, seed, step).cloned())
+                .collect();
+            let mut deps = vec![
+                (corpus::NAME, String::new()),
+                (tokenizer::NAME, String::new()),
+            ];
+            let mut inputs = Vec::new();
+            for c in &ckpts {
+                deps.push((dist::NAME, c.label()));
+                let (d, i) = dist::model_deps(c);
+                deps.extend(d);
+                inputs.extend(
+                    i.into_iter()
+                        .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
+                );
+            }
+            out.push(Instance {
+                stage: NAME,
+                version: VERSION,
+                label: format!("{size}-step{step}"),
+                params: json!({
+                    "size": size, "step": step, "seeds": suite.seeds, "vocab": suite.vocab,
+                    "validation_k": ks, "batch_size": set.batch_size,
+                }),
+                inputs,
+                deps,
+                exclusive: false,
+                job: Box::new(KlJob {
+                    size: size.clone(),
+                    step,
+                    ckpts,
+                    vocab: suite.vocab,
+                    ks: ks.clone(),
+                    set: set.clone(),
+                    retain_full: l.config.dist.retain_full,
+                }),
+            });
+        }
+    }
+    out
+}
+
+struct KlJob {
+    size: String,
+    step: usize,
+    ckpts: Vec<Checkpoint>,
+    vocab: Option<usize>,
+    ks: Vec<usize>,
+    set: RunSettings,
+    retain_full: bool,
+}
+
+/// Where one seed's log-probs come from.
+enum Source {
+    Array(memmap2::Mmap),
+    Model(Box<OrtModel>),
+}
+
+impl Job for KlJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let n = dist::kept_vocab(self.vocab, ctx)?;
+        let plan = EvalPlan::load(ctx, self.set.batch_size)?;
+        let rows = plan.rows.len();
+        let seeds = self.ckpts.len();
+        // Every seed of a size must emit the same number of logits.
+        let mut width: Option<(usize, &Checkpoint)> = None;
+        for c in &self.ckpts {
+            let p = ctx.upstream(dist::NAME, &c.label())?.join("dist.parquet");
+            let w = table::schema(&p)?
+                .metadata
+                .iter()
+                .find(|(k, _)| k == "seedconv.logits_width")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .ok_or_else(|| StageError::input(&p, "no seedconv.logits_width metadata"))?;
+            match width {
+                Some((w0, c0)) if w0 != w => {
+                    return Err(StageError::Other(format!(
+                    "vocabulary widths differ within size {}: {} emits {w0} logits, {} emits {w}",
+                    self.size,
+                    c0.name(),
+                    c.name()
+                )))
+                }
+                _ => width = Some((w, c)),
+            }
+        }
+        let mut sources = Vec::with_capacity(seeds);
+        let mut recomputed = 0;
+        for c in &self.ckpts {
+            let scratch = ctx.upstream_scratch(dist::NAME, &c.label())?;
+            match dist::read_full(scratch, rows, n) {
+                Some(map) => sources.push(Source::Array(map)),
+                None => {
+                    let path = dist::model_path(c, ctx)?;
+                    let (m, _) =
+                        OrtModel::on_device(&path, dist::threads(&self.set, ctx), self.set.device)?;
+                    sources.push(Source::Model(Box::new(m)));
+                    recomputed += 1;
+                }
+            }
+        }
+        let mut ks: Vec<usize> = self.ks.iter().copied().filter(|&k| k < n).collect();
+        ks.sort_unstable();
+        ks.dedup();
+        let kmax = ks.last().copied().unwrap_or(0);
+        let pairs: Vec<(usize, usize)> = (0..seeds)
+            .flat_map(|a| (0..seeds).filter(move |&b| b != a).map(move |b| (a, b)))
+            .collect();
+
+        let mut kl = vec![0f64; rows * pairs.len()]; // [row][pair]
+        let mut est_sum = vec![0f64; ks.len()];
+        let mut blocks: Vec<Vec<f32>> = vec![Vec::new(); seeds];
+        for batch in &plan.batches {
+            ctx.check_cancel()?;
+            let len = batch.rows.len();
+            for (s, src) in sources.iter_mut().enumerate() {
+                match src {
+                    Source::Array(map) => {
+                        blocks[s].clear();
+                        blocks[s].extend_from_slice(
+                            &dist::full_values(map)[batch.rows.start * n..batch.rows.end * n],
+                        );
+                    }
+                    Source::Model(m) => {
+                        blocks[s].resize(len * n, 0.0);
+                        plan.forward(m, batch, n, &mut blocks[s])?;
+                    }
+                }
+            }
+            let blocks = &blocks;
+            let per_row: Vec<(Vec<f64>, Vec<f64>)> = (0..len)
+                .into_par_iter()
+                .map(|j| {
+                    let lp: Vec<&[f32]> =
+                        (0..seeds).map(|s| &blocks[s][j * n..(j + 1) * n]).collect();
+                    let exact: Vec<f64> = pairs
+                        .iter()
+                        .map(|&(a, b)| divergence::kl(lp[a], lp[b]))
+                        .collect();
+                    let mut est = vec![0f64; ks.len()];
+                    if kmax > 0 {
+                        let tops: Vec<Vec<u32>> =
+                            lp.iter().map(|l| divergence::top_k(l, kmax)).collect();
+                        let mut in_top = vec![false; n];
+                        for (ki, &k) in ks.iter().enumerate() {
+                            for &(a, b) in &pairs {
+                                tops[b][..k].iter().for_each(|&v| in_top[v as usize] = true);
+                                est[ki] += divergence::kl_topk(
+                                    lp[a],
+                                    lp[b],
+                                    &tops[a][..k],
+                                    &tops[b][..k],
+                                    &in_top,
+                                );
+                                tops[b][..k]
+                                    .iter()
+                                    .for_each(|&v| in_top[v as usize] = false);
+                            }
+                        }
+                    }
+                    (exact, est)
+                })
+                .collect();
+            for (j, (exact, est)) in per_row.into_iter().enumerate() {
+                let r = batch.rows.start + j;
+                kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
+                est_sum.iter_mut().zip(est).for_each(|(a, b)| *a += b);
+            }
+        }
+
+        let np = pairs.len();
+        let total: f64 = kl.iter().sum();
+        let mean = total / (rows * np) as f64;
+        let seed_names: Vec<&str> = self.ckpts.iter().map(|c| c.seed.as_str()).collect();
+        let meta = [
+            ("stage", NAME.to_string()),
+            ("size", self.size.clone()),
+            ("step", self.step.to_string()),
+        ];
+        let long = rows * np;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("size", DataType::Utf8, false),
+                Field::new("step", DataType::UInt32, false),
+                Field::new("seed_a", DataType::Utf8, false),
+                Field::new("seed_b", DataType::Utf8, false),
+                Field::new("row", DataType::UInt32, false),
+                Field::new("kl", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![self.size.as_str(); long])),
+                Arc::new(UInt32Array::from(vec![self.step as u32; long])),
+                Arc::new(StringArray::from(
+                    (0..long)
+                        .map(|i| seed_names[pairs[i % np].0])
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    (0..long)
+                        .map(|i| seed_names[pairs[i % np].1])
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(
+                    (0..long).map(|i| plan.rows[i / np]).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(kl.clone())),
+            ],
+        )?;
+        table::write(&ctx.out.join("kl.parquet"), &batch, &meta)?;
+
+        let conv: Vec<f64> = kl
+            .chunks(np)
+            .map(|c| -c.iter().sum::<f64>() / np as f64)
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("size", DataType::Utf8, false),
+                Field::new("step", DataType::UInt32, false),
+                Field::new("row", DataType::UInt32, false),
+                Field::new("target_id", DataType::UInt32, false),
+                Field::new("conv", DataType::Float64, false),
+                Field::new("n_pairs", DataType::UInt32, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![self.size.as_str(); rows])),
+                Arc::new(UInt32Array::from(vec![self.step as u32; rows])),
+                Arc::new(UInt32Array::from(plan.rows.clone())),
+                Arc::new(UInt32Array::from(plan.targets.clone())),
+                Arc::new(Float64Array::from(conv)),
+                Arc::new(UInt32Array::from(vec![np as u32; rows])),
+            ],
+        )?;
+        table::write(&ctx.out.join("conv.parquet"), &batch, &meta)?;
+
+        let nk = ks.len();
+        let est_means: Vec<f64> = est_sum.iter().map(|s| s / (rows * np) as f64).collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("size", DataType::Utf8, false),
+                Field::new("step", DataType::UInt32, false),
+                Field::new("k", DataType::UInt32, false),
+                Field::new("vocab", DataType::UInt32, false),
+                Field::new("kl_exact", DataType::Float64, false),
+                Field::new("kl_topk", DataType::Float64, false),
+                Field::new("rel_error", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![self.size.as_str(); nk])),
+                Arc::new(UInt32Array::from(vec![self.step as u32; nk])),
+                Arc::new(UInt32Array::from(
+                    ks.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(vec![n as u32; nk])),
+                Arc::new(Float64Array::from(vec![mean; nk])),
+                Arc::new(Float64Array::from(est_means.clone())),
+                Arc::new(Float64Array::from(
+                    est_means
+                        .iter()
+                        .map(|e| (e - mean) / mean)
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )?;
+        table::write(&ctx.out.join("topk_validation.parquet"), &batch, &meta)?;
+
+        if !self.retain_full {
+            // Nothing should be left over, but a previous retain_full run may
+            // have left arrays; they are not needed now.
+            for c in &self.ckpts {
+                if let Ok(dir) = ctx.upstream_scratch(dist::NAME, &c.label()) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+        Ok(json!({
+            "rows": rows,
+            "pairs": np,
+            "vocab_kept": n,
+            "mean_kl": mean,
+            "seeds_recomputed": recomputed,
+        }))
+    }
+}

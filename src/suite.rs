@@ -1,0 +1,198 @@
+//! A multi-seed suite: sizes × seeds × steps of causal-LM checkpoints, either
+//! external ONNX files found through a path template or the built-in
+//! trainer's exports. Everything downstream sees the same `Checkpoint`s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::Loaded;
+use crate::error::ConfigError;
+use crate::stages::train;
+
+/// Where a checkpoint's model comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelRef {
+    /// An external file (plus external-data files beside it).
+    File(PathBuf),
+    /// `rel` inside the entry of the built-in `train` instance `label`.
+    Builtin { label: String, rel: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub size: String,
+    pub seed: String,
+    pub step: usize,
+    pub model: ModelRef,
+}
+
+impl Checkpoint {
+    /// Instance label: `{size}-seed{seed}-step{step}`.
+    pub fn label(&self) -> String {
+        format!("{}-seed{}-step{}", self.size, self.seed, self.step)
+    }
+    /// Human-readable name for messages.
+    pub fn name(&self) -> String {
+        match &self.model {
+            ModelRef::File(p) => p.display().to_string(),
+            ModelRef::Builtin { label, rel } => format!("train[{label}]/{rel}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub sizes: Vec<String>,
+    pub seeds: Vec<String>,
+    pub steps: Vec<usize>,
+    /// Logits kept (None: the tokenizer's vocabulary size).
+    pub vocab: Option<usize>,
+    pub checkpoints: Vec<Checkpoint>,
+    pub builtin: bool,
+}
+
+impl Suite {
+    pub fn get(&self, size: &str, seed: &str, step: usize) -> Option<&Checkpoint> {
+        self.checkpoints
+            .iter()
+            .find(|c| c.size == size && c.seed == seed && c.step == step)
+    }
+}
+
+/// Files that make up an external model: the `.onnx` and any external-data
+/// file beside it named after it (`model.onnx.data`, `model.onnx_data`).
+pub fn model_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    if let (Some(dir), Some(name)) = (
+        path.parent(),
+        path.file_name().map(|n| n.to_string_lossy().to_string()),
+    ) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            let mut extra: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default();
+                    n != name && n.starts_with(&name) && p.is_file()
+                })
+                .collect();
+            extra.sort();
+            files.extend(extra);
+        }
+    }
+    files
+}
+
+/// The configured suite, if any. For an external suite every checkpoint must
+/// exist; all missing ones are reported at once.
+pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
+    let c = &l.config;
+    if let Some(t) = &c.train {
+        let steps = train::checkpoints(t);
+        let seeds: Vec<String> = t.seeds.iter().map(|s| s.label()).collect();
+        let mut checkpoints = Vec::new();
+        for size in t.sizes.keys() {
+            for (spec, seed) in t.seeds.iter().zip(&seeds) {
+                for &step in &steps {
+                    checkpoints.push(Checkpoint {
+                        size: size.clone(),
+                        seed: seed.clone(),
+                        step,
+                        model: ModelRef::Builtin {
+                            label: train::label(size, spec),
+                            rel: train::checkpoint_path(step),
+                        },
+                    });
+                }
+            }
+        }
+        return Ok(Some(Suite {
+            sizes: t.sizes.keys().cloned().collect(),
+            seeds,
+            steps,
+            vocab: None,
+            checkpoints,
+            builtin: true,
+        }));
+    }
+    let Some(su) = &c.suite else {
+        return Ok(None);
+    };
+    let mut checkpoints = Vec::new();
+    let mut missing = Vec::new();
+    for size in &su.sizes {
+        for seed in &su.seeds {
+            for &step in &su.steps {
+                let path = PathBuf::from(
+                    su.models
+                        .replace("{size}", size)
+                        .replace("{seed}", &seed.to_string())
+                        .replace("{step}", &step.to_string()),
+                );
+                if !path.is_file() {
+                    missing.push(path.display().to_string());
+                }
+                checkpoints.push(Checkpoint {
+                    size: size.clone(),
+                    seed: seed.to_string(),
+                    step,
+                    model: ModelRef::File(path),
+                });
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ConfigError::Invalid {
+            file: l.file_name(),
+            line: 0,
+            key: "suite.models".into(),
+            message: format!(
+                "{} of {} checkpoints are missing: {}",
+                missing.len(),
+                checkpoints.len(),
+                missing.join(", ")
+            ),
+        });
+    }
+    Ok(Some(Suite {
+        sizes: su.sizes.clone(),
+        seeds: su.seeds.iter().map(|s| s.to_string()).collect(),
+        steps: su.steps.clone(),
+        vocab: su.vocab,
+        checkpoints,
+        builtin: false,
+    }))
+}
+
+/// Warnings about an external suite: two steps of one run with identical
+/// model files (published Pythia branches have this fault).
+pub fn duplicate_steps(suite: &Suite, hash: &dyn Fn(&Path) -> Option<String>) -> Vec<String> {
+    let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for c in &suite.checkpoints {
+        let ModelRef::File(p) = &c.model else {
+            continue;
+        };
+        let Some(h) = model_files(p)
+            .iter()
+            .map(|f| hash(f))
+            .collect::<Option<Vec<String>>>()
+        else {
+            continue;
+        };
+        let key = (c.size.clone(), c.seed.clone(), h.join(","));
+        if let Some(prev) = seen.insert(key, c.step) {
+            warnings.push(format!(
+                "{} seed {}: steps {prev} and {} have identical weights ({})",
+                c.size,
+                c.seed,
+                c.step,
+                p.display()
+            ));
+        }
+    }
+    warnings
+}

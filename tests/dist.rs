@@ -1,0 +1,440 @@
+//! Distributions and divergences on real-world exports (`torch.onnx`
+//! GPT-NeoX models with padded logits, external data, an extra
+//! `position_ids` input), checked against float64 references computed here,
+//! and the failure modes: missing checkpoints, wrong signature, mismatched
+//! vocabularies, NaN logits.
+
+mod common;
+use common::{fixtures, Project};
+
+use arrow::array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};
+use seedconv::onnx::runtime::OrtModel;
+
+fn causal() -> std::path::PathBuf {
+    fixtures().join("hf_onnx_samples/causal")
+}
+
+fn probe_ids() -> Vec<i64> {
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("hf_onnx_samples/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    m["probe_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn real_world_exports_match_their_float64_reference_logits() {
+    let ids = probe_ids();
+    let cases = [
+        ("neox-seed11/step0", "neox-seed11/step0"),
+        ("neox-seed11/step50", "neox-seed11/step50"),
+        ("neox-seed11/step300", "neox-seed11/step300"),
+        ("neox-seed12/step0", "neox-seed12/step0"),
+        ("neox-seed12/step50", "neox-seed12/step50"),
+        ("neox-seed12/step300", "neox-seed12/step300"),
+        ("variants/with-position-ids", "neox-seed12/step300"),
+        ("variants/dynamo-external-data", "neox-seed12/step300"),
+    ];
+    for (model, reference) in cases {
+        let mut m = OrtModel::from_file(&causal().join(model).join("model.onnx"), 1).unwrap();
+        let (got, width) = m.logits(&ids, 1, ids.len()).unwrap();
+        assert_eq!(width, 768, "{model}: logits padded to 768 for 700 tokens");
+        let want = common::read_npy_f64(
+            &causal()
+                .join(reference)
+                .join("reference_logits_float64.npy"),
+        );
+        assert_eq!(want.len(), got.len());
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(max < 1e-4, "{model}: max |Δ| = {max:e}");
+    }
+    let m =
+        OrtModel::from_file(&causal().join("variants/with-position-ids/model.onnx"), 1).unwrap();
+    assert_eq!(
+        m.input_names(),
+        ["input_ids", "attention_mask", "position_ids"]
+    );
+}
+
+fn suite_config(models: &str, steps: &str) -> String {
+    format!(
+        r#"[tokenizer]
+path = "{tok}"
+
+[corpus]
+path = "text/eval.conllu"
+window = 24
+
+[frequency]
+files = ["text/a.txt"]
+
+[suite]
+models = "{models}"
+sizes = ["tiny"]
+seeds = [11, 12]
+steps = {steps}
+
+[dist]
+top_k = 8
+batch_size = 3
+"#,
+        tok = causal().join("tokenizer.json").display()
+    )
+}
+
+fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
+}
+
+/// Float64 log-softmax over the first `n` of `logits`.
+fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
+    let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();
+    let m = x.iter().cloned().fold(f64::MIN, f64::max);
+    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    x.iter().map(|v| v - lse).collect()
+}
+
+#[test]
+fn external_suite_dist_and_kl_match_an_independent_float64_computation() {
+    let p = Project::micro();
+    p.write_config(&suite_config(
+        &format!(
+            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
+            causal().display()
+        ),
+        "[0, 50, 300]",
+    ));
+    p.ok(&["run"]);
+    let store = p.store();
+    let rows = seedconv::table::read(&store.join("corpus/current/rows.parquet")).unwrap();
+    let tokens = seedconv::table::read(&store.join("corpus/current/tokens.parquet")).unwrap();
+    let tok: Vec<i64> = col::<UInt32Array>(&tokens, "token_id")
+        .values()
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+    let row_pos = col::<UInt32Array>(&rows, "row").values().to_vec();
+    let cstart = col::<UInt32Array>(&rows, "context_start").values().to_vec();
+    let targets = col::<UInt32Array>(&rows, "target_id").values().to_vec();
+    assert!(row_pos.len() > 100);
+    let n = 700;
+    let uni = seedconv::table::read(&store.join("unigram/current/unigram.parquet")).unwrap();
+    let lq_raw = col::<Float64Array>(&uni, "log_prob").values().to_vec();
+    let lq_norm = lq_raw[..n].iter().map(|x| x.exp()).sum::<f64>().ln();
+
+    for step in [0, 50, 300] {
+        // Every row recomputed alone: its own context, batch of one, no padding.
+        let mut lps: Vec<Vec<Vec<f64>>> = Vec::new();
+        for seed in [11, 12] {
+            let mut m = OrtModel::from_file(
+                &causal().join(format!("neox-seed{seed}/step{step}/model.onnx")),
+                1,
+            )
+            .unwrap();
+            let mut per_row = Vec::new();
+            for (i, &r) in row_pos.iter().enumerate() {
+                let ctx = &tok[cstart[i] as usize..=r as usize];
+                let (logits, w) = m.logits(ctx, 1, ctx.len()).unwrap();
+                per_row.push(lsm64(&logits[(ctx.len() - 1) * w..ctx.len() * w], n));
+            }
+            let d = seedconv::table::read(&store.join(format!(
+                "dist/current/tiny-seed{seed}-step{step}.dist.parquet"
+            )))
+            .unwrap();
+            assert_eq!(d.num_rows(), row_pos.len());
+            let tlp = col::<Float32Array>(&d, "target_logprob");
+            let ent = col::<Float32Array>(&d, "entropy");
+            let klu = col::<Float32Array>(&d, "kl_uniform");
+            let klq = col::<Float32Array>(&d, "kl_unigram");
+            let topk = col::<ListArray>(&d, "topk_ids");
+            for (i, lp) in per_row.iter().enumerate() {
+                let p: Vec<f64> = lp.iter().map(|l| l.exp()).collect();
+                let h = -p.iter().zip(lp).map(|(p, l)| p * l).sum::<f64>();
+                let kq: f64 = p
+                    .iter()
+                    .zip(lp)
+                    .enumerate()
+                    .map(|(j, (p, l))| p * (l - (lq_raw[j] - lq_norm)))
+                    .sum();
+                assert!(
+                    (tlp.value(i) as f64 - lp[targets[i] as usize]).abs() < 1e-4,
+                    "row {i}"
+                );
+                assert!((ent.value(i) as f64 - h).abs() < 1e-4);
+                assert!((klu.value(i) as f64 - ((n as f64).ln() - h)).abs() < 1e-4);
+                assert!((klq.value(i) as f64 - kq).abs() < 1e-4);
+                let ids = topk.value(i);
+                let ids = ids.as_any().downcast_ref::<UInt32Array>().unwrap();
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+                assert_eq!(
+                    ids.value(0) as usize,
+                    order[0],
+                    "row {i}: most likely token"
+                );
+                for j in 0..8 {
+                    // The stored top 8 are eight of the largest (ties aside).
+                    assert!(lp[ids.value(j) as usize] >= lp[order[7]] - 1e-6);
+                }
+            }
+            lps.push(per_row);
+        }
+        // Exact KL per ordered pair and row.
+        let k =
+            seedconv::table::read(&store.join(format!("kl/current/tiny-step{step}.kl.parquet")))
+                .unwrap();
+        assert_eq!(k.num_rows(), 2 * row_pos.len());
+        let (sa, kl) = (
+            col::<StringArray>(&k, "seed_a"),
+            col::<Float64Array>(&k, "kl"),
+        );
+        let (mut got_sum, mut want_sum) = (0.0, 0.0);
+        for i in 0..k.num_rows() {
+            let (a, b) = if sa.value(i) == "11" { (0, 1) } else { (1, 0) };
+            let r = i / 2;
+            let want: f64 = lps[a][r]
+                .iter()
+                .zip(&lps[b][r])
+                .map(|(x, y)| x.exp() * (x - y))
+                .sum();
+            let got = kl.value(i);
+            assert!(
+                (got - want).abs() <= (0.01 * want).max(1e-4),
+                "step {step} row {r}: {got} vs {want}"
+            );
+            got_sum += got;
+            want_sum += want;
+        }
+        let rel = ((got_sum - want_sum) / want_sum).abs();
+        assert!(rel < 1e-3, "step {step}: mean KL off by {rel:e}");
+        let conv =
+            seedconv::table::read(&store.join(format!("kl/current/tiny-step{step}.conv.parquet")))
+                .unwrap();
+        let c = col::<Float64Array>(&conv, "conv");
+        assert!((c.value(0) + (kl.value(0) + kl.value(1)) / 2.0).abs() < 1e-12);
+    }
+    // The estimator validation table exists for the k below the vocabulary.
+    let v = seedconv::table::read(&store.join("kl/current/tiny-step300.topk_validation.parquet"))
+        .unwrap();
+    assert_eq!(
+        col::<UInt32Array>(&v, "k").values().to_vec(),
+        vec![16, 64, 256]
+    );
+}
+
+#[test]
+fn retained_arrays_serve_the_kl_stage_and_give_the_same_values() {
+    let p = Project::micro();
+    let cfg = suite_config(
+        &format!(
+            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
+            causal().display()
+        ),
+        "[50]",
+    );
+    p.write_config(&cfg);
+    p.ok(&["run"]);
+    let a = p.path().join("before.parquet");
+    std::fs::copy(p.store().join("kl/current/tiny-step50.kl.parquet"), &a).unwrap();
+    p.write_config(&format!("{cfg}retain_full = true\n"));
+    // The dist instances rerun to leave their arrays; their tables come out
+    // the same, so the kl instance is still fresh (early cutoff).
+    let r = p.ok(&["run"]);
+    assert_eq!(
+        r.computed_ids(),
+        vec!["dist[tiny-seed11-step50]", "dist[tiny-seed12-step50]"]
+    );
+    let arrays = p.find(|n| n == "full.f32");
+    assert_eq!(arrays.len(), 2, "one retained array per seed");
+    p.ok(&["run", "--force", "kl"]);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            p.current_file("kl", "tiny-step50.kl.parquet")
+                .parent()
+                .unwrap()
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["extra"]["seeds_recomputed"], 0);
+    let read = |path: &std::path::Path| {
+        col::<Float64Array>(&seedconv::table::read(path).unwrap(), "kl")
+            .values()
+            .to_vec()
+    };
+    let (x, y) = (
+        read(&a),
+        read(&p.store().join("kl/current/tiny-step50.kl.parquet")),
+    );
+    assert_eq!(x.len(), y.len());
+    for (u, v) in x.iter().zip(&y) {
+        assert!((u - v).abs() <= 1e-6 * u.abs().max(1e-3), "{u} vs {v}");
+    }
+}
+
+#[test]
+fn missing_checkpoints_are_all_reported_before_any_work() {
+    let p = Project::micro();
+    p.write_config(&suite_config(
+        &format!(
+            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
+            causal().display()
+        ),
+        "[0, 50, 999]",
+    ));
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("2 of 6 checkpoints are missing"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("neox-seed11/step999/model.onnx")
+            && r.stderr.contains("neox-seed12/step999/model.onnx"),
+        "{}",
+        r.stderr
+    );
+    assert!(!p.store().join("tokenizer").exists(), "nothing ran");
+}
+
+#[test]
+fn identical_steps_are_warned_about() {
+    let p = Project::micro();
+    let dir = p.path().join("suite");
+    for seed in [11, 12] {
+        for (step, src) in [(0, 0), (50, 50), (300, 50)] {
+            let d = dir.join(format!("neox-seed{seed}/step{step}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(
+                causal().join(format!("neox-seed{seed}/step{src}/model.onnx")),
+                d.join("model.onnx"),
+            )
+            .unwrap();
+        }
+    }
+    p.write_config(&suite_config(
+        "suite/neox-seed{seed}/step{step}/model.onnx",
+        "[0, 50, 300]",
+    ));
+    let s = p.ok(&["status"]);
+    assert!(
+        s.stderr
+            .contains("tiny seed 11: steps 50 and 300 have identical weights"),
+        "{}",
+        s.stderr
+    );
+}
+
+/// Write a built-in-style model with `f` applied to its weights.
+fn write_model(
+    path: &std::path::Path,
+    vocab_padded: usize,
+    f: impl Fn(&mut seedconv::model::Weights),
+) {
+    let shape = seedconv::model::Shape {
+        vocab: 700,
+        vocab_padded,
+        layers: 1,
+        d_model: 16,
+        heads: 2,
+        context: 32,
+    };
+    let mut w = shape.init(3);
+    f(&mut w);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, seedconv::onnx::export::to_bytes(&shape, &w)).unwrap();
+}
+
+fn own_suite(p: &Project, widths: [usize; 2], nan_in_seed_2: bool) {
+    for (i, seed) in [1, 2].into_iter().enumerate() {
+        write_model(
+            &p.path().join(format!("own/s{seed}/step0/model.onnx")),
+            widths[i],
+            |w| {
+                if nan_in_seed_2 && seed == 2 {
+                    w.get_mut("unembed.w").unwrap().1[5] = f32::NAN;
+                }
+            },
+        );
+    }
+    let cfg = suite_config("own/s{seed}/step{step}/model.onnx", "[0]")
+        .replace("seeds = [11, 12]", "seeds = [1, 2]");
+    p.write_config(&cfg);
+}
+
+#[test]
+fn mismatched_vocabulary_widths_name_both_checkpoints() {
+    let p = Project::micro();
+    own_suite(&p, [704, 768], false);
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("vocabulary widths differ within size tiny"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("own/s1/step0/model.onnx emits 704")
+            && r.stderr.contains("own/s2/step0/model.onnx emits 768"),
+        "{}",
+        r.stderr
+    );
+    // Both dist entries were computed and kept.
+    assert_eq!(p.ok(&["show", "dist"]).stdout.lines().count(), 2);
+}
+
+#[test]
+fn nan_logits_name_the_checkpoint_and_keep_other_work() {
+    let p = Project::micro();
+    own_suite(&p, [704, 704], true);
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("dist[tiny-seed2-step0]")
+            && r.stderr
+                .contains("own/s2/step0/model.onnx: non-finite logit"),
+        "{}",
+        r.stderr
+    );
+    assert!(p
+        .store()
+        .join("dist/current/tiny-seed1-step0.dist.parquet")
+        .exists());
+}
+
+#[test]
+fn wrong_signature_names_the_model_and_its_inputs() {
+    use prost::Message;
+    let p = Project::micro();
+    own_suite(&p, [704, 704], false);
+    let path = p.path().join("own/s2/step0/model.onnx");
+    let mut m = seedconv::onnx::proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice())
+        .unwrap();
+    let g = m.graph.as_mut().unwrap();
+    g.output[0].name = Some("scores".into());
+    g.node.last_mut().unwrap().output[0] = "scores".into();
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("own/s2/step0/model.onnx: unsupported model signature: inputs [input_ids, attention_mask], outputs [scores]"),
+        "{}",
+        r.stderr
+    );
+}
