@@ -216,3 +216,181 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
     );
     Ok(())
 }
+
+fn lcg_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = 7u64;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// The dist stage's work against bare ONNX Runtime calls on the same batches.
+pub fn dist(
+    rows: usize,
+    vocab: usize,
+    d_model: usize,
+    layers: usize,
+    window: usize,
+    batch: usize,
+) -> Result<()> {
+    use crate::stages::{corpus, dist};
+    let shape = crate::model::Shape {
+        vocab,
+        vocab_padded: vocab,
+        layers,
+        d_model,
+        heads: 4,
+        context: window,
+    };
+    let dir = tempfile::TempDir::new()?;
+    let model_path = dir.path().join("model.onnx");
+    std::fs::write(
+        &model_path,
+        crate::onnx::export::to_bytes(&shape, &shape.init(1)),
+    )?;
+    let tokens = lcg_tokens(rows + 1, vocab);
+    let seq = vec![0usize; tokens.len()];
+    let r = corpus::rows(&seq, window);
+    let plan = dist::EvalPlan::new(
+        tokens.clone(),
+        r.iter().map(|x| x.0 as u32).collect(),
+        r.iter().map(|x| x.1 as u32).collect(),
+        r.iter().map(|x| tokens[x.0 + 1]).collect(),
+        batch,
+    );
+    let threads = crate::commands::default_jobs();
+    let mut model = crate::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
+    // Warm-up, then bare session runs over the same batches.
+    let b0 = &plan.batches[0];
+    let ids: Vec<i64> = b0
+        .windows
+        .iter()
+        .flat_map(|&(s, l)| tokens[s..s + l].iter().map(|&x| x as i64))
+        .collect();
+    model.logits_padded(
+        &ids,
+        &b0.windows.iter().map(|w| w.1).collect::<Vec<_>>(),
+        b0.t,
+    )?;
+    let t = Instant::now();
+    for b in &plan.batches {
+        let mut ids = Vec::with_capacity(b.windows.len() * b.t);
+        for &(s, l) in &b.windows {
+            ids.extend(tokens[s..s + l].iter().map(|&x| x as i64));
+            ids.extend(std::iter::repeat_n(0i64, b.t - l));
+        }
+        model.logits_padded(
+            &ids,
+            &b.windows.iter().map(|w| w.1).collect::<Vec<_>>(),
+            b.t,
+        )?;
+    }
+    let bare = t.elapsed().as_secs_f64();
+    let lq = vec![-(vocab as f64).ln(); vocab];
+    let t = Instant::now();
+    let (stats, _, ort) = dist::compute(&plan, &mut model, vocab, 64, &lq, false, &|| Ok(()))?;
+    let computed = t.elapsed().as_secs_f64();
+    let ckpt = crate::suite::Checkpoint {
+        size: "bench".into(),
+        seed: "1".into(),
+        step: 0,
+        model: crate::suite::ModelRef::File(model_path.clone()),
+    };
+    dist::write_table(dir.path(), &ckpt, &plan, &stats, (vocab, vocab), "-")?;
+    let total = t.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(dir.path().join("dist.parquet"))?.len();
+    println!("| measurement | seconds | vs bare ORT |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| bare ORT session runs ({} batches, {} rows) | {bare:.3} | 1.00 |",
+        plan.batches.len(),
+        plan.rows.len()
+    );
+    println!(
+        "| dist: forward + statistics (overlapped) | {computed:.3} | {:.2} |",
+        computed / bare
+    );
+    println!("|   of which in ORT | {ort:.3} | {:.2} |", ort / bare);
+    println!(
+        "| dist: + Parquet written | {total:.3} | {:.2} |",
+        total / bare
+    );
+    println!(
+        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; cores: {threads})",
+        bytes as f64 / plan.rows.len() as f64
+    );
+    Ok(())
+}
+
+/// Exact KL over synthetic log-prob arrays, against reading them once.
+pub fn kl(seeds: usize, rows: usize, vocab: usize) -> Result<()> {
+    use rayon::prelude::*;
+    anyhow::ensure!(seeds >= 2, "need at least two seeds");
+    let t = Instant::now();
+    let arrays: Vec<Vec<f32>> = (0..seeds)
+        .map(|s| {
+            let mut a = vec![0f32; rows * vocab];
+            a.par_chunks_mut(vocab).enumerate().for_each(|(r, row)| {
+                let mut x = (s * 1_000_003 + r) as u64 | 1;
+                let logits: Vec<f32> = (0..vocab)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 40) as f32 / (1u64 << 24) as f32 * 12.0
+                    })
+                    .collect();
+                crate::divergence::log_softmax(&logits, row).expect("finite");
+            });
+            a
+        })
+        .collect();
+    let gen = t.elapsed().as_secs_f64();
+    let views: Vec<&[f32]> = arrays.iter().map(|a| a.as_slice()).collect();
+    let pairs: Vec<(usize, usize)> = (0..seeds)
+        .flat_map(|a| (0..seeds).filter(move |&b| b != a).map(move |b| (a, b)))
+        .collect();
+    // Memory bandwidth: one parallel pass reading every array.
+    let t = Instant::now();
+    let sum: f64 = arrays
+        .iter()
+        .map(|a| {
+            a.par_chunks(1 << 16)
+                .map(|c| c.iter().map(|&x| x as f64).sum::<f64>())
+                .sum::<f64>()
+        })
+        .sum();
+    let read = t.elapsed().as_secs_f64();
+    let bytes = (seeds * rows * vocab * 4) as f64;
+    let t = Instant::now();
+    let exact = crate::stages::kl::block_kl(&views, rows, vocab, &pairs, &[]);
+    let kl_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let sub = rows.min(500);
+    crate::stages::kl::block_kl(&views, sub, vocab, &pairs, &[16, 64, 256]);
+    let val_secs = t.elapsed().as_secs_f64() * rows as f64 / sub as f64;
+    let work = (rows * pairs.len() * vocab) as f64;
+    let mean: f64 =
+        exact.iter().flat_map(|(e, _)| e.iter()).sum::<f64>() / (rows * pairs.len()) as f64;
+    println!("| measurement | value |");
+    println!("| --- | ---: |");
+    println!("| arrays | {seeds} seeds × {rows} rows × {vocab} vocab, f32 ({:.2} GB; made in {gen:.1} s) |", bytes / 1e9);
+    println!(
+        "| one read of all arrays (bandwidth bound) | {read:.3} s = {:.1} GB/s |",
+        bytes / 1e9 / read
+    );
+    println!("| exact KL, {} ordered pairs | {kl_secs:.3} s = {:.2} G row·pair·vocab/s ({:.1}× the read) |", pairs.len(), work / kl_secs / 1e9, kl_secs / read);
+    println!(
+        "| + top-k validation (k = 16, 64, 256), extrapolated from {sub} rows | {val_secs:.2} s |"
+    );
+    println!(
+        "(mean KL {mean:.4} nats; checksum {sum:.1}; cores: {})",
+        crate::commands::default_jobs()
+    );
+    Ok(())
+}

@@ -95,6 +95,31 @@ pub enum BenchWhat {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// dist stage against bare ONNX Runtime runs over the same windows (CPU).
+    Dist {
+        /// Rows (tokens evaluated).
+        #[arg(long, default_value_t = 17_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 1024)]
+        vocab: usize,
+        #[arg(long, default_value_t = 64)]
+        d_model: usize,
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
+    /// Exact KL throughput on synthetic log-prob arrays (default: a Pythia group).
+    Kl {
+        #[arg(long, default_value_t = 5)]
+        seeds: usize,
+        #[arg(long, default_value_t = 4662)]
+        rows: usize,
+        #[arg(long, default_value_t = 50_277)]
+        vocab: usize,
+    },
     /// Training throughput (tokens/s) of each model size in the config's [train].
     Train {
         /// Optimizer steps timed per size (after 2 warm-up steps).

@@ -439,6 +439,17 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
             }
         }
     }
+    // Scratch (evictable intermediates) of entries that are not kept.
+    let scratch = store.root.join(".scratch");
+    for stage_dir in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
+        let stage = stage_dir.file_name().to_string_lossy().to_string();
+        let keep_set = keep.get(stage.as_str()).cloned().unwrap_or_default();
+        for e in std::fs::read_dir(stage_dir.path())?.flatten() {
+            if !keep_set.contains(&e.file_name().to_string_lossy().to_string()) {
+                remove(&e.path(), "scratch")?;
+            }
+        }
+    }
     if !args.dry_run {
         for stage in &s.plan.stages {
             let index = store.read_index(stage);

@@ -53,24 +53,30 @@ pub fn top_k(lp: &[f32], k: usize) -> Vec<u32> {
 pub fn row_stats(lp: &[f32], target: usize, k: usize, lq: &[f64]) -> RowStats {
     let n = lp.len();
     let ln_n = (n as f64).ln();
+    let p: Vec<f64> = lp.iter().map(|&l| (l as f64).exp()).collect();
     let mut entropy = 0.0;
     let mut cross_q = 0.0;
     let mut cross_u = 0.0;
-    for (i, &l) in lp.iter().enumerate() {
-        let p = (l as f64).exp();
-        entropy -= p * l as f64;
-        cross_q += p * (l as f64 - lq[i]);
-        cross_u += p * (l as f64 + ln_n);
+    for ((&pi, &l), &q) in p.iter().zip(lp).zip(lq) {
+        let l = l as f64;
+        entropy -= pi * l;
+        cross_q += pi * (l - q);
+        cross_u += pi * (l + ln_n);
     }
     let ids = top_k(lp, k);
-    let mut in_top = vec![false; n];
-    ids.iter().for_each(|&i| in_top[i as usize] = true);
-    let rest: f64 = lp
-        .iter()
-        .zip(&in_top)
-        .filter(|(_, &t)| !t)
-        .map(|(&l, _)| (l as f64).exp())
-        .sum();
+    // Mass outside the top-k summed directly (not 1 − top mass), so a tiny
+    // tail keeps its precision.
+    let rest = if ids.len() >= n {
+        0.0
+    } else {
+        let mut in_top = vec![false; n];
+        ids.iter().for_each(|&i| in_top[i as usize] = true);
+        p.iter()
+            .zip(&in_top)
+            .filter(|(_, &t)| !t)
+            .map(|(&x, _)| x)
+            .sum::<f64>()
+    };
     RowStats {
         target_logprob: lp[target],
         entropy,
@@ -90,6 +96,17 @@ pub fn kl(lp_a: &[f32], lp_b: &[f32]) -> f64 {
             let a = a as f64;
             a.exp() * (a - b as f64)
         })
+        .sum()
+}
+
+/// `kl` with p_a = exp(lp_a) precomputed (once per seed and row instead of
+/// once per pair). Differences of log-probs are taken in f32 (exact when
+/// close, by Sterbenz), products summed in f64.
+pub fn kl_with_p(p_a: &[f32], lp_a: &[f32], lp_b: &[f32]) -> f64 {
+    p_a.iter()
+        .zip(lp_a)
+        .zip(lp_b)
+        .map(|((&p, &a), &b)| p as f64 * (a - b) as f64)
         .sum()
 }
 
@@ -150,6 +167,9 @@ mod tests {
             let a = lsm(&random_logits(seed, 97, 8.0), 97);
             let b = lsm(&random_logits(seed + 1000, 97, 8.0), 97);
             assert_eq!(kl(&a, &a), 0.0);
+            let pa: Vec<f32> = a.iter().map(|&l| (l as f64).exp() as f32).collect();
+            assert_eq!(kl_with_p(&pa, &a, &a), 0.0);
+            assert!((kl_with_p(&pa, &a, &b) - kl(&a, &b)).abs() < 1e-6 * kl(&a, &b));
             assert!(kl(&a, &b) > 0.0);
             assert!(kl(&b, &a) > 0.0);
         }

@@ -54,6 +54,15 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 hash_mib,
                 dir,
             } => seedconv::bench::engine(*instances, *hash_mib, dir.as_deref()),
+            BenchWhat::Dist {
+                rows,
+                vocab,
+                d_model,
+                layers,
+                window,
+                batch,
+            } => seedconv::bench::dist(*rows, *vocab, *d_model, *layers, *window, *batch),
+            BenchWhat::Kl { seeds, rows, vocab } => seedconv::bench::kl(*seeds, *rows, *vocab),
             BenchWhat::Train { steps } => {
                 seedconv::bench::train(&seedconv::config::load(&cli.config)?, *steps)
             }

@@ -309,63 +309,17 @@ impl Job for DistJob {
             )));
         }
         let rows = plan.rows.len();
-        let mut stats: Vec<Option<RowStats>> = vec![None; rows];
-        let mut full = if self.retain_full {
-            vec![0f32; rows * n]
-        } else {
-            Vec::new()
-        };
         let t0 = std::time::Instant::now();
-        let mut ort_secs = 0.0;
-        // Forward passes on this thread; the previous batch's statistics on
-        // the pool meanwhile, so the forward pass bounds the wall time.
-        std::thread::scope(|scope| -> Result<(), StageError> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(2);
-            let plan_ref = &plan;
-            let lq = &lq;
-            let k = self.top_k;
-            let consumer = scope.spawn({
-                let stats = &mut stats;
-                let full = &mut full;
-                move || {
-                    for (bi, block) in rx {
-                        let batch = &plan_ref.batches[bi];
-                        let out: Vec<RowStats> = block
-                            .par_chunks(n)
-                            .enumerate()
-                            .map(|(j, lp)| {
-                                let r = batch.rows.start + j;
-                                divergence::row_stats(lp, plan_ref.targets[r] as usize, k, lq)
-                            })
-                            .collect();
-                        for (j, s) in out.into_iter().enumerate() {
-                            stats[batch.rows.start + j] = Some(s);
-                        }
-                        if !full.is_empty() {
-                            full[batch.rows.start * n..batch.rows.end * n].copy_from_slice(&block);
-                        }
-                    }
-                }
-            });
-            for (bi, batch) in plan.batches.iter().enumerate() {
-                ctx.check_cancel()?;
-                let mut block = vec![0f32; batch.rows.len() * n];
-                let tb = std::time::Instant::now();
-                plan.forward(&mut model, batch, n, &mut block)?;
-                ort_secs += tb.elapsed().as_secs_f64();
-                if tx.send((bi, block)).is_err() {
-                    break;
-                }
-            }
-            drop(tx);
-            consumer
-                .join()
-                .map_err(|_| StageError::Other("statistics thread panicked".into()))
-        })?;
-        let stats: Vec<RowStats> = stats
-            .into_iter()
-            .map(|s| s.expect("every row computed"))
-            .collect();
+        let cancel = || ctx.check_cancel();
+        let (stats, full, ort_secs) = compute(
+            &plan,
+            &mut model,
+            n,
+            self.top_k,
+            &lq,
+            self.retain_full,
+            &cancel,
+        )?;
         let model_hash = crate::engine::hashcache::hash_file(&path)
             .map_err(|e| StageError::Other(e.to_string()))?;
         let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
@@ -385,7 +339,79 @@ impl Job for DistJob {
     }
 }
 
-fn write_table(
+/// Forward passes over every batch plus each row's statistics (and the full
+/// log-prob array when `keep_full`). The forward passes run on this thread
+/// while the pool computes the previous batch's statistics, so the forward
+/// pass bounds the wall time. Returns (stats, full, seconds in ORT).
+pub fn compute(
+    plan: &EvalPlan,
+    model: &mut OrtModel,
+    n: usize,
+    k: usize,
+    lq: &[f64],
+    keep_full: bool,
+    cancel: &dyn Fn() -> Result<(), StageError>,
+) -> Result<(Vec<RowStats>, Vec<f32>, f64), StageError> {
+    let rows = plan.rows.len();
+    let mut stats: Vec<Option<RowStats>> = vec![None; rows];
+    let mut full = if keep_full {
+        vec![0f32; rows * n]
+    } else {
+        Vec::new()
+    };
+    let mut ort_secs = 0.0;
+    std::thread::scope(|scope| -> Result<(), StageError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(2);
+        let consumer = scope.spawn({
+            let stats = &mut stats;
+            let full = &mut full;
+            move || {
+                for (bi, block) in rx {
+                    let batch: &Batch = &plan.batches[bi];
+                    let out: Vec<RowStats> = block
+                        .par_chunks(n)
+                        .enumerate()
+                        .map(|(j, lp)| {
+                            divergence::row_stats(
+                                lp,
+                                plan.targets[batch.rows.start + j] as usize,
+                                k,
+                                lq,
+                            )
+                        })
+                        .collect();
+                    for (j, s) in out.into_iter().enumerate() {
+                        stats[batch.rows.start + j] = Some(s);
+                    }
+                    if !full.is_empty() {
+                        full[batch.rows.start * n..batch.rows.end * n].copy_from_slice(&block);
+                    }
+                }
+            }
+        });
+        for (bi, batch) in plan.batches.iter().enumerate() {
+            cancel()?;
+            let mut block = vec![0f32; batch.rows.len() * n];
+            let tb = std::time::Instant::now();
+            plan.forward(model, batch, n, &mut block)?;
+            ort_secs += tb.elapsed().as_secs_f64();
+            if tx.send((bi, block)).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        consumer
+            .join()
+            .map_err(|_| StageError::Other("statistics thread panicked".into()))
+    })?;
+    let stats = stats
+        .into_iter()
+        .map(|s| s.expect("every row computed"))
+        .collect();
+    Ok((stats, full, ort_secs))
+}
+
+pub fn write_table(
     out: &Path,
     c: &Checkpoint,
     plan: &EvalPlan,

@@ -145,7 +145,6 @@ impl Job for KlJob {
         let mut ks: Vec<usize> = self.ks.iter().copied().filter(|&k| k < n).collect();
         ks.sort_unstable();
         ks.dedup();
-        let kmax = ks.last().copied().unwrap_or(0);
         let pairs: Vec<(usize, usize)> = (0..seeds)
             .flat_map(|a| (0..seeds).filter(move |&b| b != a).map(move |b| (a, b)))
             .collect();
@@ -170,40 +169,8 @@ impl Job for KlJob {
                     }
                 }
             }
-            let blocks = &blocks;
-            let per_row: Vec<(Vec<f64>, Vec<f64>)> = (0..len)
-                .into_par_iter()
-                .map(|j| {
-                    let lp: Vec<&[f32]> =
-                        (0..seeds).map(|s| &blocks[s][j * n..(j + 1) * n]).collect();
-                    let exact: Vec<f64> = pairs
-                        .iter()
-                        .map(|&(a, b)| divergence::kl(lp[a], lp[b]))
-                        .collect();
-                    let mut est = vec![0f64; ks.len()];
-                    if kmax > 0 {
-                        let tops: Vec<Vec<u32>> =
-                            lp.iter().map(|l| divergence::top_k(l, kmax)).collect();
-                        let mut in_top = vec![false; n];
-                        for (ki, &k) in ks.iter().enumerate() {
-                            for &(a, b) in &pairs {
-                                tops[b][..k].iter().for_each(|&v| in_top[v as usize] = true);
-                                est[ki] += divergence::kl_topk(
-                                    lp[a],
-                                    lp[b],
-                                    &tops[a][..k],
-                                    &tops[b][..k],
-                                    &in_top,
-                                );
-                                tops[b][..k]
-                                    .iter()
-                                    .for_each(|&v| in_top[v as usize] = false);
-                            }
-                        }
-                    }
-                    (exact, est)
-                })
-                .collect();
+            let views: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
+            let per_row = block_kl(&views, len, n, &pairs, &ks);
             for (j, (exact, est)) in per_row.into_iter().enumerate() {
                 let r = batch.rows.start + j;
                 kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
@@ -323,4 +290,52 @@ impl Job for KlJob {
             "seeds_recomputed": recomputed,
         }))
     }
+}
+
+/// Exact KL of every ordered pair and the top-k estimates (one sum over the
+/// pairs per k in `ks`, ascending) for each of `len` rows, given each seed's
+/// log-probs for those rows (`len × n`, row-major). Rows run in parallel.
+pub fn block_kl(
+    blocks: &[&[f32]],
+    len: usize,
+    n: usize,
+    pairs: &[(usize, usize)],
+    ks: &[usize],
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let kmax = ks.last().copied().unwrap_or(0);
+    (0..len)
+        .into_par_iter()
+        .map(|j| {
+            let lp: Vec<&[f32]> = blocks.iter().map(|b| &b[j * n..(j + 1) * n]).collect();
+            let p: Vec<Vec<f32>> = lp
+                .iter()
+                .map(|l| l.iter().map(|&x| (x as f64).exp() as f32).collect())
+                .collect();
+            let exact: Vec<f64> = pairs
+                .iter()
+                .map(|&(a, b)| divergence::kl_with_p(&p[a], lp[a], lp[b]))
+                .collect();
+            let mut est = vec![0f64; ks.len()];
+            if kmax > 0 {
+                let tops: Vec<Vec<u32>> = lp.iter().map(|l| divergence::top_k(l, kmax)).collect();
+                let mut in_top = vec![false; n];
+                for (ki, &k) in ks.iter().enumerate() {
+                    for &(a, b) in pairs {
+                        tops[b][..k].iter().for_each(|&v| in_top[v as usize] = true);
+                        est[ki] += divergence::kl_topk(
+                            lp[a],
+                            lp[b],
+                            &tops[a][..k],
+                            &tops[b][..k],
+                            &in_top,
+                        );
+                        tops[b][..k]
+                            .iter()
+                            .for_each(|&v| in_top[v as usize] = false);
+                    }
+                }
+            }
+            (exact, est)
+        })
+        .collect()
 }
