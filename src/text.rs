@@ -180,6 +180,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn jsonl_reads_the_text_field_and_names_bad_lines() {
+        let docs = parse_jsonl(
+            Path::new("c.jsonl"),
+            "{\"text\": \"a b\"}\n\n{\"text\": \"c\", \"id\": 2}\n",
+            "text",
+        )
+        .unwrap();
+        assert_eq!(
+            docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(),
+            vec!["a b", "c"]
+        );
+        let e = parse_jsonl(
+            Path::new("c.jsonl"),
+            "{\"text\": \"a\"}\n{\"body\": \"b\"}\n",
+            "text",
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "c.jsonl: line 2: no string field \"text\"");
+        let e = parse_jsonl(Path::new("c.jsonl"), "not json\n", "text").unwrap_err();
+        assert!(e.to_string().starts_with("c.jsonl: line 1: invalid JSON"));
+    }
+
+    #[test]
     fn conllu_words_are_located_in_doc_text() {
         let raw = "# newdoc id = a\n# text = Hi, you.\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\tSpaceAfter=No\n2\t,\t,\tPUNCT\t,\t_\t1\tpunct\t_\t_\n3-4\tyou.\t_\t_\t_\t_\t_\t_\t_\t_\n3\tyou\tyou\tPRON\tPRP\t_\t1\tobj\t_\tSpaceAfter=No\n4\t.\t.\tPUNCT\t.\t_\t1\tpunct\t_\t_\n\n# text = Ça va\n1\tÇa\tça\tPRON\tPRP\t_\t2\tnsubj\t_\t_\n2\tva\taller\tVERB\tVBZ\t_\t0\troot\t_\t_\n\n# newdoc id = b\n# text = Bye\n1\tBye\tbye\tINTJ\tUH\t_\t0\troot\t_\t_\n";
         let docs = parse_conllu(Path::new("x.conllu"), raw).unwrap();

@@ -438,3 +438,24 @@ fn wrong_signature_names_the_model_and_its_inputs() {
         r.stderr
     );
 }
+
+#[test]
+fn device_cuda_without_cuda_is_an_error_not_a_silent_fallback() {
+    let p = Project::micro();
+    let cfg = suite_config(
+        &format!(
+            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
+            causal().display()
+        ),
+        "[0]",
+    );
+    p.write_config(&cfg.replace("[dist]\n", "[dist]\ndevice = \"cuda\"\n"));
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("device = \"cuda\" but the CUDA execution provider failed"),
+        "{}",
+        r.stderr
+    );
+}
