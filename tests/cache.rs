@@ -5,8 +5,8 @@
 mod common;
 use common::Project;
 
-/// Instances of the micro pipeline: tokenizer, corpus, 2 × frequency, unigram.
-const ALL: usize = 5;
+/// Instances of the micro pipeline: tokenizer, corpus, 2 × frequency, unigram, annotate.
+const ALL: usize = 6;
 
 fn fresh_project() -> Project {
     let p = Project::micro();
@@ -76,13 +76,14 @@ fn changed_parameter_reruns_only_that_stage_and_status_says_old_and_new() {
         dry.stdout
     );
     assert!(
-        dry.stdout.contains("1 would run, 0 may run, 4 fresh"),
+        dry.stdout.contains("1 would run, 1 may run, 4 fresh"),
         "{}",
         dry.stdout
     );
     let r = p.ok(&["run"]);
-    assert_eq!(r.computed_ids(), vec!["corpus"]);
-    assert_eq!(r.counts(), (1, ALL - 1));
+    // The corpus tables changed, so the annotations built on them rerun.
+    assert_eq!(r.computed_ids(), vec!["annotate", "corpus"]);
+    assert_eq!(r.counts(), (2, ALL - 2));
 }
 
 #[test]
@@ -107,7 +108,7 @@ fn changed_input_file_reruns_its_instance_and_dependents_only() {
     if before == after {
         assert_eq!(
             r.computed_ids(),
-            vec!["frequency[b.txt]", "tokenizer", "unigram"]
+            vec!["annotate", "frequency[b.txt]", "tokenizer", "unigram"]
         );
     } else {
         assert_eq!(r.counts().0, ALL);
@@ -120,7 +121,7 @@ fn changed_input_file_reruns_its_instance_and_dependents_only() {
         .replacen("# text = ", "# text = Well, ", 1);
     std::fs::write(&e, text).unwrap();
     let r = p.ok(&["run"]);
-    assert_eq!(r.computed_ids(), vec!["corpus"]);
+    assert_eq!(r.computed_ids(), vec!["annotate", "corpus"]);
 }
 
 #[test]
@@ -143,7 +144,10 @@ fn frequency_file_change_reruns_its_count_and_the_unigram_only() {
     )
     .unwrap();
     let r = p.ok(&["run"]);
-    assert_eq!(r.computed_ids(), vec!["frequency[freq.txt]", "unigram"]);
+    assert_eq!(
+        r.computed_ids(),
+        vec!["annotate", "frequency[freq.txt]", "unigram"]
+    );
 }
 
 #[test]

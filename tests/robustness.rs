@@ -120,7 +120,7 @@ fn corrupted_artefact_is_reported_by_verify_and_recomputed_by_run() {
     let p = Project::micro();
     p.ok(&["run"]);
     let v = p.ok(&["verify"]);
-    assert!(v.stdout.contains("5 ok, 0 corrupted"), "{}", v.stdout);
+    assert!(v.stdout.contains("6 ok, 0 corrupted"), "{}", v.stdout);
     let rows = p.current_file("corpus", "rows.parquet");
     let good = std::fs::read(&rows).unwrap();
     let mut bad = good.clone();
@@ -219,5 +219,5 @@ fn gc_removes_entries_no_plan_references() {
     assert!(g.stdout.contains("removed entry"), "{}", g.stdout);
     assert!(!old.exists());
     // Everything current survives.
-    assert_eq!(p.ok(&["run"]).counts(), (0, 5));
+    assert_eq!(p.ok(&["run"]).counts(), (0, 6));
 }

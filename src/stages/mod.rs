@@ -2,6 +2,7 @@
 //! expands its part of the config into engine instances; `plan` strings them
 //! together. Adding a stage means adding a module and one line here.
 
+pub mod annotate;
 pub mod corpus;
 pub mod dist;
 pub mod frequency;
@@ -20,6 +21,7 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     instances.extend(tokenizer::instances(l));
     instances.extend(corpus::instances(l));
     instances.extend(frequency::instances(l));
+    instances.extend(annotate::instances(l));
     instances.extend(traindata::instances(l));
     instances.extend(train::instances(l));
     if let Some(suite) = crate::suite::from_config(l)? {

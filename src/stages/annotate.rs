@@ -1,0 +1,210 @@
+//! `annotate`: per evaluation row, what the conditional analyses group by —
+//! the target token's frequency count and decade bin, and the gold part of
+//! speech (UPOS and Penn XPOS, CoNLL-U corpora) of the target and of the last
+//! context token, mapped to subword tokens by the character-majority rule
+//! (`pos`), with the paper's noun / verb / function / content groups.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::json;
+
+use crate::config::Loaded;
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::pos;
+use crate::stages::{corpus, frequency};
+use crate::table;
+
+pub const NAME: &str = "annotate";
+pub const VERSION: u32 = 1;
+
+pub fn instances(_l: &Loaded) -> Vec<Instance> {
+    vec![Instance {
+        stage: NAME,
+        version: VERSION,
+        label: String::new(),
+        params: json!({ "pos_rule": "character-majority", "groups": "paper+VBP" }),
+        inputs: vec![],
+        deps: vec![
+            (corpus::NAME, String::new()),
+            (frequency::UNIGRAM, String::new()),
+        ],
+        exclusive: false,
+        job: Box::new(AnnotateJob),
+    }]
+}
+
+struct AnnotateJob;
+
+/// Per-token tags in two tag sets (UPOS, XPOS).
+type TagColumns = (Vec<String>, Vec<String>);
+/// Per-character tags of one document in both tag sets.
+type CharTags<'a> = (Vec<Option<&'a str>>, Vec<Option<&'a str>>);
+
+/// Per-token UPOS and XPOS from the corpus' gold words (UNK where none).
+fn token_tags(ctx: &JobCtx) -> Result<Option<TagColumns>, StageError> {
+    let dir = ctx.upstream(corpus::NAME, "")?;
+    let wp = dir.join("words.parquet");
+    if !wp.exists() {
+        return Ok(None);
+    }
+    let words = table::read(&wp)?;
+    let tp = dir.join("tokens.parquet");
+    let tokens = table::read(&tp)?;
+    let wdoc = table::column::<UInt32Array>(&words, "doc", &wp)?;
+    let ws = table::column::<UInt32Array>(&words, "char_start", &wp)?;
+    let we = table::column::<UInt32Array>(&words, "char_end", &wp)?;
+    let upos = table::column::<StringArray>(&words, "upos", &wp)?;
+    let xpos = table::column::<StringArray>(&words, "xpos", &wp)?;
+    let tdoc = table::column::<UInt32Array>(&tokens, "doc", &tp)?;
+    let ts = table::column::<UInt32Array>(&tokens, "char_start", &tp)?;
+    let te = table::column::<UInt32Array>(&tokens, "char_end", &tp)?;
+    // Words and token spans per document.
+    let mut by_doc: HashMap<u32, Vec<usize>> = HashMap::new();
+    for i in 0..words.num_rows() {
+        by_doc.entry(wdoc.value(i)).or_default().push(i);
+    }
+    let mut doc_len: HashMap<u32, usize> = HashMap::new();
+    for i in 0..tokens.num_rows() {
+        if !te.is_null(i) {
+            let l = doc_len.entry(tdoc.value(i)).or_default();
+            *l = (*l).max(te.value(i) as usize);
+        }
+    }
+    let mut cache: HashMap<u32, CharTags> = HashMap::new();
+    let mut out_u = Vec::with_capacity(tokens.num_rows());
+    let mut out_x = Vec::with_capacity(tokens.num_rows());
+    for i in 0..tokens.num_rows() {
+        if ts.is_null(i) {
+            out_u.push(pos::UNK.to_string());
+            out_x.push(pos::UNK.to_string());
+            continue;
+        }
+        let d = tdoc.value(i);
+        let (cu, cx) = cache.entry(d).or_insert_with(|| {
+            let len = doc_len.get(&d).copied().unwrap_or(0);
+            let ws_of = by_doc.get(&d).cloned().unwrap_or_default();
+            let sp: Vec<(usize, usize, usize)> = ws_of
+                .iter()
+                .map(|&w| (ws.value(w) as usize, we.value(w) as usize, w))
+                .collect();
+            (
+                pos::char_tags(len, sp.iter().map(|&(s, e, w)| (s, e, upos.value(w)))),
+                pos::char_tags(len, sp.iter().map(|&(s, e, w)| (s, e, xpos.value(w)))),
+            )
+        });
+        let (s, e) = (ts.value(i) as usize, te.value(i) as usize);
+        out_u.push(pos::token_tag(cu, s, e).to_string());
+        out_x.push(pos::token_tag(cx, s, e).to_string());
+    }
+    Ok(Some((out_u, out_x)))
+}
+
+impl Job for AnnotateJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let rp = ctx.upstream(corpus::NAME, "")?.join("rows.parquet");
+        let rows = table::read(&rp)?;
+        let row = table::column::<UInt32Array>(&rows, "row", &rp)?
+            .values()
+            .to_vec();
+        let target = table::column::<UInt32Array>(&rows, "target_id", &rp)?
+            .values()
+            .to_vec();
+        let up = ctx
+            .upstream(frequency::UNIGRAM, "")?
+            .join("unigram.parquet");
+        let uni = table::read(&up)?;
+        let counts = table::column::<UInt64Array>(&uni, "count", &up)?
+            .values()
+            .to_vec();
+        let count_of = |id: u32| -> Result<u64, StageError> {
+            counts.get(id as usize).copied().ok_or_else(|| {
+                StageError::input(&up, format!("token id {id} outside the counted vocabulary"))
+            })
+        };
+        let n = row.len();
+        let count: Vec<u64> = target
+            .iter()
+            .map(|&t| count_of(t))
+            .collect::<Result<_, _>>()?;
+        let bins: Vec<&str> = count
+            .iter()
+            .map(|&c| frequency::BINS[frequency::bin_of(c)])
+            .collect();
+        let tags = token_tags(ctx)?;
+        // Tag of the token at `offset` past each row (1: target, 0: last context token).
+        let at = |col: usize, offset: usize| -> Vec<Option<String>> {
+            row.iter()
+                .map(|&r| {
+                    tags.as_ref()
+                        .map(|t| if col == 0 { &t.0 } else { &t.1 }[r as usize + offset].clone())
+                })
+                .collect()
+        };
+        let (tu, tx, cu, cx) = (at(0, 1), at(1, 1), at(0, 0), at(1, 0));
+        // Groups from Penn XPOS where present, else UPOS.
+        let group = |f_penn: fn(&str) -> bool, f_upos: fn(&str) -> bool| -> BooleanArray {
+            (0..n)
+                .map(|i| match (&tx[i], &tu[i]) {
+                    (Some(x), _) if x != pos::UNK && x != "_" => Some(f_penn(x)),
+                    (_, Some(u)) if u != pos::UNK => Some(f_upos(u)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let s = |v: &Vec<Option<String>>| Arc::new(StringArray::from(v.clone())) as ArrayRef;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("row", DataType::UInt32, false),
+                Field::new("target_id", DataType::UInt32, false),
+                Field::new("count", DataType::UInt64, false),
+                Field::new("freq_bin", DataType::Utf8, false),
+                Field::new("upos", DataType::Utf8, true),
+                Field::new("xpos", DataType::Utf8, true),
+                Field::new("context_upos", DataType::Utf8, true),
+                Field::new("context_xpos", DataType::Utf8, true),
+                Field::new("is_noun", DataType::Boolean, true),
+                Field::new("is_verb", DataType::Boolean, true),
+                Field::new("is_function", DataType::Boolean, true),
+                Field::new("is_content", DataType::Boolean, true),
+            ])),
+            vec![
+                Arc::new(UInt32Array::from(row.clone())),
+                Arc::new(UInt32Array::from(target)),
+                Arc::new(UInt64Array::from(count)),
+                Arc::new(StringArray::from(bins)),
+                s(&tu),
+                s(&tx),
+                s(&cu),
+                s(&cx),
+                Arc::new(group(pos::penn_noun, pos::upos_noun)),
+                Arc::new(group(pos::penn_verb, pos::upos_verb)),
+                Arc::new(group(pos::penn_function, pos::upos_function)),
+                Arc::new(group(pos::penn_content, pos::upos_content)),
+            ],
+        )?;
+        table::write(
+            &ctx.out.join("annotations.parquet"),
+            &batch,
+            &[
+                ("stage", NAME.into()),
+                (
+                    "pos_source",
+                    if tags.is_some() {
+                        "gold CoNLL-U"
+                    } else {
+                        "none"
+                    }
+                    .into(),
+                ),
+            ],
+        )?;
+        let unk = tx.iter().filter(|t| t.as_deref() == Some(pos::UNK)).count();
+        Ok(json!({ "rows": n, "gold_pos": tags.is_some(), "unk_xpos": unk }))
+    }
+}

@@ -1,0 +1,76 @@
+//! Annotations on the shipped EWT test text: gold tags reach the subword
+//! tokens by the character-majority rule, and frequency bins come from the
+//! counts.
+
+mod common;
+use common::Project;
+
+use arrow::array::{Array, StringArray, UInt32Array, UInt64Array};
+
+fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
+}
+
+#[test]
+fn whole_word_tokens_carry_their_gold_tag_and_counts_their_bin() {
+    let p = Project::micro();
+    p.ok(&["run", "annotate"]);
+    let s = p.store();
+    let a = seedconv::table::read(&s.join("annotate/current/annotations.parquet")).unwrap();
+    let t = seedconv::table::read(&s.join("corpus/current/tokens.parquet")).unwrap();
+    let w = seedconv::table::read(&s.join("corpus/current/words.parquet")).unwrap();
+    let u = seedconv::table::read(&s.join("unigram/current/unigram.parquet")).unwrap();
+    let (tdoc, ts, te) = (
+        col::<UInt32Array>(&t, "doc"),
+        col::<UInt32Array>(&t, "char_start"),
+        col::<UInt32Array>(&t, "char_end"),
+    );
+    let (wdoc, ws, we, wx) = (
+        col::<UInt32Array>(&w, "doc"),
+        col::<UInt32Array>(&w, "char_start"),
+        col::<UInt32Array>(&w, "char_end"),
+        col::<StringArray>(&w, "xpos"),
+    );
+    let (row, xpos, bin, count) = (
+        col::<UInt32Array>(&a, "row"),
+        col::<StringArray>(&a, "xpos"),
+        col::<StringArray>(&a, "freq_bin"),
+        col::<UInt64Array>(&a, "count"),
+    );
+    let target = col::<UInt32Array>(&a, "target_id");
+    let ucount = col::<UInt64Array>(&u, "count");
+    let mut checked = 0;
+    for i in 0..a.num_rows() {
+        let pos = row.value(i) as usize + 1;
+        assert_eq!(count.value(i), ucount.value(target.value(i) as usize));
+        let want_bin = match count.value(i) {
+            0..=9 => "<10",
+            10..=99 => "10-100",
+            100..=999 => "100-1e3",
+            1000..=9999 => "1e3-1e4",
+            10000..=99999 => "1e4-1e5",
+            _ => ">=1e5",
+        };
+        assert_eq!(bin.value(i), want_bin);
+        if ts.is_null(pos) {
+            assert_eq!(xpos.value(i), "UNK", "separators are untagged");
+            continue;
+        }
+        // A token that is exactly one word, or a space plus a word of ≥ 1 char.
+        let (d, s0, e0) = (tdoc.value(pos), ts.value(pos), te.value(pos));
+        for j in 0..w.num_rows() {
+            if wdoc.value(j) == d
+                && we.value(j) == e0
+                && (ws.value(j) == s0 || ws.value(j) == s0 + 1)
+            {
+                assert_eq!(xpos.value(i), wx.value(j), "row {i}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} whole-word tokens checked");
+}
