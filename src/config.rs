@@ -37,6 +37,53 @@ pub struct Config {
     pub dist: DistConfig,
     #[serde(default)]
     pub kl: KlConfig,
+    #[serde(default)]
+    pub aggregate: AggregateConfig,
+}
+
+/// The analysis tables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Bootstrap replicates for the E[conv] interval (0: none).
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+    #[serde(default)]
+    pub bootstrap_seed: u64,
+    /// Cells with fewer rows are flagged (`few_rows`), not dropped.
+    #[serde(default = "default_min_rows")]
+    pub min_rows: usize,
+    /// "mean" over seeds (default) or one seed's label (the paper: seed 1).
+    #[serde(default = "default_surprisal_seed")]
+    pub final_surprisal_seed: String,
+    /// Tokens in each of the lowest / middle / highest groups of the token table.
+    #[serde(default = "default_token_n")]
+    pub token_table_n: usize,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            bootstrap: default_bootstrap(),
+            bootstrap_seed: 0,
+            min_rows: default_min_rows(),
+            final_surprisal_seed: default_surprisal_seed(),
+            token_table_n: default_token_n(),
+        }
+    }
+}
+
+fn default_bootstrap() -> usize {
+    1000
+}
+fn default_min_rows() -> usize {
+    30
+}
+fn default_surprisal_seed() -> String {
+    "mean".into()
+}
+fn default_token_n() -> usize {
+    20
 }
 
 /// An external multi-seed suite: model files found through a path template.
@@ -750,6 +797,23 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
         }
         if su.vocab == Some(0) {
             return Err(bad("suite.vocab", "must be ≥ 1".into()));
+        }
+    }
+    if c.aggregate.final_surprisal_seed != "mean" {
+        let seeds: Vec<String> = match (&c.train, &c.suite) {
+            (Some(t), _) => t.seeds.iter().map(|s| s.label()).collect(),
+            (_, Some(su)) => su.seeds.iter().map(|s| s.to_string()).collect(),
+            _ => vec![],
+        };
+        if !seeds.contains(&c.aggregate.final_surprisal_seed) {
+            return Err(bad(
+                "aggregate.final_surprisal_seed",
+                format!(
+                    "\"{}\" is neither \"mean\" nor a seed of the suite ({})",
+                    c.aggregate.final_surprisal_seed,
+                    seeds.join(", ")
+                ),
+            ));
         }
     }
     if c.dist.top_k == 0 || c.dist.batch_size == 0 {

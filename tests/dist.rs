@@ -10,9 +10,7 @@ use common::{fixtures, Project};
 use arrow::array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};
 use seedconv::onnx::runtime::OrtModel;
 
-fn causal() -> std::path::PathBuf {
-    fixtures().join("hf_onnx_samples/causal")
-}
+use common::{causal, hf_suite_config as suite_config};
 
 fn probe_ids() -> Vec<i64> {
     let m: serde_json::Value = serde_json::from_slice(
@@ -63,32 +61,6 @@ fn real_world_exports_match_their_float64_reference_logits() {
         m.input_names(),
         ["input_ids", "attention_mask", "position_ids"]
     );
-}
-
-fn suite_config(models: &str, steps: &str) -> String {
-    format!(
-        r#"[tokenizer]
-path = "{tok}"
-
-[corpus]
-path = "text/eval.conllu"
-window = 24
-
-[frequency]
-files = ["text/a.txt"]
-
-[suite]
-models = "{models}"
-sizes = ["tiny"]
-seeds = [11, 12]
-steps = {steps}
-
-[dist]
-top_k = 8
-batch_size = 3
-"#,
-        tok = causal().join("tokenizer.json").display()
-    )
 }
 
 fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {

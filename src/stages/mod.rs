@@ -2,6 +2,7 @@
 //! expands its part of the config into engine instances; `plan` strings them
 //! together. Adding a stage means adding a module and one line here.
 
+pub mod aggregate;
 pub mod annotate;
 pub mod corpus;
 pub mod dist;
@@ -27,6 +28,7 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     if let Some(suite) = crate::suite::from_config(l)? {
         instances.extend(dist::instances(l, &suite));
         instances.extend(kl::instances(l, &suite));
+        instances.extend(aggregate::instances(l, &suite));
     }
     Plan::new(instances).map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))
 }

@@ -271,3 +271,35 @@ pub fn read_npy_f64(path: &Path) -> Vec<f64> {
 pub fn fixtures() -> PathBuf {
     Path::new(REPO).join("tests/fixtures")
 }
+
+/// The shipped `torch.onnx` GPT-NeoX samples.
+pub fn causal() -> PathBuf {
+    fixtures().join("hf_onnx_samples/causal")
+}
+
+/// A micro pipeline over an external suite of the samples (seeds 11, 12).
+pub fn hf_suite_config(models: &str, steps: &str) -> String {
+    format!(
+        r#"[tokenizer]
+path = "{tok}"
+
+[corpus]
+path = "text/eval.conllu"
+window = 24
+
+[frequency]
+files = ["text/a.txt"]
+
+[suite]
+models = "{models}"
+sizes = ["tiny"]
+seeds = [11, 12]
+steps = {steps}
+
+[dist]
+top_k = 8
+batch_size = 3
+"#,
+        tok = causal().join("tokenizer.json").display()
+    )
+}

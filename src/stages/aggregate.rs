@@ -1,0 +1,468 @@
+//! `aggregate`: the paper's curves as tidy tables a researcher plots
+//! directly. polars joins the per-pair KL tables with the per-row
+//! annotations and final surprisal and does the group-bys; the bootstrap,
+//! which polars has no verb for, is plain Rust over each (size, step)'s
+//! pair × row matrix.
+//!
+//! Estimators (PAPER.md): per ordered pair the mean KL over the rows (of a
+//! subset S), then mean and SD over pairs; E[conv] = −that mean.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use polars::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::config::Loaded;
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::stages::{annotate, dist, kl, tokenizer};
+use crate::suite::Suite;
+
+pub const NAME: &str = "aggregate";
+pub const VERSION: u32 = 2;
+
+/// Final-surprisal bins in nats.
+pub const SURPRISAL_BINS: [(f64, &str); 5] = [
+    (1.0, "[0,1)"),
+    (2.0, "[1,2)"),
+    (4.0, "[2,4)"),
+    (8.0, "[4,8)"),
+    (f64::INFINITY, ">=8"),
+];
+
+pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
+    if suite.seeds.len() < 2 {
+        return vec![];
+    }
+    let a = &l.config.aggregate;
+    let mut deps = vec![
+        (annotate::NAME, String::new()),
+        (tokenizer::NAME, String::new()),
+    ];
+    let mut kls = Vec::new();
+    let mut dists = Vec::new();
+    for size in &suite.sizes {
+        for &step in &suite.steps {
+            kls.push(format!("{size}-step{step}"));
+        }
+    }
+    for c in &suite.checkpoints {
+        dists.push(c.label());
+    }
+    deps.extend(kls.iter().map(|k| (kl::NAME, k.clone())));
+    deps.extend(dists.iter().map(|d| (dist::NAME, d.clone())));
+    let last = suite.steps.iter().copied().max().unwrap_or(0);
+    vec![Instance {
+        stage: NAME,
+        version: VERSION,
+        label: String::new(),
+        params: json!({
+            "bootstrap": a.bootstrap, "bootstrap_seed": a.bootstrap_seed, "min_rows": a.min_rows,
+            "final_surprisal_seed": a.final_surprisal_seed, "token_table_n": a.token_table_n,
+            "final_step": last,
+        }),
+        inputs: vec![],
+        deps,
+        exclusive: false,
+        job: Box::new(AggregateJob {
+            kls,
+            dists,
+            final_step: last,
+            bootstrap: a.bootstrap,
+            seed: a.bootstrap_seed,
+            min_rows: a.min_rows,
+            surprisal_seed: a.final_surprisal_seed.clone(),
+            token_n: a.token_table_n,
+        }),
+    }]
+}
+
+struct AggregateJob {
+    kls: Vec<String>,
+    dists: Vec<String>,
+    final_step: usize,
+    bootstrap: usize,
+    seed: u64,
+    min_rows: usize,
+    surprisal_seed: String,
+    token_n: usize,
+}
+
+fn perr(e: PolarsError) -> StageError {
+    StageError::Other(format!("polars: {e}"))
+}
+
+fn scan(paths: &[PathBuf]) -> Result<LazyFrame, StageError> {
+    let lfs = paths
+        .iter()
+        .map(|p| {
+            let p = PlRefPath::try_from_path(p).map_err(perr)?;
+            LazyFrame::scan_parquet(p, ScanArgsParquet::default()).map_err(perr)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    concat(lfs, UnionArgs::default()).map_err(perr)
+}
+
+fn write(ctx: &JobCtx, name: &str, df: &mut DataFrame) -> Result<(), StageError> {
+    let path = ctx.out.join(name);
+    let f = File::create(&path).map_err(|e| StageError::io(&path, e))?;
+    ParquetWriter::new(f)
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(
+            "seedconv.stage".into(),
+            NAME.into(),
+        )])))
+        .finish(df)
+        .map_err(perr)?;
+    Ok(())
+}
+
+/// Mean and sample SD (ddof 1; 0 for a single value).
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (m, 0.0);
+    }
+    (
+        m,
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt(),
+    )
+}
+
+/// Unconditional statistics of one (size, step) from its KL matrix
+/// `kl[pair][row]`: conv, SD over pair means, SD over rows of conv(row),
+/// SE over rows, and a percentile bootstrap CI resampling pairs and rows
+/// jointly (the multi-bootstrap idea).
+pub fn conv_stats(kl: &[Vec<f64>], b: usize, seed: u64) -> [f64; 6] {
+    let (p, r) = (kl.len(), kl[0].len());
+    let pair_means: Vec<f64> = kl
+        .iter()
+        .map(|row| row.iter().sum::<f64>() / r as f64)
+        .collect();
+    let (m, sd_pairs) = mean_sd(&pair_means);
+    let conv_row: Vec<f64> = (0..r)
+        .map(|j| -kl.iter().map(|row| row[j]).sum::<f64>() / p as f64)
+        .collect();
+    let (_, sd_rows) = mean_sd(&conv_row);
+    let se = sd_rows / (r as f64).sqrt();
+    let (mut lo, mut hi) = (-m, -m);
+    if b > 0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut reps: Vec<f64> = (0..b)
+            .map(|_| {
+                let pairs: Vec<usize> = (0..p).map(|_| rng.random_range(0..p)).collect();
+                let mut s = 0.0;
+                for _ in 0..r {
+                    let j = rng.random_range(0..r);
+                    s += pairs.iter().map(|&q| kl[q][j]).sum::<f64>();
+                }
+                -s / (p * r) as f64
+            })
+            .collect();
+        reps.sort_by(f64::total_cmp);
+        let q = |f: f64| reps[((f * (b - 1) as f64).round() as usize).min(b - 1)];
+        lo = q(0.025);
+        hi = q(0.975);
+    }
+    [-m, sd_pairs, sd_rows, se, lo, hi]
+}
+
+impl Job for AggregateJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let kl_files: Vec<PathBuf> = self
+            .kls
+            .iter()
+            .map(|l| ctx.upstream(kl::NAME, l).map(|d| d.join("kl.parquet")))
+            .collect::<Result<_, _>>()?;
+        let dist_files: Vec<PathBuf> = self
+            .dists
+            .iter()
+            .map(|l| ctx.upstream(dist::NAME, l).map(|d| d.join("dist.parquet")))
+            .collect::<Result<_, _>>()?;
+        let ann = ctx
+            .upstream(annotate::NAME, "")?
+            .join("annotations.parquet");
+
+        // Unconditional E[conv] with its bands, one (size, step) at a time.
+        let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 6];
+        let (mut sizes, mut steps, mut n_rows, mut n_pairs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, f) in kl_files.iter().enumerate() {
+            ctx.check_cancel()?;
+            let df = scan(std::slice::from_ref(f))?
+                .sort(["seed_a", "seed_b", "row"], SortMultipleOptions::default())
+                .collect()
+                .map_err(perr)?;
+            let size = df
+                .column("size")
+                .map_err(perr)?
+                .str()
+                .map_err(perr)?
+                .get(0)
+                .unwrap_or_default()
+                .to_string();
+            let step = df
+                .column("step")
+                .map_err(perr)?
+                .u32()
+                .map_err(perr)?
+                .get(0)
+                .unwrap_or_default();
+            let klv: Vec<f64> = df
+                .column("kl")
+                .map_err(perr)?
+                .f64()
+                .map_err(perr)?
+                .into_no_null_iter()
+                .collect();
+            let rows = df.column("row").map_err(perr)?.n_unique().map_err(perr)?;
+            let pairs = klv.len() / rows.max(1);
+            let matrix: Vec<Vec<f64>> = klv.chunks(rows).map(|c| c.to_vec()).collect();
+            let stats = conv_stats(&matrix, self.bootstrap, self.seed.wrapping_add(i as u64));
+            for (c, v) in cols.iter_mut().zip(stats) {
+                c.push(v);
+            }
+            sizes.push(size);
+            steps.push(step);
+            n_rows.push(rows as u32);
+            n_pairs.push(pairs as u32);
+        }
+        let mut conv = df!(
+            "size" => sizes, "step" => steps, "conv" => &cols[0], "sd_pairs" => &cols[1], "sd_rows" => &cols[2],
+            "se" => &cols[3], "ci_low" => &cols[4], "ci_high" => &cols[5], "n_rows" => n_rows, "n_pairs" => n_pairs
+        )
+        .map_err(perr)?;
+        write(ctx, "conv.parquet", &mut conv)?;
+
+        // Per (size, step, seed): baselines and cross-entropy.
+        let dists = scan(&dist_files)?;
+        let mut base = dists
+            .clone()
+            .group_by([col("size"), col("step"), col("seed")])
+            .agg([
+                col("kl_uniform")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("kl_uniform"),
+                col("kl_unigram")
+                    .cast(DataType::Float64)
+                    .mean()
+                    .alias("kl_unigram"),
+                (lit(0.0) - col("target_logprob").cast(DataType::Float64))
+                    .mean()
+                    .alias("cross_entropy"),
+                len().alias("n_rows"),
+            ])
+            .sort(["size", "step", "seed"], SortMultipleOptions::default())
+            .collect()
+            .map_err(perr)?;
+        write(ctx, "baselines.parquet", &mut base)?;
+
+        // Final surprisal per (size, row), mean over seeds or one seed.
+        let last = dists.filter(col("step").eq(lit(self.final_step as u32)));
+        let last = if self.surprisal_seed == "mean" {
+            last
+        } else {
+            last.filter(col("seed").eq(lit(self.surprisal_seed.clone())))
+        };
+        let mut bin = lit(SURPRISAL_BINS[4].1);
+        for &(hi, label) in SURPRISAL_BINS[..4].iter().rev() {
+            bin = when(col("final_surprisal").lt(lit(hi)))
+                .then(lit(label))
+                .otherwise(bin);
+        }
+        let surprisal = last
+            .group_by([col("size"), col("row")])
+            .agg([(lit(0.0) - col("target_logprob").cast(DataType::Float64))
+                .mean()
+                .alias("final_surprisal")])
+            .with_column(bin.alias("surprisal_bin"));
+
+        // Conditional convergence: join every pair's per-row KL with the row's
+        // annotations and final surprisal, then group.
+        let annotations = scan(std::slice::from_ref(&ann))?;
+        let joined = scan(&kl_files)?
+            .join(
+                annotations,
+                [col("row")],
+                [col("row")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .join(
+                surprisal.clone(),
+                [col("size"), col("row")],
+                [col("size"), col("row")],
+                JoinArgs::new(JoinType::Left),
+            );
+        let mut parts = Vec::new();
+        let by_cols = [
+            "freq_bin",
+            "xpos",
+            "upos",
+            "context_xpos",
+            "context_upos",
+            "surprisal_bin",
+        ];
+        for by in by_cols {
+            parts.push(conditional(
+                joined.clone().filter(col(by).is_not_null()),
+                col(by).cast(DataType::String),
+                by,
+            ));
+        }
+        for (flag, label) in [
+            ("is_noun", "noun"),
+            ("is_verb", "verb"),
+            ("is_function", "function"),
+            ("is_content", "content"),
+        ] {
+            parts.push(conditional(
+                joined.clone().filter(col(flag).eq(lit(true))),
+                lit(label),
+                "pos_group",
+            ));
+        }
+        let mut conv_by = concat(parts, UnionArgs::default())
+            .map_err(perr)?
+            .with_column(
+                col("n_rows")
+                    .lt(lit(self.min_rows as u32))
+                    .alias("few_rows"),
+            )
+            .sort(
+                ["variable", "size", "level", "step"],
+                SortMultipleOptions::default(),
+            )
+            .collect()
+            .map_err(perr)?;
+        write(ctx, "conv_by.parquet", &mut conv_by)?;
+
+        // Final surprisal per row, for plotting and joins.
+        let mut s = surprisal
+            .sort(["size", "row"], SortMultipleOptions::default())
+            .collect()
+            .map_err(perr)?;
+        write(ctx, "final_surprisal.parquet", &mut s)?;
+
+        // Token table at the final step: mean KL per target token.
+        let vocab = scan(&[ctx.upstream(tokenizer::NAME, "")?.join("vocab.parquet")])?
+            .select([col("token_id"), col("text")]);
+        let per_token = scan(&kl_files)?
+            .filter(col("step").eq(lit(self.final_step as u32)))
+            .join(
+                scan(std::slice::from_ref(&ann))?.select([col("row"), col("target_id")]),
+                [col("row")],
+                [col("row")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .group_by([col("size"), col("target_id")])
+            .agg([col("kl").mean().alias("mean_kl"), len().alias("n")])
+            .join(
+                vocab,
+                [col("target_id")],
+                [col("token_id")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .sort(["size", "mean_kl"], SortMultipleOptions::default())
+            .collect()
+            .map_err(perr)?;
+        let mut tables = Vec::new();
+        let sizes_all = per_token
+            .column("size")
+            .map_err(perr)?
+            .unique_stable()
+            .map_err(perr)?;
+        let sizes_all: Vec<String> = sizes_all
+            .str()
+            .map_err(perr)?
+            .iter()
+            .flatten()
+            .map(String::from)
+            .collect();
+        for size in sizes_all.iter().map(String::as_str) {
+            let t = per_token
+                .clone()
+                .lazy()
+                .filter(col("size").eq(lit(size)))
+                .collect()
+                .map_err(perr)?;
+            let n = t.height();
+            let k = self.token_n.min(n / 3).max(1).min(n);
+            for (label, offset) in [("lowest", 0), ("middle", (n - k) / 2), ("highest", n - k)] {
+                tables.push(
+                    t.slice(offset as i64, k)
+                        .lazy()
+                        .with_column(lit(label).alias("position")),
+                );
+            }
+        }
+        let mut token_table = concat(tables, UnionArgs::default())
+            .map_err(perr)?
+            .collect()
+            .map_err(perr)?;
+        write(ctx, "token_table.parquet", &mut token_table)?;
+        Ok(
+            json!({ "conv_rows": conv.height(), "conv_by_rows": conv_by.height(), "token_table_rows": token_table.height() }),
+        )
+    }
+}
+
+/// Per pair the mean KL over the rows of each level of `variable`, then
+/// mean and SD over pairs; `n_rows` is the rows per level (the same for
+/// every pair). (Columns are not named `by`/`group`: both are SQL keywords.)
+fn conditional(lf: LazyFrame, level: Expr, variable: &str) -> LazyFrame {
+    lf.with_column(level.alias("level"))
+        .group_by([
+            col("size"),
+            col("step"),
+            col("level"),
+            col("seed_a"),
+            col("seed_b"),
+        ])
+        .agg([col("kl").mean().alias("pair_kl"), len().alias("n_rows")])
+        .group_by([col("size"), col("step"), col("level")])
+        .agg([
+            (lit(0.0) - col("pair_kl").mean()).alias("conv"),
+            col("pair_kl").std(1).fill_null(lit(0.0)).alias("sd_pairs"),
+            col("n_rows").max().alias("n_rows"),
+            len().alias("n_pairs"),
+        ])
+        .with_column(lit(variable).alias("variable"))
+        .select([
+            col("size"),
+            col("step"),
+            col("variable"),
+            col("level"),
+            col("conv"),
+            col("sd_pairs"),
+            col("n_rows"),
+            col("n_pairs"),
+        ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_stats_match_hand_computed_values() {
+        // Two pairs × three rows.
+        let kl = vec![vec![0.1, 0.2, 0.3], vec![0.3, 0.4, 0.5]];
+        let [conv, sd_pairs, sd_rows, se, lo, hi] = conv_stats(&kl, 500, 1);
+        assert!((conv + 0.3).abs() < 1e-12);
+        // Pair means 0.2 and 0.4: SD (ddof 1) = 0.1414…
+        assert!((sd_pairs - 0.02f64.sqrt()).abs() < 1e-12);
+        // conv(row) = −0.2, −0.3, −0.4: SD = 0.1, SE = 0.1/√3.
+        assert!((sd_rows - 0.1).abs() < 1e-12);
+        assert!((se - 0.1 / 3f64.sqrt()).abs() < 1e-12);
+        assert!(
+            lo <= conv && conv <= hi && lo >= -0.5 && hi <= -0.1,
+            "{lo} {hi}"
+        );
+        // Same seed, same interval.
+        assert_eq!(conv_stats(&kl, 500, 1)[4], lo);
+    }
+}
