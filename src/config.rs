@@ -39,6 +39,65 @@ pub struct Config {
     pub kl: KlConfig,
     #[serde(default)]
     pub aggregate: AggregateConfig,
+    #[serde(default)]
+    pub annotate: AnnotateConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosSource {
+    /// Gold tags for CoNLL-U corpora, the built-in tagger otherwise.
+    Auto,
+    Gold,
+    Tagger,
+}
+
+/// Per-row annotations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateConfig {
+    #[serde(default = "default_pos")]
+    pub pos: PosSource,
+    /// CoNLL-U files the built-in tagger trains on (Penn XPOS)…
+    #[serde(default = "default_tagger_train")]
+    pub tagger_train: PathBuf,
+    /// …and is scored on.
+    #[serde(default = "default_tagger_test")]
+    pub tagger_test: PathBuf,
+}
+
+impl Default for AnnotateConfig {
+    fn default() -> Self {
+        AnnotateConfig {
+            pos: default_pos(),
+            tagger_train: default_tagger_train(),
+            tagger_test: default_tagger_test(),
+        }
+    }
+}
+
+fn default_pos() -> PosSource {
+    PosSource::Auto
+}
+fn default_tagger_train() -> PathBuf {
+    PathBuf::from("data/ud_english_ewt/en_ewt-ud-train.conllu")
+}
+fn default_tagger_test() -> PathBuf {
+    PathBuf::from("data/ud_english_ewt/en_ewt-ud-test.conllu")
+}
+
+impl Config {
+    /// Whether the built-in tagger supplies part of speech.
+    pub fn uses_tagger(&self) -> bool {
+        let conllu = self.corpus.format == TextFormat::Conllu
+            || (self.corpus.format == TextFormat::Auto
+                && self.corpus.path.extension().is_some_and(|e| e == "conllu"));
+        match self.annotate.pos {
+            PosSource::Tagger => true,
+            PosSource::Gold => false,
+            PosSource::Auto => !conllu,
+        }
+    }
 }
 
 /// The analysis tables.
@@ -643,6 +702,19 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
         resolve(root, p);
     }
     resolve(root, &mut c.corpus.path);
+    // The tagger's defaults name the shipped EWT files: beside the config
+    // if it has them, else in the source tree this binary was built from.
+    for (p, default) in [
+        (&mut c.annotate.tagger_train, default_tagger_train()),
+        (&mut c.annotate.tagger_test, default_tagger_test()),
+    ] {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(&default);
+        let is_default = *p == default;
+        resolve(root, p);
+        if is_default && !p.exists() && shipped.exists() {
+            *p = shipped;
+        }
+    }
     if let Some(su) = c.suite.as_mut() {
         if Path::new(&su.models).is_relative() {
             su.models = root.join(&su.models).to_string_lossy().to_string();
@@ -798,6 +870,18 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
         if su.vocab == Some(0) {
             return Err(bad("suite.vocab", "must be ≥ 1".into()));
         }
+    }
+    if c.uses_tagger() {
+        missing("annotate.tagger_train", &c.annotate.tagger_train)?;
+        missing("annotate.tagger_test", &c.annotate.tagger_test)?;
+    }
+    if c.annotate.pos == PosSource::Gold
+        && !matches!(c.corpus.format, TextFormat::Conllu | TextFormat::Auto)
+    {
+        return Err(bad(
+            "annotate.pos",
+            "gold tags need a CoNLL-U corpus".into(),
+        ));
     }
     if c.aggregate.final_surprisal_seed != "mean" {
         let seeds: Vec<String> = match (&c.train, &c.suite) {

@@ -19,5 +19,6 @@ pub mod pos;
 pub mod stages;
 pub mod suite;
 pub mod table;
+pub mod tagger;
 pub mod text;
 pub mod train;

@@ -74,3 +74,53 @@ fn whole_word_tokens_carry_their_gold_tag_and_counts_their_bin() {
     }
     assert!(checked > 50, "only {checked} whole-word tokens checked");
 }
+
+#[test]
+fn plain_text_corpora_are_tagged_by_the_built_in_tagger() {
+    let p = Project::micro();
+    std::fs::write(
+        p.path().join("text/eval.txt"),
+        "The president said that the union is strong.\nWe will not fail.\n",
+    )
+    .unwrap();
+    let cfg = Project::micro_config().replace("text/eval.conllu", "text/eval.txt");
+    let data = common::data("ud_english_ewt");
+    p.write_config(&format!(
+        "{cfg}\n[annotate]\ntagger_train = \"{}\"\ntagger_test = \"{}\"\n",
+        data.join("en_ewt-ud-train.conllu").display(),
+        data.join("en_ewt-ud-test.conllu").display()
+    ));
+    p.ok(&["run", "annotate"]);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            p.current_file("tagger", "tagger.json")
+                .parent()
+                .unwrap()
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let acc = m["extra"]["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "tagger accuracy on EWT test {acc}");
+    let s = p.store();
+    let a = seedconv::table::read(&s.join("annotate/current/annotations.parquet")).unwrap();
+    let t = seedconv::table::read(&s.join("corpus/current/tokens.parquet")).unwrap();
+    let tok = col::<StringArray>(&t, "token");
+    let (row, xpos) = (
+        col::<UInt32Array>(&a, "row"),
+        col::<StringArray>(&a, "xpos"),
+    );
+    let tag_of = |text: &str| -> Vec<String> {
+        (0..a.num_rows())
+            .filter(|&i| tok.value(row.value(i) as usize + 1) == text)
+            .map(|i| xpos.value(i).to_string())
+            .collect()
+    };
+    assert!(
+        tag_of(" the").iter().all(|t| t == "DT"),
+        "{:?}",
+        tag_of(" the")
+    );
+    assert_eq!(tag_of("."), vec![".", "."]);
+}

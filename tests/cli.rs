@@ -128,7 +128,7 @@ fn show_prints_current_paths_and_schemas() {
     p.ok(&["run"]);
     let s = p.ok(&["show", "corpus"]);
     let paths: Vec<&str> = s.stdout.lines().collect();
-    assert_eq!(paths.len(), 3, "{}", s.stdout);
+    assert_eq!(paths.len(), 4, "{}", s.stdout);
     for path in &paths {
         assert!(std::path::Path::new(path).is_file(), "{path}");
     }

@@ -17,29 +17,75 @@ use crate::config::Loaded;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::pos;
-use crate::stages::{corpus, frequency};
+use crate::stages::{corpus, frequency, tagger};
 use crate::table;
 
 pub const NAME: &str = "annotate";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
-pub fn instances(_l: &Loaded) -> Vec<Instance> {
+pub fn instances(l: &Loaded) -> Vec<Instance> {
+    let tagger = l.config.uses_tagger();
+    let mut deps = vec![
+        (corpus::NAME, String::new()),
+        (frequency::UNIGRAM, String::new()),
+    ];
+    if tagger {
+        deps.push((tagger::NAME, String::new()));
+    }
     vec![Instance {
         stage: NAME,
         version: VERSION,
         label: String::new(),
-        params: json!({ "pos_rule": "character-majority", "groups": "paper+VBP" }),
+        params: json!({ "pos_rule": "character-majority", "groups": "paper+VBP", "pos": if tagger { "tagger" } else { "gold" } }),
         inputs: vec![],
-        deps: vec![
-            (corpus::NAME, String::new()),
-            (frequency::UNIGRAM, String::new()),
-        ],
+        deps,
         exclusive: false,
-        job: Box::new(AnnotateJob),
+        job: Box::new(AnnotateJob { tagger }),
     }]
 }
 
-struct AnnotateJob;
+struct AnnotateJob {
+    tagger: bool,
+}
+
+/// Per-token XPOS from the built-in tagger over each document's words (UPOS
+/// stays UNK: the tagger predicts Penn tags).
+fn tagged_tokens(ctx: &JobCtx) -> Result<TagColumns, StageError> {
+    let model = tagger::load(ctx)?;
+    let dir = ctx.upstream(corpus::NAME, "")?;
+    let dp = dir.join("documents.parquet");
+    let docs = table::read(&dp)?;
+    let texts = table::column::<StringArray>(&docs, "text", &dp)?;
+    let mut per_doc: Vec<Vec<Option<String>>> = Vec::with_capacity(docs.num_rows());
+    for i in 0..docs.num_rows() {
+        let text = texts.value(i);
+        let words = crate::tagger::split_words(text);
+        let forms: Vec<String> = words.iter().map(|w| w.0.clone()).collect();
+        let tags = model.tag(&forms);
+        let len = text.chars().count();
+        let chars = pos::char_tags(len, words.iter().zip(&tags).map(|(w, t)| (w.1, w.2, *t)));
+        per_doc.push(chars.into_iter().map(|t| t.map(String::from)).collect());
+    }
+    let tp = dir.join("tokens.parquet");
+    let tokens = table::read(&tp)?;
+    let tdoc = table::column::<UInt32Array>(&tokens, "doc", &tp)?;
+    let ts = table::column::<UInt32Array>(&tokens, "char_start", &tp)?;
+    let te = table::column::<UInt32Array>(&tokens, "char_end", &tp)?;
+    let views: Vec<Vec<Option<&str>>> = per_doc
+        .iter()
+        .map(|d| d.iter().map(|t| t.as_deref()).collect())
+        .collect();
+    let mut xpos = Vec::with_capacity(tokens.num_rows());
+    for i in 0..tokens.num_rows() {
+        if ts.is_null(i) {
+            xpos.push(pos::UNK.to_string());
+            continue;
+        }
+        let chars = &views[tdoc.value(i) as usize];
+        xpos.push(pos::token_tag(chars, ts.value(i) as usize, te.value(i) as usize).to_string());
+    }
+    Ok((vec![pos::UNK.to_string(); xpos.len()], xpos))
+}
 
 /// Per-token tags in two tag sets (UPOS, XPOS).
 type TagColumns = (Vec<String>, Vec<String>);
@@ -136,7 +182,11 @@ impl Job for AnnotateJob {
             .iter()
             .map(|&c| frequency::BINS[frequency::bin_of(c)])
             .collect();
-        let tags = token_tags(ctx)?;
+        let tags = if self.tagger {
+            Some(tagged_tokens(ctx)?)
+        } else {
+            token_tags(ctx)?
+        };
         // Tag of the token at `offset` past each row (1: target, 0: last context token).
         let at = |col: usize, offset: usize| -> Vec<Option<String>> {
             row.iter()

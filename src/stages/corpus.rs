@@ -24,7 +24,7 @@ use crate::table;
 use crate::text::{self, Document};
 
 pub const NAME: &str = "corpus";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub fn instances(l: &Loaded) -> Vec<Instance> {
     let c = &l.config.corpus;
@@ -230,6 +230,22 @@ impl Job for CorpusJob {
             ],
         )?;
         table::write(&ctx.out.join("rows.parquet"), &rows_batch, &meta)?;
+
+        // Document texts: what character offsets refer to (and what the
+        // PoS tagger reads for plain-text corpora).
+        let texts = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("doc", DataType::UInt32, false),
+                Field::new("text", DataType::Utf8, false),
+            ])),
+            vec![
+                u32col((0..docs.len() as u32).collect()),
+                Arc::new(StringArray::from(
+                    docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(),
+                )),
+            ],
+        )?;
+        table::write(&ctx.out.join("documents.parquet"), &texts, &meta)?;
 
         let words: Vec<(u32, &text::Word)> = docs
             .iter()

@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod dist;
 pub mod frequency;
 pub mod kl;
+pub mod tagger;
 pub mod tokenizer;
 pub mod train;
 pub mod traindata;
@@ -22,6 +23,7 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     instances.extend(tokenizer::instances(l));
     instances.extend(corpus::instances(l));
     instances.extend(frequency::instances(l));
+    instances.extend(tagger::instances(l));
     instances.extend(annotate::instances(l));
     instances.extend(traindata::instances(l));
     instances.extend(train::instances(l));

@@ -1,0 +1,93 @@
+//! `tagger`: trains the built-in averaged-perceptron PoS tagger on CoNLL-U
+//! (Penn XPOS) and scores it on held-out CoNLL-U, for plain-text evaluation
+//! corpora without gold tags. Present only when `annotate` needs it.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::config::Loaded;
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::tagger::{Tagged, Tagger};
+use crate::text;
+
+pub const NAME: &str = "tagger";
+pub const VERSION: u32 = 1;
+pub const FILE: &str = "tagger.json";
+const ITERS: usize = 5;
+
+pub fn instances(l: &Loaded) -> Vec<Instance> {
+    let c = &l.config;
+    if !c.uses_tagger() {
+        return vec![];
+    }
+    let (train, test) = (
+        c.annotate.tagger_train.clone(),
+        c.annotate.tagger_test.clone(),
+    );
+    vec![Instance {
+        stage: NAME,
+        version: VERSION,
+        label: String::new(),
+        params: json!({ "model": "averaged perceptron", "iterations": ITERS, "seed": 0 }),
+        inputs: vec![
+            ("annotate.tagger_train".into(), train.clone()),
+            ("annotate.tagger_test".into(), test.clone()),
+        ],
+        deps: vec![],
+        exclusive: false,
+        job: Box::new(TaggerJob { train, test }),
+    }]
+}
+
+struct TaggerJob {
+    train: PathBuf,
+    test: PathBuf,
+}
+
+/// (words, XPOS tags) per document of a CoNLL-U file.
+fn sequences(path: &PathBuf) -> Result<Vec<Tagged>, StageError> {
+    let raw = std::fs::read_to_string(path).map_err(|e| StageError::io(path, e))?;
+    Ok(text::parse_conllu(path, &raw)?
+        .into_iter()
+        .map(|d| {
+            (
+                d.words.iter().map(|w| w.form.clone()).collect(),
+                d.words.iter().map(|w| w.xpos.clone()).collect(),
+            )
+        })
+        .filter(|(w, _): &Tagged| !w.is_empty())
+        .collect())
+}
+
+impl Job for TaggerJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let train = sequences(&self.train)?;
+        ctx.check_cancel()?;
+        let tagger = Tagger::train(&train, ITERS, 0);
+        let test = sequences(&self.test)?;
+        let (mut right, mut total) = (0usize, 0usize);
+        for (words, tags) in &test {
+            for (got, want) in tagger.tag(words).iter().zip(tags) {
+                right += (got == want) as usize;
+                total += 1;
+            }
+        }
+        let out = ctx.out.join(FILE);
+        let bytes =
+            serde_json::to_vec(&tagger).map_err(|e| StageError::Other(format!("tagger: {e}")))?;
+        std::fs::write(&out, bytes).map_err(|e| StageError::io(&out, e))?;
+        Ok(
+            json!({ "test_accuracy": right as f64 / total.max(1) as f64, "test_words": total,
+                    "train_words": train.iter().map(|s| s.0.len()).sum::<usize>() }),
+        )
+    }
+}
+
+/// Load the tagger an upstream `tagger` entry holds.
+pub fn load(ctx: &JobCtx) -> Result<Tagger, StageError> {
+    let p = ctx.upstream(NAME, "")?.join(FILE);
+    let bytes = std::fs::read(&p).map_err(|e| StageError::io(&p, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StageError::input(&p, e))
+}
