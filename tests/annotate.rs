@@ -124,3 +124,30 @@ fn plain_text_corpora_are_tagged_by_the_built_in_tagger() {
     );
     assert_eq!(tag_of("."), vec![".", "."]);
 }
+
+#[test]
+fn frequency_counts_on_a_known_text() {
+    // A word-level tokenizer: token counts are plain word counts.
+    let p = Project::micro();
+    let tok = r#"{"version":"1.0","truncation":null,"padding":null,
+      "added_tokens":[{"id":0,"content":"<|endoftext|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+      "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+      "model":{"type":"WordLevel","vocab":{"<|endoftext|>":0,"a":1,"b":2,"c":3,"[UNK]":4},"unk_token":"[UNK]"}}"#;
+    std::fs::write(p.path().join("text/words.json"), tok).unwrap();
+    std::fs::write(p.path().join("text/f1.txt"), "a b a\nb b\n\nzzz\n").unwrap();
+    std::fs::write(p.path().join("text/f2.txt"), "c a\n").unwrap();
+    std::fs::write(p.path().join("text/e.txt"), "a b c\n").unwrap();
+    p.write_config(
+        "[tokenizer]\npath = \"text/words.json\"\n[corpus]\npath = \"text/e.txt\"\nwindow = 4\n[frequency]\nfiles = [\"text/f1.txt\", \"text/f2.txt\"]\n[annotate]\npos = \"tagger\"\n",
+    );
+    p.ok(&["run", "unigram"]);
+    let u = seedconv::table::read(&p.store().join("unigram/current/unigram.parquet")).unwrap();
+    let counts = col::<UInt64Array>(&u, "count").values().to_vec();
+    // 3 documents in f1 (blank lines skipped), 1 in f2: one separator each.
+    assert_eq!(counts, vec![4, 3, 3, 1, 1]);
+    let lp = col::<arrow::array::Float64Array>(&u, "log_prob");
+    // Add-one smoothing over 5 tokens: (c + 1) / (12 + 5).
+    for (i, &c) in counts.iter().enumerate() {
+        assert!((lp.value(i) - ((c + 1) as f64 / 17.0).ln()).abs() < 1e-12);
+    }
+}
