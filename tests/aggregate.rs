@@ -2,18 +2,12 @@
 //! summarise (an external suite of the shipped samples: 2 seeds × 3 steps).
 
 mod common;
-use common::{causal, hf_suite_config, Project};
+use common::{hf_suite_config, Project};
 
 use arrow::array::{Array, BooleanArray, Float32Array, Float64Array, StringArray, UInt32Array};
 use std::collections::BTreeMap;
 
-fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<T>()
-        .unwrap()
-}
+use common::col;
 
 /// polars writes strings as Utf8View; read every table with plain Utf8.
 fn read_table(path: &std::path::Path) -> arrow::array::RecordBatch {
@@ -47,13 +41,7 @@ fn read_table(path: &std::path::Path) -> arrow::array::RecordBatch {
 #[test]
 fn aggregates_match_an_independent_computation() {
     let p = Project::micro();
-    let cfg = hf_suite_config(
-        &format!(
-            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
-            causal().display()
-        ),
-        "[0, 50, 300]",
-    );
+    let cfg = hf_suite_config(&common::hf_models(), "[0, 50, 300]");
     p.write_config(&format!(
         "{cfg}\n[aggregate]\nbootstrap = 200\nmin_rows = 40\n"
     ));

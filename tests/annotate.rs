@@ -7,13 +7,7 @@ use common::Project;
 
 use arrow::array::{Array, StringArray, UInt32Array, UInt64Array};
 
-fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<T>()
-        .unwrap()
-}
+use common::col;
 
 #[test]
 fn whole_word_tokens_carry_their_gold_tag_and_counts_their_bin() {
@@ -91,16 +85,7 @@ fn plain_text_corpora_are_tagged_by_the_built_in_tagger() {
         data.join("en_ewt-ud-test.conllu").display()
     ));
     p.ok(&["run", "annotate"]);
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            p.current_file("tagger", "tagger.json")
-                .parent()
-                .unwrap()
-                .join("manifest.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let m = p.manifest_of("tagger", "tagger.json");
     let acc = m["extra"]["test_accuracy"].as_f64().unwrap();
     assert!(acc > 0.9, "tagger accuracy on EWT test {acc}");
     let s = p.store();

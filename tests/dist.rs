@@ -63,13 +63,7 @@ fn real_world_exports_match_their_float64_reference_logits() {
     );
 }
 
-fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<T>()
-        .unwrap()
-}
+use common::col;
 
 /// Float64 log-softmax over the first `n` of `logits`.
 fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
@@ -82,13 +76,7 @@ fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
 #[test]
 fn external_suite_dist_and_kl_match_an_independent_float64_computation() {
     let p = Project::micro();
-    p.write_config(&suite_config(
-        &format!(
-            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
-            causal().display()
-        ),
-        "[0, 50, 300]",
-    ));
+    p.write_config(&suite_config(&common::hf_models(), "[0, 50, 300]"));
     p.ok(&["run"]);
     let store = p.store();
     let rows = seedconv::table::read(&store.join("corpus/current/rows.parquet")).unwrap();
@@ -210,13 +198,7 @@ fn external_suite_dist_and_kl_match_an_independent_float64_computation() {
 #[test]
 fn retained_arrays_serve_the_kl_stage_and_give_the_same_values() {
     let p = Project::micro();
-    let cfg = suite_config(
-        &format!(
-            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
-            causal().display()
-        ),
-        "[50]",
-    );
+    let cfg = suite_config(&common::hf_models(), "[50]");
     p.write_config(&cfg);
     p.ok(&["run"]);
     let a = p.path().join("before.parquet");
@@ -232,16 +214,7 @@ fn retained_arrays_serve_the_kl_stage_and_give_the_same_values() {
     let arrays = p.find(|n| n == "full.f32");
     assert_eq!(arrays.len(), 2, "one retained array per seed");
     p.ok(&["run", "--force", "kl"]);
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            p.current_file("kl", "tiny-step50.kl.parquet")
-                .parent()
-                .unwrap()
-                .join("manifest.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let m = p.manifest_of("kl", "tiny-step50.kl.parquet");
     assert_eq!(m["extra"]["seeds_recomputed"], 0);
     let read = |path: &std::path::Path| {
         col::<Float64Array>(&seedconv::table::read(path).unwrap(), "kl")
@@ -261,13 +234,7 @@ fn retained_arrays_serve_the_kl_stage_and_give_the_same_values() {
 #[test]
 fn missing_checkpoints_are_all_reported_before_any_work() {
     let p = Project::micro();
-    p.write_config(&suite_config(
-        &format!(
-            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
-            causal().display()
-        ),
-        "[0, 50, 999]",
-    ));
+    p.write_config(&suite_config(&common::hf_models(), "[0, 50, 999]"));
     let r = p.run(&["run"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
@@ -414,13 +381,7 @@ fn wrong_signature_names_the_model_and_its_inputs() {
 #[test]
 fn device_cuda_without_cuda_is_an_error_not_a_silent_fallback() {
     let p = Project::micro();
-    let cfg = suite_config(
-        &format!(
-            "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
-            causal().display()
-        ),
-        "[0]",
-    );
+    let cfg = suite_config(&common::hf_models(), "[0]");
     p.write_config(&cfg.replace("[dist]\n", "[dist]\ndevice = \"cuda\"\n"));
     let r = p.run(&["run"]);
     assert_eq!(r.code, 1, "{}", r.stderr);

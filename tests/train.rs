@@ -172,16 +172,7 @@ fn suite_layout_matches_a_path_template() {
             assert!(path.is_file(), "{}", path.display());
         }
     }
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            p.current_file("train", "t16-seed1.loss.parquet")
-                .parent()
-                .unwrap()
-                .join("manifest.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let m = p.manifest_of("train", "t16-seed1.loss.parquet");
     let d = m["extra"]["max_abs_dlogit"].as_f64().unwrap();
     assert!(d < 1e-4, "max |Δ logit| {d}");
 }

@@ -59,11 +59,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
                     "format": c.train_corpus.format,
                     "text_field": c.train_corpus.text_field,
                 }),
-                inputs: files
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (format!("train_corpus.files[{i}]"), p.clone()))
-                    .collect(),
+                inputs: train_inputs(&files),
                 deps: vec![],
                 exclusive: false,
                 job: Box::new(TrainJob {
@@ -77,6 +73,15 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
             }]
         }
     }
+}
+
+/// The training text files as named engine inputs.
+pub fn train_inputs(files: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("train_corpus.files[{i}]"), p.clone()))
+        .collect()
 }
 
 /// Load the tokenizer an upstream `tokenizer` entry holds.

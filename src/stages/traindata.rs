@@ -35,11 +35,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
             "text_field": c.train_corpus.text_field,
             "eos_token": c.tokenizer.eos_token,
         }),
-        inputs: files
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (format!("train_corpus.files[{i}]"), p.clone()))
-            .collect(),
+        inputs: tokenizer::train_inputs(&files),
         deps: vec![(tokenizer::NAME, String::new())],
         exclusive: false,
         job: Box::new(TrainDataJob {

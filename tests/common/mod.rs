@@ -235,6 +235,16 @@ window = 64
         v
     }
 
+    /// The manifest of the entry that holds a current artefact.
+    pub fn manifest_of(&self, stage: &str, name: &str) -> serde_json::Value {
+        let dir = self
+            .current_file(stage, name)
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+    }
+
     /// The entry folder `current` resolves to for a single-instance stage file.
     pub fn current_file(&self, stage: &str, name: &str) -> PathBuf {
         std::fs::canonicalize(self.store().join(stage).join("current").join(name)).unwrap()
@@ -301,5 +311,22 @@ top_k = 8
 batch_size = 3
 "#,
         tok = causal().join("tokenizer.json").display()
+    )
+}
+
+/// A typed column of a batch.
+pub fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
+}
+
+/// The template of the shipped samples' suite.
+pub fn hf_models() -> String {
+    format!(
+        "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
+        causal().display()
     )
 }
