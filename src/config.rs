@@ -118,6 +118,14 @@ pub struct AggregateConfig {
     /// Tokens in each of the lowest / middle / highest groups of the token table.
     #[serde(default = "default_token_n")]
     pub token_table_n: usize,
+    /// Relative band around the step-0 E[KL] that counts as "unchanged" when
+    /// locating the four phases.
+    #[serde(default = "default_phase_tol")]
+    pub phase_tolerance: f64,
+}
+
+fn default_phase_tol() -> f64 {
+    0.05
 }
 
 impl Default for AggregateConfig {
@@ -128,6 +136,7 @@ impl Default for AggregateConfig {
             min_rows: default_min_rows(),
             final_surprisal_seed: default_surprisal_seed(),
             token_table_n: default_token_n(),
+            phase_tolerance: default_phase_tol(),
         }
     }
 }

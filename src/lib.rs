@@ -15,6 +15,7 @@ pub mod error;
 pub mod model;
 pub mod onnx;
 pub mod ortlib;
+pub mod phases;
 pub mod pos;
 pub mod stages;
 pub mod suite;

@@ -218,6 +218,11 @@ fn aggregates_match_an_independent_computation() {
         };
         assert_eq!(sbin[&r], bin);
     }
+    // Four phases per size, the uniform one starting at step 0.
+    let ph = read("aggregate/current/phases.parquet");
+    assert_eq!(ph.num_rows(), 4);
+    assert_eq!(col::<StringArray>(&ph, "phase").value(0), "uniform");
+    assert_eq!(col::<UInt32Array>(&ph, "start_step").value(0), 0);
     let t = read("aggregate/current/token_table.parquet");
     let pos = col::<StringArray>(&t, "position");
     let mk = col::<Float64Array>(&t, "mean_kl");

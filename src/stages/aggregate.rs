@@ -22,7 +22,7 @@ use crate::stages::{annotate, dist, kl, tokenizer};
 use crate::suite::Suite;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Final-surprisal bins in nats.
 pub const SURPRISAL_BINS: [(f64, &str); 5] = [
@@ -62,6 +62,7 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
         params: json!({
             "bootstrap": a.bootstrap, "bootstrap_seed": a.bootstrap_seed, "min_rows": a.min_rows,
             "final_surprisal_seed": a.final_surprisal_seed, "token_table_n": a.token_table_n,
+            "phase_tolerance": a.phase_tolerance,
             "final_step": last,
         }),
         inputs: vec![],
@@ -76,6 +77,7 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
             min_rows: a.min_rows,
             surprisal_seed: a.final_surprisal_seed.clone(),
             token_n: a.token_table_n,
+            phase_tol: a.phase_tolerance,
         }),
     }]
 }
@@ -89,6 +91,7 @@ struct AggregateJob {
     min_rows: usize,
     surprisal_seed: String,
     token_n: usize,
+    phase_tol: f64,
 }
 
 fn perr(e: PolarsError) -> StageError {
@@ -231,11 +234,39 @@ impl Job for AggregateJob {
             n_pairs.push(pairs as u32);
         }
         let mut conv = df!(
-            "size" => sizes, "step" => steps, "conv" => &cols[0], "sd_pairs" => &cols[1], "sd_rows" => &cols[2],
+            "size" => sizes.clone(), "step" => steps.clone(), "conv" => &cols[0], "sd_pairs" => &cols[1], "sd_rows" => &cols[2],
             "se" => &cols[3], "ci_low" => &cols[4], "ci_high" => &cols[5], "n_rows" => n_rows, "n_pairs" => n_pairs
         )
         .map_err(perr)?;
         write(ctx, "conv.parquet", &mut conv)?;
+
+        // The four phases of each size's E[KL] curve.
+        let mut curves: std::collections::BTreeMap<&str, Vec<(u64, f64)>> =
+            std::collections::BTreeMap::new();
+        for ((size, step), c) in sizes.iter().zip(&steps).zip(&cols[0]) {
+            curves
+                .entry(size.as_str())
+                .or_default()
+                .push((*step as u64, -c));
+        }
+        let (mut ps, mut pn, mut p0, mut p1, mut pp, mut pnote) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (size, mut curve) in curves {
+            curve.sort_by_key(|p| p.0);
+            for ph in crate::phases::detect(&curve, self.phase_tol) {
+                ps.push(size.to_string());
+                pn.push(ph.name);
+                p0.push(ph.span.map(|s| s.0 as u32));
+                p1.push(ph.span.map(|s| s.1 as u32));
+                pp.push(ph.span.is_some());
+                pnote.push(ph.note);
+            }
+        }
+        let mut phases = df!(
+            "size" => ps, "phase" => pn, "start_step" => p0, "end_step" => p1, "present" => pp, "note" => pnote
+        )
+        .map_err(perr)?;
+        write(ctx, "phases.parquet", &mut phases)?;
 
         // Per (size, step, seed): baselines and cross-entropy.
         let dists = scan(&dist_files)?;
