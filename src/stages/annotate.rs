@@ -4,7 +4,7 @@
 //! context token, mapped to subword tokens by the character-majority rule
 //! (`pos`), with the paper's noun / verb / function / content groups.
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -48,49 +48,88 @@ struct AnnotateJob {
     tagger: bool,
 }
 
-/// Per-token XPOS from the built-in tagger over each document's words (UPOS
-/// stays UNK: the tagger predicts Penn tags).
-fn tagged_tokens(ctx: &JobCtx) -> Result<TagColumns, StageError> {
-    let model = tagger::load(ctx)?;
-    let dir = ctx.upstream(corpus::NAME, "")?;
+/// Per-token tags in two tag sets (UPOS, XPOS).
+type TagColumns = (Vec<String>, Vec<String>);
+/// For each document, its words' character spans and one tag per tag set.
+type DocWords = Vec<Vec<(usize, usize, Vec<String>)>>;
+
+/// The documents' texts (what character offsets refer to).
+fn doc_texts(dir: &Path) -> Result<Vec<String>, StageError> {
     let dp = dir.join("documents.parquet");
     let docs = table::read(&dp)?;
     let texts = table::column::<StringArray>(&docs, "text", &dp)?;
-    let mut per_doc: Vec<Vec<Option<String>>> = Vec::with_capacity(docs.num_rows());
-    for i in 0..docs.num_rows() {
-        let text = texts.value(i);
-        let words = crate::tagger::split_words(text);
-        let forms: Vec<String> = words.iter().map(|w| w.0.clone()).collect();
-        let tags = model.tag(&forms);
-        let len = text.chars().count();
-        let chars = pos::char_tags(len, words.iter().zip(&tags).map(|(w, t)| (w.1, w.2, *t)));
-        per_doc.push(chars.into_iter().map(|t| t.map(String::from)).collect());
-    }
+    Ok((0..docs.num_rows())
+        .map(|i| texts.value(i).to_string())
+        .collect())
+}
+
+/// Each stream token's tag in each of `sets` tag sets, by the
+/// character-majority rule over `words`; separators are UNK.
+fn map_to_tokens(
+    dir: &Path,
+    words: &DocWords,
+    texts: &[String],
+    sets: usize,
+) -> Result<Vec<Vec<String>>, StageError> {
+    // [set][doc][char]
+    let chars: Vec<Vec<Vec<Option<&str>>>> = (0..sets)
+        .map(|k| {
+            words
+                .iter()
+                .zip(texts)
+                .map(|(ws, t)| {
+                    pos::char_tags(
+                        t.chars().count(),
+                        ws.iter().map(|(s, e, tags)| (*s, *e, tags[k].as_str())),
+                    )
+                })
+                .collect()
+        })
+        .collect();
     let tp = dir.join("tokens.parquet");
     let tokens = table::read(&tp)?;
     let tdoc = table::column::<UInt32Array>(&tokens, "doc", &tp)?;
     let ts = table::column::<UInt32Array>(&tokens, "char_start", &tp)?;
     let te = table::column::<UInt32Array>(&tokens, "char_end", &tp)?;
-    let views: Vec<Vec<Option<&str>>> = per_doc
-        .iter()
-        .map(|d| d.iter().map(|t| t.as_deref()).collect())
-        .collect();
-    let mut xpos = Vec::with_capacity(tokens.num_rows());
+    let mut out = vec![Vec::with_capacity(tokens.num_rows()); sets];
     for i in 0..tokens.num_rows() {
-        if ts.is_null(i) {
-            xpos.push(pos::UNK.to_string());
-            continue;
+        for (k, col) in out.iter_mut().enumerate() {
+            col.push(if ts.is_null(i) {
+                pos::UNK.to_string()
+            } else {
+                let doc = chars[k]
+                    .get(tdoc.value(i) as usize)
+                    .map(|c| c.as_slice())
+                    .unwrap_or(&[]);
+                pos::token_tag(doc, ts.value(i) as usize, te.value(i) as usize).to_string()
+            });
         }
-        let chars = &views[tdoc.value(i) as usize];
-        xpos.push(pos::token_tag(chars, ts.value(i) as usize, te.value(i) as usize).to_string());
     }
-    Ok((vec![pos::UNK.to_string(); xpos.len()], xpos))
+    Ok(out)
 }
 
-/// Per-token tags in two tag sets (UPOS, XPOS).
-type TagColumns = (Vec<String>, Vec<String>);
-/// Per-character tags of one document in both tag sets.
-type CharTags<'a> = (Vec<Option<&'a str>>, Vec<Option<&'a str>>);
+/// Per-token XPOS from the built-in tagger over each document's words (UPOS
+/// stays UNK: the tagger predicts Penn tags).
+fn tagged_tokens(ctx: &JobCtx) -> Result<TagColumns, StageError> {
+    let model = tagger::load(ctx)?;
+    let dir = ctx.upstream(corpus::NAME, "")?;
+    let texts = doc_texts(dir)?;
+    let words: DocWords = texts
+        .iter()
+        .map(|text| {
+            let ws = crate::tagger::split_words(text);
+            let forms: Vec<String> = ws.iter().map(|w| w.0.clone()).collect();
+            let tags = model.tag(&forms);
+            ws.iter()
+                .zip(tags)
+                .map(|(w, t)| (w.1, w.2, vec![t.to_string()]))
+                .collect()
+        })
+        .collect();
+    let mut cols = map_to_tokens(dir, &words, &texts, 1)?;
+    let xpos = cols.remove(0);
+    Ok((vec![pos::UNK.to_string(); xpos.len()], xpos))
+}
 
 /// Per-token UPOS and XPOS from the corpus' gold words (UNK where none).
 fn token_tags(ctx: &JobCtx) -> Result<Option<TagColumns>, StageError> {
@@ -99,56 +138,34 @@ fn token_tags(ctx: &JobCtx) -> Result<Option<TagColumns>, StageError> {
     if !wp.exists() {
         return Ok(None);
     }
-    let words = table::read(&wp)?;
-    let tp = dir.join("tokens.parquet");
-    let tokens = table::read(&tp)?;
-    let wdoc = table::column::<UInt32Array>(&words, "doc", &wp)?;
-    let ws = table::column::<UInt32Array>(&words, "char_start", &wp)?;
-    let we = table::column::<UInt32Array>(&words, "char_end", &wp)?;
-    let upos = table::column::<StringArray>(&words, "upos", &wp)?;
-    let xpos = table::column::<StringArray>(&words, "xpos", &wp)?;
-    let tdoc = table::column::<UInt32Array>(&tokens, "doc", &tp)?;
-    let ts = table::column::<UInt32Array>(&tokens, "char_start", &tp)?;
-    let te = table::column::<UInt32Array>(&tokens, "char_end", &tp)?;
-    // Words and token spans per document.
-    let mut by_doc: HashMap<u32, Vec<usize>> = HashMap::new();
-    for i in 0..words.num_rows() {
-        by_doc.entry(wdoc.value(i)).or_default().push(i);
-    }
-    let mut doc_len: HashMap<u32, usize> = HashMap::new();
-    for i in 0..tokens.num_rows() {
-        if !te.is_null(i) {
-            let l = doc_len.entry(tdoc.value(i)).or_default();
-            *l = (*l).max(te.value(i) as usize);
-        }
-    }
-    let mut cache: HashMap<u32, CharTags> = HashMap::new();
-    let mut out_u = Vec::with_capacity(tokens.num_rows());
-    let mut out_x = Vec::with_capacity(tokens.num_rows());
-    for i in 0..tokens.num_rows() {
-        if ts.is_null(i) {
-            out_u.push(pos::UNK.to_string());
-            out_x.push(pos::UNK.to_string());
-            continue;
-        }
-        let d = tdoc.value(i);
-        let (cu, cx) = cache.entry(d).or_insert_with(|| {
-            let len = doc_len.get(&d).copied().unwrap_or(0);
-            let ws_of = by_doc.get(&d).cloned().unwrap_or_default();
-            let sp: Vec<(usize, usize, usize)> = ws_of
-                .iter()
-                .map(|&w| (ws.value(w) as usize, we.value(w) as usize, w))
-                .collect();
-            (
-                pos::char_tags(len, sp.iter().map(|&(s, e, w)| (s, e, upos.value(w)))),
-                pos::char_tags(len, sp.iter().map(|&(s, e, w)| (s, e, xpos.value(w)))),
+    let texts = doc_texts(dir)?;
+    let w = table::read(&wp)?;
+    let wdoc = table::column::<UInt32Array>(&w, "doc", &wp)?;
+    let ws = table::column::<UInt32Array>(&w, "char_start", &wp)?;
+    let we = table::column::<UInt32Array>(&w, "char_end", &wp)?;
+    let upos = table::column::<StringArray>(&w, "upos", &wp)?;
+    let xpos = table::column::<StringArray>(&w, "xpos", &wp)?;
+    let mut words: DocWords = vec![Vec::new(); texts.len()];
+    for i in 0..w.num_rows() {
+        let doc = words.get_mut(wdoc.value(i) as usize).ok_or_else(|| {
+            StageError::input(
+                &wp,
+                format!(
+                    "word {i} names document {} beyond the corpus",
+                    wdoc.value(i)
+                ),
             )
-        });
-        let (s, e) = (ts.value(i) as usize, te.value(i) as usize);
-        out_u.push(pos::token_tag(cu, s, e).to_string());
-        out_x.push(pos::token_tag(cx, s, e).to_string());
+        })?;
+        doc.push((
+            ws.value(i) as usize,
+            we.value(i) as usize,
+            vec![upos.value(i).to_string(), xpos.value(i).to_string()],
+        ));
     }
-    Ok(Some((out_u, out_x)))
+    let mut cols = map_to_tokens(dir, &words, &texts, 2)?;
+    let x = cols.remove(1);
+    let u = cols.remove(0);
+    Ok(Some((u, x)))
 }
 
 impl Job for AnnotateJob {
