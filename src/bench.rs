@@ -266,29 +266,12 @@ pub fn dist(
     let threads = crate::commands::default_jobs();
     let mut model = crate::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
     // Warm-up, then bare session runs over the same batches.
-    let b0 = &plan.batches[0];
-    let ids: Vec<i64> = b0
-        .windows
-        .iter()
-        .flat_map(|&(s, l)| tokens[s..s + l].iter().map(|&x| x as i64))
-        .collect();
-    model.logits_padded(
-        &ids,
-        &b0.windows.iter().map(|w| w.1).collect::<Vec<_>>(),
-        b0.t,
-    )?;
+    let (ids, lens) = plan.inputs(&plan.batches[0]);
+    model.logits_padded(&ids, &lens, plan.batches[0].t)?;
     let t = Instant::now();
     for b in &plan.batches {
-        let mut ids = Vec::with_capacity(b.windows.len() * b.t);
-        for &(s, l) in &b.windows {
-            ids.extend(tokens[s..s + l].iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(0i64, b.t - l));
-        }
-        model.logits_padded(
-            &ids,
-            &b.windows.iter().map(|w| w.1).collect::<Vec<_>>(),
-            b.t,
-        )?;
+        let (ids, lens) = plan.inputs(b);
+        model.logits_padded(&ids, &lens, b.t)?;
     }
     let bare = t.elapsed().as_secs_f64();
     let lq = vec![-(vocab as f64).ln(); vocab];

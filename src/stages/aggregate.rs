@@ -317,7 +317,7 @@ impl Job for AggregateJob {
         let annotations = scan(std::slice::from_ref(&ann))?;
         let joined = scan(&kl_files)?
             .join(
-                annotations,
+                annotations.clone(),
                 [col("row")],
                 [col("row")],
                 JoinArgs::new(JoinType::Left),
@@ -384,7 +384,7 @@ impl Job for AggregateJob {
         let per_token = scan(&kl_files)?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
-                scan(std::slice::from_ref(&ann))?.select([col("row"), col("target_id")]),
+                annotations.clone().select([col("row"), col("target_id")]),
                 [col("row")],
                 [col("row")],
                 JoinArgs::new(JoinType::Left),

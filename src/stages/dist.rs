@@ -203,6 +203,16 @@ impl EvalPlan {
         }
     }
 
+    /// A batch's token ids, right-padded to `batch.t`, and each window's length.
+    pub fn inputs(&self, batch: &Batch) -> (Vec<i64>, Vec<usize>) {
+        let mut ids = Vec::with_capacity(batch.windows.len() * batch.t);
+        for &(s, l) in &batch.windows {
+            ids.extend(self.tokens[s..s + l].iter().map(|&x| x as i64));
+            ids.extend(std::iter::repeat_n(0i64, batch.t - l));
+        }
+        (ids, batch.windows.iter().map(|w| w.1).collect())
+    }
+
     /// Run one batch and write the log-probs of its rows (each `n` wide,
     /// truncated and renormalised) into `out`.
     pub fn forward(
@@ -213,12 +223,7 @@ impl EvalPlan {
         out: &mut [f32],
     ) -> Result<(), StageError> {
         let t = batch.t;
-        let mut ids = Vec::with_capacity(batch.windows.len() * t);
-        for &(s, l) in &batch.windows {
-            ids.extend(self.tokens[s..s + l].iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(0i64, t - l));
-        }
-        let lens: Vec<usize> = batch.windows.iter().map(|w| w.1).collect();
+        let (ids, lens) = self.inputs(batch);
         let (logits, width) = model.logits_padded(&ids, &lens, t)?;
         self.width
             .store(width, std::sync::atomic::Ordering::Relaxed);
