@@ -139,13 +139,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     res.map_err(|e| EngineError::io(path, e))
 }
 
-/// Relative paths (with `/`) of every regular file under `dir`.
+/// Relative paths (with `/`) of every regular file under `dir`; every
+/// subfolder is fsynced on the way, so the tree is durable before the
+/// entry is renamed into place.
 fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         let name = format!("{prefix}{}", e.file_name().to_string_lossy());
         let t = e.file_type()?;
         if t.is_dir() {
+            sync_dir(&e.path())?;
             collect_files(&e.path(), &format!("{name}/"), out)?;
         } else if t.is_file() {
             out.push(name);
@@ -323,19 +326,6 @@ impl Store {
                     bytes: meta.len(),
                 },
             );
-        }
-        // Subfolders must be durable too before the entry is renamed.
-        let mut dirs = vec![tmp.to_path_buf()];
-        while let Some(d) = dirs.pop() {
-            for e in fs::read_dir(&d)
-                .map_err(|e| EngineError::io(&d, e))?
-                .flatten()
-            {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    sync_dir(&e.path()).map_err(|err| EngineError::io(e.path(), err))?;
-                    dirs.push(e.path());
-                }
-            }
         }
         Ok((outputs, stamps))
     }
