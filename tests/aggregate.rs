@@ -112,6 +112,23 @@ fn aggregates_match_an_independent_computation() {
             col::<Float64Array>(&conv, "ci_high").value(i),
         );
         assert!(lo <= want && want <= hi, "{lo} {want} {hi}");
+        // Spread across contexts: quantiles of conv(row) = −mean over pairs.
+        let mut conv_row: BTreeMap<u32, f64> = BTreeMap::new();
+        for v in pairs.values() {
+            for &(r, x) in v {
+                *conv_row.entry(r).or_default() -= x / pairs.len() as f64;
+            }
+        }
+        let mut sorted: Vec<f64> = conv_row.into_values().collect();
+        sorted.sort_by(f64::total_cmp);
+        for (q, name) in [(0.05, "q05"), (0.5, "q50"), (0.95, "q95")] {
+            // numpy's default: linear interpolation between order statistics.
+            let h = q * (sorted.len() - 1) as f64;
+            let (j, f) = (h.floor() as usize, h.fract());
+            let want = sorted[j] + f * (sorted[(j + 1).min(sorted.len() - 1)] - sorted[j]);
+            let got = col::<Float64Array>(&conv, name).value(i);
+            assert!((got - want).abs() < 1e-12, "{name}: {got} vs {want}");
+        }
 
         // Conditional on frequency bin, on nouns and on the surprisal bin.
         type Key = fn(

@@ -22,7 +22,7 @@ use crate::stages::{annotate, dist, kl, tokenizer};
 use crate::suite::Suite;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Final-surprisal bins in nats.
 pub const SURPRISAL_BINS: [(f64, &str); 5] = [
@@ -135,11 +135,31 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     )
 }
 
+/// Quantiles of conv(row) across contexts reported in `conv.parquet`.
+pub const SPREAD_QUANTILES: [(f64, &str); 5] = [
+    (0.05, "q05"),
+    (0.25, "q25"),
+    (0.5, "q50"),
+    (0.75, "q75"),
+    (0.95, "q95"),
+];
+
+/// Quantile of sorted values by linear interpolation (numpy's default).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let h = q * (sorted.len() - 1) as f64;
+    let (i, f) = (h.floor() as usize, h - h.floor());
+    match sorted.get(i + 1) {
+        Some(next) => sorted[i] + f * (next - sorted[i]),
+        None => sorted[i],
+    }
+}
+
 /// Unconditional statistics of one (size, step) from its KL matrix
 /// `kl[pair][row]`: conv, SD over pair means, SD over rows of conv(row),
-/// SE over rows, and a percentile bootstrap CI resampling pairs and rows
-/// jointly (the multi-bootstrap idea).
-pub fn conv_stats(kl: &[Vec<f64>], b: usize, seed: u64) -> [f64; 6] {
+/// SE over rows, a percentile bootstrap CI resampling pairs and rows
+/// jointly (the multi-bootstrap idea), then the `SPREAD_QUANTILES` of
+/// conv(row).
+pub fn conv_stats(kl: &[Vec<f64>], b: usize, seed: u64) -> [f64; 11] {
     let (p, r) = (kl.len(), kl[0].len());
     let pair_means: Vec<f64> = kl
         .iter()
@@ -150,6 +170,9 @@ pub fn conv_stats(kl: &[Vec<f64>], b: usize, seed: u64) -> [f64; 6] {
         .map(|j| -kl.iter().map(|row| row[j]).sum::<f64>() / p as f64)
         .collect();
     let (_, sd_rows) = mean_sd(&conv_row);
+    let mut sorted = conv_row.clone();
+    sorted.sort_by(f64::total_cmp);
+    let qs = SPREAD_QUANTILES.map(|(q, _)| quantile(&sorted, q));
     let se = sd_rows / (r as f64).sqrt();
     let (mut lo, mut hi) = (-m, -m);
     if b > 0 {
@@ -170,7 +193,9 @@ pub fn conv_stats(kl: &[Vec<f64>], b: usize, seed: u64) -> [f64; 6] {
         lo = q(0.025);
         hi = q(0.975);
     }
-    [-m, sd_pairs, sd_rows, se, lo, hi]
+    let mut out = [-m, sd_pairs, sd_rows, se, lo, hi, 0.0, 0.0, 0.0, 0.0, 0.0];
+    out[6..].copy_from_slice(&qs);
+    out
 }
 
 impl Job for AggregateJob {
@@ -190,7 +215,7 @@ impl Job for AggregateJob {
             .join("annotations.parquet");
 
         // Unconditional E[conv] with its bands, one (size, step) at a time.
-        let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 6];
+        let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 11];
         let (mut sizes, mut steps, mut n_rows, mut n_pairs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, f) in kl_files.iter().enumerate() {
@@ -238,6 +263,10 @@ impl Job for AggregateJob {
             "se" => &cols[3], "ci_low" => &cols[4], "ci_high" => &cols[5], "n_rows" => n_rows, "n_pairs" => n_pairs
         )
         .map_err(perr)?;
+        for (i, (_, name)) in SPREAD_QUANTILES.iter().enumerate() {
+            conv.with_column(Column::new((*name).into(), &cols[6 + i]))
+                .map_err(perr)?;
+        }
         write(ctx, "conv.parquet", &mut conv)?;
 
         // The four phases of each size's E[KL] curve.
@@ -482,7 +511,11 @@ mod tests {
     fn conv_stats_match_hand_computed_values() {
         // Two pairs × three rows.
         let kl = vec![vec![0.1, 0.2, 0.3], vec![0.3, 0.4, 0.5]];
-        let [conv, sd_pairs, sd_rows, se, lo, hi] = conv_stats(&kl, 500, 1);
+        let [conv, sd_pairs, sd_rows, se, lo, hi, q05, _, q50, _, q95] = conv_stats(&kl, 500, 1);
+        // Quantiles of conv(row) = −0.2, −0.3, −0.4 (numpy's linear rule).
+        assert!((q50 + 0.3).abs() < 1e-12);
+        assert!((q05 - (-0.4 + 0.1 * 0.1)).abs() < 1e-12);
+        assert!((q95 - (-0.2 - 0.1 * 0.1)).abs() < 1e-12);
         assert!((conv + 0.3).abs() < 1e-12);
         // Pair means 0.2 and 0.4: SD (ddof 1) = 0.1414…
         assert!((sd_pairs - 0.02f64.sqrt()).abs() < 1e-12);
