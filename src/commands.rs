@@ -170,6 +170,23 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("{summary}");
     }
+    // Point at the report when this run covered it.
+    let report = s
+        .loaded
+        .store_dir()
+        .join(stages::report::NAME)
+        .join("current")
+        .join(stages::report::HTML);
+    let covered = s
+        .plan
+        .instances
+        .iter()
+        .zip(s.plan.closure(&args.stages))
+        .any(|(i, sel)| sel && i.stage == stages::report::NAME);
+    if covered && report.exists() {
+        let shown = std::path::absolute(&report).unwrap_or(report);
+        println!("report: {}", shown.display());
+    }
     Ok(())
 }
 

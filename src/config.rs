@@ -41,6 +41,79 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     #[serde(default)]
     pub annotate: AnnotateConfig,
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// The band drawn around each size's E[conv] curve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Band {
+    /// ±1 SD over the seed pairs' means (the paper's main curves).
+    SdPairs,
+    /// ±1 SD of conv(row) over contexts.
+    SdRows,
+    /// The joint pair × row bootstrap 95% interval.
+    Ci,
+}
+
+/// Figures, HTML and Markdown of the `report` stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    #[serde(default = "default_band")]
+    pub band: Band,
+    /// Sizes that get conditional panels (empty: every size).
+    #[serde(default)]
+    pub sizes: Vec<String>,
+    /// Most levels drawn in one conditional panel (those with most rows);
+    /// the CSV keeps every level.
+    #[serde(default = "default_max_levels")]
+    pub max_levels: usize,
+    /// Tokens listed per end of the token table.
+    #[serde(default = "default_token_rows")]
+    pub token_rows: usize,
+    /// Figure size in pixels.
+    #[serde(default = "default_fig_width")]
+    pub width: u32,
+    #[serde(default = "default_fig_height")]
+    pub height: u32,
+    /// Also render every figure as PNG (SVG is always written).
+    #[serde(default = "default_true")]
+    pub png: bool,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            band: default_band(),
+            sizes: vec![],
+            max_levels: default_max_levels(),
+            token_rows: default_token_rows(),
+            width: default_fig_width(),
+            height: default_fig_height(),
+            png: true,
+        }
+    }
+}
+
+fn default_band() -> Band {
+    Band::SdPairs
+}
+fn default_max_levels() -> usize {
+    8
+}
+fn default_token_rows() -> usize {
+    10
+}
+fn default_fig_width() -> u32 {
+    900
+}
+fn default_fig_height() -> u32 {
+    480
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -908,6 +981,25 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    let sizes: Vec<String> = match (&c.train, &c.suite) {
+        (Some(t), _) => t.sizes.keys().cloned().collect(),
+        (_, Some(su)) => su.sizes.clone(),
+        _ => vec![],
+    };
+    for s in &c.report.sizes {
+        if !sizes.contains(s) {
+            return Err(bad(
+                "report.sizes",
+                format!("\"{s}\" is not a size of the suite ({})", sizes.join(", ")),
+            ));
+        }
+    }
+    if c.report.width < 400 || c.report.height < 250 || c.report.max_levels == 0 {
+        return Err(bad(
+            "report",
+            "width ≥ 400, height ≥ 250 and max_levels ≥ 1 are needed".into(),
+        ));
     }
     if c.dist.top_k == 0 || c.dist.batch_size == 0 {
         return Err(bad("dist", "top_k and batch_size must be ≥ 1".into()));

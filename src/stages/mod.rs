@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod dist;
 pub mod frequency;
 pub mod kl;
+pub mod report;
 pub mod tagger;
 pub mod tokenizer;
 pub mod train;
@@ -31,6 +32,11 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
         instances.extend(dist::instances(l, &suite));
         instances.extend(kl::instances(l, &suite));
         instances.extend(aggregate::instances(l, &suite));
+        let upstream = instances
+            .iter()
+            .map(|i| (i.stage, i.label.clone()))
+            .collect();
+        instances.extend(report::instances(l, &suite, upstream));
     }
     Plan::new(instances).map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))
 }

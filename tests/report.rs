@@ -1,0 +1,288 @@
+//! The report: figures and their CSVs against the tables they plot (read
+//! here with arrow-rs, not polars), a self-contained HTML page that a real
+//! headless Chromium renders, and caching (a report option reruns only the
+//! report).
+
+mod common;
+use common::{col, hf_suite_config, Project};
+
+use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// polars writes strings as Utf8View; cast them so arrow's StringArray reads them.
+fn read_table(path: &Path) -> arrow::array::RecordBatch {
+    let b = seedconv::table::read(path).unwrap();
+    let cols: Vec<_> = b
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            arrow::datatypes::DataType::Utf8View => {
+                arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap()
+            }
+            _ => c.clone(),
+        })
+        .collect();
+    let fields: Vec<_> = b
+        .schema()
+        .fields()
+        .iter()
+        .zip(&cols)
+        .map(|(f, c)| arrow::datatypes::Field::new(f.name(), c.data_type().clone(), true))
+        .collect();
+    arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        cols,
+    )
+    .unwrap()
+}
+
+/// A row of a figure CSV: (series, step, value, band_low, band_high).
+type CsvRow = (String, f64, f64, Option<f64>, Option<f64>);
+
+fn read_csv(path: &Path) -> Vec<CsvRow> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap().split(',').collect::<Vec<_>>()[3..],
+        ["band_low", "band_high"]
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let opt = |s: &str| (!s.is_empty()).then(|| s.parse::<f64>().unwrap());
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                opt(f[3]),
+                opt(f[4]),
+            )
+        })
+        .collect()
+}
+
+fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut px = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut px).unwrap();
+    let channels = info.color_type.samples();
+    // Keep RGB only.
+    let rgb: Vec<u8> = px[..info.buffer_size()]
+        .chunks(channels)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    (info.width, info.height, rgb)
+}
+
+/// Pixels within `tol` of `c` in every channel.
+fn count_color(rgb: &[u8], c: [u8; 3], tol: i32) -> usize {
+    rgb.chunks(3)
+        .filter(|p| (0..3).all(|i| (p[i] as i32 - c[i] as i32).abs() <= tol))
+        .count()
+}
+
+/// Tableau blue, the first series colour.
+const BLUE: [u8; 3] = [31, 119, 180];
+
+fn chromium() -> PathBuf {
+    if let Ok(p) = std::env::var("SEEDCONV_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
+        if let Ok(out) = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+        {
+            if out.status.success() {
+                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            }
+        }
+    }
+    panic!(
+        "the report test renders the HTML in headless Chromium, which is not installed: \
+         `apt-get install chromium` (scripts/test.sh does this), or set SEEDCONV_CHROMIUM"
+    );
+}
+
+#[test]
+fn report_plots_the_tables_and_renders_in_a_browser() {
+    let p = Project::micro();
+    let cfg = hf_suite_config(&common::hf_models(), "[0, 50, 300]");
+    p.write_config(&format!(
+        "{cfg}\n[aggregate]\nbootstrap = 100\n\n[report]\nwidth = 700\nheight = 400\n"
+    ));
+    let run = p.ok(&["run"]);
+    let s = p.store();
+    let dir = s.join("report/current");
+    let html_path = dir.join("report.html");
+    // `run` prints where the report is.
+    assert!(
+        run.stdout
+            .contains(&format!("report: {}", html_path.display())),
+        "{}",
+        run.stdout
+    );
+
+    // E[conv]: the CSV is conv.parquet with the default band (±1 SD over pairs).
+    let conv = read_table(&s.join("aggregate/current/conv.parquet"));
+    let csv = read_csv(&dir.join("figures/conv.csv"));
+    assert_eq!(csv.len(), conv.num_rows());
+    for i in 0..conv.num_rows() {
+        let step = col::<UInt32Array>(&conv, "step").value(i) as f64;
+        let c = col::<Float64Array>(&conv, "conv").value(i);
+        let sd = col::<Float64Array>(&conv, "sd_pairs").value(i);
+        let row = csv.iter().find(|r| r.1 == step).unwrap();
+        assert_eq!(row.0, "tiny");
+        assert!((row.2 - c).abs() <= 1e-12 * c.abs().max(1e-300));
+        assert!((row.3.unwrap() - (c - sd)).abs() < 1e-12);
+        assert!((row.4.unwrap() - (c + sd)).abs() < 1e-12);
+    }
+
+    // The phase table beside the figures is phases.parquet.
+    let ph = read_table(&s.join("aggregate/current/phases.parquet"));
+    let pcsv = std::fs::read_to_string(dir.join("phases.csv")).unwrap();
+    let prow: Vec<&str> = pcsv.lines().skip(1).collect();
+    assert_eq!(prow.len(), ph.num_rows());
+    for (i, line) in prow.iter().enumerate() {
+        let start = col::<UInt32Array>(&ph, "start_step");
+        let want = format!(
+            "{},{},",
+            col::<StringArray>(&ph, "size").value(i),
+            col::<StringArray>(&ph, "phase").value(i)
+        );
+        assert!(line.starts_with(&want), "{line} vs {want}");
+        let f: Vec<&str> = line.split(',').collect();
+        let got_start = (!f[3].is_empty()).then(|| f[3].parse::<u32>().unwrap());
+        assert_eq!(got_start, (!start.is_null(i)).then(|| start.value(i)));
+    }
+
+    // One pos_group curve, recomputed from conv_by.parquet.
+    let by = read_table(&s.join("aggregate/current/conv_by.parquet"));
+    let fcsv = read_csv(&dir.join("figures/conv_by_pos_group_tiny.csv"));
+    let mut checked = 0;
+    for i in 0..by.num_rows() {
+        if col::<StringArray>(&by, "variable").value(i) != "pos_group" {
+            continue;
+        }
+        let level = col::<StringArray>(&by, "level").value(i);
+        let step = col::<UInt32Array>(&by, "step").value(i) as f64;
+        let r = fcsv
+            .iter()
+            .find(|r| r.0.starts_with(&format!("{level} (n=")) && r.1 == step)
+            .unwrap_or_else(|| panic!("{level} at {step} missing"));
+        assert_eq!(r.2, col::<Float64Array>(&by, "conv").value(i));
+        checked += 1;
+    }
+    assert!(checked >= 6, "{checked}");
+
+    // Figures: SVG + PNG + CSV each; the HTML inlines every SVG.
+    let figures: Vec<String> = std::fs::read_dir(dir.join("figures"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter_map(|n| n.strip_suffix(".svg").map(String::from))
+        .collect();
+    // conv, 4 conditional panels, spread, baselines, cross-entropy.
+    assert_eq!(figures.len(), 8, "{figures:?}");
+    for f in &figures {
+        for ext in ["png", "csv"] {
+            assert!(dir.join(format!("figures/{f}.{ext}")).exists(), "{f}.{ext}");
+        }
+    }
+    let (w, h, rgb) = decode_png(&std::fs::read(dir.join("figures/conv.png")).unwrap());
+    assert_eq!((w, h), (700, 400));
+    assert!(count_color(&rgb, BLUE, 0) > 300);
+
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert_eq!(html.matches("<svg").count(), figures.len());
+    assert_eq!(html.matches("<figure").count(), figures.len());
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "url(http",
+        "@import",
+        "<script src",
+        "<link",
+    ] {
+        assert!(!html.contains(external), "HTML loads {external}");
+    }
+    for section in [
+        "Suite",
+        "Training phases",
+        "Most and least convergent target tokens",
+        "Top-k KL estimator validation",
+        "Compute time and disk use",
+    ] {
+        assert!(html.contains(&format!("<h2>{section}</h2>")), "{section}");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert_eq!(md.matches("](figures/").count(), figures.len());
+
+    // A real browser renders it: the inline SVG lines are on the screenshot.
+    let shot = p.path().join("shot.png");
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,1400",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", html_path.display()))
+        .current_dir(p.path())
+        .output()
+        .unwrap();
+    assert!(
+        shot.exists(),
+        "chromium wrote no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (w, h, rgb) = decode_png(&std::fs::read(&shot).unwrap());
+    assert_eq!((w, h), (1000, 1400));
+    let white = count_color(&rgb, [255, 255, 255], 0);
+    assert!(white < rgb.len() / 3, "page is blank");
+    // The first figure's line and band (blue) fill a visible area.
+    let blue = count_color(&rgb, BLUE, 12);
+    assert!(blue > 500, "{blue} blue pixels: the SVG did not render");
+
+    // A report option reruns the report alone; the CSV band follows it.
+    p.write_config(&format!(
+        "{cfg}\n[aggregate]\nbootstrap = 100\n\n[report]\nwidth = 700\nheight = 400\nband = \"ci\"\n"
+    ));
+    let run = p.ok(&["run"]);
+    assert_eq!(run.computed_ids(), ["report"]);
+    let csv = read_csv(&dir.join("figures/conv.csv"));
+    for i in 0..conv.num_rows() {
+        let step = col::<UInt32Array>(&conv, "step").value(i) as f64;
+        let row = csv.iter().find(|r| r.1 == step).unwrap();
+        assert_eq!(
+            row.3.unwrap(),
+            col::<Float64Array>(&conv, "ci_low").value(i)
+        );
+        assert_eq!(
+            row.4.unwrap(),
+            col::<Float64Array>(&conv, "ci_high").value(i)
+        );
+    }
+    // Nothing to do the third time, and the path is still printed.
+    let run = p.ok(&["run"]);
+    assert_eq!(run.counts().0, 0);
+    assert!(run.stdout.contains("report: "));
+}
+
+#[test]
+fn bad_report_size_is_a_located_config_error() {
+    let p = Project::micro();
+    let cfg = hf_suite_config(&common::hf_models(), "[0, 50]");
+    p.write_config(&format!("{cfg}\n[report]\nsizes = [\"huge\"]\n"));
+    let r = p.run(&["run"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("report.sizes") && r.stderr.contains("huge"),
+        "{}",
+        r.stderr
+    );
+}
