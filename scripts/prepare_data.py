@@ -9,6 +9,11 @@ result is committed). Records exactly what was taken and how it was changed.
   removed, byte ranges from manifest.tsv) of the first prose books of the
   `train` split, in manifest order, until 9 MB; paragraphs (blank-line
   separated) joined into single lines, CRLF turned into LF.
+- BLiMP (CC BY 4.0): the first 100 lines (pairs) of each of the 67 paradigm
+  files, unchanged (the paper's protocol scores the first 100 pairs); the
+  upstream README beside them.
+- The paper's own sample text (10 Pile-validation documents): copied unchanged,
+  for presets/polypythia.toml.
 """
 import csv
 import hashlib
@@ -21,6 +26,7 @@ ROOT = os.path.join(HERE, "..")
 SRC = os.path.join(ROOT, "..", "shared", "data")
 DST = os.path.join(ROOT, "data")
 GUTENBERG_BYTES = 9_000_000
+BLIMP_PAIRS = 100
 # Verse and drama read poorly as running prose for a tiny LM.
 SKIP_WORDS = ("Poems", "Verses", "Sonnets", "Paradise Lost", "Ballad", "Venus and Adonis",
               "Hell", "Divine Comedy", "King Henry", "Julius Caesar", "Sea-Gull", "Swan Song",
@@ -82,6 +88,23 @@ def main():
             f.write("\t".join(t) + "\n")
     shutil.copyfile(os.path.join(SRC, "gutenberg_subset", "README.md"), os.path.join(gut, "README.upstream.md"))
     print(f"gutenberg: {len(taken)} books, {total} bytes", file=sys.stderr)
+
+    blimp = os.path.join(DST, "blimp")
+    os.makedirs(blimp, exist_ok=True)
+    src = os.path.join(SRC, "blimp", "data")
+    for name in sorted(os.listdir(src)):
+        with open(os.path.join(src, name), encoding="utf-8") as f:
+            lines = f.readlines()[:BLIMP_PAIRS]
+        with open(os.path.join(blimp, name), "w", encoding="utf-8") as out:
+            out.writelines(lines)
+    shutil.copyfile(os.path.join(SRC, "blimp", "README.upstream.md"), os.path.join(blimp, "README.upstream.md"))
+
+    sample = os.path.join(DST, "paper_sample")
+    os.makedirs(sample, exist_ok=True)
+    for name in os.listdir(os.path.join(SRC, "paper_sample")):
+        path = os.path.join(SRC, "paper_sample", name)
+        if os.path.isfile(path):
+            shutil.copyfile(path, os.path.join(sample, name))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,19 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 50_277)]
         vocab: usize,
     },
+    /// BLiMP scoring throughput (sentences/s) by batch size: the shipped
+    /// BLiMP pairs, Pythia-tokenized, on a random model of the given shape.
+    Blimp {
+        /// Pairs per paradigm (2 sentences each, 67 paradigms).
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        #[arg(long, default_value_t = 1024)]
+        vocab: usize,
+        #[arg(long, default_value_t = 64)]
+        d_model: usize,
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+    },
     /// Training throughput (tokens/s) of each model size in the config's [train].
     Train {
         /// Optimizer steps timed per size (after 2 warm-up steps).

@@ -43,6 +43,78 @@ pub struct Config {
     pub annotate: AnnotateConfig,
     #[serde(default)]
     pub report: ReportConfig,
+    /// BLiMP downstream convergence (absent: not scored).
+    #[serde(default)]
+    pub blimp: Option<BlimpConfig>,
+}
+
+/// Which logits a sentence's log-probability is normalised over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlimpVocab {
+    /// Every logit the model emits (the paper).
+    Full,
+    /// The kept vocabulary (`suite.vocab` or the tokenizer's), renormalised.
+    Kept,
+}
+
+/// BLiMP minimal pairs scored at every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlimpConfig {
+    /// Folder of BLiMP paradigm files `<UID>.jsonl`.
+    #[serde(default = "default_blimp_dir")]
+    pub dir: PathBuf,
+    /// Paradigms (file stems) to score; empty: every file in `dir`.
+    #[serde(default)]
+    pub paradigms: Vec<String>,
+    /// The first N pairs of each paradigm (the paper: 100).
+    #[serde(default = "default_blimp_pairs")]
+    pub pairs: usize,
+    #[serde(default = "default_blimp_vocab")]
+    pub vocab: BlimpVocab,
+    /// Sentences per ONNX Runtime call.
+    #[serde(default = "default_blimp_batch")]
+    pub batch_size: usize,
+}
+
+impl BlimpConfig {
+    /// The paradigm files, sorted by name.
+    pub fn files(&self) -> Vec<PathBuf> {
+        if self.paradigms.is_empty() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        } else {
+            let mut v: Vec<PathBuf> = self
+                .paradigms
+                .iter()
+                .map(|p| self.dir.join(format!("{p}.jsonl")))
+                .collect();
+            v.sort();
+            v
+        }
+    }
+}
+
+fn default_blimp_dir() -> PathBuf {
+    PathBuf::from("data/blimp")
+}
+fn default_blimp_pairs() -> usize {
+    100
+}
+fn default_blimp_vocab() -> BlimpVocab {
+    BlimpVocab::Full
+}
+fn default_blimp_batch() -> usize {
+    64
 }
 
 /// The band drawn around each size's E[conv] curve.
@@ -797,6 +869,15 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
             *p = shipped;
         }
     }
+    if let Some(b) = c.blimp.as_mut() {
+        // Like the tagger's files: the shipped BLiMP when none is beside the config.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(default_blimp_dir());
+        let is_default = b.dir == default_blimp_dir();
+        resolve(root, &mut b.dir);
+        if is_default && !b.dir.is_dir() && shipped.is_dir() {
+            b.dir = shipped;
+        }
+    }
     if let Some(su) = c.suite.as_mut() {
         if Path::new(&su.models).is_relative() {
             su.models = root.join(&su.models).to_string_lossy().to_string();
@@ -1000,6 +1081,27 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
             "report",
             "width ≥ 400, height ≥ 250 and max_levels ≥ 1 are needed".into(),
         ));
+    }
+    if let Some(b) = &c.blimp {
+        if !b.dir.is_dir() {
+            return Err(bad(
+                "blimp.dir",
+                format!("folder {} does not exist", b.dir.display()),
+            ));
+        }
+        let files = b.files();
+        if files.is_empty() {
+            return Err(bad(
+                "blimp.dir",
+                format!("{} has no .jsonl paradigm files", b.dir.display()),
+            ));
+        }
+        for f in &files {
+            missing("blimp.paradigms", f)?;
+        }
+        if b.pairs == 0 || b.batch_size == 0 {
+            return Err(bad("blimp", "pairs and batch_size must be ≥ 1".into()));
+        }
     }
     if c.dist.top_k == 0 || c.dist.batch_size == 0 {
         return Err(bad("dist", "top_k and batch_size must be ≥ 1".into()));

@@ -22,6 +22,13 @@ pub fn log_softmax(logits: &[f32], dst: &mut [f32]) -> Result<(), usize> {
     Ok(())
 }
 
+/// log p(target) under the softmax of `logits` (all of them), in f64.
+pub fn log_prob_of(logits: &[f32], target: usize) -> f64 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let s: f64 = logits.iter().map(|&v| (v as f64 - m).exp()).sum();
+    logits[target] as f64 - m - s.ln()
+}
+
 /// What the dist stage keeps of one row's distribution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowStats {

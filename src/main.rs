@@ -63,6 +63,12 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 batch,
             } => seedconv::bench::dist(*rows, *vocab, *d_model, *layers, *window, *batch),
             BenchWhat::Kl { seeds, rows, vocab } => seedconv::bench::kl(*seeds, *rows, *vocab),
+            BenchWhat::Blimp {
+                pairs,
+                vocab,
+                d_model,
+                layers,
+            } => seedconv::bench::blimp(*pairs, *vocab, *d_model, *layers),
             BenchWhat::Train { steps } => {
                 seedconv::bench::train(&seedconv::config::load(&cli.config)?, *steps)
             }

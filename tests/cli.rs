@@ -220,7 +220,7 @@ fn missing_or_broken_onnx_runtime_prints_the_fix() {
 
 #[test]
 fn paper_sample_with_pythia_tokenizer_gives_4663_tokens_and_4662_rows() {
-    let fx = std::path::Path::new(REPO).join("tests/fixtures/paper_sample");
+    let fx = std::path::Path::new(REPO).join("data/paper_sample");
     let p = Project::micro();
     p.write_config(&format!(
         "[tokenizer]\npath = \"{tok}\"\n\n[corpus]\npath = \"{txt}\"\nformat = \"raw\"\nwindow = 2048\n\n[frequency]\nfiles = [\"{txt}\"]\nformat = \"raw\"\n",

@@ -4,6 +4,8 @@
 
 pub mod aggregate;
 pub mod annotate;
+pub mod blimp;
+pub mod blimp_conv;
 pub mod corpus;
 pub mod dist;
 pub mod frequency;
@@ -32,6 +34,8 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
         instances.extend(dist::instances(l, &suite));
         instances.extend(kl::instances(l, &suite));
         instances.extend(aggregate::instances(l, &suite));
+        instances.extend(blimp::instances(l, &suite));
+        instances.extend(blimp_conv::instances(l, &suite));
         let upstream = instances
             .iter()
             .map(|i| (i.stage, i.label.clone()))

@@ -21,7 +21,7 @@ use crate::engine::store::MANIFEST;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::plot::{csv_field, Chart, Line, Mark};
-use crate::stages::{aggregate, corpus, kl, tokenizer};
+use crate::stages::{aggregate, blimp_conv, corpus, kl, tokenizer};
 use crate::suite::Suite;
 
 pub const NAME: &str = "report";
@@ -343,6 +343,9 @@ impl Job for ReportJob {
         blocks.extend(self.conditional(ctx, agg, &phases)?);
         blocks.extend(self.spread(ctx, &conv, &phases)?);
         blocks.extend(self.baselines(ctx, agg)?);
+        if self.has(blimp_conv::NAME) {
+            blocks.extend(self.blimp(ctx)?);
+        }
         blocks.extend(self.tokens(agg)?);
         blocks.extend(self.validation(ctx)?);
         blocks.extend(self.costs(ctx)?);
@@ -367,6 +370,81 @@ fn write_text(path: &Path, text: &str) -> Result<(), StageError> {
 impl ReportJob {
     fn size_color(&self, size: &str) -> usize {
         self.info.sizes.iter().position(|s| s == size).unwrap_or(0)
+    }
+
+    fn has(&self, stage: &str) -> bool {
+        self.upstream.iter().any(|(s, _)| *s == stage)
+    }
+
+    /// BLiMP: −KL between the seeds' paradigm-level q (± 1 SE over
+    /// paradigm × seed pair) and accuracy (± 1 SD over seeds).
+    fn blimp(&self, ctx: &JobCtx) -> Result<Vec<Block>, StageError> {
+        let t = Table::read(&ctx.upstream(blimp_conv::NAME, "")?.join("conv.parquet"))?;
+        let (size, step, ordering) = (t.str("size")?, t.u64("step")?, t.str("ordering")?);
+        let (conv, se, acc, acc_sd) = (
+            t.f64("conv")?,
+            t.f64("se")?,
+            t.f64("accuracy")?,
+            t.f64("accuracy_sd_seeds")?,
+        );
+        let mut kl = log_chart(
+            "BLiMP: convergence of the seeds' judgements".into(),
+            "−KL (nats)",
+        );
+        kl.band_label = Some("±1 SE".into());
+        let mut accuracy = log_chart("BLiMP accuracy".into(), "accuracy");
+        accuracy.band_label = Some("±1 SD over seeds".into());
+        let mut rows = Vec::new();
+        for s in &self.info.sizes {
+            for (ord, dashed) in [("ordered", false), ("unordered", true)] {
+                let mut idx: Vec<usize> = (0..t.height())
+                    .filter(|&i| &size[i] == s && ordering[i] == ord)
+                    .collect();
+                idx.sort_by_key(|&i| step[i]);
+                let x = |i: usize| step[i].unwrap_or(0) as f64;
+                kl.series.push(Line {
+                    name: format!("{s} ({ord} pairs)"),
+                    color: self.size_color(s),
+                    dashed,
+                    points: idx.iter().map(|&i| (x(i), conv[i])).collect(),
+                    band: idx
+                        .iter()
+                        .map(|&i| (x(i), conv[i] - se[i], conv[i] + se[i]))
+                        .collect(),
+                });
+                if ord == "ordered" {
+                    accuracy.series.push(Line {
+                        name: s.clone(),
+                        color: self.size_color(s),
+                        points: idx.iter().map(|&i| (x(i), acc[i])).collect(),
+                        band: idx
+                            .iter()
+                            .map(|&i| (x(i), acc[i] - acc_sd[i], acc[i] + acc_sd[i]))
+                            .collect(),
+                        ..Default::default()
+                    });
+                    if let Some(&i) = idx.last() {
+                        rows.push(vec![
+                            s.clone(),
+                            step[i].unwrap_or(0).to_string(),
+                            format!("{:.3} ± {:.3}", acc[i], acc_sd[i]),
+                            format!("{} ± {}", fmt(conv[i]), fmt(se[i])),
+                        ]);
+                    }
+                }
+            }
+        }
+        Ok(vec![
+            Block::Heading("BLiMP downstream convergence".into()),
+            Block::Para("Per minimal pair q = softmax([log P(good), log P(bad)]) (sentences scored with BOS and EOS); per paradigm and seed the mean q; per paradigm the KL between seeds' mean q (blimp_conv/*.parquet). Solid: ordered seed pairs (as next-token KL); dashed: unordered pairs, the paper's.".into()),
+            self.figure(ctx, "blimp_conv", "BLiMP: −KL between seeds' paradigm-level judgements, mean ± 1 SE over paradigm × seed pair.".into(), &kl, "conv")?,
+            self.figure(ctx, "blimp_accuracy", "BLiMP accuracy (log P(good) > log P(bad)), mean over paradigms, ± 1 SD over seeds.".into(), &accuracy, "accuracy")?,
+            Block::Table {
+                header: ["size", "last step", "accuracy", "−KL (ordered) ± SE"].map(String::from).to_vec(),
+                rows,
+                numeric: vec![false, true, true, true],
+            },
+        ])
     }
 
     /// Sizes that get per-size panels.
