@@ -46,6 +46,45 @@ pub struct Config {
     /// BLiMP downstream convergence (absent: not scored).
     #[serde(default)]
     pub blimp: Option<BlimpConfig>,
+    /// The in-context-learning score (absent: not computed).
+    #[serde(default)]
+    pub icl: Option<IclConfig>,
+}
+
+/// In-context-learning score: the loss on document token `position` (1-based)
+/// given the `long_context` tokens before it, minus the loss given the
+/// `short_context` tokens before it (the paper: 501, 401, 51; documents of
+/// at least 505 tokens).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IclConfig {
+    #[serde(default = "default_icl_position")]
+    pub position: usize,
+    #[serde(default = "default_icl_long")]
+    pub long_context: usize,
+    #[serde(default = "default_icl_short")]
+    pub short_context: usize,
+    /// Documents shorter than this (in tokens) are skipped.
+    #[serde(default = "default_icl_min")]
+    pub min_tokens: usize,
+    #[serde(default = "default_icl_batch")]
+    pub batch_size: usize,
+}
+
+fn default_icl_position() -> usize {
+    501
+}
+fn default_icl_long() -> usize {
+    401
+}
+fn default_icl_short() -> usize {
+    51
+}
+fn default_icl_min() -> usize {
+    505
+}
+fn default_icl_batch() -> usize {
+    8
 }
 
 /// Which logits a sentence's log-probability is normalised over.
@@ -1101,6 +1140,33 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
         }
         if b.pairs == 0 || b.batch_size == 0 {
             return Err(bad("blimp", "pairs and batch_size must be ≥ 1".into()));
+        }
+    }
+    if let Some(i) = &c.icl {
+        if !(i.short_context >= 1
+            && i.short_context < i.long_context
+            && i.long_context < i.position
+            && i.position <= i.min_tokens
+            && i.batch_size >= 1)
+        {
+            return Err(bad(
+                "icl",
+                format!(
+                    "needs 1 ≤ short_context < long_context < position ≤ min_tokens and batch_size ≥ 1 (got {}, {}, {}, {})",
+                    i.short_context, i.long_context, i.position, i.min_tokens
+                ),
+            ));
+        }
+        if let Some(t) = &c.train {
+            if let Some((name, s)) = t.sizes.iter().find(|(_, s)| s.context < i.long_context) {
+                return Err(bad(
+                    "icl.long_context",
+                    format!(
+                        "{} exceeds the context of size {name} ({})",
+                        i.long_context, s.context
+                    ),
+                ));
+            }
         }
     }
     if c.dist.top_k == 0 || c.dist.batch_size == 0 {

@@ -9,6 +9,7 @@ pub mod blimp_conv;
 pub mod corpus;
 pub mod dist;
 pub mod frequency;
+pub mod icl;
 pub mod kl;
 pub mod report;
 pub mod tagger;
@@ -36,6 +37,7 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
         instances.extend(aggregate::instances(l, &suite));
         instances.extend(blimp::instances(l, &suite));
         instances.extend(blimp_conv::instances(l, &suite));
+        instances.extend(icl::instances(l, &suite));
         let upstream = instances
             .iter()
             .map(|i| (i.stage, i.label.clone()))

@@ -1,0 +1,141 @@
+//! The in-context-learning score on synthetic models whose answer is known:
+//! token embeddings and every block's output projections are zero, so the
+//! logits at window position p are LayerNorm(wpe[p]) · U whatever the
+//! tokens. The loss with L tokens of context is then a function of L alone,
+//! computed here in float64 from the weights.
+
+mod common;
+use common::{col, Project};
+
+use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
+use seedconv::model::{Shape, Weights, LN_EPS};
+use std::collections::BTreeMap;
+
+const SHAPE: Shape = Shape {
+    vocab: 300,
+    vocab_padded: 320,
+    layers: 1,
+    d_model: 16,
+    heads: 2,
+    context: 32,
+};
+
+fn synthetic(seed: u64) -> Weights {
+    let mut w = SHAPE.init(seed);
+    for (name, (_, data)) in w.iter_mut() {
+        if name == "wte" || name.ends_with("attn.out.w") || name.ends_with("mlp.proj.w") {
+            data.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    w
+}
+
+/// −log p(target) at window position `pos`, softmax over the first 300
+/// logits (the kept vocabulary), float64.
+fn loss_at(w: &Weights, pos: usize, target: usize) -> f64 {
+    let d = SHAPE.d_model;
+    let x: Vec<f64> = w["wpe"].1[pos * d..(pos + 1) * d]
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let mean = x.iter().sum::<f64>() / d as f64;
+    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+    let (g, b) = (&w["ln_f.w"].1, &w["ln_f.b"].1);
+    let h: Vec<f64> = (0..d)
+        .map(|i| (x[i] - mean) / (var + LN_EPS).sqrt() * g[i] as f64 + b[i] as f64)
+        .collect();
+    let u = &w["unembed.w"].1;
+    let logits: Vec<f64> = (0..SHAPE.vocab)
+        .map(|v| {
+            (0..d)
+                .map(|i| h[i] * u[i * SHAPE.vocab_padded + v] as f64)
+                .sum()
+        })
+        .collect();
+    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
+    lse - logits[target]
+}
+
+#[test]
+fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
+    let p = Project::micro();
+    let seeds = [1u64, 2];
+    for s in seeds {
+        let dir = p.path().join(format!("models/syn-seed{s}/step0"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("model.onnx"),
+            seedconv::onnx::export::to_bytes(&SHAPE, &synthetic(s)),
+        )
+        .unwrap();
+    }
+    let (pos, long, short, min) = (20usize, 16usize, 3usize, 24usize);
+    p.write_config(&format!(
+        "{}\n[suite]\nmodels = \"models/syn-seed{{seed}}/step{{step}}/model.onnx\"\nsizes = [\"syn\"]\nseeds = [1, 2]\nsteps = [0]\nvocab = 300\n\n[icl]\nposition = {pos}\nlong_context = {long}\nshort_context = {short}\nmin_tokens = {min}\nbatch_size = 2\n",
+        Project::micro_config()
+    ));
+    p.ok(&["run", "icl"]);
+
+    // Documents long enough, and their token d_P, from the corpus table.
+    let tok = seedconv::table::read(&p.store().join("corpus/current/tokens.parquet")).unwrap();
+    let (doc, id, start) = (
+        col::<UInt32Array>(&tok, "doc"),
+        col::<UInt32Array>(&tok, "token_id"),
+        col::<UInt32Array>(&tok, "char_start"),
+    );
+    let mut docs: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..tok.num_rows() {
+        if !start.is_null(i) {
+            docs.entry(doc.value(i)).or_default().push(id.value(i));
+        }
+    }
+    let eligible: BTreeMap<u32, u32> = docs
+        .into_iter()
+        .filter(|(_, t)| t.len() >= min)
+        .map(|(d, t)| (d, t[pos - 1]))
+        .collect();
+    assert!(eligible.len() >= 2, "{eligible:?}");
+
+    for s in seeds {
+        let w = synthetic(s);
+        let b = seedconv::table::read(
+            &p.store()
+                .join(format!("icl/current/syn-seed{s}-step0.icl.parquet")),
+        )
+        .unwrap();
+        assert_eq!(b.num_rows(), eligible.len());
+        assert_eq!(col::<StringArray>(&b, "seed").value(0), s.to_string());
+        for i in 0..b.num_rows() {
+            let target = eligible[&col::<UInt32Array>(&b, "doc").value(i)] as usize;
+            let (l, sh) = (
+                loss_at(&w, long - 1, target),
+                loss_at(&w, short - 1, target),
+            );
+            let got = (
+                col::<Float64Array>(&b, "loss_long").value(i),
+                col::<Float64Array>(&b, "loss_short").value(i),
+                col::<Float64Array>(&b, "icl").value(i),
+            );
+            assert!((got.0 - l).abs() < 1e-4, "{} vs {l}", got.0);
+            assert!((got.1 - sh).abs() < 1e-4, "{} vs {sh}", got.1);
+            assert!((got.2 - (l - sh)).abs() < 2e-4);
+        }
+    }
+}
+
+#[test]
+fn icl_settings_are_checked() {
+    let p = Project::micro();
+    p.write_config(&format!(
+        "{}\n[icl]\nposition = 20\nlong_context = 30\nshort_context = 5\nmin_tokens = 20\n",
+        Project::micro_config()
+    ));
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("icl") && r.stderr.contains("long_context < position"),
+        "{}",
+        r.stderr
+    );
+}
