@@ -147,13 +147,19 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
     if !missing.is_empty() {
         return Err(ConfigError::Invalid {
             file: l.file_name(),
-            line: 0,
+            line: std::fs::read_to_string(&l.file)
+                .map_or(0, |raw| crate::config::line_of_key(&raw, "suite.models")),
             key: "suite.models".into(),
             message: format!(
-                "{} of {} checkpoints are missing: {}",
+                "{} of {} checkpoints are missing: {}{}",
                 missing.len(),
                 checkpoints.len(),
-                missing.join(", ")
+                missing[..missing.len().min(3)].join(", "),
+                if missing.len() > 3 {
+                    format!(" and {} more", missing.len() - 3)
+                } else {
+                    String::new()
+                }
             ),
         });
     }
