@@ -221,3 +221,24 @@ fn gc_removes_entries_no_plan_references() {
     // Everything current survives.
     assert_eq!(p.ok(&["run"]).counts(), (0, 6));
 }
+
+#[test]
+fn a_stale_lock_beside_a_finished_entry_is_removed_by_the_next_run() {
+    // What a kill between an entry's commit and its lock cleanup leaves.
+    let p = Project::micro();
+    p.ok(&["run", "corpus"]);
+    let entry = p
+        .find(|n| n == "manifest.json")
+        .into_iter()
+        .find(|m| m.to_string_lossy().contains("/corpus/"))
+        .unwrap();
+    let dir = entry.parent().unwrap();
+    let lock = dir.with_file_name(format!(
+        "{}.lock",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&lock, b"").unwrap();
+    let r = p.ok(&["run", "corpus"]);
+    assert_eq!(r.counts().0, 0);
+    assert!(!lock.exists(), "{} left", lock.display());
+}

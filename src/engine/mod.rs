@@ -642,6 +642,14 @@ impl Engine {
         let key = ing.key();
         if !forced {
             if let EntryState::Valid(m) = self.store.check(inst.stage, &key, &self.memo) {
+                // A lock file beside a valid entry is left by a process killed
+                // between its commit and its cleanup; remove it unless held.
+                let lock = self.store.lock_path(inst.stage, &key);
+                if lock.exists() {
+                    if let Ok(Some(l)) = EntryLock::try_acquire(&lock) {
+                        drop(l);
+                    }
+                }
                 return Outcome::Reused(m);
             }
         }
