@@ -192,6 +192,7 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
             &tokens,
             (1, 1),
             &hp,
+            crate::train::Task::Causal,
             &[2, steps + 2],
             &|| Ok(()),
             &mut on_ckpt,
@@ -260,8 +261,10 @@ pub fn dist(
         tokens.clone(),
         r.iter().map(|x| x.0 as u32).collect(),
         r.iter().map(|x| x.1 as u32).collect(),
+        None,
         r.iter().map(|x| tokens[x.0 + 1]).collect(),
         batch,
+        dist::Scoring::Causal,
     );
     let threads = crate::commands::default_jobs();
     let mut model = crate::onnx::runtime::OrtModel::from_file(&model_path, threads)?;

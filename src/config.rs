@@ -143,6 +143,10 @@ impl BlimpConfig {
     }
 }
 
+fn is_causal(o: &Objective) -> bool {
+    *o == Objective::Causal
+}
+
 fn default_blimp_dir() -> PathBuf {
     PathBuf::from("data/blimp")
 }
@@ -271,6 +275,15 @@ fn default_tagger_test() -> PathBuf {
 }
 
 impl Config {
+    /// What the suite's models predict.
+    pub fn objective(&self) -> Objective {
+        match (&self.train, &self.suite) {
+            (Some(t), _) => t.objective,
+            (_, Some(s)) => s.kind,
+            _ => Objective::Causal,
+        }
+    }
+
     /// Whether the built-in tagger supplies part of speech.
     pub fn uses_tagger(&self) -> bool {
         let conllu = self.corpus.format == TextFormat::Conllu
@@ -342,6 +355,10 @@ fn default_token_n() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteConfig {
+    /// `causal` (default) or `mlm` (inputs input_ids, attention_mask,
+    /// token_type_ids; output logits at every position).
+    #[serde(default, skip_serializing_if = "is_causal")]
+    pub kind: Objective,
     /// Path template with `{size}`, `{seed}` and `{step}`, e.g.
     /// `models/pythia-{size}-seed{seed}/step{step}/model.onnx`.
     pub models: String,
@@ -383,6 +400,9 @@ pub struct DistConfig {
     /// (then adding a seed recomputes no other seed's forward pass).
     #[serde(default)]
     pub retain_full: bool,
+    /// Masked-LM suites only, and required there: `unmasked` or `masked`.
+    #[serde(default)]
+    pub mlm_scoring: Option<MlmScoring>,
 }
 
 impl Default for DistConfig {
@@ -393,6 +413,7 @@ impl Default for DistConfig {
             threads: 0,
             device: default_device(),
             retain_full: false,
+            mlm_scoring: None,
         }
     }
 }
@@ -477,6 +498,9 @@ impl SeedSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// `causal` (default) or `mlm`: BERT-style masked LMs.
+    #[serde(default, skip_serializing_if = "is_causal")]
+    pub objective: Objective,
     pub seeds: Vec<SeedSpec>,
     /// Model sizes by name (the name is `{size}` in paths).
     pub sizes: std::collections::BTreeMap<String, SizeConfig>,
@@ -620,6 +644,50 @@ pub struct TokenizerConfig {
     /// Document separator, also used as BOS and EOS (Pythia's convention).
     #[serde(default = "default_eos")]
     pub eos_token: String,
+    /// More special tokens for a trained tokenizer (masked-LM suites need
+    /// `["[CLS]", "[SEP]", "[MASK]"]`).
+    #[serde(default)]
+    pub extra_special_tokens: Vec<String>,
+    /// Masked-LM special tokens (used only by masked-LM suites).
+    #[serde(default = "default_cls")]
+    pub cls_token: String,
+    #[serde(default = "default_sep")]
+    pub sep_token: String,
+    #[serde(default = "default_mask")]
+    pub mask_token: String,
+}
+
+fn default_cls() -> String {
+    "[CLS]".into()
+}
+fn default_sep() -> String {
+    "[SEP]".into()
+}
+fn default_mask() -> String {
+    "[MASK]".into()
+}
+
+/// What a suite's models predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The next token (GPT-style).
+    #[default]
+    Causal,
+    /// Masked tokens (BERT-style; 15% masking, 80/10/10).
+    Mlm,
+}
+
+/// How a masked LM's distribution at a position is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlmScoring {
+    /// The MLM head at every visible position of the unmasked text (the
+    /// authors' code).
+    Unmasked,
+    /// Each position masked in its own copy of the sequence (the
+    /// pseudo-log-likelihood reading).
+    Masked,
 }
 
 impl Default for TokenizerConfig {
@@ -629,6 +697,10 @@ impl Default for TokenizerConfig {
             vocab_size: default_vocab_size(),
             min_frequency: default_min_frequency(),
             eos_token: default_eos(),
+            extra_special_tokens: vec![],
+            cls_token: default_cls(),
+            sep_token: default_sep(),
+            mask_token: default_mask(),
         }
     }
 }
@@ -650,6 +722,9 @@ pub enum CorpusMode {
     Stream,
     /// Each document is its own sequence, windowed at W.
     Documents,
+    /// Masked-LM suites: each document alone as `[CLS] … [SEP]`, split into
+    /// chunks of at most W tokens (specials included); a row per document token.
+    Mlm,
 }
 
 /// The evaluation text.
@@ -1141,6 +1216,41 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
         if b.pairs == 0 || b.batch_size == 0 {
             return Err(bad("blimp", "pairs and batch_size must be ≥ 1".into()));
         }
+    }
+    if c.objective() == Objective::Mlm {
+        let key = if c.train.is_some() {
+            "train.objective"
+        } else {
+            "suite.kind"
+        };
+        if c.corpus.mode != CorpusMode::Mlm {
+            return Err(bad(
+                "corpus.mode",
+                format!("a masked-LM suite ({key} = \"mlm\") needs corpus.mode = \"mlm\""),
+            ));
+        }
+        if c.dist.mlm_scoring.is_none() {
+            return Err(bad(
+                "dist.mlm_scoring",
+                "a masked-LM suite must say how to read its distributions: \"unmasked\" (the authors' code) or \"masked\"".into(),
+            ));
+        }
+        if c.blimp.is_some() || c.icl.is_some() {
+            return Err(bad(
+                if c.blimp.is_some() { "blimp" } else { "icl" },
+                "BLiMP and the ICL score need a causal suite".into(),
+            ));
+        }
+    } else if c.corpus.mode == CorpusMode::Mlm {
+        return Err(bad(
+            "corpus.mode",
+            "\"mlm\" is for masked-LM suites (train.objective or suite.kind = \"mlm\")".into(),
+        ));
+    } else if c.dist.mlm_scoring.is_some() {
+        return Err(bad(
+            "dist.mlm_scoring",
+            "applies to masked-LM suites only".into(),
+        ));
     }
     if let Some(i) = &c.icl {
         if !(i.short_context >= 1

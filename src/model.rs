@@ -162,6 +162,13 @@ impl Model {
             .collect()
     }
 
+    /// Attend in both directions (a BERT-style masked LM): no causal mask.
+    pub fn set_bidirectional(&mut self) -> candle_core::Result<()> {
+        let c = self.shape.context;
+        self.causal = Tensor::zeros((c, c), DType::F32, &Device::Cpu)?;
+        Ok(())
+    }
+
     fn p(&self, name: &str) -> &Tensor {
         self.vars
             .get(name)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::Loaded;
+use crate::config::{Loaded, Objective};
 use crate::error::ConfigError;
 use crate::stages::train;
 
@@ -49,6 +49,7 @@ pub struct Suite {
     pub vocab: Option<usize>,
     pub checkpoints: Vec<Checkpoint>,
     pub builtin: bool,
+    pub objective: Objective,
 }
 
 impl Suite {
@@ -116,6 +117,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
             vocab: None,
             checkpoints,
             builtin: true,
+            objective: t.objective,
         }));
     }
     let Some(su) = &c.suite else {
@@ -170,6 +172,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
         vocab: su.vocab,
         checkpoints,
         builtin: false,
+        objective: su.kind,
     }))
 }
 

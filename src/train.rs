@@ -73,6 +73,48 @@ impl Windows {
     }
 }
 
+/// What the model learns to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// The next token of each window.
+    Causal,
+    /// BERT's masked-LM objective on `[CLS] window [SEP]`: 15% of the window's
+    /// tokens are chosen; of those 80% become `mask`, 10% a random token,
+    /// 10% stay; the loss is on the chosen positions only.
+    Mlm { cls: u32, sep: u32, mask: u32 },
+}
+
+/// BERT masking of one sequence whose first and last tokens are specials.
+/// Returns the model input and the (position, original token) pairs the
+/// loss is taken on — at least one per sequence.
+pub fn mlm_mask(
+    seq: &[u32],
+    mask: u32,
+    vocab: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<u32>, Vec<(usize, u32)>) {
+    let mut input = seq.to_vec();
+    let inner = 1..seq.len().saturating_sub(1);
+    let mut chosen: Vec<usize> = inner
+        .clone()
+        .filter(|_| rng.random::<f64>() < 0.15)
+        .collect();
+    if chosen.is_empty() && !inner.is_empty() {
+        chosen.push(rng.random_range(inner));
+    }
+    let mut labels = Vec::with_capacity(chosen.len());
+    for p in chosen {
+        labels.push((p, seq[p]));
+        let r = rng.random::<f64>();
+        if r < 0.8 {
+            input[p] = mask;
+        } else if r < 0.9 {
+            input[p] = rng.random_range(0..vocab as u32);
+        }
+    }
+    (input, labels)
+}
+
 /// One logged training step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRow {
@@ -93,6 +135,7 @@ pub fn train(
     tokens: &[u32],
     (init_seed, data_seed): (u64, u64),
     hp: &Hyper,
+    task: Task,
     checkpoints: &[usize],
     cancel: &dyn Fn() -> Result<(), StageError>,
     checkpoint: &mut dyn FnMut(usize, &Model, u64) -> Result<(), StageError>,
@@ -105,7 +148,12 @@ pub fn train(
             t + 1
         )));
     }
-    let model = Model::from_weights(shape, &shape.init(init_seed)).map_err(cerr)?;
+    let mut model = Model::from_weights(shape, &shape.init(init_seed)).map_err(cerr)?;
+    if matches!(task, Task::Mlm { .. }) {
+        model.set_bidirectional().map_err(cerr)?;
+    }
+    // Masking draws its own stream, so the data order is the causal one.
+    let mut mask_rng = ChaCha8Rng::seed_from_u64(data_seed ^ 0x6d61_736b);
     // Weight decay on matrices only, not on biases and LayerNorm gains.
     let (decay, plain): (Vec<Var>, Vec<Var>) = model
         .vars
@@ -121,7 +169,8 @@ pub fn train(
     };
     let mut opt_decay = AdamW::new(decay, params(hp.weight_decay)).map_err(cerr)?;
     let mut opt_plain = AdamW::new(plain, params(0.0)).map_err(cerr)?;
-    let mut windows = Windows::new(data_seed, t + 1);
+    // Causal: t inputs + the next token; masked LM: t − 2 tokens between [CLS] and [SEP].
+    let mut windows = Windows::new(data_seed, if task == Task::Causal { t + 1 } else { t - 2 });
     let mut log = Vec::new();
     let b = hp.batch_size;
     let mut seen = 0u64;
@@ -136,15 +185,39 @@ pub fn train(
         let starts = windows.next_starts(b, tokens.len());
         let mut inp = Vec::with_capacity(b * t);
         let mut tgt = Vec::with_capacity(b * t);
-        for &s in &starts {
-            inp.extend_from_slice(&tokens[s..s + t]);
-            tgt.extend_from_slice(&tokens[s + 1..s + t + 1]);
+        // Rows of the [b·t, vocab] logits the loss reads (all, for causal).
+        let mut sel: Vec<u32> = Vec::new();
+        for (i, &s) in starts.iter().enumerate() {
+            match task {
+                Task::Causal => {
+                    inp.extend_from_slice(&tokens[s..s + t]);
+                    tgt.extend_from_slice(&tokens[s + 1..s + t + 1]);
+                }
+                Task::Mlm { cls, sep, mask } => {
+                    let mut seq = Vec::with_capacity(t);
+                    seq.push(cls);
+                    seq.extend_from_slice(&tokens[s..s + t - 2]);
+                    seq.push(sep);
+                    let (input, labels) = mlm_mask(&seq, mask, shape.vocab, &mut mask_rng);
+                    inp.extend(input);
+                    for (p, id) in labels {
+                        sel.push((i * t + p) as u32);
+                        tgt.push(id);
+                    }
+                }
+            }
         }
         let logits = model
             .forward(&ids_tensor(&inp, b, t).map_err(cerr)?)
             .map_err(cerr)?;
-        let logits = logits.reshape((b * t, shape.vocab_padded)).map_err(cerr)?;
-        let targets = Tensor::from_vec(tgt, b * t, &candle_core::Device::Cpu).map_err(cerr)?;
+        let mut logits = logits.reshape((b * t, shape.vocab_padded)).map_err(cerr)?;
+        if !sel.is_empty() {
+            let n = sel.len();
+            let idx = Tensor::from_vec(sel, n, &candle_core::Device::Cpu).map_err(cerr)?;
+            logits = logits.index_select(&idx, 0).map_err(cerr)?;
+        }
+        let n = tgt.len();
+        let targets = Tensor::from_vec(tgt, n, &candle_core::Device::Cpu).map_err(cerr)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &targets).map_err(cerr)?;
         let lr = hp.lr_at(step);
         opt_decay.set_learning_rate(lr);
@@ -196,6 +269,40 @@ mod tests {
         for s in 10..99 {
             assert!(hp.lr_at(s + 1) <= hp.lr_at(s));
         }
+    }
+
+    #[test]
+    fn mlm_masking_is_15_percent_then_80_10_10() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        // [CLS]=0 … [SEP]=1, inner tokens 10..; mask = 2; vocab 1000.
+        let seq: Vec<u32> = std::iter::once(0)
+            .chain(10..74)
+            .chain(std::iter::once(1))
+            .collect();
+        let (mut chosen, mut masked, mut random, mut kept, mut n) = (0, 0, 0, 0, 0);
+        for _ in 0..2000 {
+            let (input, labels) = mlm_mask(&seq, 2, 1000, &mut rng);
+            assert_eq!((input[0], input[65]), (0, 1), "specials are never chosen");
+            n += 64;
+            chosen += labels.len();
+            for (p, orig) in labels {
+                assert_eq!(orig, seq[p]);
+                match input[p] {
+                    2 => masked += 1,
+                    x if x == orig => kept += 1,
+                    _ => random += 1,
+                }
+            }
+        }
+        let f = |a: usize, b: usize| a as f64 / b as f64;
+        assert!((f(chosen, n) - 0.15).abs() < 0.01, "{}", f(chosen, n));
+        assert!((f(masked, chosen) - 0.8).abs() < 0.02);
+        // A random draw may hit the original token (1 in 1000).
+        assert!((f(random, chosen) - 0.1).abs() < 0.02);
+        assert!((f(kept, chosen) - 0.1).abs() < 0.02);
+        // A sequence too short to draw from still gets one target.
+        let (_, labels) = mlm_mask(&[0, 10, 1], 2, 1000, &mut rng);
+        assert_eq!(labels, vec![(1, 10)]);
     }
 
     #[test]

@@ -238,8 +238,9 @@ fn linear(x: &[f64], w: &[f32], b: Option<&[f32]>, out: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Naive float64 forward of one sequence: logits [t][vocab_padded].
-fn reference(shape: &Shape, w: &Weights, ids: &[usize]) -> Vec<Vec<f64>> {
+/// Naive float64 forward of one sequence: logits [t][vocab_padded];
+/// `bidirectional`: every position attends to every position (masked LM).
+fn reference(shape: &Shape, w: &Weights, ids: &[usize], bidirectional: bool) -> Vec<Vec<f64>> {
     let (d, h) = (shape.d_model, shape.heads);
     let hd = d / h;
     let mut x: Vec<Vec<f64>> = ids
@@ -272,7 +273,8 @@ fn reference(shape: &Shape, w: &Weights, ids: &[usize]) -> Vec<Vec<f64>> {
         for head in 0..h {
             for i in 0..ids.len() {
                 let q = &qkv[i][head * hd..(head + 1) * hd];
-                let scores: Vec<f64> = (0..=i)
+                let visible = if bidirectional { ids.len() } else { i + 1 };
+                let scores: Vec<f64> = (0..visible)
                     .map(|j| {
                         q.iter()
                             .zip(&qkv[j][d + head * hd..d + (head + 1) * hd])
@@ -360,7 +362,7 @@ fn exported_onnx_matches_a_float64_reference_forward_with_vocab_padding() {
         assert_eq!(width, 64);
         let mut max = 0f64;
         for r in 0..b {
-            let want = reference(&shape, &w, &ids[r * t..(r + 1) * t]);
+            let want = reference(&shape, &w, &ids[r * t..(r + 1) * t], false);
             for (i, row) in want.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {
                     max = max.max((got[(r * t + i) * width + j] as f64 - v).abs());
@@ -382,4 +384,106 @@ fn corpus_window_longer_than_the_model_context_is_a_config_error() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn exported_masked_lm_matches_a_float64_bidirectional_forward_with_padding() {
+    let shape = Shape {
+        vocab: 50,
+        vocab_padded: 64,
+        layers: 2,
+        d_model: 24,
+        heads: 3,
+        context: 20,
+    };
+    let w = rng_weights(&shape, 12);
+    let bytes = seedconv::onnx::export::to_bytes_for(&shape, &w, seedconv::config::Objective::Mlm);
+    let mut m = seedconv::onnx::runtime::OrtModel::from_bytes(&bytes, "mlm", 1).unwrap();
+    assert_eq!(m.input_names(), ["input_ids", "attention_mask", "token_type_ids"]);
+    // Three sequences right-padded to 12: padding must be invisible to the
+    // real positions although attention runs both ways.
+    let lens = [12usize, 5, 9];
+    let t = 12;
+    let mut s = 9u64;
+    let ids: Vec<usize> = (0..3 * t)
+        .map(|_| {
+            s = s.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+            (s >> 33) as usize % shape.vocab
+        })
+        .collect();
+    let ids64: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+    let (got, width) = m.logits_padded(&ids64, &lens, t).unwrap();
+    let mut max = 0f64;
+    for (r, &len) in lens.iter().enumerate() {
+        let want = reference(&shape, &w, &ids[r * t..r * t + len], true);
+        for (i, row) in want.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                max = max.max((got[(r * t + i) * width + j] as f64 - v).abs());
+            }
+        }
+    }
+    assert!(max < 1e-4, "max |Δ logit| = {max:e}");
+    // And it is not the causal model: position 0 sees what follows it.
+    let causal = reference(&shape, &w, &ids[..t], false);
+    let diff = (got[0] as f64 - causal[0][0]).abs();
+    assert!(diff > 1e-3, "{diff}");
+}
+
+#[test]
+fn builtin_masked_lm_suite_trains_exports_and_scores() {
+    let p = Project::micro();
+    p.write_config(&format!(
+        r#"[train_corpus]
+files = ["text/a.txt", "text/b.txt"]
+
+[tokenizer]
+vocab_size = 300
+extra_special_tokens = ["[CLS]", "[SEP]", "[MASK]"]
+
+[corpus]
+path = "text/eval.conllu"
+mode = "mlm"
+window = 16
+
+[train]
+objective = "mlm"
+seeds = [1, 2]
+steps = 60
+batch_size = 8
+learning_rate = 5e-3
+log_every = 1
+checkpoints = [0, 60]
+
+[train.sizes.m16]
+layers = 2
+d_model = 16
+heads = 2
+context = 16
+
+[dist]
+mlm_scoring = "masked"
+"#
+    ));
+    p.ok(&["run"]);
+    let s = p.store();
+    // Exported with the BERT signature; ONNX Runtime agrees with candle.
+    let m = p.manifest_of("train", "m16-seed1.loss.parquet");
+    assert!(m["extra"]["max_abs_dlogit"].as_f64().unwrap() < 1e-4);
+    let model = s.join("train/current/m16-seed1/step60/model.onnx");
+    let ort = seedconv::onnx::runtime::OrtModel::from_file(&model, 1).unwrap();
+    assert_eq!(ort.input_names(), ["input_ids", "attention_mask", "token_type_ids"]);
+    // The masked-LM loss falls while training (first vs last logged steps).
+    let loss = seedconv::table::read(&s.join("train/current/m16-seed1.loss.parquet")).unwrap();
+    let l = loss
+        .column_by_name("loss")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::Float32Array>()
+        .unwrap();
+    let first: f32 = (0..5).map(|i| l.value(i)).sum::<f32>() / 5.0;
+    let last: f32 = (l.len() - 5..l.len()).map(|i| l.value(i)).sum::<f32>() / 5.0;
+    assert!(last < first - 0.3, "loss {first} → {last}");
+    // The suite went through distributions, KL, aggregates and the report.
+    assert!(s.join("aggregate/current/conv.parquet").exists());
+    assert!(s.join("report/current/report.html").exists());
 }

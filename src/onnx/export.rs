@@ -14,6 +14,7 @@ use super::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
+use crate::config::Objective;
 use crate::model::{causal_mask_values, Shape, Weights, LN_EPS, MASK};
 
 pub const OPSET: i64 = 17;
@@ -142,8 +143,15 @@ fn io(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
     }
 }
 
-/// Build the ONNX model for `shape` with weights `w`.
+/// Build the ONNX model for `shape` with weights `w` (a causal LM).
 pub fn build(shape: &Shape, w: &Weights) -> ModelProto {
+    build_for(shape, w, Objective::Causal)
+}
+
+/// A causal LM, or a masked LM: no causal mask, and the BERT signature
+/// (`token_type_ids` accepted, unused: one segment).
+pub fn build_for(shape: &Shape, w: &Weights, objective: Objective) -> ModelProto {
+    let mlm = objective == Objective::Mlm;
     let mut g = Graph {
         nodes: Vec::new(),
         inits: Vec::new(),
@@ -154,7 +162,12 @@ pub fn build(shape: &Shape, w: &Weights) -> ModelProto {
     }
     let (d, h, hd) = (shape.d_model, shape.heads, shape.head_dim());
     let c = shape.context;
-    g.f32("causal_mask", &[c, c], &causal_mask_values(c));
+    let mask_values = if mlm {
+        vec![0.0; c * c]
+    } else {
+        causal_mask_values(c)
+    };
+    g.f32("causal_mask", &[c, c], &mask_values);
     g.f32("one", &[], &[1.0]);
     g.f32("half", &[], &[0.5]);
     g.f32("sqrt2", &[], &[std::f32::consts::SQRT_2]);
@@ -230,22 +243,30 @@ pub fn build(shape: &Shape, w: &Weights) -> ModelProto {
     let x = g.layer_norm(&x, "ln_f.w", "ln_f.b");
     g.op_outputs("MatMul", &[&x, "unembed.w"], &["logits"], vec![]);
 
+    let mut input = vec![
+        io(
+            "input_ids",
+            DataType::Int64,
+            &["batch_size", "sequence_length"],
+        ),
+        io(
+            "attention_mask",
+            DataType::Int64,
+            &["batch_size", "sequence_length"],
+        ),
+    ];
+    if mlm {
+        input.push(io(
+            "token_type_ids",
+            DataType::Int64,
+            &["batch_size", "sequence_length"],
+        ));
+    }
     let graph = GraphProto {
-        name: Some("seedconv_gpt".into()),
+        name: Some(if mlm { "seedconv_mlm" } else { "seedconv_gpt" }.into()),
         node: g.nodes,
         initializer: g.inits,
-        input: vec![
-            io(
-                "input_ids",
-                DataType::Int64,
-                &["batch_size", "sequence_length"],
-            ),
-            io(
-                "attention_mask",
-                DataType::Int64,
-                &["batch_size", "sequence_length"],
-            ),
-        ],
+        input,
         output: vec![io(
             "logits",
             DataType::Float,
@@ -270,7 +291,12 @@ pub fn build(shape: &Shape, w: &Weights) -> ModelProto {
     }
 }
 
-/// Serialized ONNX bytes.
+/// Serialized ONNX bytes of a causal LM.
 pub fn to_bytes(shape: &Shape, w: &Weights) -> Vec<u8> {
     build(shape, w).encode_to_vec()
+}
+
+/// Serialized ONNX bytes for either objective.
+pub fn to_bytes_for(shape: &Shape, w: &Weights, objective: Objective) -> Vec<u8> {
+    build_for(shape, w, objective).encode_to_vec()
 }

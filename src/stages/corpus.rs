@@ -28,18 +28,24 @@ pub const VERSION: u32 = 2;
 
 pub fn instances(l: &Loaded) -> Vec<Instance> {
     let c = &l.config.corpus;
+    let t = &l.config.tokenizer;
+    let mut params = json!({
+        "format": c.format,
+        "text_field": c.text_field,
+        "mode": c.mode,
+        "window": c.window,
+        "max_documents": c.max_documents,
+        "eos_token": t.eos_token,
+    });
+    if c.mode == CorpusMode::Mlm {
+        params["cls_token"] = json!(t.cls_token);
+        params["sep_token"] = json!(t.sep_token);
+    }
     vec![Instance {
         stage: NAME,
         version: VERSION,
         label: String::new(),
-        params: json!({
-            "format": c.format,
-            "text_field": c.text_field,
-            "mode": c.mode,
-            "window": c.window,
-            "max_documents": c.max_documents,
-            "eos_token": l.config.tokenizer.eos_token,
-        }),
+        params,
         inputs: vec![("corpus.path".into(), c.path.clone())],
         deps: vec![(tokenizer::NAME, String::new())],
         exclusive: false,
@@ -50,7 +56,9 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
             mode: c.mode,
             window: c.window,
             max_documents: c.max_documents,
-            eos: l.config.tokenizer.eos_token.clone(),
+            eos: t.eos_token.clone(),
+            cls: t.cls_token.clone(),
+            sep: t.sep_token.clone(),
         }),
     }]
 }
@@ -63,6 +71,8 @@ struct CorpusJob {
     window: usize,
     max_documents: usize,
     eos: String,
+    cls: String,
+    sep: String,
 }
 
 /// One document's token ids and their character spans.
@@ -89,7 +99,7 @@ pub fn build_stream(encoded: &[Encoded], eos: u32, mode: CorpusMode) -> (Vec<Tok
         span: None,
     };
     match mode {
-        CorpusMode::Stream => {
+        CorpusMode::Stream | CorpusMode::Mlm => {
             toks.push(special(0));
             for (d, (ids, offs)) in encoded.iter().enumerate() {
                 for (&id, &(s, e)) in ids.iter().zip(offs) {
@@ -121,6 +131,53 @@ pub fn build_stream(encoded: &[Encoded], eos: u32, mode: CorpusMode) -> (Vec<Tok
         }
     }
     (toks, seq_start)
+}
+
+/// Masked-LM sequences: each document's tokens in chunks of at most
+/// `window − 2`, each as `[CLS] chunk [SEP]`. Returns the tokens and each
+/// sequence's (start, end) positions.
+pub fn build_mlm(
+    encoded: &[Encoded],
+    cls: u32,
+    sep: u32,
+    window: usize,
+) -> (Vec<Tok>, Vec<(usize, usize)>) {
+    let mut toks = Vec::new();
+    let mut seqs = Vec::new();
+    for (d, (ids, offs)) in encoded.iter().enumerate() {
+        let doc = d as u32;
+        let pairs: Vec<(u32, (usize, usize))> =
+            ids.iter().copied().zip(offs.iter().copied()).collect();
+        for chunk in pairs.chunks(window.saturating_sub(2).max(1)) {
+            let start = toks.len();
+            toks.push(Tok {
+                id: cls,
+                doc,
+                span: None,
+            });
+            toks.extend(chunk.iter().map(|&(id, (s, e))| Tok {
+                id,
+                doc,
+                span: Some((s as u32, e as u32)),
+            }));
+            toks.push(Tok {
+                id: sep,
+                doc,
+                span: None,
+            });
+            seqs.push((start, toks.len()));
+        }
+    }
+    (toks, seqs)
+}
+
+/// Masked-LM rows as (position, sequence start, sequence end): as in the
+/// causal tables, row p's target is token p + 1 — here every document token
+/// of a sequence, read at its own position with the whole sequence visible.
+pub fn mlm_rows(seqs: &[(usize, usize)]) -> Vec<(usize, usize, usize)> {
+    seqs.iter()
+        .flat_map(|&(s, e)| (s..e - 2).map(move |p| (p, s, e)))
+        .collect()
 }
 
 /// Where the context of the row at local position `r` (within its sequence)
@@ -168,8 +225,23 @@ impl Job for CorpusJob {
                     .map_err(|e| StageError::input(&self.path, format!("tokenizing: {e}")))
             })
             .collect::<Result<_, _>>()?;
-        let (toks, seq_start) = build_stream(&encoded, eos, self.mode);
-        let rows = rows(&seq_start, self.window);
+        // (position, context start) per row, and for masked LMs the context end.
+        let (toks, rows, ends) = if self.mode == CorpusMode::Mlm {
+            let cls = tokenizer::special_id(&tok, &self.cls, &tok_path, "tokenizer.cls_token")?;
+            let sep = tokenizer::special_id(&tok, &self.sep, &tok_path, "tokenizer.sep_token")?;
+            let (toks, seqs) = build_mlm(&encoded, cls, sep, self.window);
+            let r = mlm_rows(&seqs);
+            let rows: Vec<(usize, usize)> = r.iter().map(|&(p, s, _)| (p, s)).collect();
+            (
+                toks,
+                rows,
+                Some(r.iter().map(|&(_, _, e)| e as u32).collect::<Vec<_>>()),
+            )
+        } else {
+            let (toks, seq_start) = build_stream(&encoded, eos, self.mode);
+            let rows = rows(&seq_start, self.window);
+            (toks, rows, None)
+        };
         ctx.check_cancel()?;
 
         let decode = |id: u32| tok.decode(&[id], false).unwrap_or_default();
@@ -205,30 +277,33 @@ impl Job for CorpusJob {
         table::write(&ctx.out.join("tokens.parquet"), &tokens, &meta)?;
 
         let tgt = |&(p, _): &(usize, usize)| &toks[p + 1];
-        let rows_batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("row", DataType::UInt32, false),
-                Field::new("token_id", DataType::UInt32, false),
-                Field::new("target_id", DataType::UInt32, false),
-                Field::new("target", DataType::Utf8, false),
-                Field::new("doc", DataType::UInt32, false),
-                Field::new("char_start", DataType::UInt32, true),
-                Field::new("char_end", DataType::UInt32, true),
-                Field::new("context_start", DataType::UInt32, false),
-            ])),
-            vec![
-                u32col(rows.iter().map(|&(p, _)| p as u32).collect()),
-                u32col(rows.iter().map(|&(p, _)| toks[p].id).collect()),
-                u32col(rows.iter().map(|r| tgt(r).id).collect()),
-                Arc::new(StringArray::from(
-                    rows.iter().map(|r| decode(tgt(r).id)).collect::<Vec<_>>(),
-                )),
-                u32col(rows.iter().map(|r| tgt(r).doc).collect()),
-                optcol(rows.iter().map(|r| tgt(r).span.map(|s| s.0)).collect()),
-                optcol(rows.iter().map(|r| tgt(r).span.map(|s| s.1)).collect()),
-                u32col(rows.iter().map(|&(_, c)| c as u32).collect()),
-            ],
-        )?;
+        let mut fields = vec![
+            Field::new("row", DataType::UInt32, false),
+            Field::new("token_id", DataType::UInt32, false),
+            Field::new("target_id", DataType::UInt32, false),
+            Field::new("target", DataType::Utf8, false),
+            Field::new("doc", DataType::UInt32, false),
+            Field::new("char_start", DataType::UInt32, true),
+            Field::new("char_end", DataType::UInt32, true),
+            Field::new("context_start", DataType::UInt32, false),
+        ];
+        let mut cols: Vec<ArrayRef> = vec![
+            u32col(rows.iter().map(|&(p, _)| p as u32).collect()),
+            u32col(rows.iter().map(|&(p, _)| toks[p].id).collect()),
+            u32col(rows.iter().map(|r| tgt(r).id).collect()),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| decode(tgt(r).id)).collect::<Vec<_>>(),
+            )),
+            u32col(rows.iter().map(|r| tgt(r).doc).collect()),
+            optcol(rows.iter().map(|r| tgt(r).span.map(|s| s.0)).collect()),
+            optcol(rows.iter().map(|r| tgt(r).span.map(|s| s.1)).collect()),
+            u32col(rows.iter().map(|&(_, c)| c as u32).collect()),
+        ];
+        if let Some(ends) = ends {
+            fields.push(Field::new("context_end", DataType::UInt32, false));
+            cols.push(u32col(ends));
+        }
+        let rows_batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
         table::write(&ctx.out.join("rows.parquet"), &rows_batch, &meta)?;
 
         // Document texts: what character offsets refer to (and what the

@@ -20,7 +20,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::config::{Device, Loaded};
+use crate::config::{Device, Loaded, MlmScoring, Objective};
 use crate::divergence::{self, RowStats};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
@@ -41,13 +41,47 @@ pub struct RunSettings {
     pub batch_size: usize,
     pub threads: usize,
     pub device: Device,
+    /// Masked-LM suites: the scoring mode and the mask token.
+    pub mlm: Option<(MlmScoring, String)>,
 }
 
 pub fn settings(l: &Loaded) -> RunSettings {
+    let c = &l.config;
     RunSettings {
-        batch_size: l.config.dist.batch_size,
-        threads: l.config.dist.threads,
-        device: l.config.dist.device,
+        batch_size: c.dist.batch_size,
+        threads: c.dist.threads,
+        device: c.dist.device,
+        mlm: (c.objective() == Objective::Mlm).then(|| {
+            (
+                c.dist.mlm_scoring.unwrap_or(MlmScoring::Unmasked),
+                c.tokenizer.mask_token.clone(),
+            )
+        }),
+    }
+}
+
+impl RunSettings {
+    /// Key parameters of the scoring: nothing for causal suites (so their
+    /// keys predate masked LMs), the mode and mask token otherwise.
+    pub fn scoring_params(&self) -> serde_json::Value {
+        match &self.mlm {
+            None => serde_json::Value::Null,
+            Some((m, t)) => json!({ "mlm_scoring": m, "mask_token": t }),
+        }
+    }
+
+    /// The scoring, with the mask token resolved by the tokenizer.
+    pub fn scoring(&self, ctx: &JobCtx) -> Result<Scoring, StageError> {
+        match &self.mlm {
+            None => Ok(Scoring::Causal),
+            Some((MlmScoring::Unmasked, _)) => Ok(Scoring::MlmUnmasked),
+            Some((MlmScoring::Masked, token)) => {
+                let (tok, path) = tokenizer::load_upstream(ctx)?;
+                Ok(Scoring::MlmMasked {
+                    mask: tokenizer::special_id(&tok, token, &path, "tokenizer.mask_token")?,
+                })
+            }
+        }
     }
 }
 
@@ -99,15 +133,19 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
                 (frequency::UNIGRAM, String::new()),
                 (tokenizer::NAME, String::new()),
             ]);
+            let mut params = json!({
+                "size": c.size, "seed": c.seed, "step": c.step,
+                "vocab": suite.vocab, "top_k": d.top_k, "retain_full": d.retain_full,
+                "batch_size": set.batch_size,
+            });
+            if set.mlm.is_some() {
+                params["scoring"] = set.scoring_params();
+            }
             Instance {
                 stage: NAME,
                 version: VERSION,
                 label: c.label(),
-                params: json!({
-                    "size": c.size, "seed": c.seed, "step": c.step,
-                    "vocab": suite.vocab, "top_k": d.top_k, "retain_full": d.retain_full,
-                    "batch_size": set.batch_size,
-                }),
+                params,
                 inputs,
                 deps,
                 exclusive: false,
@@ -123,13 +161,34 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
         .collect()
 }
 
-/// One ONNX Runtime call: consecutive windows, right-padded to `t`.
+/// How a row's distribution is read from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// Causal LM: the output at the row's position (its last context token).
+    Causal,
+    /// Masked LM on the unmasked text: the output at the target's own position.
+    MlmUnmasked,
+    /// Masked LM: in a copy of the sequence per row, the target replaced by `mask`.
+    MlmMasked { mask: u32 },
+}
+
+/// One sequence of a batch: `len` tokens from `start`, optionally with the
+/// token at `mask.0` (within the window) replaced by `mask.1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
+    pub mask: Option<(usize, u32)>,
+}
+
+/// One ONNX Runtime call: windows right-padded to `t`.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// (first token, length) of each window.
-    pub windows: Vec<(usize, usize)>,
+    pub windows: Vec<Window>,
     /// Rows (indices into `EvalPlan::rows`) this batch yields, contiguous.
     pub rows: Range<usize>,
+    /// Per row of `rows`: (window index in this batch, position in it).
+    pub reads: Vec<(usize, usize)>,
     pub t: usize,
 }
 
@@ -138,7 +197,7 @@ pub struct EvalPlan {
     /// Logit columns the model emitted (set by `forward`; 0 before).
     pub width: std::sync::atomic::AtomicUsize,
     pub tokens: Vec<u32>,
-    /// Position of each row's last context token.
+    /// Position of each row's last context token (the target is the next).
     pub rows: Vec<u32>,
     pub context_start: Vec<u32>,
     pub targets: Vec<u32>,
@@ -146,7 +205,7 @@ pub struct EvalPlan {
 }
 
 impl EvalPlan {
-    pub fn load(ctx: &JobCtx, batch_size: usize) -> Result<EvalPlan, StageError> {
+    pub fn load(ctx: &JobCtx, batch_size: usize, scoring: Scoring) -> Result<EvalPlan, StageError> {
         let dir = ctx.upstream(corpus::NAME, "")?;
         let tp = dir.join("tokens.parquet");
         let tokens = table::column::<UInt32Array>(&table::read(&tp)?, "token_id", &tp)?
@@ -154,27 +213,40 @@ impl EvalPlan {
             .to_vec();
         let rp = dir.join("rows.parquet");
         let rb = table::read(&rp)?;
-        let rows = table::column::<UInt32Array>(&rb, "row", &rp)?
-            .values()
-            .to_vec();
-        let context_start = table::column::<UInt32Array>(&rb, "context_start", &rp)?
-            .values()
-            .to_vec();
-        let targets = table::column::<UInt32Array>(&rb, "target_id", &rp)?
-            .values()
-            .to_vec();
-        Ok(Self::new(tokens, rows, context_start, targets, batch_size))
+        let col = |name: &str| -> Result<Vec<u32>, StageError> {
+            Ok(table::column::<UInt32Array>(&rb, name, &rp)?
+                .values()
+                .to_vec())
+        };
+        let ends = match scoring {
+            Scoring::Causal => None,
+            // Masked LMs see the whole sequence, to its [SEP].
+            _ => Some(col("context_end")?),
+        };
+        Ok(Self::new(
+            tokens,
+            col("row")?,
+            col("context_start")?,
+            ends,
+            col("target_id")?,
+            batch_size,
+            scoring,
+        ))
     }
 
+    /// `ends`: where each row's sequence ends (exclusive); needed by masked
+    /// LMs, whose windows reach beyond the target.
     pub fn new(
         tokens: Vec<u32>,
         rows: Vec<u32>,
         context_start: Vec<u32>,
+        ends: Option<Vec<u32>>,
         targets: Vec<u32>,
         batch_size: usize,
+        scoring: Scoring,
     ) -> EvalPlan {
-        // Windows: runs of rows sharing a context start; each reaches its last row.
-        let mut windows: Vec<(usize, usize, Range<usize>)> = Vec::new();
+        // Units: a window with the rows it yields and where each is read.
+        let mut units: Vec<(Window, Range<usize>, Vec<usize>)> = Vec::new();
         let mut i = 0;
         while i < rows.len() {
             let s = context_start[i];
@@ -182,15 +254,59 @@ impl EvalPlan {
             while j < rows.len() && context_start[j] == s {
                 j += 1;
             }
-            windows.push((s as usize, (rows[j - 1] - s) as usize + 1, i..j));
+            let s = s as usize;
+            let len = match &ends {
+                Some(e) => e[i] as usize - s,
+                None => (rows[j - 1] as usize - s) + 1,
+            };
+            let pos = |r: usize| rows[r] as usize - s;
+            match scoring {
+                Scoring::Causal => units.push((
+                    Window {
+                        start: s,
+                        len,
+                        mask: None,
+                    },
+                    i..j,
+                    (i..j).map(pos).collect(),
+                )),
+                Scoring::MlmUnmasked => units.push((
+                    Window {
+                        start: s,
+                        len,
+                        mask: None,
+                    },
+                    i..j,
+                    (i..j).map(|r| pos(r) + 1).collect(),
+                )),
+                Scoring::MlmMasked { mask } => {
+                    for r in i..j {
+                        let at = pos(r) + 1;
+                        units.push((
+                            Window {
+                                start: s,
+                                len,
+                                mask: Some((at, mask)),
+                            },
+                            r..r + 1,
+                            vec![at],
+                        ));
+                    }
+                }
+            }
             i = j;
         }
-        let batches = windows
+        let batches = units
             .chunks(batch_size.max(1))
-            .map(|w| Batch {
-                windows: w.iter().map(|(s, l, _)| (*s, *l)).collect(),
-                rows: w[0].2.start..w[w.len() - 1].2.end,
-                t: w.iter().map(|(_, l, _)| *l).max().unwrap_or(0),
+            .map(|u| Batch {
+                windows: u.iter().map(|x| x.0.clone()).collect(),
+                rows: u[0].1.start..u[u.len() - 1].1.end,
+                reads: u
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(w, x)| x.2.iter().map(move |&p| (w, p)))
+                    .collect(),
+                t: u.iter().map(|x| x.0.len).max().unwrap_or(0),
             })
             .collect();
         EvalPlan {
@@ -203,14 +319,23 @@ impl EvalPlan {
         }
     }
 
-    /// A batch's token ids, right-padded to `batch.t`, and each window's length.
+    /// A batch's token ids (masks applied), right-padded to `batch.t`, and
+    /// each window's length.
     pub fn inputs(&self, batch: &Batch) -> (Vec<i64>, Vec<usize>) {
         let mut ids = Vec::with_capacity(batch.windows.len() * batch.t);
-        for &(s, l) in &batch.windows {
-            ids.extend(self.tokens[s..s + l].iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(0i64, batch.t - l));
+        for w in &batch.windows {
+            let at = ids.len();
+            ids.extend(
+                self.tokens[w.start..w.start + w.len]
+                    .iter()
+                    .map(|&x| x as i64),
+            );
+            if let Some((p, m)) = w.mask {
+                ids[at + p] = m as i64;
+            }
+            ids.extend(std::iter::repeat_n(0i64, batch.t - w.len));
         }
-        (ids, batch.windows.iter().map(|w| w.1).collect())
+        (ids, batch.windows.iter().map(|w| w.len).collect())
     }
 
     /// Run one batch and write the log-probs of its rows (each `n` wide,
@@ -233,15 +358,11 @@ impl EvalPlan {
                 model.name()
             )));
         }
-        // Row r of window w sits at position rows[r] − start(w) of that window.
-        let mut row_src = Vec::with_capacity(batch.rows.len());
-        let mut r = batch.rows.start;
-        for (w, &(s, _)) in batch.windows.iter().enumerate() {
-            while r < batch.rows.end && self.context_start[r] as usize == s {
-                row_src.push((w * t + (self.rows[r] as usize - s)) * width);
-                r += 1;
-            }
-        }
+        let row_src: Vec<usize> = batch
+            .reads
+            .iter()
+            .map(|&(w, p)| (w * t + p) * width)
+            .collect();
         let name = model.name().to_string();
         out.par_chunks_mut(n)
             .zip(row_src.par_iter().enumerate())
@@ -303,7 +424,7 @@ struct DistJob {
 impl Job for DistJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let n = kept_vocab(self.vocab, ctx)?;
-        let plan = EvalPlan::load(ctx, self.set.batch_size)?;
+        let plan = EvalPlan::load(ctx, self.set.batch_size, self.set.scoring(ctx)?)?;
         let lq = unigram(ctx, n)?;
         let path = model_path(&self.ckpt, ctx)?;
         let (mut model, cuda) =

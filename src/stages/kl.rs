@@ -61,10 +61,16 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
                 stage: NAME,
                 version: VERSION,
                 label: format!("{size}-step{step}"),
-                params: json!({
-                    "size": size, "step": step, "seeds": suite.seeds, "vocab": suite.vocab,
-                    "validation_k": ks, "batch_size": set.batch_size,
-                }),
+                params: {
+                    let mut p = json!({
+                        "size": size, "step": step, "seeds": suite.seeds, "vocab": suite.vocab,
+                        "validation_k": ks, "batch_size": set.batch_size,
+                    });
+                    if set.mlm.is_some() {
+                        p["scoring"] = set.scoring_params();
+                    }
+                    p
+                },
                 inputs,
                 deps,
                 exclusive: false,
@@ -102,7 +108,7 @@ enum Source {
 impl Job for KlJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let n = dist::kept_vocab(self.vocab, ctx)?;
-        let plan = EvalPlan::load(ctx, self.set.batch_size)?;
+        let plan = EvalPlan::load(ctx, self.set.batch_size, self.set.scoring(ctx)?)?;
         let rows = plan.rows.len();
         let seeds = self.ckpts.len();
         // Every seed of a size must emit the same number of logits.

@@ -47,18 +47,22 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
         }],
         None => {
             let files = c.train_corpus.files.clone();
+            let mut params = json!({
+                "mode": "train",
+                "vocab_size": c.tokenizer.vocab_size,
+                "min_frequency": c.tokenizer.min_frequency,
+                "eos_token": c.tokenizer.eos_token,
+                "format": c.train_corpus.format,
+                "text_field": c.train_corpus.text_field,
+            });
+            if !c.tokenizer.extra_special_tokens.is_empty() {
+                params["extra_special_tokens"] = json!(c.tokenizer.extra_special_tokens);
+            }
             vec![Instance {
                 stage: NAME,
                 version: VERSION,
                 label: String::new(),
-                params: json!({
-                    "mode": "train",
-                    "vocab_size": c.tokenizer.vocab_size,
-                    "min_frequency": c.tokenizer.min_frequency,
-                    "eos_token": c.tokenizer.eos_token,
-                    "format": c.train_corpus.format,
-                    "text_field": c.train_corpus.text_field,
-                }),
+                params,
                 inputs: train_inputs(&files),
                 deps: vec![],
                 exclusive: false,
@@ -69,6 +73,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
                     vocab_size: c.tokenizer.vocab_size,
                     min_frequency: c.tokenizer.min_frequency,
                     eos: c.tokenizer.eos_token.clone(),
+                    extra: c.tokenizer.extra_special_tokens.clone(),
                 }),
             }]
         }
@@ -98,9 +103,13 @@ pub fn load(path: &Path) -> Result<Tokenizer, StageError> {
 
 /// Id of the EOS/separator token, or an error naming the tokenizer file.
 pub fn eos_id(tok: &Tokenizer, eos: &str, path: &Path) -> Result<u32, StageError> {
-    tok.token_to_id(eos).ok_or_else(|| {
-        StageError::input(path, format!("has no token {eos:?} (tokenizer.eos_token)"))
-    })
+    special_id(tok, eos, path, "tokenizer.eos_token")
+}
+
+/// The id of a special token the config names under `key`.
+pub fn special_id(tok: &Tokenizer, token: &str, path: &Path, key: &str) -> Result<u32, StageError> {
+    tok.token_to_id(token)
+        .ok_or_else(|| StageError::input(path, format!("has no token {token:?} ({key})")))
 }
 
 struct CopyJob {
@@ -125,6 +134,7 @@ struct TrainJob {
     vocab_size: usize,
     min_frequency: u64,
     eos: String,
+    extra: Vec<String>,
 }
 
 impl Job for TrainJob {
@@ -143,10 +153,13 @@ impl Job for TrainJob {
             .vocab_size(self.vocab_size)
             .min_frequency(self.min_frequency)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .special_tokens(vec![
-                AddedToken::from(self.eos.clone(), true),
-                AddedToken::from(PAD.to_string(), true),
-            ])
+            .special_tokens(
+                [self.eos.clone(), PAD.to_string()]
+                    .into_iter()
+                    .chain(self.extra.iter().cloned())
+                    .map(|t| AddedToken::from(t, true))
+                    .collect(),
+            )
             .build();
         // add_prefix_space = false, trim_offsets = false: offsets keep the
         // leading space, which the paper's PoS mapping counts as untagged.

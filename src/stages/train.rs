@@ -13,14 +13,14 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::json;
 
-use crate::config::{Loaded, SeedSpec, SizeConfig, TrainConfig};
+use crate::config::{Loaded, Objective, SeedSpec, SizeConfig, TrainConfig};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::model::{ids_tensor, to_f32_vec, weights_hash, Model, Shape};
 use crate::onnx::{export, runtime::OrtModel};
 use crate::stages::{tokenizer, traindata};
 use crate::table;
-use crate::train::{self, Hyper};
+use crate::train::{self, Hyper, Task};
 
 pub const NAME: &str = "train";
 pub const VERSION: u32 = 1;
@@ -66,14 +66,19 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
     };
     let hp = hyper(t);
     let ckpts = checkpoints(t);
+    let tk = &l.config.tokenizer;
+    // Masked LMs: the special tokens by name (keys of causal runs unchanged).
+    let mlm = (t.objective == Objective::Mlm).then(|| {
+        [
+            tk.cls_token.clone(),
+            tk.sep_token.clone(),
+            tk.mask_token.clone(),
+        ]
+    });
     let mut out = Vec::new();
     for (size_name, size) in &t.sizes {
         for seed in &t.seeds {
-            out.push(Instance {
-                stage: NAME,
-                version: VERSION,
-                label: label(size_name, seed),
-                params: json!({
+            let mut params = json!({
                     "size": size_name,
                     // Written into the tables, so part of the key.
                     "seed": seed.label(),
@@ -85,7 +90,16 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
                     "pad_vocab_multiple": t.pad_vocab_multiple,
                     "check_windows": t.check_windows,
                     "check_tolerance": t.check_tolerance,
-                }),
+            });
+            if let Some(m) = &mlm {
+                params["objective"] = json!("mlm");
+                params["mlm_tokens"] = json!(m);
+            }
+            out.push(Instance {
+                stage: NAME,
+                version: VERSION,
+                label: label(size_name, seed),
+                params,
                 inputs: vec![],
                 deps: vec![
                     (tokenizer::NAME, String::new()),
@@ -101,6 +115,7 @@ pub fn instances(l: &Loaded) -> Vec<Instance> {
                     pad: t.pad_vocab_multiple,
                     check_windows: t.check_windows,
                     tolerance: t.check_tolerance,
+                    mlm: mlm.clone(),
                 }),
             });
         }
@@ -117,6 +132,8 @@ struct TrainJob {
     pad: usize,
     check_windows: usize,
     tolerance: f64,
+    /// Masked LM: the [CLS], [SEP] and [MASK] tokens.
+    mlm: Option<[String; 3]>,
 }
 
 struct Ckpt {
@@ -128,7 +145,21 @@ struct Ckpt {
 
 impl Job for TrainJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let (tok, _) = tokenizer::load_upstream(ctx)?;
+        let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
+        let (task, objective) = match &self.mlm {
+            None => (Task::Causal, Objective::Causal),
+            Some([cls, sep, mask]) => {
+                let id = |t: &str, key: &str| tokenizer::special_id(&tok, t, &tok_path, key);
+                (
+                    Task::Mlm {
+                        cls: id(cls, "tokenizer.cls_token")?,
+                        sep: id(sep, "tokenizer.sep_token")?,
+                        mask: id(mask, "tokenizer.mask_token")?,
+                    },
+                    Objective::Mlm,
+                )
+            }
+        };
         let vocab = tok.get_vocab_size(true);
         let tokens = traindata::read(ctx)?;
         let shape = Shape {
@@ -160,7 +191,7 @@ impl Job for TrainJob {
             let te = Instant::now();
             let cerr = |e: candle_core::Error| StageError::Other(format!("{id} step {step}: {e}"));
             let w = model.weights().map_err(cerr)?;
-            let bytes = export::to_bytes(&shape, &w);
+            let bytes = export::to_bytes_for(&shape, &w, objective);
             let rel = checkpoint_path(step);
             let path = out.join(&rel);
             std::fs::create_dir_all(path.parent().unwrap())
@@ -206,6 +237,7 @@ impl Job for TrainJob {
             &tokens,
             (self.seed.init(), self.seed.data()),
             &self.hp,
+            task,
             &self.checkpoints,
             &cancel,
             &mut on_ckpt,
