@@ -192,7 +192,6 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
             &tokens,
             (1, 1),
             &hp,
-            crate::train::Task::Causal,
             &[2, steps + 2],
             &|| Ok(()),
             &mut on_ckpt,

@@ -23,6 +23,9 @@ pub struct Hyper {
     pub beta1: f64,
     pub beta2: f64,
     pub log_every: usize,
+    /// Resolved at run time (token ids); the key has the objective itself.
+    #[serde(skip)]
+    pub task: Task,
 }
 
 impl Hyper {
@@ -74,9 +77,10 @@ impl Windows {
 }
 
 /// What the model learns to predict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Task {
     /// The next token of each window.
+    #[default]
     Causal,
     /// BERT's masked-LM objective on `[CLS] window [SEP]`: 15% of the window's
     /// tokens are chosen; of those 80% become `mask`, 10% a random token,
@@ -135,7 +139,6 @@ pub fn train(
     tokens: &[u32],
     (init_seed, data_seed): (u64, u64),
     hp: &Hyper,
-    task: Task,
     checkpoints: &[usize],
     cancel: &dyn Fn() -> Result<(), StageError>,
     checkpoint: &mut dyn FnMut(usize, &Model, u64) -> Result<(), StageError>,
@@ -148,6 +151,7 @@ pub fn train(
             t + 1
         )));
     }
+    let task = hp.task;
     let mut model = Model::from_weights(shape, &shape.init(init_seed)).map_err(cerr)?;
     if matches!(task, Task::Mlm { .. }) {
         model.set_bidirectional().map_err(cerr)?;
@@ -260,6 +264,7 @@ mod tests {
             beta1: 0.9,
             beta2: 0.95,
             log_every: 1,
+            task: Task::Causal,
         };
         assert!((hp.lr_at(0) - 1e-4).abs() < 1e-12);
         assert!((hp.lr_at(9) - 1e-3).abs() < 1e-12);

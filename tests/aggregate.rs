@@ -7,36 +7,7 @@ use common::{hf_suite_config, Project};
 use arrow::array::{Array, BooleanArray, Float32Array, Float64Array, StringArray, UInt32Array};
 use std::collections::BTreeMap;
 
-use common::col;
-
-/// polars writes strings as Utf8View; read every table with plain Utf8.
-fn read_table(path: &std::path::Path) -> arrow::array::RecordBatch {
-    let b = seedconv::table::read(path).unwrap();
-    let cols = b
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            arrow::datatypes::DataType::Utf8View => {
-                arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap()
-            }
-            _ => c.clone(),
-        })
-        .collect::<Vec<_>>();
-    let fields: Vec<arrow::datatypes::Field> = b
-        .schema()
-        .fields()
-        .iter()
-        .zip(&cols)
-        .map(|(f, c)| {
-            arrow::datatypes::Field::new(f.name(), c.data_type().clone(), f.is_nullable())
-        })
-        .collect();
-    arrow::array::RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        cols,
-    )
-    .unwrap()
-}
+use common::{col, read_table};
 
 #[test]
 fn aggregates_match_an_independent_computation() {

@@ -279,3 +279,22 @@ fn polypythia_preset_is_the_papers_grid_and_valid_but_for_the_checkpoints() {
         r.stderr
     );
 }
+
+#[test]
+fn multiberts_preset_is_the_papers_grid_and_points_at_the_exports() {
+    let preset = std::path::Path::new(REPO).join("presets/multiberts.toml");
+    let v: toml::Value = toml::from_str(&std::fs::read_to_string(&preset).unwrap()).unwrap();
+    let len = |k: &str| v["suite"][k].as_array().unwrap().len();
+    assert_eq!((len("seeds"), len("steps")), (5, 29));
+    assert_eq!(v["suite"]["kind"].as_str(), Some("mlm"));
+    assert_eq!(v["corpus"]["mode"].as_str(), Some("mlm"));
+    assert_eq!(v["dist"]["mlm_scoring"].as_str(), Some("unmasked"));
+    let p = Project::micro();
+    let r = p.run(&["-c", preset.to_str().unwrap(), "status"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("multiberts-seed0/step_0k") && r.stderr.trim().lines().count() == 1,
+        "{}",
+        r.stderr
+    );
+}

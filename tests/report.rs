@@ -4,38 +4,11 @@
 //! report).
 
 mod common;
-use common::{col, hf_suite_config, Project};
+use common::{col, hf_suite_config, read_table, Project};
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// polars writes strings as Utf8View; cast them so arrow's StringArray reads them.
-fn read_table(path: &Path) -> arrow::array::RecordBatch {
-    let b = seedconv::table::read(path).unwrap();
-    let cols: Vec<_> = b
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            arrow::datatypes::DataType::Utf8View => {
-                arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap()
-            }
-            _ => c.clone(),
-        })
-        .collect();
-    let fields: Vec<_> = b
-        .schema()
-        .fields()
-        .iter()
-        .zip(&cols)
-        .map(|(f, c)| arrow::datatypes::Field::new(f.name(), c.data_type().clone(), true))
-        .collect();
-    arrow::array::RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        cols,
-    )
-    .unwrap()
-}
 
 /// A row of a figure CSV: (series, step, value, band_low, band_high).
 type CsvRow = (String, f64, f64, Option<f64>, Option<f64>);

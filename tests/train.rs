@@ -399,7 +399,10 @@ fn exported_masked_lm_matches_a_float64_bidirectional_forward_with_padding() {
     let w = rng_weights(&shape, 12);
     let bytes = seedconv::onnx::export::to_bytes_for(&shape, &w, seedconv::config::Objective::Mlm);
     let mut m = seedconv::onnx::runtime::OrtModel::from_bytes(&bytes, "mlm", 1).unwrap();
-    assert_eq!(m.input_names(), ["input_ids", "attention_mask", "token_type_ids"]);
+    assert_eq!(
+        m.input_names(),
+        ["input_ids", "attention_mask", "token_type_ids"]
+    );
     // Three sequences right-padded to 12: padding must be invisible to the
     // real positions although attention runs both ways.
     let lens = [12usize, 5, 9];
@@ -432,7 +435,7 @@ fn exported_masked_lm_matches_a_float64_bidirectional_forward_with_padding() {
 #[test]
 fn builtin_masked_lm_suite_trains_exports_and_scores() {
     let p = Project::micro();
-    p.write_config(&format!(
+    p.write_config(
         r#"[train_corpus]
 files = ["text/a.txt", "text/b.txt"]
 
@@ -462,8 +465,8 @@ context = 16
 
 [dist]
 mlm_scoring = "masked"
-"#
-    ));
+"#,
+    );
     p.ok(&["run"]);
     let s = p.store();
     // Exported with the BERT signature; ONNX Runtime agrees with candle.
@@ -471,7 +474,10 @@ mlm_scoring = "masked"
     assert!(m["extra"]["max_abs_dlogit"].as_f64().unwrap() < 1e-4);
     let model = s.join("train/current/m16-seed1/step60/model.onnx");
     let ort = seedconv::onnx::runtime::OrtModel::from_file(&model, 1).unwrap();
-    assert_eq!(ort.input_names(), ["input_ids", "attention_mask", "token_type_ids"]);
+    assert_eq!(
+        ort.input_names(),
+        ["input_ids", "attention_mask", "token_type_ids"]
+    );
     // The masked-LM loss falls while training (first vs last logged steps).
     let loss = seedconv::table::read(&s.join("train/current/m16-seed1.loss.parquet")).unwrap();
     let l = loss

@@ -99,6 +99,7 @@ pub fn build_stream(encoded: &[Encoded], eos: u32, mode: CorpusMode) -> (Vec<Tok
         span: None,
     };
     match mode {
+        // (Masked-LM corpora are built by `build_mlm`; as one stream here.)
         CorpusMode::Stream | CorpusMode::Mlm => {
             toks.push(special(0));
             for (d, (ids, offs)) in encoded.iter().enumerate() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde_json::json;
 
-use crate::config::{Band, Loaded, ReportConfig};
+use crate::config::{Band, Loaded, Objective, ReportConfig};
 use crate::doc::{Block, Doc};
 use crate::engine::store::MANIFEST;
 use crate::engine::{Instance, Job, JobCtx};
@@ -94,6 +94,16 @@ pub fn instances(
         corpus: corpus_desc,
         architectures,
         training_steps: l.config.train.as_ref().map(|t| t.steps),
+        models: match (suite.objective, l.config.dist.mlm_scoring) {
+            (Objective::Causal, _) => "causal LMs (next-token distributions)".into(),
+            (Objective::Mlm, s) => format!(
+                "masked LMs, {} scoring",
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ),
+        },
     };
     vec![Instance {
         stage: NAME,
@@ -121,6 +131,7 @@ struct SuiteInfo {
     corpus: String,
     architectures: BTreeMap<String, String>,
     training_steps: Option<usize>,
+    models: String,
 }
 
 struct ReportJob {
@@ -581,6 +592,7 @@ impl ReportJob {
                 format!("{} ({})", steps.len(), steps.join(", ")),
             ],
             vec!["checkpoints".into(), origin],
+            vec!["models".into(), info.models.clone()],
             vec!["evaluation corpus".into(), info.corpus.clone()],
             vec![
                 "evaluation rows (predicted tokens)".into(),

@@ -57,6 +57,7 @@ pub fn hyper(t: &TrainConfig) -> Hyper {
         beta1: 0.9,
         beta2: 0.95,
         log_every: t.log_every,
+        task: Task::Causal,
     }
 }
 
@@ -236,8 +237,10 @@ impl Job for TrainJob {
             shape,
             &tokens,
             (self.seed.init(), self.seed.data()),
-            &self.hp,
-            task,
+            &Hyper {
+                task,
+                ..self.hp.clone()
+            },
             &self.checkpoints,
             &cancel,
             &mut on_ckpt,
