@@ -22,7 +22,7 @@ use crate::stages::{annotate, dist, kl, tokenizer};
 use crate::suite::Suite;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// Final-surprisal bins in nats.
 pub const SURPRISAL_BINS: [(f64, &str); 5] = [
@@ -367,11 +367,15 @@ impl Job for AggregateJob {
             "surprisal_bin",
         ];
         for by in by_cols {
-            parts.push(conditional(
-                joined.clone().filter(col(by).is_not_null()),
-                col(by).cast(DataType::String),
-                by,
-            ));
+            ctx.check_cancel()?;
+            parts.push(
+                conditional(
+                    joined.clone().filter(col(by).is_not_null()),
+                    col(by).cast(DataType::String),
+                    by,
+                )?
+                .lazy(),
+            );
         }
         for (flag, label) in [
             ("is_noun", "noun"),
@@ -379,11 +383,14 @@ impl Job for AggregateJob {
             ("is_function", "function"),
             ("is_content", "content"),
         ] {
-            parts.push(conditional(
-                joined.clone().filter(col(flag).eq(lit(true))),
-                lit(label),
-                "pos_group",
-            ));
+            parts.push(
+                conditional(
+                    joined.clone().filter(col(flag).eq(lit(true))),
+                    lit(label),
+                    "pos_group",
+                )?
+                .lazy(),
+            );
         }
         let mut conv_by = concat(parts, UnionArgs::default())
             .map_err(perr)?
@@ -419,14 +426,32 @@ impl Job for AggregateJob {
                 JoinArgs::new(JoinType::Left),
             )
             .group_by([col("size"), col("target_id")])
-            .agg([col("kl").mean().alias("mean_kl"), len().alias("n")])
+            .agg([
+                col("kl")
+                    .sort_by(
+                        [col("row"), col("seed_a"), col("seed_b")],
+                        SortMultipleOptions::default(),
+                    )
+                    .alias("kls"),
+                len().alias("n"),
+            ])
+            .collect()
+            .map_err(perr)?;
+        let mean_kl = seq_means(&per_token, "kls").map_err(perr)?;
+        let per_token = per_token
+            .lazy()
+            .with_column(lit(Series::new("mean_kl".into(), mean_kl)).alias("mean_kl"))
+            .select([col("size"), col("target_id"), col("mean_kl"), col("n")])
             .join(
                 vocab,
                 [col("target_id")],
                 [col("token_id")],
                 JoinArgs::new(JoinType::Left),
             )
-            .sort(["size", "mean_kl"], SortMultipleOptions::default())
+            .sort(
+                ["size", "mean_kl", "target_id"],
+                SortMultipleOptions::default(),
+            )
             .collect()
             .map_err(perr)?;
         let mut tables = Vec::new();
@@ -470,37 +495,93 @@ impl Job for AggregateJob {
     }
 }
 
+/// Each row's list column as a mean summed left to right. polars' float
+/// sums depend on how a group's values are chunked, which varies between
+/// runs; with the lists sorted, this makes the tables byte-reproducible.
+fn seq_means(df: &DataFrame, list: &str) -> PolarsResult<Vec<f64>> {
+    df.column(list)?
+        .list()?
+        .amortized_iter()
+        .map(|v| {
+            let Some(v) = v else { return Ok(f64::NAN) };
+            let xs = v.as_ref().f64()?;
+            let sum = xs.into_no_null_iter().fold(0.0, |a, x| a + x);
+            Ok(sum / xs.len().max(1) as f64)
+        })
+        .collect()
+}
+
 /// Per pair the mean KL over the rows of each level of `variable`, then
 /// mean and SD over pairs; `n_rows` is the rows per level (the same for
-/// every pair). (Columns are not named `by`/`group`: both are SQL keywords.)
-fn conditional(lf: LazyFrame, level: Expr, variable: &str) -> LazyFrame {
-    lf.with_column(level.alias("level"))
-        .group_by([
-            col("size"),
-            col("step"),
-            col("level"),
-            col("seed_a"),
-            col("seed_b"),
-        ])
-        .agg([col("kl").mean().alias("pair_kl"), len().alias("n_rows")])
-        .group_by([col("size"), col("step"), col("level")])
+/// every pair). polars groups; the sums run here in a fixed order.
+/// (Columns are not named `by`/`group`: both are SQL keywords.)
+fn conditional(lf: LazyFrame, level: Expr, variable: &str) -> Result<DataFrame, StageError> {
+    let keys = ["size", "step", "level", "seed_a", "seed_b"];
+    let per_pair = lf
+        .with_column(level.alias("level"))
+        .group_by(keys.map(col))
         .agg([
-            (lit(0.0) - col("pair_kl").mean()).alias("conv"),
-            col("pair_kl").std(1).fill_null(lit(0.0)).alias("sd_pairs"),
-            col("n_rows").max().alias("n_rows"),
-            len().alias("n_pairs"),
+            col("kl")
+                .sort_by([col("row")], SortMultipleOptions::default())
+                .alias("kls"),
+            len().alias("n_rows"),
         ])
-        .with_column(lit(variable).alias("variable"))
-        .select([
-            col("size"),
-            col("step"),
-            col("variable"),
-            col("level"),
-            col("conv"),
-            col("sd_pairs"),
-            col("n_rows"),
-            col("n_pairs"),
-        ])
+        .sort(keys, SortMultipleOptions::default())
+        .collect()
+        .map_err(perr)?;
+    let pair_kl = seq_means(&per_pair, "kls").map_err(perr)?;
+    let strs = |c: &str| -> Result<Vec<String>, StageError> {
+        Ok(per_pair
+            .column(c)
+            .map_err(perr)?
+            .str()
+            .map_err(perr)?
+            .iter()
+            .map(|v| v.unwrap_or_default().to_string())
+            .collect())
+    };
+    let u32s = |c: &str| -> Result<Vec<u32>, StageError> {
+        Ok(per_pair
+            .column(c)
+            .map_err(perr)?
+            .cast(&DataType::UInt32)
+            .map_err(perr)?
+            .u32()
+            .map_err(perr)?
+            .into_no_null_iter()
+            .collect())
+    };
+    let (size, step, lvl, rows) = (
+        strs("size")?,
+        u32s("step")?,
+        strs("level")?,
+        u32s("n_rows")?,
+    );
+    let (mut o_size, mut o_step, mut o_level) = (vec![], vec![], vec![]);
+    let (mut o_conv, mut o_sd, mut o_rows, mut o_pairs) = (vec![], vec![], vec![], vec![]);
+    let mut i = 0;
+    while i < pair_kl.len() {
+        let same = |j: usize| size[j] == size[i] && step[j] == step[i] && lvl[j] == lvl[i];
+        let mut j = i;
+        while j < pair_kl.len() && same(j) {
+            j += 1;
+        }
+        let (m, sd) = mean_sd(&pair_kl[i..j]);
+        o_size.push(size[i].clone());
+        o_step.push(step[i]);
+        o_level.push(lvl[i].clone());
+        o_conv.push(-m);
+        o_sd.push(sd);
+        o_rows.push(rows[i..j].iter().copied().max().unwrap_or(0));
+        o_pairs.push((j - i) as u32);
+        i = j;
+    }
+    let n = o_size.len();
+    df!(
+        "size" => o_size, "step" => o_step, "variable" => vec![variable; n], "level" => o_level,
+        "conv" => o_conv, "sd_pairs" => o_sd, "n_rows" => o_rows, "n_pairs" => o_pairs
+    )
+    .map_err(perr)
 }
 
 #[cfg(test)]

@@ -192,26 +192,24 @@ window = 64
             .unwrap()
     }
 
-    /// Every current artefact: view name → blake3 of its bytes.
+    /// Every current artefact: view path → blake3 of its bytes.
     pub fn artefacts(&self) -> BTreeMap<String, String> {
+        fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
+            for f in std::fs::read_dir(dir).unwrap().flatten() {
+                let name = format!("{prefix}/{}", f.file_name().to_string_lossy());
+                if f.path().is_dir() {
+                    walk(&f.path(), &name, out);
+                } else {
+                    let hash = blake3::hash(&std::fs::read(f.path()).unwrap());
+                    out.insert(name, hash.to_hex().to_string());
+                }
+            }
+        }
         let mut out = BTreeMap::new();
         for stage in std::fs::read_dir(self.store()).unwrap().flatten() {
             let cur = stage.path().join("current");
-            if !cur.exists() {
-                continue;
-            }
-            for f in std::fs::read_dir(&cur).unwrap().flatten() {
-                let name = format!(
-                    "{}/{}",
-                    stage.file_name().to_string_lossy(),
-                    f.file_name().to_string_lossy()
-                );
-                out.insert(
-                    name,
-                    blake3::hash(&std::fs::read(f.path()).unwrap())
-                        .to_hex()
-                        .to_string(),
-                );
+            if cur.exists() {
+                walk(&cur, &stage.file_name().to_string_lossy(), &mut out);
             }
         }
         out
