@@ -42,6 +42,10 @@ pub struct JobCtx<'a> {
     /// Threads this job may use.
     pub threads: usize,
     upstream: &'a HashMap<String, (PathBuf, PathBuf)>,
+    /// Output files of each upstream instance, with their hashes.
+    upstream_outputs: &'a HashMap<String, &'a BTreeMap<String, store::OutputFile>>,
+    /// blake3 of each named input file (hashed for the key already).
+    inputs: &'a BTreeMap<String, String>,
     cancel: &'a AtomicBool,
 }
 
@@ -61,6 +65,17 @@ impl JobCtx<'_> {
             .get(&id)
             .map(|p| p.1.as_path())
             .ok_or_else(|| StageError::Other(format!("upstream {id} is not a declared dependency")))
+    }
+    /// blake3 of a named input file, as the key used it.
+    pub fn input_hash(&self, name: &str) -> Option<&str> {
+        self.inputs.get(name).map(String::as_str)
+    }
+    /// blake3 of an output file `rel` of an upstream instance, from its manifest.
+    pub fn upstream_output_hash(&self, stage: &str, label: &str, rel: &str) -> Option<&str> {
+        self.upstream_outputs
+            .get(&instance_id(stage, label))
+            .and_then(|o| o.get(rel))
+            .map(|f| f.blake3.as_str())
     }
     /// Return `Err(Cancelled)` once Ctrl-C was pressed; jobs call this
     /// between units of work.
@@ -721,11 +736,17 @@ impl Engine {
                 )
             })
             .collect();
+        let up_outputs: HashMap<String, &BTreeMap<String, store::OutputFile>> = upstream
+            .iter()
+            .map(|(id, m)| (id.clone(), &m.outputs))
+            .collect();
         let ctx = JobCtx {
             out: &tmp,
             scratch: self.store.scratch_dir(inst.stage, &key),
             threads,
             upstream: &up_dirs,
+            upstream_outputs: &up_outputs,
+            inputs: &ing.inputs,
             cancel: &self.cancel,
         };
         let result = inst.job.run(&ctx);

@@ -377,6 +377,21 @@ impl EvalPlan {
     }
 }
 
+/// blake3 of a checkpoint's model file: already known to the engine (an
+/// input file's hash, or an upstream train output's), so not read again.
+pub fn model_hash(c: &Checkpoint, ctx: &JobCtx, path: &Path) -> Result<String, StageError> {
+    let known = match &c.model {
+        ModelRef::File(_) => ctx.input_hash("model"),
+        ModelRef::Builtin { label, rel } => ctx.upstream_output_hash(train::NAME, label, rel),
+    };
+    match known {
+        Some(h) => Ok(h.to_string()),
+        None => {
+            crate::engine::hashcache::hash_file(path).map_err(|e| StageError::Other(e.to_string()))
+        }
+    }
+}
+
 /// The kept vocabulary N: configured, else the tokenizer's.
 pub fn kept_vocab(vocab: Option<usize>, ctx: &JobCtx) -> Result<usize, StageError> {
     match vocab {
@@ -446,8 +461,7 @@ impl Job for DistJob {
             self.retain_full,
             &cancel,
         )?;
-        let model_hash = crate::engine::hashcache::hash_file(&path)
-            .map_err(|e| StageError::Other(e.to_string()))?;
+        let model_hash = model_hash(&self.ckpt, ctx, &path)?;
         let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
         write_table(ctx.out, &self.ckpt, &plan, &stats, (n, width), &model_hash)?;
         if self.retain_full {
