@@ -7,11 +7,13 @@ use std::fmt::Write as _;
 pub enum Block {
     Heading(String),
     Para(String),
-    /// Name of the figure's files (without extension), caption, SVG text.
+    /// Name of the figure's files (without extension), caption, SVG text,
+    /// and whether a PNG was written beside the SVG.
     Figure {
         name: String,
         caption: String,
         svg: String,
+        png: bool,
     },
     Table {
         header: Vec<String>,
@@ -72,7 +74,9 @@ impl Doc {
                 Block::Para(t) => {
                     let _ = writeln!(h, "<p>{}</p>", escape(t));
                 }
-                Block::Figure { name, caption, svg } => {
+                Block::Figure {
+                    name, caption, svg, ..
+                } => {
                     // The SVG's own XML declaration is not allowed inside HTML.
                     let body = svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]);
                     let _ = writeln!(
@@ -123,10 +127,17 @@ impl Doc {
                 Block::Para(t) => {
                     let _ = write!(m, "\n{t}\n");
                 }
-                Block::Figure { name, caption, .. } => {
+                Block::Figure {
+                    name, caption, png, ..
+                } => {
+                    let png = if *png {
+                        format!("PNG: `figures/{name}.png`, ")
+                    } else {
+                        String::new()
+                    };
                     let _ = write!(
                         m,
-                        "\n![{}](figures/{name}.svg)\n\n*{}* (PNG: `figures/{name}.png`, data: `figures/{name}.csv`)\n",
+                        "\n![{}](figures/{name}.svg)\n\n*{}* ({png}data: `figures/{name}.csv`)\n",
                         md_cell(caption),
                         md_cell(caption)
                     );
@@ -179,6 +190,7 @@ mod tests {
                     name: "conv".into(),
                     caption: "E[conv]".into(),
                     svg: "<?xml version=\"1.0\"?>\n<svg></svg>".into(),
+                    png: true,
                 },
             ],
         };

@@ -223,7 +223,7 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
 
     // A report option reruns the report alone; the CSV band follows it.
     p.write_config(&format!(
-        "{cfg}\n[aggregate]\nbootstrap = 100\n\n[report]\nwidth = 700\nheight = 400\nband = \"ci\"\n"
+        "{cfg}\n[aggregate]\nbootstrap = 100\n\n[report]\nwidth = 700\nheight = 400\nband = \"ci\"\npng = false\n"
     ));
     let run = p.ok(&["run"]);
     assert_eq!(run.computed_ids(), ["report"]);
@@ -240,6 +240,11 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
             col::<Float64Array>(&conv, "ci_high").value(i)
         );
     }
+    // Without PNGs: SVG and CSV only, and the Markdown does not promise them.
+    assert!(!dir.join("figures/conv.png").exists());
+    assert!(dir.join("figures/conv.svg").exists());
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(!md.contains("PNG:"), "{md}");
     // Nothing to do the third time, and the path is still printed.
     let run = p.ok(&["run"]);
     assert_eq!(run.counts().0, 0);

@@ -558,6 +558,7 @@ impl ReportJob {
             name: name.to_string(),
             caption,
             svg,
+            png: self.cfg.png,
         })
     }
 
