@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde_json::json;
 
-use crate::config::{Band, Loaded, Objective, ReportConfig};
+use crate::config::{Band, CorpusMode, Loaded, Objective, ReportConfig};
 use crate::doc::{Block, Doc};
 use crate::engine::store::MANIFEST;
 use crate::engine::{Instance, Job, JobCtx};
@@ -48,14 +48,21 @@ pub fn instances(
     }
     let r = &l.config.report;
     let c = &l.config.corpus;
+    let layout = match c.mode {
+        CorpusMode::Stream => format!(
+            "one stream, windows of {} with stride {}",
+            c.window,
+            c.window / 2
+        ),
+        CorpusMode::Documents => format!("each document alone, windows of {}", c.window),
+        CorpusMode::Mlm => format!(
+            "each document as [CLS] … [SEP], chunks of ≤ {} tokens",
+            c.window
+        ),
+    };
     let corpus_desc = format!(
-        "{} ({} windows of {} tokens{})",
+        "{} ({layout}{})",
         crate::table::source_name(&c.path),
-        serde_json::to_value(c.mode)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        c.window,
         if c.max_documents > 0 {
             format!(", first {} documents", c.max_documents)
         } else {
