@@ -8,7 +8,8 @@ use common::{col, hf_suite_config, read_table, Project};
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A row of a figure CSV: (series, step, value, band_low, band_high).
 type CsvRow = (String, f64, f64, Option<f64>, Option<f64>);
@@ -195,23 +196,36 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
 
     // A real browser renders it: the inline SVG lines are on the screenshot.
     let shot = p.path().join("shot.png");
-    let out = Command::new(chromium())
+    let mut child = Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            "--disable-dev-shm-usage",
             "--hide-scrollbars",
             "--window-size=1000,1400",
         ])
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", html_path.display()))
         .current_dir(p.path())
-        .output()
+        .stdout(Stdio::null())
+        // A file, not a pipe: a chatty browser cannot block on a full pipe.
+        .stderr(std::fs::File::create(p.path().join("chromium.log")).unwrap())
+        .spawn()
         .unwrap();
+    // A browser that hangs fails the test instead of stalling the suite.
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("chromium did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         shot.exists(),
         "chromium wrote no screenshot: {}",
-        String::from_utf8_lossy(&out.stderr)
+        std::fs::read_to_string(p.path().join("chromium.log")).unwrap_or_default()
     );
     let (w, h, rgb) = decode_png(&std::fs::read(&shot).unwrap());
     assert_eq!((w, h), (1000, 1400));
