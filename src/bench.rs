@@ -229,6 +229,18 @@ fn lcg_tokens(n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
+/// A benchmark model: 4 heads, no logit padding.
+fn bench_shape(vocab: usize, d_model: usize, layers: usize, context: usize) -> crate::model::Shape {
+    crate::model::Shape {
+        vocab,
+        vocab_padded: vocab,
+        layers,
+        d_model,
+        heads: 4,
+        context,
+    }
+}
+
 /// The dist stage's work against bare ONNX Runtime calls on the same batches.
 pub fn dist(
     rows: usize,
@@ -239,14 +251,7 @@ pub fn dist(
     batch: usize,
 ) -> Result<()> {
     use crate::stages::{corpus, dist};
-    let shape = crate::model::Shape {
-        vocab,
-        vocab_padded: vocab,
-        layers,
-        d_model,
-        heads: 4,
-        context: window,
-    };
+    let shape = bench_shape(vocab, d_model, layers, window);
     let dir = tempfile::TempDir::new()?;
     let model_path = dir.path().join("model.onnx");
     std::fs::write(
@@ -405,14 +410,7 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
         .map(|s| s.into_iter().map(|i| i % vocab as u32).collect())
         .collect();
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
-    let shape = crate::model::Shape {
-        vocab,
-        vocab_padded: vocab,
-        layers,
-        d_model,
-        heads: 4,
-        context: longest.next_power_of_two(),
-    };
+    let shape = bench_shape(vocab, d_model, layers, longest.next_power_of_two());
     let bytes = crate::onnx::export::to_bytes(&shape, &shape.init(1));
     let threads = crate::commands::default_jobs();
     let mut model = crate::onnx::runtime::OrtModel::from_bytes(&bytes, "random", threads)?;

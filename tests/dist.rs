@@ -82,19 +82,12 @@ fn external_suite_dist_and_kl_match_an_independent_float64_computation() {
     // Provenance: each table names the blake3 of the model file it came from.
     for seed in [11, 12] {
         for step in [0, 50, 300] {
-            let info = seedconv::table::schema(&store.join(format!(
-                "dist/current/tiny-seed{seed}-step{step}.dist.parquet"
-            )))
-            .unwrap();
-            let model = common::causal().join(format!("neox-seed{seed}/step{step}/model.onnx"));
-            let want = blake3::hash(&std::fs::read(model).unwrap())
-                .to_hex()
-                .to_string();
-            let got = info
-                .metadata
-                .iter()
-                .find(|(k, _)| k == "seedconv.model_blake3");
-            assert_eq!(got.map(|(_, v)| v.as_str()), Some(want.as_str()));
+            common::assert_model_hash(
+                &store.join(format!(
+                    "dist/current/tiny-seed{seed}-step{step}.dist.parquet"
+                )),
+                &common::causal().join(format!("neox-seed{seed}/step{step}/model.onnx")),
+            );
         }
     }
     let rows = seedconv::table::read(&store.join("corpus/current/rows.parquet")).unwrap();

@@ -490,16 +490,10 @@ mlm_scoring = "masked"
     let last: f32 = (l.len() - 5..l.len()).map(|i| l.value(i)).sum::<f32>() / 5.0;
     assert!(last < first - 0.3, "loss {first} → {last}");
     // dist names the exported file it read (hash from the train manifest).
-    let info =
-        seedconv::table::schema(&s.join("dist/current/m16-seed1-step60.dist.parquet")).unwrap();
-    let want = blake3::hash(&std::fs::read(&model).unwrap())
-        .to_hex()
-        .to_string();
-    let got = info
-        .metadata
-        .iter()
-        .find(|(k, _)| k == "seedconv.model_blake3");
-    assert_eq!(got.map(|(_, v)| v.as_str()), Some(want.as_str()));
+    common::assert_model_hash(
+        &s.join("dist/current/m16-seed1-step60.dist.parquet"),
+        &model,
+    );
     // The suite went through distributions, KL, aggregates and the report.
     assert!(s.join("aggregate/current/conv.parquet").exists());
     assert!(s.join("report/current/report.html").exists());

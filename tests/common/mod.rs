@@ -357,3 +357,21 @@ pub fn read_table(path: &std::path::Path) -> arrow::array::RecordBatch {
     )
     .unwrap()
 }
+
+/// The `seedconv.model_blake3` a dist table records equals the model file's blake3.
+pub fn assert_model_hash(dist_table: &Path, model: &Path) {
+    let info = seedconv::table::schema(dist_table).unwrap();
+    let want = blake3::hash(&std::fs::read(model).unwrap())
+        .to_hex()
+        .to_string();
+    let got = info
+        .metadata
+        .iter()
+        .find(|(k, _)| k == "seedconv.model_blake3");
+    assert_eq!(
+        got.map(|(_, v)| v.as_str()),
+        Some(want.as_str()),
+        "{}",
+        dist_table.display()
+    );
+}
