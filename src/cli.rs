@@ -81,6 +81,17 @@ pub struct BenchArgs {
     pub what: BenchWhat,
 }
 
+/// The random model a benchmark runs.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[arg(long, default_value_t = 1024)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 64)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
     /// Engine overhead: no-op run over a synthetic plan, and input hashing throughput.
@@ -100,12 +111,8 @@ pub enum BenchWhat {
         /// Rows (tokens evaluated).
         #[arg(long, default_value_t = 17_000)]
         rows: usize,
-        #[arg(long, default_value_t = 1024)]
-        vocab: usize,
-        #[arg(long, default_value_t = 64)]
-        d_model: usize,
-        #[arg(long, default_value_t = 2)]
-        layers: usize,
+        #[command(flatten)]
+        model: ModelArgs,
         #[arg(long, default_value_t = 64)]
         window: usize,
         #[arg(long, default_value_t = 16)]
@@ -126,12 +133,8 @@ pub enum BenchWhat {
         /// Pairs per paradigm (2 sentences each, 67 paradigms).
         #[arg(long, default_value_t = 10)]
         pairs: usize,
-        #[arg(long, default_value_t = 1024)]
-        vocab: usize,
-        #[arg(long, default_value_t = 64)]
-        d_model: usize,
-        #[arg(long, default_value_t = 2)]
-        layers: usize,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Training throughput (tokens/s) of each model size in the config's [train].
     Train {

@@ -56,19 +56,14 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             } => seedconv::bench::engine(*instances, *hash_mib, dir.as_deref()),
             BenchWhat::Dist {
                 rows,
-                vocab,
-                d_model,
-                layers,
+                model: m,
                 window,
                 batch,
-            } => seedconv::bench::dist(*rows, *vocab, *d_model, *layers, *window, *batch),
+            } => seedconv::bench::dist(*rows, m.vocab, m.d_model, m.layers, *window, *batch),
             BenchWhat::Kl { seeds, rows, vocab } => seedconv::bench::kl(*seeds, *rows, *vocab),
-            BenchWhat::Blimp {
-                pairs,
-                vocab,
-                d_model,
-                layers,
-            } => seedconv::bench::blimp(*pairs, *vocab, *d_model, *layers),
+            BenchWhat::Blimp { pairs, model: m } => {
+                seedconv::bench::blimp(*pairs, m.vocab, m.d_model, m.layers)
+            }
             BenchWhat::Train { steps } => {
                 seedconv::bench::train(&seedconv::config::load(&cli.config)?, *steps)
             }
