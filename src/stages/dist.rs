@@ -61,12 +61,12 @@ pub fn settings(l: &Loaded) -> RunSettings {
 }
 
 impl RunSettings {
-    /// Key parameters of the scoring: nothing for causal suites (so their
-    /// keys predate masked LMs), the mode and mask token otherwise.
-    pub fn scoring_params(&self) -> serde_json::Value {
-        match &self.mlm {
-            None => serde_json::Value::Null,
-            Some((m, t)) => json!({ "mlm_scoring": m, "mask_token": t }),
+    /// Add the scoring to an instance's key parameters: nothing for causal
+    /// suites (so their keys predate masked LMs), the mode and mask token
+    /// otherwise.
+    pub fn key_scoring(&self, params: &mut serde_json::Value) {
+        if let Some((m, t)) = &self.mlm {
+            params["scoring"] = json!({ "mlm_scoring": m, "mask_token": t });
         }
     }
 
@@ -138,9 +138,7 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
                 "vocab": suite.vocab, "top_k": d.top_k, "retain_full": d.retain_full,
                 "batch_size": set.batch_size,
             });
-            if set.mlm.is_some() {
-                params["scoring"] = set.scoring_params();
-            }
+            set.key_scoring(&mut params);
             Instance {
                 stage: NAME,
                 version: VERSION,

@@ -66,9 +66,7 @@ pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
                         "size": size, "step": step, "seeds": suite.seeds, "vocab": suite.vocab,
                         "validation_k": ks, "batch_size": set.batch_size,
                     });
-                    if set.mlm.is_some() {
-                        p["scoring"] = set.scoring_params();
-                    }
+                    set.key_scoring(&mut p);
                     p
                 },
                 inputs,
