@@ -8,7 +8,6 @@ use std::sync::Once;
 use std::ops::Range;
 
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
-use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -65,8 +64,6 @@ pub struct Chart {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
-    /// Log-scaled x axis that still shows 0: x is drawn at log10(1 + x).
-    pub log_x: bool,
     pub series: Vec<Line>,
     pub marks: Vec<Mark>,
     /// What the band means, for the legend and the CSV (e.g. "±1 SD over pairs").
@@ -75,20 +72,13 @@ pub struct Chart {
 
 const LEGEND_W: u32 = 190;
 
-fn fwd(log: bool, x: f64) -> f64 {
-    if log {
-        (1.0 + x.max(0.0)).log10()
-    } else {
-        x
-    }
+/// The x axis is log-scaled and still shows step 0: x is drawn at log10(1 + x).
+fn fwd(x: f64) -> f64 {
+    (1.0 + x.max(0.0)).log10()
 }
 
-fn inv(log: bool, t: f64) -> f64 {
-    if log {
-        10f64.powf(t) - 1.0
-    } else {
-        t
-    }
+fn inv(t: f64) -> f64 {
+    10f64.powf(t) - 1.0
 }
 
 /// Compact tick label: 0, 1, 10, 100, 1k, 143k.
@@ -106,12 +96,10 @@ fn tick(v: f64) -> String {
 
 type DrawResult = Result<(), String>;
 
-/// The step axis: drawn coordinates (log10(1 + step) on a log axis) with
-/// tick labels in steps.
+/// The step axis: drawn coordinates log10(1 + step), ticks labelled in steps.
 struct StepAxis {
     lo: f64,
     hi: f64,
-    log: bool,
     ticks: Vec<f64>,
 }
 
@@ -122,12 +110,8 @@ impl Ranged for StepAxis {
         let f = (v - self.lo) / (self.hi - self.lo);
         limit.0 + (f * (limit.1 - limit.0) as f64).round() as i32
     }
-    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
-        if self.log {
-            self.ticks.clone()
-        } else {
-            RangedCoordf64::from(self.lo..self.hi).key_points(hint)
-        }
+    fn key_points<H: KeyPointHint>(&self, _hint: H) -> Vec<f64> {
+        self.ticks.clone()
     }
     fn range(&self) -> Range<f64> {
         self.lo..self.hi
@@ -136,7 +120,7 @@ impl Ranged for StepAxis {
 
 impl ValueFormatter<f64> for StepAxis {
     fn format_ext(&self, v: &f64) -> String {
-        tick(inv(self.log, *v))
+        tick(inv(*v))
     }
 }
 
@@ -157,7 +141,7 @@ impl Chart {
         if !lo.is_finite() {
             return (0.0, 1.0);
         }
-        let (lo, hi) = (fwd(self.log_x, lo), fwd(self.log_x, hi));
+        let (lo, hi) = (fwd(lo), fwd(hi));
         if hi > lo {
             (lo, hi)
         } else {
@@ -186,8 +170,8 @@ impl Chart {
 
     /// Tick positions (in drawn coordinates) for the log axis: 0, the powers
     /// of ten inside the range, and the last step.
-    fn log_ticks(&self, hi_t: f64) -> Vec<f64> {
-        let hi = inv(true, hi_t).round();
+    fn ticks(&self, hi_t: f64) -> Vec<f64> {
+        let hi = inv(hi_t).round();
         let mut v = vec![0.0];
         let mut p = 1.0;
         while p <= hi * 1.0001 {
@@ -198,7 +182,7 @@ impl Chart {
         if hi > 0.0 && (hi.log10() - v.last().unwrap().max(1.0).log10()) > 0.25 {
             v.push(hi);
         }
-        v.into_iter().map(|x| fwd(true, x)).collect()
+        v.into_iter().map(fwd).collect()
     }
 
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult
@@ -211,7 +195,6 @@ impl Chart {
         let (plot_area, legend_area) = root.split_horizontally(w.saturating_sub(LEGEND_W));
         let (x0, x1) = self.x_range();
         let (y0, y1) = self.y_range();
-        let log = self.log_x;
         let mut builder = ChartBuilder::on(&plot_area);
         builder
             .caption(&self.title, ("sans-serif", 18))
@@ -233,8 +216,7 @@ impl Chart {
         let x_axis = StepAxis {
             lo: x0,
             hi: x1,
-            log,
-            ticks: if log { self.log_ticks(x1) } else { vec![] },
+            ticks: self.ticks(x1),
         };
         let mut chart = builder.build_cartesian_2d(x_axis, y0..y1).map_err(err)?;
         chart
@@ -251,9 +233,8 @@ impl Chart {
         for s in &self.series {
             if s.band.len() > 1 {
                 let c = color(s.color);
-                let mut poly: Vec<(f64, f64)> =
-                    s.band.iter().map(|b| (fwd(log, b.0), b.2)).collect();
-                poly.extend(s.band.iter().rev().map(|b| (fwd(log, b.0), b.1)));
+                let mut poly: Vec<(f64, f64)> = s.band.iter().map(|b| (fwd(b.0), b.2)).collect();
+                poly.extend(s.band.iter().rev().map(|b| (fwd(b.0), b.1)));
                 chart
                     .draw_series(std::iter::once(Polygon::new(poly, c.mix(0.18).filled())))
                     .map_err(err)?;
@@ -265,7 +246,7 @@ impl Chart {
                 .points
                 .iter()
                 .filter(|p| p.1.is_finite())
-                .map(|p| (fwd(log, p.0), p.1))
+                .map(|p| (fwd(p.0), p.1))
                 .collect();
             let style = c.stroke_width(2);
             if s.dashed {
@@ -283,7 +264,7 @@ impl Chart {
         }
         for (k, m) in self.marks.iter().enumerate() {
             let c = color(m.color);
-            let x = fwd(log, m.x);
+            let x = fwd(m.x);
             // Labels of marks at the same step stack downwards.
             let above = self.marks[..k].iter().filter(|o| o.x == m.x).count();
             let y_text = y1 - above as f64 * (y1 - y0) * 0.045;
@@ -416,7 +397,6 @@ mod tests {
             title: "t".into(),
             x_label: "step".into(),
             y_label: "y".into(),
-            log_x: true,
             series: vec![Line {
                 name: "a,b".into(),
                 points: vec![(0.0, 1.0), (10.0, 2.0), (1000.0, 0.5)],
@@ -435,21 +415,13 @@ mod tests {
     #[test]
     fn log_axis_ticks_are_zero_powers_of_ten_and_the_end() {
         let c = chart();
-        let ticks: Vec<String> = c
-            .log_ticks(fwd(true, 5000.0))
-            .iter()
-            .map(|&t| tick(inv(true, t)))
-            .collect();
+        let ticks: Vec<String> = c.ticks(fwd(5000.0)).iter().map(|&t| tick(inv(t))).collect();
         assert_eq!(ticks, ["0", "1", "10", "100", "1k", "5k"]);
         // An end step too close to a power of ten to be labelled apart.
-        let ticks = c.log_ticks(fwd(true, 143000.0));
-        assert_eq!(tick(inv(true, *ticks.last().unwrap())), "100k");
+        let ticks = c.ticks(fwd(143000.0));
+        assert_eq!(tick(inv(*ticks.last().unwrap())), "100k");
         // 1000 is itself a power of ten: no duplicate end tick.
-        let ticks: Vec<String> = c
-            .log_ticks(fwd(true, 1000.0))
-            .iter()
-            .map(|&t| tick(inv(true, t)))
-            .collect();
+        let ticks: Vec<String> = c.ticks(fwd(1000.0)).iter().map(|&t| tick(inv(t))).collect();
         assert_eq!(ticks, ["0", "1", "10", "100", "1k"]);
     }
 

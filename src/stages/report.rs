@@ -345,7 +345,6 @@ fn log_chart(title: String, y_label: &str) -> Chart {
         title,
         x_label: "training step (log scale)".into(),
         y_label: y_label.into(),
-        log_x: true,
         ..Default::default()
     }
 }
