@@ -73,7 +73,8 @@ fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
     let (pos, long, short, min) = (20usize, 16usize, 3usize, 24usize);
     p.write_config(&format!(
         "{}\n[suite]\nmodels = \"models/syn-seed{{seed}}/step{{step}}/model.onnx\"\nsizes = [\"syn\"]\nseeds = [1, 2]\nsteps = [0]\nvocab = 300\n\n[icl]\nposition = {pos}\nlong_context = {long}\nshort_context = {short}\nmin_tokens = {min}\nbatch_size = 2\n",
-        Project::micro_config()
+        // Windows within the synthetic models' 32 positions.
+        Project::micro_config().replace("window = 64", "window = 32")
     ));
     p.ok(&["run", "icl"]);
 
@@ -97,8 +98,10 @@ fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
         .collect();
     assert!(eligible.len() >= 2, "{eligible:?}");
 
+    let mut all = Vec::new();
     for s in seeds {
         let w = synthetic(s);
+        let mut scores = Vec::new();
         let b = seedconv::table::read(
             &p.store()
                 .join(format!("icl/current/syn-seed{s}-step0.icl.parquet")),
@@ -120,8 +123,47 @@ fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
             assert!((got.0 - l).abs() < 1e-4, "{} vs {l}", got.0);
             assert!((got.1 - sh).abs() < 1e-4, "{} vs {sh}", got.1);
             assert!((got.2 - (l - sh)).abs() < 2e-4);
+            scores.push(l - sh);
         }
+        all.push(scores);
     }
+
+    // The summary: mean ± SE per seed, and over seeds × documents.
+    p.ok(&["run", "icl_summary"]);
+    let mean_se = |v: &[f64]| {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        (m, sd / n.sqrt())
+    };
+    let by_seed =
+        seedconv::table::read(&p.store().join("icl_summary/current/by_seed.parquet")).unwrap();
+    for (k, s) in seeds.iter().enumerate() {
+        let i = (0..by_seed.num_rows())
+            .find(|&i| col::<StringArray>(&by_seed, "seed").value(i) == s.to_string())
+            .unwrap();
+        let (m, se) = mean_se(&all[k]);
+        assert!((col::<Float64Array>(&by_seed, "mean_icl").value(i) - m).abs() < 2e-4);
+        assert!((col::<Float64Array>(&by_seed, "se").value(i) - se).abs() < 2e-4);
+        assert_eq!(
+            col::<UInt32Array>(&by_seed, "n_docs").value(i) as usize,
+            all[k].len()
+        );
+    }
+    let pooled =
+        seedconv::table::read(&p.store().join("icl_summary/current/pooled.parquet")).unwrap();
+    let flat: Vec<f64> = all.concat();
+    let (m, se) = mean_se(&flat);
+    assert_eq!(pooled.num_rows(), 1);
+    assert!((col::<Float64Array>(&pooled, "mean_icl").value(0) - m).abs() < 2e-4);
+    assert!((col::<Float64Array>(&pooled, "se").value(0) - se).abs() < 2e-4);
+    // The report plots it.
+    p.ok(&["run"]);
+    let html = std::fs::read_to_string(p.store().join("report/current/report.html")).unwrap();
+    assert!(html.contains("<h2>In-context learning</h2>"));
+    let csv = std::fs::read_to_string(p.store().join("report/current/figures/icl.csv")).unwrap();
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert!((row[2].parse::<f64>().unwrap() - m).abs() < 2e-4, "{csv}");
 }
 
 #[test]
@@ -137,5 +179,38 @@ fn icl_settings_are_checked() {
         r.stderr.contains("icl") && r.stderr.contains("long_context < position"),
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn a_window_longer_than_an_external_models_context_is_a_one_line_error() {
+    let p = Project::micro();
+    for s in [1u64, 2] {
+        let dir = p.path().join(format!("models/syn-seed{s}/step0"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("model.onnx"),
+            seedconv::onnx::export::to_bytes(&SHAPE, &synthetic(s)),
+        )
+        .unwrap();
+    }
+    // The micro corpus has 64-token windows; the models know 32 positions.
+    p.write_config(&format!(
+        "{}\n[suite]\nmodels = \"models/syn-seed{{seed}}/step{{step}}/model.onnx\"\nsizes = [\"syn\"]\nseeds = [1, 2]\nsteps = [0]\nvocab = 300\n",
+        Project::micro_config()
+    ));
+    let r = p.run(&["run", "dist"]);
+    assert_eq!(r.code, 1);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: dist[syn-seed1-step0]"))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        line.contains("syn-seed1/step0/model.onnx")
+            && line.contains(
+                "sequences of 64 tokens (is the window longer than the model's context?)"
+            ),
+        "{line}"
     );
 }

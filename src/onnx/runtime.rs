@@ -169,8 +169,10 @@ impl OrtModel {
         }
         let name = self.name.clone();
         let outputs = self.session.run(feed).map_err(|e| {
+            // ORT's messages can span lines; errors here are one line.
+            let e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
             StageError::Other(format!(
-                "{name}: {e} (sequence length {t}: is the window longer than the model's context?)"
+                "{name}: run failed on sequences of {t} tokens (is the window longer than the model's context?): {e}"
             ))
         })?;
         let (oshape, data) = outputs["logits"]

@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod dist;
 pub mod frequency;
 pub mod icl;
+pub mod icl_summary;
 pub mod kl;
 pub mod report;
 pub mod tagger;
@@ -38,6 +39,7 @@ pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
         instances.extend(blimp::instances(l, &suite));
         instances.extend(blimp_conv::instances(l, &suite));
         instances.extend(icl::instances(l, &suite));
+        instances.extend(icl_summary::instances(l, &suite));
         let upstream = instances
             .iter()
             .map(|i| (i.stage, i.label.clone()))

@@ -21,7 +21,7 @@ use crate::engine::store::MANIFEST;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::plot::{csv_field, Chart, Line, Mark};
-use crate::stages::{aggregate, blimp_conv, corpus, icl, kl, tokenizer};
+use crate::stages::{aggregate, blimp_conv, corpus, icl_summary, kl, tokenizer};
 use crate::suite::Suite;
 
 pub const NAME: &str = "report";
@@ -363,7 +363,7 @@ impl Job for ReportJob {
         if self.has(blimp_conv::NAME) {
             blocks.extend(self.blimp(ctx)?);
         }
-        if self.has(icl::NAME) {
+        if self.has(icl_summary::NAME) {
             blocks.extend(self.icl(ctx)?);
         }
         blocks.extend(self.tokens(agg)?);
@@ -468,62 +468,39 @@ impl ReportJob {
     }
 
     /// The in-context-learning score per size: mean over seeds × documents
-    /// ± 1 SE; `icl.csv` has it per (size, step, seed).
+    /// ± 1 SE (icl_summary/pooled.parquet).
     fn icl(&self, ctx: &JobCtx) -> Result<Vec<Block>, StageError> {
-        // (size, step) → seed → scores
-        let mut cells: BTreeMap<(String, u64), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-        for (stage, label) in self.upstream.iter().filter(|(s, _)| *s == icl::NAME) {
-            let t = Table::read(&ctx.upstream(stage, label)?.join(icl::FILE))?;
-            let (size, seed, step, v) = (
-                t.str("size")?,
-                t.str("seed")?,
-                t.u64("step")?,
-                t.f64("icl")?,
-            );
-            for i in 0..t.height() {
-                cells
-                    .entry((size[i].clone(), step[i].unwrap_or(0)))
-                    .or_default()
-                    .entry(seed[i].clone())
-                    .or_default()
-                    .push(v[i]);
-            }
-        }
-        let mut csv = String::from("size,step,seed,mean_icl,se,n_docs\n");
+        let dir = ctx.upstream(icl_summary::NAME, "")?;
+        let t = Table::read(&dir.join(icl_summary::POOLED))?;
+        let (size, step, m, se) = (
+            t.str("size")?,
+            t.u64("step")?,
+            t.f64("mean_icl")?,
+            t.f64("se")?,
+        );
         let mut chart = log_chart(
             "In-context-learning score".into(),
             "loss(long context) − loss(short context) (nats)",
         );
         chart.band_label = Some("±1 SE".into());
         for s in &self.info.sizes {
-            let mut line = Line {
+            let mut idx: Vec<usize> = (0..t.height()).filter(|&i| &size[i] == s).collect();
+            idx.sort_by_key(|&i| step[i]);
+            let x = |i: usize| step[i].unwrap_or(0) as f64;
+            chart.series.push(Line {
                 name: s.clone(),
                 color: self.size_color(s),
+                points: idx.iter().map(|&i| (x(i), m[i])).collect(),
+                band: idx
+                    .iter()
+                    .map(|&i| (x(i), m[i] - se[i], m[i] + se[i]))
+                    .collect(),
                 ..Default::default()
-            };
-            for ((size, step), seeds) in cells.iter().filter(|((size, _), _)| size == s) {
-                for (seed, v) in seeds {
-                    let (m, sd) = aggregate::mean_sd(v);
-                    csv += &format!(
-                        "{},{step},{},{m},{},{}\n",
-                        csv_field(size),
-                        csv_field(seed),
-                        sd / (v.len() as f64).sqrt(),
-                        v.len()
-                    );
-                }
-                let all: Vec<f64> = seeds.values().flatten().copied().collect();
-                let (m, sd) = aggregate::mean_sd(&all);
-                let se = sd / (all.len() as f64).sqrt();
-                line.points.push((*step as f64, m));
-                line.band.push((*step as f64, m - se, m + se));
-            }
-            chart.series.push(line);
+            });
         }
-        write_text(&ctx.out.join("icl.csv"), &csv)?;
         Ok(vec![
             Block::Heading("In-context learning".into()),
-            Block::Para("Per document long enough: the loss on one token given a long context minus the loss given a short one (icl/*.icl.parquet; settings in [icl]); negative values mean the model uses the longer context. icl.csv has the mean and SE per seed.".into()),
+            Block::Para("Per document long enough: the loss on one token given a long context minus the loss given a short one (settings in [icl]); negative values mean the model uses the longer context. icl_summary/by_seed.parquet has the mean and SE per seed.".into()),
             self.figure(ctx, "icl", "In-context-learning score, mean over seeds × documents ± 1 SE.".into(), &chart, "icl")?,
         ])
     }
