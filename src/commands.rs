@@ -171,9 +171,11 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         eprintln!("{summary}");
     }
     // Point at the report when this run covered it.
-    let report = s
-        .loaded
-        .store_dir()
+    // The store folder resolved (`presets/../stages-mlm` → `stages-mlm`), the
+    // view path kept: `current/report.html` always names the latest report.
+    let store = s.loaded.store_dir();
+    let report = std::fs::canonicalize(&store)
+        .unwrap_or(store)
         .join(stages::report::NAME)
         .join("current")
         .join(stages::report::HTML);
@@ -184,8 +186,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         .zip(s.plan.closure(&args.stages))
         .any(|(i, sel)| sel && i.stage == stages::report::NAME);
     if covered && report.exists() {
-        let shown = std::path::absolute(&report).unwrap_or(report);
-        println!("report: {}", shown.display());
+        println!("report: {}", report.display());
     }
     Ok(())
 }
