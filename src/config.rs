@@ -891,17 +891,20 @@ pub fn line_of(raw: &str, offset: usize) -> usize {
     raw[..offset.min(raw.len())].matches('\n').count() + 1
 }
 
-/// Line of a dotted key in the TOML source, for validation errors.
+/// Line of a dotted key in the TOML source, for validation errors; for a
+/// key that is absent, the line of its table (0: not in the file at all).
 pub fn line_of_key(raw: &str, key: &str) -> usize {
     let Ok(doc) = toml::de::DeTable::parse(raw) else {
         return 0;
     };
     let mut table = doc.get_ref();
     let parts: Vec<&str> = key.split('.').collect();
+    let mut found = 0;
     for (i, part) in parts.iter().enumerate() {
         let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *part) else {
-            return 0;
+            return found;
         };
+        found = line_of(raw, k.span().start);
         if i + 1 == parts.len() {
             return line_of(raw, k.span().start);
         }
@@ -1294,4 +1297,24 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
 /// The fully resolved configuration as TOML (for `seedconv config`).
 pub fn render(c: &Config) -> String {
     toml::to_string_pretty(c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_key_points_at_its_table() {
+        let raw = "[corpus]\npath = \"a\"\n\n[dist]\ntop_k = 8\n";
+        assert_eq!(line_of_key(raw, "dist.top_k"), 5);
+        assert_eq!(line_of_key(raw, "dist.mlm_scoring"), 4);
+        assert_eq!(line_of_key(raw, "blimp.pairs"), 0);
+        let e = ConfigError::Invalid {
+            file: "p.toml".into(),
+            line: 0,
+            key: "blimp".into(),
+            message: "m".into(),
+        };
+        assert_eq!(e.to_string(), "bad value for blimp at p.toml: m");
+    }
 }

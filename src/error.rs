@@ -26,7 +26,7 @@ pub enum ConfigError {
         key: String,
         suggestion: String,
     },
-    #[error("bad value for {key} at {file}:{line}: {message}")]
+    #[error("bad value for {key} at {file}{}: {message}", at_line(*line))]
     Invalid {
         file: String,
         line: usize,
@@ -102,5 +102,14 @@ impl EngineError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// `:N` after a file name, nothing when the line is unknown (0).
+fn at_line(line: usize) -> String {
+    if line > 0 {
+        format!(":{line}")
+    } else {
+        String::new()
     }
 }
