@@ -1238,6 +1238,21 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
                 "a masked-LM suite must say how to read its distributions: \"unmasked\" (the authors' code) or \"masked\"".into(),
             ));
         }
+        if c.tokenizer.path.is_none() {
+            let t = &c.tokenizer;
+            for (token, key) in [
+                (&t.cls_token, "cls_token"),
+                (&t.sep_token, "sep_token"),
+                (&t.mask_token, "mask_token"),
+            ] {
+                if !t.extra_special_tokens.contains(token) {
+                    return Err(bad(
+                        "tokenizer.extra_special_tokens",
+                        format!("a masked-LM suite trains its tokenizer with {token:?} (tokenizer.{key}): add it here"),
+                    ));
+                }
+            }
+        }
         if c.blimp.is_some() || c.icl.is_some() {
             return Err(bad(
                 if c.blimp.is_some() { "blimp" } else { "icl" },

@@ -196,3 +196,45 @@ fn the_scoring_mode_is_required_and_part_of_the_key() {
         "{ids:?}"
     );
 }
+
+#[test]
+fn missing_masked_lm_special_tokens_are_named_where_the_user_can_fix_them() {
+    // A given tokenizer without [CLS]: the error names that file.
+    let p = Project::micro();
+    let causal_tok = common::causal().join("tokenizer.json");
+    p.write_config(
+        &config("masked")
+            .replace(
+                &fixtures()
+                    .join("hf_onnx_samples/mlm/tokenizer.json")
+                    .display()
+                    .to_string(),
+                &causal_tok.display().to_string(),
+            )
+            // The causal tokenizer's own separator, so the [CLS] check is reached.
+            .replace("eos_token = \"[SEP]\"", "eos_token = \"<|endoftext|>\""),
+    );
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 1);
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: tokenizer"))
+        .unwrap();
+    assert!(
+        line.contains(&causal_tok.display().to_string()) && line.contains("tokenizer.cls_token"),
+        "{line}"
+    );
+    // A trained tokenizer without the specials: a config error.
+    let p = Project::micro();
+    p.write_config(
+        "[train_corpus]\nfiles = [\"text/a.txt\"]\n\n[tokenizer]\nvocab_size = 300\n\n[corpus]\npath = \"text/eval.conllu\"\nmode = \"mlm\"\nwindow = 16\n\n[train]\nobjective = \"mlm\"\nseeds = [1, 2]\nsteps = 2\n\n[train.sizes.m]\nlayers = 1\nd_model = 16\nheads = 2\ncontext = 16\n\n[dist]\nmlm_scoring = \"unmasked\"\n",
+    );
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("tokenizer.extra_special_tokens") && r.stderr.contains("[CLS]"),
+        "{}",
+        r.stderr
+    );
+}

@@ -29,20 +29,40 @@ pub const FILE: &str = "tokenizer.json";
 /// Pythia's second special token, kept for id-compatible layouts.
 const PAD: &str = "<|padding|>";
 
+/// The masked-LM special tokens a tokenizer must have, with their config keys.
+pub fn mlm_specials(t: &crate::config::TokenizerConfig) -> Vec<(String, &'static str)> {
+    vec![
+        (t.cls_token.clone(), "tokenizer.cls_token"),
+        (t.sep_token.clone(), "tokenizer.sep_token"),
+        (t.mask_token.clone(), "tokenizer.mask_token"),
+    ]
+}
+
 pub fn instances(l: &Loaded) -> Vec<Instance> {
     let c = &l.config;
+    // Checked on the user's file, so errors name it (not the store's copy).
+    let required = if c.objective() == crate::config::Objective::Mlm {
+        mlm_specials(&c.tokenizer)
+    } else {
+        vec![]
+    };
     match &c.tokenizer.path {
         Some(p) => vec![Instance {
             stage: NAME,
             version: VERSION,
             label: String::new(),
-            params: json!({ "mode": "file", "eos_token": c.tokenizer.eos_token }),
+            params: if required.is_empty() {
+                json!({ "mode": "file", "eos_token": c.tokenizer.eos_token })
+            } else {
+                json!({ "mode": "file", "eos_token": c.tokenizer.eos_token, "required": required.iter().map(|r| &r.0).collect::<Vec<_>>() })
+            },
             inputs: vec![("tokenizer.path".into(), p.clone())],
             deps: vec![],
             exclusive: false,
             job: Box::new(CopyJob {
                 path: p.clone(),
                 eos: c.tokenizer.eos_token.clone(),
+                required,
             }),
         }],
         None => {
@@ -115,12 +135,17 @@ pub fn special_id(tok: &Tokenizer, token: &str, path: &Path, key: &str) -> Resul
 struct CopyJob {
     path: PathBuf,
     eos: String,
+    /// More special tokens the suite needs: (token, config key).
+    required: Vec<(String, &'static str)>,
 }
 
 impl Job for CopyJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let tok = load(&self.path)?;
         eos_id(&tok, &self.eos, &self.path)?;
+        for (token, key) in &self.required {
+            special_id(&tok, token, &self.path, key)?;
+        }
         let out = ctx.out.join(FILE);
         std::fs::copy(&self.path, &out).map_err(|e| StageError::io(&out, e))?;
         write_vocab(ctx.out, &tok)
