@@ -158,8 +158,9 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter_map(|n| n.strip_suffix(".svg").map(String::from))
         .collect();
-    // conv, 4 conditional panels, spread, baselines, cross-entropy.
-    assert_eq!(figures.len(), 8, "{figures:?}");
+    // conv, 5 conditional panels (frequency, PoS group, UPOS, XPOS,
+    // surprisal), spread, baselines, cross-entropy.
+    assert_eq!(figures.len(), 9, "{figures:?}");
     for f in &figures {
         for ext in ["png", "csv"] {
             assert!(dir.join(format!("figures/{f}.{ext}")).exists(), "{f}.{ext}");
@@ -277,4 +278,19 @@ fn bad_report_size_is_a_located_config_error() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_tagged_plain_text_corpus_gets_a_penn_tag_panel_and_no_empty_upos_panel() {
+    let p = Project::micro();
+    let cfg = hf_suite_config(&common::hf_models(), "[0, 300]")
+        .replace("path = \"text/eval.conllu\"", "path = \"text/b.txt\"");
+    p.write_config(&format!("{cfg}\n[aggregate]\nbootstrap = 0\n"));
+    p.ok(&["run"]);
+    let fig = p.store().join("report/current/figures");
+    // The built-in tagger gives Penn tags only: UPOS is all UNK.
+    assert!(fig.join("conv_by_xpos_tiny.svg").exists());
+    assert!(!fig.join("conv_by_upos_tiny.svg").exists());
+    let csv = std::fs::read_to_string(fig.join("conv_by_xpos_tiny.csv")).unwrap();
+    assert!(!csv.contains("\nUNK "), "{csv}");
 }

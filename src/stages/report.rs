@@ -29,10 +29,11 @@ pub const VERSION: u32 = 1;
 pub const HTML: &str = "report.html";
 
 /// The conditional panels: aggregate's `variable`, title, x-axis order.
-const PANELS: [(&str, &str); 4] = [
+const PANELS: [(&str, &str); 5] = [
     ("freq_bin", "target-token frequency in the training text"),
     ("pos_group", "part-of-speech group of the target"),
     ("upos", "universal PoS tag of the target"),
+    ("xpos", "Penn Treebank tag of the target"),
     ("surprisal_bin", "final surprisal of the target (nats)"),
 ];
 
@@ -724,7 +725,7 @@ impl ReportJob {
     ) -> Result<Vec<Block>, StageError> {
         let mut blocks = vec![
             Block::Heading("Conditional convergence".into()),
-            Block::Para(format!("Per seed pair the mean KL over the rows of each group, then the mean over pairs (aggregate/conv_by.parquet). Panels show the {} groups with most rows; \"few\" marks groups with fewer rows than aggregate.min_rows; every group is in conv_by.parquet.", self.cfg.max_levels)),
+            Block::Para(format!("Per seed pair the mean KL over the rows of each group, then the mean over pairs (aggregate/conv_by.parquet). Panels show the {} groups with most rows; \"few\" marks groups with fewer rows than aggregate.min_rows; UNK (no majority tag) is left out of the tag panels; every group is in conv_by.parquet.", self.cfg.max_levels)),
         ];
         let by = Table::read(&agg.join("conv_by.parquet"))?;
         let (size, step, var, level, conv, rows, few) = (
@@ -745,6 +746,8 @@ impl ReportJob {
                     e.1 |= few[i];
                     e.2.push((step[i].unwrap_or(0) as f64, conv[i]));
                 }
+                // A tag set that is all UNK (UPOS from the Penn-only tagger) is no panel.
+                levels.remove(crate::pos::UNK);
                 if levels.is_empty() {
                     continue;
                 }
