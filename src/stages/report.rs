@@ -25,7 +25,7 @@ use crate::stages::{aggregate, blimp_conv, corpus, icl_summary, kl, tokenizer};
 use crate::suite::Suite;
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HTML: &str = "report.html";
 
 /// The conditional panels: aggregate's `variable`, title, x-axis order.
