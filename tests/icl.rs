@@ -30,6 +30,16 @@ fn synthetic(seed: u64) -> Weights {
     w
 }
 
+/// The synthetic checkpoints as an external suite `models/syn-seed{s}/step0`.
+fn write_suite(p: &Project, seeds: &[u64]) {
+    for &s in seeds {
+        let dir = p.path().join(format!("models/syn-seed{s}/step0"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = seedconv::onnx::export::to_bytes(&SHAPE, &synthetic(s));
+        std::fs::write(dir.join("model.onnx"), bytes).unwrap();
+    }
+}
+
 /// −log p(target) at window position `pos`, softmax over the first 300
 /// logits (the kept vocabulary), float64.
 fn loss_at(w: &Weights, pos: usize, target: usize) -> f64 {
@@ -61,15 +71,7 @@ fn loss_at(w: &Weights, pos: usize, target: usize) -> f64 {
 fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
     let p = Project::micro();
     let seeds = [1u64, 2];
-    for s in seeds {
-        let dir = p.path().join(format!("models/syn-seed{s}/step0"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("model.onnx"),
-            seedconv::onnx::export::to_bytes(&SHAPE, &synthetic(s)),
-        )
-        .unwrap();
-    }
+    write_suite(&p, &seeds);
     let (pos, long, short, min) = (20usize, 16usize, 3usize, 24usize);
     p.write_config(&format!(
         "{}\n[suite]\nmodels = \"models/syn-seed{{seed}}/step{{step}}/model.onnx\"\nsizes = [\"syn\"]\nseeds = [1, 2]\nsteps = [0]\nvocab = 300\n\n[icl]\nposition = {pos}\nlong_context = {long}\nshort_context = {short}\nmin_tokens = {min}\nbatch_size = 2\n",
@@ -185,15 +187,7 @@ fn icl_settings_are_checked() {
 #[test]
 fn a_window_longer_than_an_external_models_context_is_a_one_line_error() {
     let p = Project::micro();
-    for s in [1u64, 2] {
-        let dir = p.path().join(format!("models/syn-seed{s}/step0"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("model.onnx"),
-            seedconv::onnx::export::to_bytes(&SHAPE, &synthetic(s)),
-        )
-        .unwrap();
-    }
+    write_suite(&p, &[1, 2]);
     // The micro corpus has 64-token windows; the models know 32 positions.
     p.write_config(&format!(
         "{}\n[suite]\nmodels = \"models/syn-seed{{seed}}/step{{step}}/model.onnx\"\nsizes = [\"syn\"]\nseeds = [1, 2]\nsteps = [0]\nvocab = 300\n",
