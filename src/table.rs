@@ -2,11 +2,12 @@
 //! provenance in the file's key-value metadata so that a file copied out of
 //! the store still says where it came from.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::Schema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -105,4 +106,60 @@ pub fn source_name(path: &Path) -> String {
     path.file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default()
+}
+
+/// A tidy table filled row by row: each call appends to a column, created
+/// on first use (columns keep that order); `batch` builds the Arrow table.
+#[derive(Default)]
+pub struct Columns {
+    names: Vec<&'static str>,
+    data: BTreeMap<&'static str, Col>,
+}
+
+enum Col {
+    S(Vec<String>),
+    U(Vec<u32>),
+    F(Vec<f64>),
+}
+
+impl Columns {
+    fn col(&mut self, name: &'static str, empty: Col) -> &mut Col {
+        if !self.data.contains_key(name) {
+            self.names.push(name);
+        }
+        self.data.entry(name).or_insert(empty)
+    }
+    pub fn s(&mut self, name: &'static str, v: &str) -> &mut Self {
+        if let Col::S(c) = self.col(name, Col::S(vec![])) {
+            c.push(v.to_string());
+        }
+        self
+    }
+    pub fn u(&mut self, name: &'static str, v: u32) -> &mut Self {
+        if let Col::U(c) = self.col(name, Col::U(vec![])) {
+            c.push(v);
+        }
+        self
+    }
+    pub fn f(&mut self, name: &'static str, v: f64) -> &mut Self {
+        if let Col::F(c) = self.col(name, Col::F(vec![])) {
+            c.push(v);
+        }
+        self
+    }
+    pub fn batch(&self) -> Result<RecordBatch, StageError> {
+        let cols: Vec<(&str, ArrayRef)> = self
+            .names
+            .iter()
+            .map(|n| {
+                let a: ArrayRef = match &self.data[n] {
+                    Col::S(v) => Arc::new(StringArray::from(v.clone())),
+                    Col::U(v) => Arc::new(UInt32Array::from(v.clone())),
+                    Col::F(v) => Arc::new(Float64Array::from(v.clone())),
+                };
+                (*n, a)
+            })
+            .collect();
+        Ok(RecordBatch::try_from_iter(cols)?)
+    }
 }

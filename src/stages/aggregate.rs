@@ -135,6 +135,12 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     )
 }
 
+/// Mean, standard error (SD ddof 1 / √n) and n of a sample.
+pub fn mean_se(v: &[f64]) -> (f64, f64, u32) {
+    let (m, sd) = mean_sd(v);
+    (m, sd / (v.len() as f64).sqrt(), v.len() as u32)
+}
+
 /// Quantiles of conv(row) across contexts reported in `conv.parquet`.
 pub const SPREAD_QUANTILES: [(f64, &str); 5] = [
     (0.05, "q05"),
@@ -587,6 +593,14 @@ fn conditional(lf: LazyFrame, level: Expr, variable: &str) -> Result<DataFrame, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_and_standard_error() {
+        let (m, se, n) = mean_se(&[1.0, 2.0, 3.0, 6.0]);
+        assert_eq!((m, n), (3.0, 4));
+        // SD (ddof 1) = √(14/3); SE = SD/2.
+        assert!((se - (14.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-15);
+    }
 
     #[test]
     fn conv_stats_match_hand_computed_values() {

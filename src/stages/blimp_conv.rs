@@ -8,17 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array,
-};
+use arrow::array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
 use serde_json::json;
 
 use crate::config::Loaded;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::stages::aggregate::mean_sd;
+use crate::stages::aggregate::{mean_sd, mean_se};
 use crate::stages::blimp;
 use crate::suite::Suite;
 use crate::table;
@@ -101,9 +98,9 @@ impl Job for BlimpConvJob {
             }
         }
 
-        let mut acc = Cols::default();
-        let mut par = Cols::default();
-        let mut conv = Cols::default();
+        let mut acc = table::Columns::default();
+        let mut par = table::Columns::default();
+        let mut conv = table::Columns::default();
         for ((size, step), paradigms) in &cells {
             let mut kls: [Vec<f64>; 2] = [vec![], vec![]];
             let mut per_seed_acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -155,14 +152,11 @@ impl Job for BlimpConvJob {
             let seed_means: Vec<f64> = per_seed_acc.values().map(|v| mean_sd(v).0).collect();
             let (acc_mean, acc_sd) = mean_sd(&seed_means);
             for (k, ordering) in ["ordered", "unordered"].iter().enumerate() {
-                let (m, sd) = mean_sd(&kls[k]);
-                let n = kls[k].len();
+                let (m, se, n) = mean_se(&kls[k]);
                 conv.s("size", size)
                     .u("step", *step)
                     .s("ordering", ordering);
-                conv.f("conv", -m)
-                    .f("se", sd / (n as f64).sqrt())
-                    .u("n", n as u32);
+                conv.f("conv", -m).f("se", se).u("n", n);
                 conv.f("accuracy", acc_mean).f("accuracy_sd_seeds", acc_sd);
             }
         }
@@ -171,61 +165,6 @@ impl Job for BlimpConvJob {
         table::write(&ctx.out.join("paradigms.parquet"), &par.batch()?, &meta_kv)?;
         table::write(&ctx.out.join("conv.parquet"), &conv.batch()?, &meta_kv)?;
         Ok(json!({ "points": cells.len(), "paradigms": meta.len() }))
-    }
-}
-
-/// Columns filled row by row, in first-use order (a tidy table builder).
-#[derive(Default)]
-struct Cols {
-    names: Vec<&'static str>,
-    data: BTreeMap<&'static str, Col>,
-}
-
-enum Col {
-    S(Vec<String>),
-    U(Vec<u32>),
-    F(Vec<f64>),
-}
-
-impl Cols {
-    fn col(&mut self, name: &'static str, empty: Col) -> &mut Col {
-        if !self.data.contains_key(name) {
-            self.names.push(name);
-        }
-        self.data.entry(name).or_insert(empty)
-    }
-    fn s(&mut self, name: &'static str, v: &str) -> &mut Self {
-        if let Col::S(c) = self.col(name, Col::S(vec![])) {
-            c.push(v.to_string());
-        }
-        self
-    }
-    fn u(&mut self, name: &'static str, v: u32) -> &mut Self {
-        if let Col::U(c) = self.col(name, Col::U(vec![])) {
-            c.push(v);
-        }
-        self
-    }
-    fn f(&mut self, name: &'static str, v: f64) -> &mut Self {
-        if let Col::F(c) = self.col(name, Col::F(vec![])) {
-            c.push(v);
-        }
-        self
-    }
-    fn batch(&self) -> Result<RecordBatch, StageError> {
-        let cols: Vec<(&str, ArrayRef)> = self
-            .names
-            .iter()
-            .map(|n| {
-                let a: ArrayRef = match &self.data[n] {
-                    Col::S(v) => Arc::new(StringArray::from(v.clone())),
-                    Col::U(v) => Arc::new(UInt32Array::from(v.clone())),
-                    Col::F(v) => Arc::new(Float64Array::from(v.clone())),
-                };
-                (*n, a)
-            })
-            .collect();
-        Ok(RecordBatch::try_from_iter(cols)?)
     }
 }
 
