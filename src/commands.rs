@@ -13,7 +13,7 @@ use crate::cli::{GcArgs, RunArgs, ShowArgs};
 use crate::config::{self, Loaded};
 use crate::engine::hashcache::hash_file;
 use crate::engine::store::{EntryLock, MANIFEST};
-use crate::engine::{Engine, Outcome, Plan, Reporter, RunOptions, Verdict};
+use crate::engine::{Engine, Outcome, Plan, Reason, Reporter, RunOptions, Verdict};
 use crate::error::ConfigError;
 use crate::stages;
 
@@ -207,7 +207,7 @@ fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
             Verdict::Fresh(_) => fresh += 1,
             Verdict::Stale(why) => {
                 would += 1;
-                writeln!(out, "would run {}: {}", inst.id(), why.join("; "))?;
+                writeln!(out, "would run {}: {}", inst.id(), joined(why))?;
             }
             Verdict::Pending { upstream, changes } if changes.is_empty() => {
                 may += 1;
@@ -224,7 +224,7 @@ fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
                     out,
                     "would run {}: {} (after {})",
                     inst.id(),
-                    changes.join("; "),
+                    joined(changes),
                     upstream.join(", ")
                 )?;
             }
@@ -232,6 +232,14 @@ fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
     }
     writeln!(out, "{would} would run, {may} may run, {fresh} fresh")?;
     Ok(())
+}
+
+/// Reasons as one line.
+fn joined(why: &[Reason]) -> String {
+    why.iter()
+        .map(Reason::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub fn status(s: &Session) -> Result<()> {
@@ -250,13 +258,13 @@ pub fn status(s: &Session) -> Result<()> {
         };
         let (state, reason, slot) = match v {
             Verdict::Fresh(_) => ("fresh", String::new(), 0),
-            Verdict::Stale(why) if why.len() == 1 && why[0] == "never run" => {
-                ("missing", why[0].clone(), 2)
+            Verdict::Stale(why) if why.len() == 1 && why[0] == Reason::NeverRun => {
+                ("missing", why[0].to_string(), 2)
             }
-            Verdict::Stale(why) => ("stale", why.join("; "), 1),
+            Verdict::Stale(why) => ("stale", joined(why), 1),
             Verdict::Pending { upstream, changes } => {
                 let mut why = vec![format!("waits on {}", upstream.join(", "))];
-                why.extend(changes.iter().cloned());
+                why.extend(changes.iter().map(Reason::to_string));
                 ("pending", why.join("; "), 3)
             }
         };

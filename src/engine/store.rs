@@ -13,13 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use super::fsutil::{sync_dir, tmp_sibling, write_atomic};
 use super::hashcache::{hash_file, HashCache, Stamp};
 use crate::error::EngineError;
 
@@ -97,18 +96,6 @@ pub struct Store {
     pub root: PathBuf,
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A unique temporary sibling name for `path`.
-pub fn tmp_sibling(path: &Path) -> PathBuf {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
 /// Where an output appears in the `current` view: as it is for a
 /// single-instance stage; `<label>.<file>` for flat outputs of a multi-instance
 /// stage (so `current/*.parquet` globs them); `<label>/<path>` for outputs in
@@ -121,22 +108,6 @@ pub fn view_name(label: &str, name: &str) -> String {
     } else {
         format!("{label}.{name}")
     }
-}
-
-/// Write a small file atomically: temp file, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let tmp = tmp_sibling(path);
-    let res = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res.map_err(|e| EngineError::io(path, e))
 }
 
 /// Relative paths (with `/`) of every regular file under `dir`; every
@@ -155,10 +126,6 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> std::io::Re
         }
     }
     Ok(())
-}
-
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Exclusive per-entry lock. Dropping it deletes the lock file, then unlocks.

@@ -1,0 +1,152 @@
+//! Computing one instance: claim its entry (reuse it if valid, else take
+//! its lock), then run its job into a temp folder and commit it. Every
+//! executor computes instances through these two calls, so a key, a lock and
+//! an entry mean the same whoever schedules the work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::job::{Instance, JobCtx};
+use super::scheduler::Outcome;
+use super::store::{self, EntryLock, EntryState, Ingredients, Manifest};
+use super::Engine;
+use crate::error::{EngineError, StageError};
+
+/// An instance whose entry must be computed, with its entry lock held.
+pub struct Claim {
+    ing: Ingredients,
+    key: String,
+    _lock: EntryLock,
+}
+
+impl Engine {
+    /// Reuse the instance's valid entry (unless `forced`), or lock the entry
+    /// for computing. `upstream`: the manifests of its upstream instances.
+    pub fn claim(
+        &self,
+        inst: &Instance,
+        inputs: &BTreeMap<String, String>,
+        upstream: &[(String, Box<Manifest>)],
+        forced: bool,
+    ) -> Result<Claim, Outcome> {
+        let up_hashes = upstream
+            .iter()
+            .map(|(id, m)| (id.clone(), m.output_hash.clone()))
+            .collect();
+        let ing = Self::ingredients(inst, inputs, up_hashes);
+        let key = ing.key();
+        if !forced {
+            if let EntryState::Valid(m) = self.store.check(inst.stage, &key, &self.memo) {
+                // A lock file beside a valid entry is left by a process killed
+                // between its commit and its cleanup; remove it unless held.
+                let lock = self.store.lock_path(inst.stage, &key);
+                if lock.exists() {
+                    if let Ok(Some(l)) = EntryLock::try_acquire(&lock) {
+                        drop(l);
+                    }
+                }
+                return Err(Outcome::Reused(m));
+            }
+        }
+        let sdir = self.store.stage_dir(inst.stage);
+        if let Err(e) = std::fs::create_dir_all(&sdir) {
+            return Err(Outcome::Failed(format!("{}: {e}", sdir.display())));
+        }
+        let lock = EntryLock::acquire(&self.store.lock_path(inst.stage, &key))
+            .map_err(|e| Outcome::Failed(e.to_string()))?;
+        // Another process may have computed it while we waited for the lock.
+        if !forced {
+            if let EntryState::Valid(m) = self.store.check(inst.stage, &key, &self.memo) {
+                return Err(Outcome::Reused(m));
+            }
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Outcome::Cancelled);
+        }
+        Ok(Claim {
+            ing,
+            key,
+            _lock: lock,
+        })
+    }
+
+    /// Run a claimed instance's job with `threads` and commit its entry;
+    /// the claim's lock is released when this returns.
+    pub fn compute(
+        &self,
+        inst: &Instance,
+        claim: Claim,
+        upstream: &[(String, Box<Manifest>)],
+        threads: usize,
+    ) -> Outcome {
+        let Claim { ing, key, _lock } = claim;
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let t0 = Instant::now();
+        let tmp = match self.store.fresh_tmp(inst.stage, &key) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let up_dirs: HashMap<String, (PathBuf, PathBuf)> = upstream
+            .iter()
+            .map(|(id, m)| {
+                (
+                    id.clone(),
+                    (
+                        self.store.entry_dir(&m.stage, &m.key),
+                        self.store.scratch_dir(&m.stage, &m.key),
+                    ),
+                )
+            })
+            .collect();
+        let up_outputs: HashMap<String, &BTreeMap<String, store::OutputFile>> = upstream
+            .iter()
+            .map(|(id, m)| (id.clone(), &m.outputs))
+            .collect();
+        let ctx = JobCtx {
+            out: &tmp,
+            scratch: self.store.scratch_dir(inst.stage, &key),
+            threads,
+            upstream: &up_dirs,
+            upstream_outputs: &up_outputs,
+            inputs: &ing.inputs,
+            cancel: &self.cancel,
+        };
+        let result = inst.job.run(&ctx);
+        let finish = |extra: serde_json::Value| -> Result<Box<Manifest>, EngineError> {
+            let (outputs, stamps) = self.store.seal_outputs(&tmp)?;
+            let manifest = Manifest {
+                seedconv_version: env!("CARGO_PKG_VERSION").to_string(),
+                stage: inst.stage.to_string(),
+                label: inst.label.clone(),
+                key: key.clone(),
+                output_hash: store::output_hash(&outputs),
+                ingredients: ing,
+                input_paths: inst.inputs.iter().cloned().collect(),
+                outputs,
+                started_unix: started,
+                seconds: t0.elapsed().as_secs_f64(),
+                pid: std::process::id(),
+                extra,
+            };
+            self.store.commit(&tmp, &manifest, &stamps, &self.memo)?;
+            Ok(Box::new(manifest))
+        };
+        let outcome = match result {
+            Ok(extra) if !self.cancel.load(Ordering::Relaxed) => match finish(extra) {
+                Ok(m) => Outcome::Computed(m),
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+            Ok(_) | Err(StageError::Cancelled) => Outcome::Cancelled,
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        if !matches!(outcome, Outcome::Computed(_)) {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        outcome
+    }
+}

@@ -1,0 +1,139 @@
+//! What a stage hands the engine: instances (a name, a version, key
+//! parameters, input files, upstream instances) and the job each runs, and
+//! what a running job sees of the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::store;
+use crate::error::StageError;
+
+/// The work of one stage instance.
+pub trait Job: Send + Sync {
+    /// Write outputs into `ctx.out`. Return stage-specific facts for the
+    /// manifest (`null` if none).
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError>;
+}
+
+/// What a running job sees.
+pub struct JobCtx<'a> {
+    /// Temporary output folder; the engine moves it into the store.
+    pub out: &'a Path,
+    /// Folder for evictable intermediates of this instance (not outputs: not
+    /// in the manifest, not hashed; whoever reads them must verify them).
+    /// Keyed like the entry, created on demand, removed by `gc`.
+    pub scratch: PathBuf,
+    /// Threads this job may use.
+    pub threads: usize,
+    pub(super) upstream: &'a HashMap<String, (PathBuf, PathBuf)>,
+    /// Output files of each upstream instance, with their hashes.
+    pub(super) upstream_outputs: &'a HashMap<String, &'a BTreeMap<String, store::OutputFile>>,
+    /// blake3 of each named input file (hashed for the key already).
+    pub(super) inputs: &'a BTreeMap<String, String>,
+    pub(super) cancel: &'a AtomicBool,
+}
+
+impl JobCtx<'_> {
+    /// Entry folder of an upstream instance.
+    pub fn upstream(&self, stage: &str, label: &str) -> Result<&Path, StageError> {
+        let id = instance_id(stage, label);
+        self.upstream
+            .get(&id)
+            .map(|p| p.0.as_path())
+            .ok_or_else(|| StageError::Other(format!("upstream {id} is not a declared dependency")))
+    }
+    /// Scratch folder of an upstream instance (may not exist).
+    pub fn upstream_scratch(&self, stage: &str, label: &str) -> Result<&Path, StageError> {
+        let id = instance_id(stage, label);
+        self.upstream
+            .get(&id)
+            .map(|p| p.1.as_path())
+            .ok_or_else(|| StageError::Other(format!("upstream {id} is not a declared dependency")))
+    }
+    /// blake3 of a named input file, as the key used it.
+    pub fn input_hash(&self, name: &str) -> Option<&str> {
+        self.inputs.get(name).map(String::as_str)
+    }
+    /// blake3 of an output file `rel` of an upstream instance, from its manifest.
+    pub fn upstream_output_hash(&self, stage: &str, label: &str, rel: &str) -> Option<&str> {
+        self.upstream_outputs
+            .get(&instance_id(stage, label))
+            .and_then(|o| o.get(rel))
+            .map(|f| f.blake3.as_str())
+    }
+    /// Return `Err(Cancelled)` once Ctrl-C was pressed; jobs call this
+    /// between units of work.
+    pub fn check_cancel(&self) -> Result<(), StageError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One node of the plan.
+pub struct Instance {
+    pub stage: &'static str,
+    pub version: u32,
+    /// Unique within the stage; "" for single-instance stages. Used in file
+    /// names of the `current` view, so only `[A-Za-z0-9._=-]`.
+    pub label: String,
+    pub params: serde_json::Value,
+    /// Named input files whose content is part of the key.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Upstream instances as (stage, label).
+    pub deps: Vec<(&'static str, String)>,
+    /// Uses every core by itself (e.g. training): runs while nothing else
+    /// computes, since two such jobs sharing the cores are slower than one
+    /// after the other.
+    pub exclusive: bool,
+    pub job: Box<dyn Job>,
+}
+
+pub fn instance_id(stage: &str, label: &str) -> String {
+    if label.is_empty() {
+        stage.to_string()
+    } else {
+        format!("{stage}[{label}]")
+    }
+}
+
+impl Instance {
+    /// An instance whose key parameters are `params`, with no inputs or
+    /// upstream yet (see `inputs`, `deps`, `exclusive`).
+    pub fn new(
+        stage: &'static str,
+        version: u32,
+        label: impl Into<String>,
+        params: serde_json::Value,
+        job: Box<dyn Job>,
+    ) -> Instance {
+        Instance {
+            stage,
+            version,
+            label: label.into(),
+            params,
+            inputs: vec![],
+            deps: vec![],
+            exclusive: false,
+            job,
+        }
+    }
+    pub fn inputs(mut self, inputs: Vec<(String, PathBuf)>) -> Instance {
+        self.inputs = inputs;
+        self
+    }
+    pub fn deps(mut self, deps: Vec<(&'static str, String)>) -> Instance {
+        self.deps = deps;
+        self
+    }
+    pub fn exclusive(mut self) -> Instance {
+        self.exclusive = true;
+        self
+    }
+    pub fn id(&self) -> String {
+        instance_id(self.stage, &self.label)
+    }
+}

@@ -1,0 +1,128 @@
+//! The plan: stage instances checked (labels, unique ids, known
+//! dependencies, no cycle) and put in topological order.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use super::job::{instance_id, Instance};
+use crate::error::EngineError;
+
+/// A validated DAG of instances in topological order.
+pub struct Plan {
+    pub instances: Vec<Instance>,
+    /// Stage names in declaration order.
+    pub stages: Vec<&'static str>,
+    /// Upstream instances of each instance, as indices.
+    pub(super) deps: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    /// Check labels, resolve dependencies and order the instances.
+    pub fn new(instances: Vec<Instance>) -> Result<Plan, EngineError> {
+        let mut index = HashMap::new();
+        let mut stages = Vec::new();
+        for (i, inst) in instances.iter().enumerate() {
+            if !inst
+                .label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._=-".contains(c))
+            {
+                return Err(EngineError::Plan(format!("bad label in {}", inst.id())));
+            }
+            if index.insert(inst.id(), i).is_some() {
+                return Err(EngineError::Plan(format!(
+                    "duplicate instance {}",
+                    inst.id()
+                )));
+            }
+            if !stages.contains(&inst.stage) {
+                stages.push(inst.stage);
+            }
+        }
+        let mut deps = Vec::with_capacity(instances.len());
+        for inst in &instances {
+            let mut d = Vec::new();
+            for (s, l) in &inst.deps {
+                let id = instance_id(s, l);
+                match index.get(&id) {
+                    Some(&j) => d.push(j),
+                    None => {
+                        return Err(EngineError::Plan(format!(
+                            "{} depends on unknown instance {id}",
+                            inst.id()
+                        )))
+                    }
+                }
+            }
+            deps.push(d);
+        }
+        // Kahn's algorithm; a leftover node means a cycle.
+        let n = instances.len();
+        let mut indeg: Vec<usize> = deps.iter().map(|d| d.len()).collect();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, d) in deps.iter().enumerate() {
+            for &j in d {
+                dependents[j].push(i);
+            }
+        }
+        // Among free nodes take the earliest declared, so instances keep the
+        // order their stage listed them in (e.g. grouped by size and step).
+        let mut queue: BinaryHeap<Reverse<usize>> =
+            (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(Reverse(i)) = queue.pop() {
+            order.push(i);
+            for &k in &dependents[i] {
+                indeg[k] -= 1;
+                if indeg[k] == 0 {
+                    queue.push(Reverse(k));
+                }
+            }
+        }
+        if order.len() != n {
+            return Err(EngineError::Plan("dependency cycle".into()));
+        }
+        // Re-index in topological order.
+        let mut pos = vec![0; n];
+        for (new, &old) in order.iter().enumerate() {
+            pos[old] = new;
+        }
+        let mut slots: Vec<Option<Instance>> = instances.into_iter().map(Some).collect();
+        let instances: Vec<Instance> = order.iter().map(|&o| slots[o].take().unwrap()).collect();
+        let deps = order
+            .iter()
+            .map(|&o| deps[o].iter().map(|&j| pos[j]).collect())
+            .collect();
+        Ok(Plan {
+            instances,
+            stages,
+            deps,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// Indices of the instances of `stages` and everything upstream of them.
+    pub fn closure(&self, stages: &[String]) -> Vec<bool> {
+        let mut sel = vec![stages.is_empty(); self.len()];
+        if stages.is_empty() {
+            return sel;
+        }
+        for i in (0..self.len()).rev() {
+            if stages.iter().any(|s| s == self.instances[i].stage) {
+                sel[i] = true;
+            }
+            if sel[i] {
+                for &j in &self.deps[i] {
+                    sel[j] = true;
+                }
+            }
+        }
+        sel
+    }
+}

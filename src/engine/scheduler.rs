@@ -1,0 +1,306 @@
+//! Running a plan: which instances run, in what order, on what. An
+//! [`Executor`] decides where and when each selected instance is computed
+//! (each through [`Engine::claim`] and [`Engine::compute`]); the engine
+//! then records what ended how. [`Local`] is the executor of one machine: a
+//! pool of threads, consumers first.
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::Instant;
+
+use super::job::Instance;
+use super::plan::Plan;
+use super::store::Manifest;
+use super::Engine;
+use crate::error::EngineError;
+
+/// Options of `run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub targets: Vec<String>,
+    pub force: Vec<String>,
+    pub jobs: usize,
+}
+
+/// How one instance ended in a run.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Reused(Box<Manifest>),
+    Computed(Box<Manifest>),
+    Failed(String),
+    Skipped(String),
+    Cancelled,
+}
+
+/// Summary of a run.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub computed: usize,
+    pub reused: usize,
+    pub failed: Vec<String>,
+    pub skipped: usize,
+    pub cancelled: bool,
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+/// Progress and log lines; implemented by the CLI (bars or tracing).
+pub trait Reporter: Send + Sync {
+    fn start(&self, _total: usize) {}
+    fn begin(&self, _id: &str) {}
+    fn done(&self, _id: &str, _outcome: &Outcome, _seconds: f64) {}
+    fn finish(&self) {}
+}
+
+/// A reporter that says nothing (benchmarks, tests).
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// What an executor is asked to run.
+pub struct Work<'a> {
+    pub plan: &'a Plan,
+    /// Which instances are selected (the targets and their upstream).
+    pub sel: &'a [bool],
+    /// Each instance's input-file hashes (empty when not selected).
+    pub inputs: &'a [BTreeMap<String, String>],
+    /// Stages whose instances are recomputed even when fresh.
+    pub force: &'a [String],
+}
+
+/// Where and when instances are computed.
+pub trait Executor {
+    /// Compute the selected instances of `work`, each after its upstream;
+    /// return every selected instance's outcome (None where not selected).
+    fn execute(
+        &self,
+        engine: &Engine,
+        work: &Work,
+        reporter: &dyn Reporter,
+    ) -> Vec<Option<Outcome>>;
+}
+
+/// This machine: `jobs` threads; an `exclusive` instance (training) runs
+/// while nothing else computes, since two such jobs sharing the cores are
+/// slower than one after the other.
+pub struct Local {
+    pub jobs: usize,
+    /// Held shared while an instance computes, exclusively by `exclusive` ones.
+    cores: RwLock<()>,
+}
+
+struct Shared {
+    /// Ready instances, deepest (latest in topological order) first, so a
+    /// consumer runs as soon as its inputs exist and evictable intermediates
+    /// do not pile up.
+    ready: BinaryHeap<usize>,
+    outcomes: Vec<Option<Outcome>>,
+    waiting: Vec<usize>,
+    in_flight: usize,
+    remaining: usize,
+}
+impl Local {
+    pub fn new(jobs: usize) -> Local {
+        Local {
+            jobs: jobs.max(1),
+            cores: RwLock::new(()),
+        }
+    }
+
+    fn run_one(
+        &self,
+        engine: &Engine,
+        inst: &Instance,
+        inputs: &BTreeMap<String, String>,
+        upstream: &[(String, Box<Manifest>)],
+        forced: bool,
+        reporter: &dyn Reporter,
+    ) -> Outcome {
+        let claim = match engine.claim(inst, inputs, upstream, forced) {
+            Ok(c) => c,
+            Err(done) => return done,
+        };
+        let _cores = if inst.exclusive {
+            (
+                None,
+                Some(self.cores.write().unwrap_or_else(|e| e.into_inner())),
+            )
+        } else {
+            (
+                Some(self.cores.read().unwrap_or_else(|e| e.into_inner())),
+                None,
+            )
+        };
+        reporter.begin(&inst.id());
+        let threads = if inst.exclusive {
+            rayon::current_num_threads()
+        } else {
+            rayon::current_num_threads().div_ceil(self.jobs).max(1)
+        };
+        engine.compute(inst, claim, upstream, threads)
+    }
+}
+
+impl Executor for Local {
+    fn execute(
+        &self,
+        engine: &Engine,
+        work: &Work,
+        reporter: &dyn Reporter,
+    ) -> Vec<Option<Outcome>> {
+        let plan = work.plan;
+        let n = plan.len();
+        let mut dependents = vec![Vec::new(); n];
+        let mut waiting = vec![0usize; n];
+        for i in 0..n {
+            if !work.sel[i] {
+                continue;
+            }
+            for &j in &plan.deps[i] {
+                dependents[j].push(i);
+                waiting[i] += 1;
+            }
+        }
+        let total = work.sel.iter().filter(|&&s| s).count();
+        let shared = Mutex::new(Shared {
+            ready: (0..n).filter(|&i| work.sel[i] && waiting[i] == 0).collect(),
+            outcomes: vec![None; n],
+            waiting,
+            in_flight: 0,
+            remaining: total,
+        });
+        let cv = Condvar::new();
+        let jobs = self.jobs;
+        reporter.start(total);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.min(total.max(1)) {
+                scope.spawn(|| loop {
+                    let i = {
+                        let mut s = shared.lock().unwrap();
+                        loop {
+                            if s.remaining == 0 {
+                                return;
+                            }
+                            if let Some(i) = s.ready.pop() {
+                                s.in_flight += 1;
+                                break i;
+                            }
+                            s = cv.wait(s).unwrap();
+                        }
+                    };
+                    let inst = &plan.instances[i];
+                    let upstream: Option<Vec<(String, Box<Manifest>)>> = {
+                        let s = shared.lock().unwrap();
+                        plan.deps[i]
+                            .iter()
+                            .map(|&j| match &s.outcomes[j] {
+                                Some(Outcome::Reused(m)) | Some(Outcome::Computed(m)) => {
+                                    Some((plan.instances[j].id(), m.clone()))
+                                }
+                                _ => None,
+                            })
+                            .collect()
+                    };
+                    let t0 = Instant::now();
+                    let outcome = match upstream {
+                        _ if engine.cancel.load(Ordering::Relaxed) => Outcome::Cancelled,
+                        None => Outcome::Skipped("an upstream instance did not finish".into()),
+                        Some(up) => {
+                            let forced = work.force.iter().any(|f| f == inst.stage);
+                            self.run_one(engine, inst, &work.inputs[i], &up, forced, reporter)
+                        }
+                    };
+                    reporter.done(&inst.id(), &outcome, t0.elapsed().as_secs_f64());
+                    let mut s = shared.lock().unwrap();
+                    s.outcomes[i] = Some(outcome);
+                    s.in_flight -= 1;
+                    s.remaining -= 1;
+                    for &k in &dependents[i] {
+                        s.waiting[k] -= 1;
+                        if s.waiting[k] == 0 {
+                            s.ready.push(k);
+                        }
+                    }
+                    cv.notify_all();
+                });
+            }
+        });
+        shared.into_inner().unwrap().outcomes
+    }
+}
+
+impl Engine {
+    /// Run what is stale among the selected instances on this machine,
+    /// `opts.jobs` at a time.
+    pub fn run(
+        &self,
+        plan: &Plan,
+        opts: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
+        self.run_with(&Local::new(opts.jobs), plan, opts, reporter)
+    }
+
+    /// Run what is stale among the selected instances on `executor`, then
+    /// record each computed or reused entry as current.
+    pub fn run_with(
+        &self,
+        executor: &dyn Executor,
+        plan: &Plan,
+        opts: &RunOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
+        for s in opts.targets.iter().chain(&opts.force) {
+            if !plan.stages.iter().any(|p| p == s) {
+                return Err(EngineError::Plan(format!(
+                    "unknown stage {s} (stages: {})",
+                    plan.stages.join(", ")
+                )));
+            }
+        }
+        let sel = plan.closure(&opts.targets);
+        let inputs = self.input_hashes(plan, &sel)?;
+        let work = Work {
+            plan,
+            sel: &sel,
+            inputs: &inputs,
+            force: &opts.force,
+        };
+        let outcomes = executor.execute(self, &work, reporter);
+        reporter.finish();
+        let mut report = RunReport::default();
+        let mut updates: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            let Some(o) = o else { continue };
+            let inst = &plan.instances[i];
+            match &o {
+                Outcome::Reused(m) | Outcome::Computed(m) => {
+                    if matches!(o, Outcome::Reused(_)) {
+                        report.reused += 1;
+                    } else {
+                        report.computed += 1;
+                    }
+                    updates
+                        .entry(inst.stage)
+                        .or_default()
+                        .insert(inst.label.clone(), m.key.clone());
+                }
+                Outcome::Failed(e) => report.failed.push(format!("{}: {e}", inst.id())),
+                Outcome::Skipped(_) => report.skipped += 1,
+                Outcome::Cancelled => report.cancelled = true,
+            }
+            report.outcomes.push((inst.id(), o));
+        }
+        // Labels the plan no longer has are dropped from the index.
+        for (stage, up) in &updates {
+            let labels: BTreeSet<String> = plan
+                .instances
+                .iter()
+                .filter(|x| x.stage == *stage)
+                .map(|x| x.label.clone())
+                .collect();
+            self.store.update_index(stage, up, Some(&labels))?;
+        }
+        self.memo.save()?;
+        Ok(report)
+    }
+}
