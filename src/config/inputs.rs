@@ -1,0 +1,290 @@
+//! The inputs: the store, the training text, the tokenizer, the evaluation
+//! corpus and the frequency counts.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, Config};
+use crate::error::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Artefact store folder.
+    #[serde(default = "default_store_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: default_store_dir(),
+        }
+    }
+}
+
+fn default_store_dir() -> PathBuf {
+    PathBuf::from("stages")
+}
+
+/// Text formats seedconv reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextFormat {
+    /// Decide from the file extension (`.txt`, `.jsonl`, `.conllu`).
+    Auto,
+    /// One document per line; blank lines are skipped.
+    Txt,
+    /// The whole file is one text whose documents are separated by the
+    /// tokenizer's EOS literal (`<|endoftext|>`), as in the paper's sample.
+    Raw,
+    /// One JSON object per line; the document is its `text_field`.
+    Jsonl,
+    /// CoNLL-U: documents from `# newdoc`, text from `# text`.
+    Conllu,
+}
+
+/// Training text shared by the tokenizer trainer, the frequency counts and
+/// (later) the built-in model trainer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainCorpusConfig {
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    #[serde(default = "default_format")]
+    pub format: TextFormat,
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+}
+
+impl Default for TrainCorpusConfig {
+    fn default() -> Self {
+        TrainCorpusConfig {
+            files: Vec::new(),
+            format: default_format(),
+            text_field: default_text_field(),
+        }
+    }
+}
+
+fn default_format() -> TextFormat {
+    TextFormat::Auto
+}
+fn default_text_field() -> String {
+    "text".into()
+}
+
+/// Either an existing `tokenizer.json` (`path`) or a byte-level BPE trained on
+/// the training corpus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// An existing Hugging Face `tokenizer.json`; when set, nothing is trained.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "default_min_frequency")]
+    pub min_frequency: u64,
+    /// Document separator, also used as BOS and EOS (Pythia's convention).
+    #[serde(default = "default_eos")]
+    pub eos_token: String,
+    /// More special tokens for a trained tokenizer (masked-LM suites need
+    /// `["[CLS]", "[SEP]", "[MASK]"]`).
+    #[serde(default)]
+    pub extra_special_tokens: Vec<String>,
+    /// Masked-LM special tokens (used only by masked-LM suites).
+    #[serde(default = "default_cls")]
+    pub cls_token: String,
+    #[serde(default = "default_sep")]
+    pub sep_token: String,
+    #[serde(default = "default_mask")]
+    pub mask_token: String,
+}
+
+fn default_cls() -> String {
+    "[CLS]".into()
+}
+fn default_sep() -> String {
+    "[SEP]".into()
+}
+fn default_mask() -> String {
+    "[MASK]".into()
+}
+
+/// What a suite's models predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The next token (GPT-style).
+    #[default]
+    Causal,
+    /// Masked tokens (BERT-style; 15% masking, 80/10/10).
+    Mlm,
+}
+
+/// How a masked LM's distribution at a position is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlmScoring {
+    /// The MLM head at every visible position of the unmasked text (the
+    /// authors' code).
+    Unmasked,
+    /// Each position masked in its own copy of the sequence (the
+    /// pseudo-log-likelihood reading).
+    Masked,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            path: None,
+            vocab_size: default_vocab_size(),
+            min_frequency: default_min_frequency(),
+            eos_token: default_eos(),
+            extra_special_tokens: vec![],
+            cls_token: default_cls(),
+            sep_token: default_sep(),
+            mask_token: default_mask(),
+        }
+    }
+}
+
+fn default_vocab_size() -> usize {
+    4096
+}
+fn default_min_frequency() -> u64 {
+    2
+}
+fn default_eos() -> String {
+    "<|endoftext|>".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorpusMode {
+    /// The paper's protocol: one token stream, sliding windows with stride W/2.
+    Stream,
+    /// Each document is its own sequence, windowed at W.
+    Documents,
+    /// Masked-LM suites: each document alone as `[CLS] … [SEP]`, split into
+    /// chunks of at most W tokens (specials included); a row per document token.
+    Mlm,
+}
+
+/// The evaluation text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_format")]
+    pub format: TextFormat,
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    #[serde(default = "default_mode")]
+    pub mode: CorpusMode,
+    /// Window length W in tokens (the model's context); stride is W/2.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Keep only the first N documents (0 = all).
+    #[serde(default)]
+    pub max_documents: usize,
+}
+
+fn default_mode() -> CorpusMode {
+    CorpusMode::Stream
+}
+fn default_window() -> usize {
+    2048
+}
+
+/// Token counts for frequency bins and the unigram baseline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyConfig {
+    /// Files to count; empty means the training corpus.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    #[serde(default = "default_format")]
+    pub format: TextFormat,
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+}
+
+impl Default for FrequencyConfig {
+    fn default() -> Self {
+        FrequencyConfig {
+            files: Vec::new(),
+            format: default_format(),
+            text_field: default_text_field(),
+        }
+    }
+}
+
+impl CorpusConfig {
+    pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        if self.window < 2 || !self.window.is_multiple_of(2) {
+            return Err(ck.bad(
+                "corpus.window",
+                format!("must be an even number ≥ 2 (got {})", self.window),
+            ));
+        }
+        ck.file("corpus.path", &self.path)
+    }
+}
+
+impl TrainCorpusConfig {
+    pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        for p in &self.files {
+            ck.file("train_corpus.files", p)?;
+        }
+        Ok(())
+    }
+}
+
+impl FrequencyConfig {
+    pub(super) fn check_files(&self, ck: &Check) -> Result<(), ConfigError> {
+        for p in &self.files {
+            ck.file("frequency.files", p)?;
+        }
+        Ok(())
+    }
+
+    /// Something to count: these files or the training text.
+    pub(super) fn check_source(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        if self.files.is_empty() && c.train_corpus.files.is_empty() {
+            return Err(ck.bad(
+                "frequency.files",
+                "empty, and there is no train_corpus.files to count instead".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TokenizerConfig {
+    pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        match &self.path {
+            Some(p) => ck.file("tokenizer.path", p),
+            None => {
+                if c.train_corpus.files.is_empty() {
+                    return Err(ck.bad(
+                        "tokenizer",
+                        "no tokenizer.path and no train_corpus.files to train one on".into(),
+                    ));
+                }
+                if self.vocab_size < 260 {
+                    return Err(ck.bad(
+                        "tokenizer.vocab_size",
+                        format!(
+                            "must be ≥ 260 (256 bytes + special tokens), got {}",
+                            self.vocab_size
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}

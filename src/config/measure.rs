@@ -1,0 +1,227 @@
+//! The measurement: distributions (`[dist]`), KL (`[kl]`), per-row
+//! annotations (`[annotate]`) and the analysis tables (`[aggregate]`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, Config, MlmScoring, TextFormat};
+use crate::error::ConfigError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when available, else CPU with a warning.
+    Auto,
+    Cpu,
+    /// CUDA or fail.
+    Cuda,
+}
+
+/// Per-checkpoint next-token distributions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistConfig {
+    /// Top-k token ids and log-probs stored per row.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Windows per ONNX Runtime call.
+    #[serde(default = "default_dist_batch")]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads (0: all cores).
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_device")]
+    pub device: Device,
+    /// Keep the full log-probability arrays after the kl stage used them
+    /// (then adding a seed recomputes no other seed's forward pass).
+    #[serde(default)]
+    pub retain_full: bool,
+    /// Masked-LM suites only, and required there: `unmasked` or `masked`.
+    #[serde(default)]
+    pub mlm_scoring: Option<MlmScoring>,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            top_k: default_top_k(),
+            batch_size: default_dist_batch(),
+            threads: 0,
+            device: default_device(),
+            retain_full: false,
+            mlm_scoring: None,
+        }
+    }
+}
+
+fn default_top_k() -> usize {
+    64
+}
+fn default_dist_batch() -> usize {
+    16
+}
+fn default_device() -> Device {
+    Device::Auto
+}
+
+/// Exact KL across seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KlConfig {
+    /// k values for which the error of a top-k KL estimate is measured.
+    #[serde(default = "default_validation_k")]
+    pub validation_k: Vec<usize>,
+}
+
+impl Default for KlConfig {
+    fn default() -> Self {
+        KlConfig {
+            validation_k: default_validation_k(),
+        }
+    }
+}
+
+fn default_validation_k() -> Vec<usize> {
+    vec![16, 64, 256]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosSource {
+    /// Gold tags for CoNLL-U corpora, the built-in tagger otherwise.
+    Auto,
+    Gold,
+    Tagger,
+}
+
+/// Per-row annotations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateConfig {
+    #[serde(default = "default_pos")]
+    pub pos: PosSource,
+    /// CoNLL-U files the built-in tagger trains on (Penn XPOS)…
+    #[serde(default = "default_tagger_train")]
+    pub tagger_train: PathBuf,
+    /// …and is scored on.
+    #[serde(default = "default_tagger_test")]
+    pub tagger_test: PathBuf,
+}
+
+impl Default for AnnotateConfig {
+    fn default() -> Self {
+        AnnotateConfig {
+            pos: default_pos(),
+            tagger_train: default_tagger_train(),
+            tagger_test: default_tagger_test(),
+        }
+    }
+}
+
+fn default_pos() -> PosSource {
+    PosSource::Auto
+}
+pub(super) fn default_tagger_train() -> PathBuf {
+    PathBuf::from("data/ud_english_ewt/en_ewt-ud-train.conllu")
+}
+pub(super) fn default_tagger_test() -> PathBuf {
+    PathBuf::from("data/ud_english_ewt/en_ewt-ud-test.conllu")
+}
+
+/// The analysis tables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Bootstrap replicates for the E[conv] interval (0: none).
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+    #[serde(default)]
+    pub bootstrap_seed: u64,
+    /// Cells with fewer rows are flagged (`few_rows`), not dropped.
+    #[serde(default = "default_min_rows")]
+    pub min_rows: usize,
+    /// "mean" over seeds (default) or one seed's label (the paper: seed 1).
+    #[serde(default = "default_surprisal_seed")]
+    pub final_surprisal_seed: String,
+    /// Tokens in each of the lowest / middle / highest groups of the token table.
+    #[serde(default = "default_token_n")]
+    pub token_table_n: usize,
+    /// Relative band around the step-0 E[KL] that counts as "unchanged" when
+    /// locating the four phases.
+    #[serde(default = "default_phase_tol")]
+    pub phase_tolerance: f64,
+}
+
+fn default_phase_tol() -> f64 {
+    0.05
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            bootstrap: default_bootstrap(),
+            bootstrap_seed: 0,
+            min_rows: default_min_rows(),
+            final_surprisal_seed: default_surprisal_seed(),
+            token_table_n: default_token_n(),
+            phase_tolerance: default_phase_tol(),
+        }
+    }
+}
+
+fn default_bootstrap() -> usize {
+    1000
+}
+fn default_min_rows() -> usize {
+    30
+}
+fn default_surprisal_seed() -> String {
+    "mean".into()
+}
+fn default_token_n() -> usize {
+    20
+}
+
+impl AnnotateConfig {
+    pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        if c.uses_tagger() {
+            ck.file("annotate.tagger_train", &self.tagger_train)?;
+            ck.file("annotate.tagger_test", &self.tagger_test)?;
+        }
+        if self.pos == PosSource::Gold
+            && !matches!(c.corpus.format, TextFormat::Conllu | TextFormat::Auto)
+        {
+            return Err(ck.bad("annotate.pos", "gold tags need a CoNLL-U corpus".into()));
+        }
+        Ok(())
+    }
+}
+
+impl AggregateConfig {
+    pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        if self.final_surprisal_seed != "mean" {
+            let seeds = super::suite_seeds(c);
+            if !seeds.contains(&self.final_surprisal_seed) {
+                return Err(ck.bad(
+                    "aggregate.final_surprisal_seed",
+                    format!(
+                        "\"{}\" is neither \"mean\" nor a seed of the suite ({})",
+                        self.final_surprisal_seed,
+                        seeds.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DistConfig {
+    pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        if self.top_k == 0 || self.batch_size == 0 {
+            return Err(ck.bad("dist", "top_k and batch_size must be ≥ 1".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The seed suite: built-in (`[train]`) or external ONNX checkpoints
+//! (`[suite]`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Check, Config, Objective};
+use crate::error::ConfigError;
+
+/// One model size of a built-in suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeConfig {
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    /// Context length (learned positions): also the training window.
+    pub context: usize,
+}
+
+/// A seed: one number for both initialisation and data order, or the two
+/// separately (PolyPythia's decoupled runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SeedSpec {
+    Both(u64),
+    Split { init_seed: u64, data_seed: u64 },
+}
+
+impl SeedSpec {
+    pub fn init(&self) -> u64 {
+        match *self {
+            SeedSpec::Both(s) => s,
+            SeedSpec::Split { init_seed, .. } => init_seed,
+        }
+    }
+    pub fn data(&self) -> u64 {
+        match *self {
+            SeedSpec::Both(s) => s,
+            SeedSpec::Split { data_seed, .. } => data_seed,
+        }
+    }
+    /// What `{seed}` expands to: `3`, or `i3-d5` for split seeds.
+    pub fn label(&self) -> String {
+        match *self {
+            SeedSpec::Both(s) => s.to_string(),
+            SeedSpec::Split {
+                init_seed,
+                data_seed,
+            } => format!("i{init_seed}-d{data_seed}"),
+        }
+    }
+}
+
+/// A built-in seed suite: sizes × seeds, trained on `train_corpus`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `causal` (default) or `mlm`: BERT-style masked LMs.
+    #[serde(default, skip_serializing_if = "is_causal")]
+    pub objective: Objective,
+    pub seeds: Vec<SeedSpec>,
+    /// Model sizes by name (the name is `{size}` in paths).
+    pub sizes: std::collections::BTreeMap<String, SizeConfig>,
+    /// Optimizer updates per run.
+    pub steps: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Warmup as a fraction of `steps` (Pythia: 1%).
+    #[serde(default = "default_warmup")]
+    pub warmup_fraction: f64,
+    #[serde(default = "default_min_lr")]
+    pub min_lr_fraction: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// Checkpoint steps; empty = 0, 1, 2, 4, …, 512, every doubling, last.
+    #[serde(default)]
+    pub checkpoints: Vec<usize>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Pad the logits to a multiple of this many columns (Pythia: 128).
+    #[serde(default = "default_pad")]
+    pub pad_vocab_multiple: usize,
+    /// Windows on which each exported checkpoint is checked against the
+    /// training forward pass.
+    #[serde(default = "default_check_windows")]
+    pub check_windows: usize,
+    /// Largest |Δ logit| allowed between ONNX Runtime and the training forward.
+    #[serde(default = "default_check_tolerance")]
+    pub check_tolerance: f64,
+}
+
+fn default_batch() -> usize {
+    16
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_warmup() -> f64 {
+    0.01
+}
+fn default_min_lr() -> f64 {
+    0.1
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_pad() -> usize {
+    1
+}
+fn default_check_windows() -> usize {
+    4
+}
+fn default_check_tolerance() -> f64 {
+    1e-4
+}
+
+/// An external multi-seed suite: model files found through a path template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteConfig {
+    /// `causal` (default) or `mlm` (inputs input_ids, attention_mask,
+    /// token_type_ids; output logits at every position).
+    #[serde(default, skip_serializing_if = "is_causal")]
+    pub kind: Objective,
+    /// Path template with `{size}`, `{seed}` and `{step}`, e.g.
+    /// `models/pythia-{size}-seed{seed}/step{step}/model.onnx`.
+    pub models: String,
+    pub sizes: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub steps: Vec<usize>,
+    /// Keep the first N logits and renormalise (default: the tokenizer's
+    /// vocabulary; Pythia emits 50,304 logits for 50,277 tokens).
+    #[serde(default)]
+    pub vocab: Option<usize>,
+}
+
+fn is_causal(o: &Objective) -> bool {
+    *o == Objective::Causal
+}
+
+impl TrainConfig {
+    pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        let t = self;
+        if c.train_corpus.files.is_empty() {
+            return Err(ck.bad("train", "a built-in suite needs train_corpus.files".into()));
+        }
+        if t.seeds.is_empty() {
+            return Err(ck.bad("train.seeds", "no seeds".into()));
+        }
+        let labels: std::collections::BTreeSet<String> =
+            t.seeds.iter().map(|s| s.label()).collect();
+        if labels.len() != t.seeds.len() {
+            return Err(ck.bad("train.seeds", "a seed is listed twice".into()));
+        }
+        if t.sizes.is_empty() {
+            return Err(ck.bad("train.sizes", "no model sizes".into()));
+        }
+        for (name, s) in &t.sizes {
+            let key = format!("train.sizes.{name}");
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.".contains(c))
+            {
+                return Err(ck.bad(
+                    &key,
+                    "size names may use letters, digits, `_` and `.`".into(),
+                ));
+            }
+            if s.layers == 0 || s.heads == 0 || s.d_model == 0 || s.d_model % s.heads != 0 {
+                return Err(ck.bad(
+                    &key,
+                    format!(
+                        "d_model ({}) must be a positive multiple of heads ({}), layers ≥ 1",
+                        s.d_model, s.heads
+                    ),
+                ));
+            }
+            if s.context < 2 {
+                return Err(ck.bad(&key, "context must be ≥ 2".into()));
+            }
+        }
+        if t.steps == 0 || t.batch_size == 0 || t.pad_vocab_multiple == 0 {
+            return Err(ck.bad(
+                "train",
+                "steps, batch_size and pad_vocab_multiple must be ≥ 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&t.warmup_fraction) || !(0.0..=1.0).contains(&t.min_lr_fraction) {
+            return Err(ck.bad(
+                "train",
+                "warmup_fraction must be in [0, 1) and min_lr_fraction in [0, 1]".into(),
+            ));
+        }
+        if let Some((name, s)) = t.sizes.iter().find(|(_, s)| s.context < c.corpus.window) {
+            return Err(ck.bad(
+                "corpus.window",
+                format!(
+                    "{} is longer than the context of size {name} ({}): windows must fit the model",
+                    c.corpus.window, s.context
+                ),
+            ));
+        }
+        if let Some(&s) = t.checkpoints.iter().find(|&&s| s > t.steps) {
+            return Err(ck.bad(
+                "train.checkpoints",
+                format!("step {s} is beyond train.steps = {}", t.steps),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SuiteConfig {
+    pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        let su = self;
+        if c.train.is_some() {
+            return Err(ck.bad(
+                "suite",
+                "give either [suite] (external checkpoints) or [train] (built-in), not both".into(),
+            ));
+        }
+        let needed: &[&str] = if su.sizes.len() > 1 {
+            &["{size}", "{seed}", "{step}"]
+        } else {
+            &["{seed}", "{step}"]
+        };
+        for ph in needed {
+            if !su.models.contains(ph) {
+                return Err(ck.bad("suite.models", format!("the path template lacks {ph}")));
+            }
+        }
+        if su.sizes.is_empty() || su.seeds.len() < 2 || su.steps.is_empty() {
+            return Err(ck.bad("suite", "needs sizes, at least two seeds, and steps".into()));
+        }
+        if su.vocab == Some(0) {
+            return Err(ck.bad("suite.vocab", "must be ≥ 1".into()));
+        }
+        Ok(())
+    }
+}
