@@ -261,14 +261,14 @@ pub fn dist(
     let tokens = lcg_tokens(rows + 1, vocab);
     let seq = vec![0usize; tokens.len()];
     let r = corpus::rows(&seq, window);
-    let plan = dist::EvalPlan::new(
+    let plan = crate::eval::EvalPlan::new(
         tokens.clone(),
         r.iter().map(|x| x.0 as u32).collect(),
         r.iter().map(|x| x.1 as u32).collect(),
         None,
         r.iter().map(|x| tokens[x.0 + 1]).collect(),
         batch,
-        dist::Scoring::Causal,
+        crate::eval::Scoring::Causal,
     );
     let threads = crate::commands::default_jobs();
     let mut model = crate::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
@@ -335,7 +335,7 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize) -> Result<()> {
                         (x >> 40) as f32 / (1u64 << 24) as f32 * 12.0
                     })
                     .collect();
-                crate::divergence::log_softmax(&logits, row).expect("finite");
+                crate::analysis::divergence::log_softmax(&logits, row).expect("finite");
             });
             a
         })

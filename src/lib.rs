@@ -5,18 +5,18 @@
 //! incremental stage runner that knows nothing of language models), `stages`
 //! (the science, one module per stage), `cli`/`commands` (the thin CLI).
 
+pub mod analysis;
 pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod divergence;
 pub mod doc;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod onnx;
 pub mod ortlib;
-pub mod phases;
 pub mod plot;
 pub mod pos;
 pub mod stages;

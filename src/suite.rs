@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Loaded, Objective};
-use crate::error::ConfigError;
-use crate::stages::train;
+use crate::config::{Loaded, Objective, SeedSpec, TrainConfig};
+use crate::engine::JobCtx;
+use crate::error::{ConfigError, StageError};
 
 /// Where a checkpoint's model comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,19 +18,72 @@ pub enum ModelRef {
     Builtin { label: String, rel: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One checkpoint; as part of a job it is keyed by (size, seed, step), its
+/// model by content (an input file's or an upstream output's hash).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Checkpoint {
     pub size: String,
     pub seed: String,
     pub step: usize,
+    /// unkeyed: the model's bytes are keyed through `reach`.
+    #[serde(skip)]
     pub model: ModelRef,
 }
+
+/// Upstream instances and named input files of an engine instance.
+pub type Reach = (Vec<(&'static str, String)>, Vec<(String, PathBuf)>);
 
 impl Checkpoint {
     /// Instance label: `{size}-seed{seed}-step{step}`.
     pub fn label(&self) -> String {
         format!("{}-seed{}-step{}", self.size, self.seed, self.step)
     }
+    /// Upstream instances and input files that reach the model.
+    pub fn reach(&self) -> Reach {
+        match &self.model {
+            ModelRef::File(p) => (
+                vec![],
+                model_files(p)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        (
+                            if i == 0 {
+                                "model".to_string()
+                            } else {
+                                format!("model_data[{i}]")
+                            },
+                            f,
+                        )
+                    })
+                    .collect(),
+            ),
+            ModelRef::Builtin { label, .. } => (vec![(BUILTIN_STAGE, label.clone())], vec![]),
+        }
+    }
+
+    /// The model file, given the job's upstream entries.
+    pub fn model_path(&self, ctx: &JobCtx) -> Result<PathBuf, StageError> {
+        match &self.model {
+            ModelRef::File(p) => Ok(p.clone()),
+            ModelRef::Builtin { label, rel } => Ok(ctx.upstream(BUILTIN_STAGE, label)?.join(rel)),
+        }
+    }
+
+    /// blake3 of the model file: already known to the engine (an input
+    /// file's hash, or an upstream train output's), so not read again.
+    pub fn model_hash(&self, ctx: &JobCtx, path: &Path) -> Result<String, StageError> {
+        let known = match &self.model {
+            ModelRef::File(_) => ctx.input_hash("model"),
+            ModelRef::Builtin { label, rel } => ctx.upstream_output_hash(BUILTIN_STAGE, label, rel),
+        };
+        match known {
+            Some(h) => Ok(h.to_string()),
+            None => crate::engine::hashcache::hash_file(path)
+                .map_err(|e| StageError::Other(e.to_string())),
+        }
+    }
+
     /// Human-readable name for messages.
     pub fn name(&self) -> String {
         match &self.model {
@@ -57,6 +110,34 @@ impl Suite {
         self.checkpoints
             .iter()
             .find(|c| c.size == size && c.seed == seed && c.step == step)
+    }
+}
+
+/// The stage whose entries hold the built-in suite's checkpoints.
+pub const BUILTIN_STAGE: &str = "train";
+
+/// The built-in suite's naming scheme: the `train` instance of (size, seed)
+/// is labelled `{size}-seed{seed}` and holds checkpoint `step` at
+/// `step{step}/model.onnx`, so `stages/train/current/` reads as the external
+/// path template `{size}-seed{seed}/step{step}/model.onnx`.
+pub fn builtin_label(size: &str, seed: &SeedSpec) -> String {
+    format!("{size}-seed{}", seed.label())
+}
+
+/// Relative path of a checkpoint inside a `train` entry.
+pub fn builtin_checkpoint_path(step: usize) -> String {
+    format!("step{step}/model.onnx")
+}
+
+/// The checkpoint steps of the built-in suite, sorted and unique.
+pub fn builtin_steps(t: &TrainConfig) -> Vec<usize> {
+    if t.checkpoints.is_empty() {
+        crate::train::default_checkpoints(t.steps)
+    } else {
+        let mut v = t.checkpoints.clone();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
@@ -92,7 +173,7 @@ pub fn model_files(path: &Path) -> Vec<PathBuf> {
 pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
     let c = &l.config;
     if let Some(t) = &c.train {
-        let steps = train::checkpoints(t);
+        let steps = builtin_steps(t);
         let seeds: Vec<String> = t.seeds.iter().map(|s| s.label()).collect();
         let mut checkpoints = Vec::new();
         for size in t.sizes.keys() {
@@ -103,8 +184,8 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
                         seed: seed.clone(),
                         step,
                         model: ModelRef::Builtin {
-                            label: train::label(size, spec),
-                            rel: train::checkpoint_path(step),
+                            label: builtin_label(size, spec),
+                            rel: builtin_checkpoint_path(step),
                         },
                     });
                 }

@@ -11,41 +11,69 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Loaded;
+use crate::analysis::conditioning;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::pos;
-use crate::stages::{corpus, frequency, tagger};
+use crate::stages::{corpus, tagger, unigram};
+use crate::stages::{PlanCtx, Stage};
 use crate::table;
 
 pub const NAME: &str = "annotate";
 pub const VERSION: u32 = 2;
 
-pub fn instances(l: &Loaded) -> Vec<Instance> {
-    let tagger = l.config.uses_tagger();
-    let mut deps = vec![
-        (corpus::NAME, String::new()),
-        (frequency::UNIGRAM, String::new()),
-    ];
-    if tagger {
-        deps.push((tagger::NAME, String::new()));
+/// The `annotate` stage.
+pub struct Annotate;
+
+impl Stage for Annotate {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    vec![Instance {
-        stage: NAME,
-        version: VERSION,
-        label: String::new(),
-        params: json!({ "pos_rule": "character-majority", "groups": "paper+VBP", "pos": if tagger { "tagger" } else { "gold" } }),
-        inputs: vec![],
-        deps,
-        exclusive: false,
-        job: Box::new(AnnotateJob { tagger }),
-    }]
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let tagger = cx.config().uses_tagger();
+        let mut deps = vec![
+            (corpus::NAME, String::new()),
+            (unigram::NAME, String::new()),
+        ];
+        if tagger {
+            deps.push((tagger::NAME, String::new()));
+        }
+        let job = AnnotateJob {
+            pos_rule: "character-majority",
+            groups: "paper+VBP",
+            pos: if tagger {
+                PosFrom::Tagger
+            } else {
+                PosFrom::Gold
+            },
+        };
+        vec![self.instance("", job).deps(deps)]
+    }
 }
 
+#[derive(Serialize)]
 struct AnnotateJob {
-    tagger: bool,
+    /// How word tags map to subword tokens (`pos::token_tag`).
+    pos_rule: &'static str,
+    /// The tag groups of `pos::group` (the paper's, plus VBP as a verb).
+    groups: &'static str,
+    pos: PosFrom,
+}
+
+/// Where the part of speech comes from.
+#[derive(Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum PosFrom {
+    /// The corpus's own CoNLL-U tags.
+    Gold,
+    /// The built-in tagger over the document words.
+    Tagger,
 }
 
 /// Per-token tags in two tag sets (UPOS, XPOS).
@@ -178,9 +206,7 @@ impl Job for AnnotateJob {
         let target = table::column::<UInt32Array>(&rows, "target_id", &rp)?
             .values()
             .to_vec();
-        let up = ctx
-            .upstream(frequency::UNIGRAM, "")?
-            .join("unigram.parquet");
+        let up = ctx.upstream(unigram::NAME, "")?.join(unigram::FILE);
         let uni = table::read(&up)?;
         let counts = table::column::<UInt64Array>(&uni, "count", &up)?
             .values()
@@ -197,9 +223,9 @@ impl Job for AnnotateJob {
             .collect::<Result<_, _>>()?;
         let bins: Vec<&str> = count
             .iter()
-            .map(|&c| frequency::BINS[frequency::bin_of(c)])
+            .map(|&c| conditioning::BINS[conditioning::bin_of(c)])
             .collect();
-        let tags = if self.tagger {
+        let tags = if self.pos == PosFrom::Tagger {
             Some(tagged_tokens(ctx)?)
         } else {
             token_tags(ctx)?

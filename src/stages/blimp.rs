@@ -10,66 +10,82 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
 use rayon::prelude::*;
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{BlimpVocab, Loaded};
-use crate::divergence;
+use crate::analysis::divergence;
+use crate::config::BlimpVocab;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
+use crate::eval::{self, RunSettings};
 use crate::onnx::runtime::OrtModel;
-use crate::stages::dist::{self, RunSettings};
-use crate::stages::tokenizer;
-use crate::suite::{Checkpoint, Suite};
+use crate::stages::{tokenizer, PlanCtx, Stage};
+use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "blimp";
 pub const VERSION: u32 = 1;
 pub const FILE: &str = "blimp.parquet";
 
-pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
-    let Some(b) = &l.config.blimp else {
-        return vec![];
-    };
-    let files = b.files();
-    let set = dist::RunSettings {
-        batch_size: b.batch_size,
-        ..dist::settings(l)
-    };
-    suite
-        .checkpoints
-        .iter()
-        .map(|c| {
-            let (mut deps, mut inputs) = dist::model_deps(c);
-            deps.push((tokenizer::NAME, String::new()));
-            inputs.extend(files.iter().map(|f| {
-                (
-                    format!("paradigm[{}]", table::source_name(f)),
-                    f.clone(),
-                )
-            }));
-            Instance {
-                stage: NAME,
-                version: VERSION,
-                label: c.label(),
-                params: json!({
-                    "size": c.size, "seed": c.seed, "step": c.step, "pairs": b.pairs,
-                    "vocab": b.vocab, "kept": suite.vocab, "eos_token": l.config.tokenizer.eos_token,
-                }),
-                inputs,
-                deps,
-                exclusive: false,
-                job: Box::new(BlimpJob {
+/// The `blimp` stage: one instance per checkpoint, when `[blimp]` is set.
+pub struct Blimp;
+
+impl Stage for Blimp {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let (Some(b), Some(suite)) = (&cx.config().blimp, cx.suite) else {
+            return vec![];
+        };
+        let files = b.files();
+        let set = RunSettings {
+            batch_size: b.batch_size,
+            ..eval::settings(cx.loaded)
+        };
+        suite
+            .checkpoints
+            .iter()
+            .map(|c| {
+                let (mut deps, mut inputs) = c.reach();
+                deps.push((tokenizer::NAME, String::new()));
+                inputs.extend(
+                    files
+                        .iter()
+                        .map(|f| (format!("paradigm[{}]", table::source_name(f)), f.clone())),
+                );
+                let job = BlimpJob {
                     ckpt: c.clone(),
                     files: files.clone(),
                     pairs: b.pairs,
                     vocab: b.vocab,
                     kept: suite.vocab,
-                    eos: l.config.tokenizer.eos_token.clone(),
+                    eos_token: cx.config().tokenizer.eos_token.clone(),
                     set: set.clone(),
-                }),
-            }
-        })
-        .collect()
+                };
+                self.instance(c.label(), job).inputs(inputs).deps(deps)
+            })
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+struct BlimpJob {
+    #[serde(flatten)]
+    ckpt: Checkpoint,
+    /// unkeyed: their content is keyed as the inputs `paradigm[NAME]`.
+    #[serde(skip)]
+    files: Vec<PathBuf>,
+    pairs: usize,
+    vocab: BlimpVocab,
+    /// The suite's kept vocabulary (used when `vocab` is `kept`).
+    kept: Option<usize>,
+    eos_token: String,
+    #[serde(skip)]
+    set: RunSettings,
 }
 
 /// One minimal pair as read from a paradigm file.
@@ -200,16 +216,6 @@ pub fn q_good(lp_good: f64, lp_bad: f64) -> f64 {
     1.0 / (1.0 + (lp_bad - lp_good).exp())
 }
 
-struct BlimpJob {
-    ckpt: Checkpoint,
-    files: Vec<PathBuf>,
-    pairs: usize,
-    vocab: BlimpVocab,
-    kept: Option<usize>,
-    eos: String,
-    set: RunSettings,
-}
-
 impl Job for BlimpJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let mut pairs = Vec::new();
@@ -217,7 +223,7 @@ impl Job for BlimpJob {
             pairs.extend(read_pairs(f, self.pairs)?);
         }
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
-        let eos = tokenizer::eos_id(&tok, &self.eos, &tok_path)?;
+        let eos = tokenizer::eos_id(&tok, &self.eos_token, &tok_path)?;
         let sentences: Vec<&str> = pairs
             .iter()
             .flat_map(|p| [p.good.as_str(), p.bad.as_str()])
@@ -225,11 +231,11 @@ impl Job for BlimpJob {
         let seqs = encode(&tok, eos, &sentences)?;
         let width = match self.vocab {
             BlimpVocab::Full => None,
-            BlimpVocab::Kept => Some(dist::kept_vocab(self.kept, ctx)?),
+            BlimpVocab::Kept => Some(tokenizer::kept_vocab(self.kept, ctx)?),
         };
-        let path = dist::model_path(&self.ckpt, ctx)?;
+        let path = self.ckpt.model_path(ctx)?;
         let (mut model, cuda) =
-            OrtModel::on_device(&path, dist::threads(&self.set, ctx), self.set.device)?;
+            OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
         let t0 = std::time::Instant::now();
         let lp = score(&mut model, &seqs, self.set.batch_size, width, &|| {
             ctx.check_cancel()

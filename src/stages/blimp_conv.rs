@@ -10,40 +10,49 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use arrow::array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Loaded;
+use crate::analysis::stats::{mean_sd, mean_se};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::stages::aggregate::{mean_sd, mean_se};
-use crate::stages::blimp;
-use crate::suite::Suite;
+use crate::stages::{blimp, PlanCtx, Stage};
 use crate::table;
 
 pub const NAME: &str = "blimp_conv";
 pub const VERSION: u32 = 1;
 
-pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
-    if l.config.blimp.is_none() || suite.seeds.len() < 2 {
-        return vec![];
+/// The `blimp_conv` stage: one instance over the blimp tables of ≥ 2 seeds.
+pub struct BlimpConv;
+
+impl Stage for BlimpConv {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    let labels: Vec<String> = suite.checkpoints.iter().map(|c| c.label()).collect();
-    vec![Instance {
-        stage: NAME,
-        version: VERSION,
-        label: String::new(),
-        params: json!({ "seeds": suite.seeds }),
-        inputs: vec![],
-        deps: labels.iter().map(|l| (blimp::NAME, l.clone())).collect(),
-        exclusive: false,
-        job: Box::new(BlimpConvJob {
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let Some(suite) = cx.suite.filter(|s| s.seeds.len() >= 2) else {
+            return vec![];
+        };
+        if cx.config().blimp.is_none() {
+            return vec![];
+        }
+        let labels: Vec<String> = suite.checkpoints.iter().map(|c| c.label()).collect();
+        let deps = labels.iter().map(|l| (blimp::NAME, l.clone())).collect();
+        let job = BlimpConvJob {
             labels,
             seeds: suite.seeds.clone(),
-        }),
-    }]
+        };
+        vec![self.instance("", job).deps(deps)]
+    }
 }
 
+#[derive(Serialize)]
 struct BlimpConvJob {
+    /// unkeyed: upstream entries are keyed by their output hashes.
+    #[serde(skip)]
     labels: Vec<String>,
     /// Seed order of the suite: unordered pairs are (i, j) with i before j.
     seeds: Vec<String>,

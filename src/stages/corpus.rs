@@ -14,65 +14,103 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{CorpusMode, Loaded, TextFormat};
+use crate::config::{CorpusMode, TextFormat};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
+use crate::eval::{EvalPlan, RunSettings, Scoring};
 use crate::stages::tokenizer;
+use crate::stages::{PlanCtx, Stage};
 use crate::table;
 use crate::text::{self, Document};
 
 pub const NAME: &str = "corpus";
 pub const VERSION: u32 = 2;
 
-pub fn instances(l: &Loaded) -> Vec<Instance> {
-    let c = &l.config.corpus;
-    let t = &l.config.tokenizer;
-    let mut params = json!({
-        "format": c.format,
-        "text_field": c.text_field,
-        "mode": c.mode,
-        "window": c.window,
-        "max_documents": c.max_documents,
-        "eos_token": t.eos_token,
-    });
-    if c.mode == CorpusMode::Mlm {
-        params["cls_token"] = json!(t.cls_token);
-        params["sep_token"] = json!(t.sep_token);
+/// The `corpus` stage.
+pub struct Corpus;
+
+impl Stage for Corpus {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    vec![Instance {
-        stage: NAME,
-        version: VERSION,
-        label: String::new(),
-        params,
-        inputs: vec![("corpus.path".into(), c.path.clone())],
-        deps: vec![(tokenizer::NAME, String::new())],
-        exclusive: false,
-        job: Box::new(CorpusJob {
-            path: c.path.clone(),
-            format: c.format,
-            text_field: c.text_field.clone(),
-            mode: c.mode,
-            window: c.window,
-            max_documents: c.max_documents,
-            eos: t.eos_token.clone(),
-            cls: t.cls_token.clone(),
-            sep: t.sep_token.clone(),
-        }),
-    }]
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let c = &cx.config().corpus;
+        let t = &cx.config().tokenizer;
+        let mlm = c.mode == CorpusMode::Mlm;
+        vec![self
+            .instance(
+                "",
+                CorpusJob {
+                    path: c.path.clone(),
+                    format: c.format,
+                    text_field: c.text_field.clone(),
+                    mode: c.mode,
+                    window: c.window,
+                    max_documents: c.max_documents,
+                    eos_token: t.eos_token.clone(),
+                    cls_token: mlm.then(|| t.cls_token.clone()),
+                    sep_token: mlm.then(|| t.sep_token.clone()),
+                },
+            )
+            .inputs(vec![("corpus.path".into(), c.path.clone())])
+            .deps(vec![(tokenizer::NAME, String::new())])]
+    }
 }
 
+#[derive(Serialize)]
 struct CorpusJob {
+    /// unkeyed: its content is the input `corpus.path`.
+    #[serde(skip)]
     path: PathBuf,
     format: TextFormat,
     text_field: String,
     mode: CorpusMode,
     window: usize,
     max_documents: usize,
-    eos: String,
-    cls: String,
-    sep: String,
+    eos_token: String,
+    /// Masked-LM corpora only (keys of causal corpora predate them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cls_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sep_token: Option<String>,
+}
+
+/// The corpus rows of an upstream `corpus` entry as windows and batches for
+/// a model run with `set`.
+pub fn eval_plan(ctx: &JobCtx, set: &RunSettings) -> Result<EvalPlan, StageError> {
+    let scoring = set.scoring(|t| tokenizer::mask_id(ctx, t))?;
+    let dir = ctx.upstream(NAME, "")?;
+    let tp = dir.join("tokens.parquet");
+    let tokens = table::column::<UInt32Array>(&table::read(&tp)?, "token_id", &tp)?
+        .values()
+        .to_vec();
+    let rp = dir.join("rows.parquet");
+    let rb = table::read(&rp)?;
+    let col = |name: &str| -> Result<Vec<u32>, StageError> {
+        Ok(table::column::<UInt32Array>(&rb, name, &rp)?
+            .values()
+            .to_vec())
+    };
+    let ends = match scoring {
+        Scoring::Causal => None,
+        // Masked LMs see the whole sequence, to its [SEP].
+        _ => Some(col("context_end")?),
+    };
+    Ok(EvalPlan::new(
+        tokens,
+        col("row")?,
+        col("context_start")?,
+        ends,
+        col("target_id")?,
+        set.batch_size,
+        scoring,
+    ))
 }
 
 /// One document's token ids and their character spans.
@@ -208,9 +246,9 @@ pub fn rows(seq_start: &[usize], window: usize) -> Vec<(usize, usize)> {
 impl Job for CorpusJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
-        let eos = tokenizer::eos_id(&tok, &self.eos, &tok_path)?;
+        let eos = tokenizer::eos_id(&tok, &self.eos_token, &tok_path)?;
         let mut docs: Vec<Document> =
-            text::read_documents(&self.path, self.format, &self.text_field, &self.eos)?;
+            text::read_documents(&self.path, self.format, &self.text_field, &self.eos_token)?;
         if self.max_documents > 0 {
             docs.truncate(self.max_documents);
         }
@@ -227,9 +265,10 @@ impl Job for CorpusJob {
             })
             .collect::<Result<_, _>>()?;
         // (position, context start) per row, and for masked LMs the context end.
-        let (toks, rows, ends) = if self.mode == CorpusMode::Mlm {
-            let cls = tokenizer::special_id(&tok, &self.cls, &tok_path, "tokenizer.cls_token")?;
-            let sep = tokenizer::special_id(&tok, &self.sep, &tok_path, "tokenizer.sep_token")?;
+        let (toks, rows, ends) = if let (Some(cls), Some(sep)) = (&self.cls_token, &self.sep_token)
+        {
+            let cls = tokenizer::special_id(&tok, cls, &tok_path, "tokenizer.cls_token")?;
+            let sep = tokenizer::special_id(&tok, sep, &tok_path, "tokenizer.sep_token")?;
             let (toks, seqs) = build_mlm(&encoded, cls, sep, self.window);
             let r = mlm_rows(&seqs);
             let rows: Vec<(usize, usize)> = r.iter().map(|&(p, s, _)| (p, s)).collect();

@@ -11,61 +11,69 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{IclConfig, Loaded};
-use crate::divergence;
+use crate::analysis::divergence;
+use crate::config::IclConfig;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
+use crate::eval::{self, RunSettings};
 use crate::onnx::runtime::OrtModel;
-use crate::stages::dist::{self, RunSettings};
-use crate::stages::{corpus, tokenizer};
-use crate::suite::{Checkpoint, Suite};
+use crate::stages::{corpus, tokenizer, PlanCtx, Stage};
+use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "icl";
 pub const VERSION: u32 = 1;
 pub const FILE: &str = "icl.parquet";
 
-pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
-    let Some(cfg) = &l.config.icl else {
-        return vec![];
-    };
-    let set = dist::settings(l);
-    suite
-        .checkpoints
-        .iter()
-        .map(|c| {
-            let (mut deps, inputs) = dist::model_deps(c);
-            deps.extend([
-                (corpus::NAME, String::new()),
-                (tokenizer::NAME, String::new()),
-            ]);
-            Instance {
-                stage: NAME,
-                version: VERSION,
-                label: c.label(),
-                params: json!({
-                    "size": c.size, "seed": c.seed, "step": c.step, "icl": cfg, "vocab": suite.vocab,
-                }),
-                inputs,
-                deps,
-                exclusive: false,
-                job: Box::new(IclJob {
+/// The `icl` stage: one instance per checkpoint, when `[icl]` is set.
+pub struct Icl;
+
+impl Stage for Icl {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let (Some(cfg), Some(suite)) = (&cx.config().icl, cx.suite) else {
+            return vec![];
+        };
+        let set = eval::settings(cx.loaded);
+        suite
+            .checkpoints
+            .iter()
+            .map(|c| {
+                let (mut deps, inputs) = c.reach();
+                deps.extend([
+                    (corpus::NAME, String::new()),
+                    (tokenizer::NAME, String::new()),
+                ]);
+                let job = IclJob {
                     ckpt: c.clone(),
                     cfg: cfg.clone(),
                     vocab: suite.vocab,
                     set: set.clone(),
-                }),
-            }
-        })
-        .collect()
+                };
+                self.instance(c.label(), job).inputs(inputs).deps(deps)
+            })
+            .collect()
+    }
 }
 
+#[derive(Serialize)]
 struct IclJob {
+    #[serde(flatten)]
     ckpt: Checkpoint,
+    /// Its `batch_size` is the batch size of this stage's model runs.
+    #[serde(rename = "icl")]
     cfg: IclConfig,
     vocab: Option<usize>,
+    /// unkeyed: threads and device (the batch size is keyed in `icl`).
+    #[serde(skip)]
     set: RunSettings,
 }
 
@@ -133,10 +141,10 @@ impl Job for IclJob {
                 ),
             ));
         }
-        let n = dist::kept_vocab(self.vocab, ctx)?;
-        let path = dist::model_path(&self.ckpt, ctx)?;
+        let n = tokenizer::kept_vocab(self.vocab, ctx)?;
+        let path = self.ckpt.model_path(ctx)?;
         let (mut model, cuda) =
-            OrtModel::on_device(&path, dist::threads(&self.set, ctx), self.set.device)?;
+            OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
         // d_P is index P − 1; its context of length L starts at index P − 1 − L.
         let p = cfg.position - 1;
         let items = |len: usize| -> Vec<(&[u32], u32)> {

@@ -5,14 +5,13 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{Float64Array, StringArray, UInt32Array};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Loaded;
+use crate::analysis::stats::{mean_sd, mean_se};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::stages::aggregate::{mean_sd, mean_se};
-use crate::stages::icl;
-use crate::suite::Suite;
+use crate::stages::{icl, PlanCtx, Stage};
 use crate::table;
 
 pub const NAME: &str = "icl_summary";
@@ -20,24 +19,30 @@ pub const VERSION: u32 = 1;
 pub const BY_SEED: &str = "by_seed.parquet";
 pub const POOLED: &str = "pooled.parquet";
 
-pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
-    if l.config.icl.is_none() {
-        return vec![];
+/// The `icl_summary` stage: one instance over every `icl` table.
+pub struct IclSummary;
+
+impl Stage for IclSummary {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    let labels: Vec<String> = suite.checkpoints.iter().map(|c| c.label()).collect();
-    vec![Instance {
-        stage: NAME,
-        version: VERSION,
-        label: String::new(),
-        params: json!({}),
-        inputs: vec![],
-        deps: labels.iter().map(|l| (icl::NAME, l.clone())).collect(),
-        exclusive: false,
-        job: Box::new(IclSummaryJob { labels }),
-    }]
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let (Some(_), Some(suite)) = (&cx.config().icl, cx.suite) else {
+            return vec![];
+        };
+        let labels: Vec<String> = suite.checkpoints.iter().map(|c| c.label()).collect();
+        let deps = labels.iter().map(|l| (icl::NAME, l.clone())).collect();
+        vec![self.instance("", IclSummaryJob { labels }).deps(deps)]
+    }
 }
 
+#[derive(Serialize)]
 struct IclSummaryJob {
+    /// unkeyed: upstream entries are keyed by their output hashes.
+    #[serde(skip)]
     labels: Vec<String>,
 }
 

@@ -14,86 +14,94 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Loaded;
-use crate::divergence;
+use crate::analysis::divergence;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
+use crate::eval::{self, RunSettings};
 use crate::onnx::runtime::OrtModel;
-use crate::stages::dist::{self, EvalPlan, RunSettings};
-use crate::stages::{corpus, tokenizer};
-use crate::suite::{Checkpoint, Suite};
+use crate::stages::{corpus, dist, tokenizer, PlanCtx, Stage};
+use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "kl";
 pub const VERSION: u32 = 1;
 
-pub fn instances(l: &Loaded, suite: &Suite) -> Vec<Instance> {
-    if suite.seeds.len() < 2 {
-        return vec![];
+/// The `kl` stage: one instance per (size, step) of a suite of ≥ 2 seeds.
+pub struct Kl;
+
+impl Stage for Kl {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    let mut out = Vec::new();
-    let set = dist::settings(l);
-    let ks = l.config.kl.validation_k.clone();
-    for size in &suite.sizes {
-        for &step in &suite.steps {
-            let ckpts: Vec<Checkpoint> = suite
-                .seeds
-                .iter()
-                .filter_map(|seed| suite.get(size, seed, step).cloned())
-                .collect();
-            let mut deps = vec![
-                (corpus::NAME, String::new()),
-                (tokenizer::NAME, String::new()),
-            ];
-            let mut inputs = Vec::new();
-            for c in &ckpts {
-                deps.push((dist::NAME, c.label()));
-                let (d, i) = dist::model_deps(c);
-                deps.extend(d);
-                inputs.extend(
-                    i.into_iter()
-                        .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
-                );
-            }
-            out.push(Instance {
-                stage: NAME,
-                version: VERSION,
-                label: format!("{size}-step{step}"),
-                params: {
-                    let mut p = json!({
-                        "size": size, "step": step, "seeds": suite.seeds, "vocab": suite.vocab,
-                        "validation_k": ks, "batch_size": set.batch_size,
-                    });
-                    set.key_scoring(&mut p);
-                    p
-                },
-                inputs,
-                deps,
-                exclusive: false,
-                job: Box::new(KlJob {
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let Some(suite) = cx.suite.filter(|s| s.seeds.len() >= 2) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        let set = eval::settings(cx.loaded);
+        for size in &suite.sizes {
+            for &step in &suite.steps {
+                let ckpts: Vec<Checkpoint> = suite
+                    .seeds
+                    .iter()
+                    .filter_map(|seed| suite.get(size, seed, step).cloned())
+                    .collect();
+                let mut deps = vec![
+                    (corpus::NAME, String::new()),
+                    (tokenizer::NAME, String::new()),
+                ];
+                let mut inputs = Vec::new();
+                for c in &ckpts {
+                    deps.push((dist::NAME, c.label()));
+                    let (d, i) = c.reach();
+                    deps.extend(d);
+                    inputs.extend(
+                        i.into_iter()
+                            .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
+                    );
+                }
+                let job = KlJob {
                     size: size.clone(),
                     step,
+                    seeds: suite.seeds.clone(),
                     ckpts,
                     vocab: suite.vocab,
-                    ks: ks.clone(),
+                    validation_k: cx.config().kl.validation_k.clone(),
                     set: set.clone(),
-                    retain_full: l.config.dist.retain_full,
-                }),
-            });
+                    retain_full: cx.config().dist.retain_full,
+                };
+                out.push(
+                    self.instance(format!("{size}-step{step}"), job)
+                        .inputs(inputs)
+                        .deps(deps),
+                );
+            }
         }
+        out
     }
-    out
 }
 
+#[derive(Serialize)]
 struct KlJob {
     size: String,
     step: usize,
+    seeds: Vec<String>,
+    /// unkeyed: their models are keyed as inputs or upstream outputs.
+    #[serde(skip)]
     ckpts: Vec<Checkpoint>,
     vocab: Option<usize>,
-    ks: Vec<usize>,
+    validation_k: Vec<usize>,
+    #[serde(flatten)]
     set: RunSettings,
+    /// unkeyed: reading dist's retained arrays or rerunning the models
+    /// gives the same bytes.
+    #[serde(skip)]
     retain_full: bool,
 }
 
@@ -105,8 +113,8 @@ enum Source {
 
 impl Job for KlJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let n = dist::kept_vocab(self.vocab, ctx)?;
-        let plan = EvalPlan::load(ctx, self.set.batch_size, self.set.scoring(ctx)?)?;
+        let n = tokenizer::kept_vocab(self.vocab, ctx)?;
+        let plan = corpus::eval_plan(ctx, &self.set)?;
         let rows = plan.rows.len();
         let seeds = self.ckpts.len();
         // Every seed of a size must emit the same number of logits.
@@ -135,18 +143,23 @@ impl Job for KlJob {
         let mut recomputed = 0;
         for c in &self.ckpts {
             let scratch = ctx.upstream_scratch(dist::NAME, &c.label())?;
-            match dist::read_full(scratch, rows, n) {
+            match eval::read_full(scratch, rows, n) {
                 Some(map) => sources.push(Source::Array(map)),
                 None => {
-                    let path = dist::model_path(c, ctx)?;
+                    let path = c.model_path(ctx)?;
                     let (m, _) =
-                        OrtModel::on_device(&path, dist::threads(&self.set, ctx), self.set.device)?;
+                        OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
                     sources.push(Source::Model(Box::new(m)));
                     recomputed += 1;
                 }
             }
         }
-        let mut ks: Vec<usize> = self.ks.iter().copied().filter(|&k| k < n).collect();
+        let mut ks: Vec<usize> = self
+            .validation_k
+            .iter()
+            .copied()
+            .filter(|&k| k < n)
+            .collect();
         ks.sort_unstable();
         ks.dedup();
         let pairs: Vec<(usize, usize)> = (0..seeds)
@@ -164,7 +177,7 @@ impl Job for KlJob {
                     Source::Array(map) => {
                         blocks[s].clear();
                         blocks[s].extend_from_slice(
-                            &dist::full_values(map)[batch.rows.start * n..batch.rows.end * n],
+                            &eval::full_values(map)[batch.rows.start * n..batch.rows.end * n],
                         );
                     }
                     Source::Model(m) => {

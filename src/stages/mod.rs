@@ -1,6 +1,20 @@
-//! The science, one module per stage. Each exposes `instances(&Loaded)`, which
-//! expands its part of the config into engine instances; `plan` strings them
-//! together. Adding a stage means adding a module and one line here.
+//! The science, one module per stage. Each stage is a type implementing
+//! [`Stage`]; [`REGISTRY`] lists them in plan order and [`plan`] is a loop
+//! over it. Adding a stage means a new module and one line in the registry.
+//!
+//! **Keys.** A job's serialised fields are its key parameters
+//! ([`Stage::instance`]), so what a job reads is what its key holds. A field
+//! left out of the key is marked `#[serde(skip)]` with a comment `unkeyed:`
+//! saying why; the rules, the same in every stage:
+//! - input files are keyed by content (the engine hashes them), not by path;
+//! - upstream entries are keyed by their output hashes, not by label lists;
+//! - threads and device change speed, not results within float tolerance;
+//! - batch size *is* keyed wherever a model runs (padding changes the float
+//!   summation order, and outputs are compared byte for byte).
+//!
+//! **Layers.** A stage imports only upstream stages (for their names and the
+//! readers of their outputs) and the libraries below (`eval`, `analysis`,
+//! `suite`, `text`, `lm`, `table`, …), never a downstream stage.
 
 pub mod aggregate;
 pub mod annotate;
@@ -17,34 +31,79 @@ pub mod tagger;
 pub mod tokenizer;
 pub mod train;
 pub mod traindata;
+pub mod unigram;
+
+use serde::Serialize;
 
 use crate::config::Loaded;
-use crate::engine::Plan;
+use crate::engine::{Instance, Job, Plan};
 use crate::error::ConfigError;
+use crate::suite::Suite;
+
+/// What a stage sees while it plans its instances.
+pub struct PlanCtx<'a> {
+    pub loaded: &'a Loaded,
+    /// The checkpoint suite, when the config has one.
+    pub suite: Option<&'a Suite>,
+    /// Instances of the stages before this one in the registry.
+    pub planned: &'a [Instance],
+}
+
+impl PlanCtx<'_> {
+    pub fn config(&self) -> &crate::config::Config {
+        &self.loaded.config
+    }
+}
+
+/// A stage of the pipeline: a name, a version (bumped whenever its outputs
+/// would change) and the instances it expands the config into.
+pub trait Stage: Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance>;
+
+    /// An instance of this stage running `job`, keyed by the job's fields.
+    fn instance<J: Job + Serialize + 'static>(&self, label: impl Into<String>, job: J) -> Instance
+    where
+        Self: Sized,
+    {
+        let params = serde_json::to_value(&job).expect("job parameters serialise");
+        Instance::new(self.name(), self.version(), label, params, Box::new(job))
+    }
+}
+
+/// Every stage, in plan order (each after the stages it reads).
+pub const REGISTRY: &[&dyn Stage] = &[
+    &tokenizer::Tokenizer,
+    &corpus::Corpus,
+    &frequency::Frequency,
+    &unigram::Unigram,
+    &tagger::Tagger,
+    &annotate::Annotate,
+    &traindata::TrainData,
+    &train::Train,
+    &dist::Dist,
+    &kl::Kl,
+    &aggregate::Aggregate,
+    &blimp::Blimp,
+    &blimp_conv::BlimpConv,
+    &icl::Icl,
+    &icl_summary::IclSummary,
+    &report::Report,
+];
 
 /// Expand a loaded configuration into the plan of stage instances.
 pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
+    let suite = crate::suite::from_config(l)?;
     let mut instances = Vec::new();
-    instances.extend(tokenizer::instances(l));
-    instances.extend(corpus::instances(l));
-    instances.extend(frequency::instances(l));
-    instances.extend(tagger::instances(l));
-    instances.extend(annotate::instances(l));
-    instances.extend(traindata::instances(l));
-    instances.extend(train::instances(l));
-    if let Some(suite) = crate::suite::from_config(l)? {
-        instances.extend(dist::instances(l, &suite));
-        instances.extend(kl::instances(l, &suite));
-        instances.extend(aggregate::instances(l, &suite));
-        instances.extend(blimp::instances(l, &suite));
-        instances.extend(blimp_conv::instances(l, &suite));
-        instances.extend(icl::instances(l, &suite));
-        instances.extend(icl_summary::instances(l, &suite));
-        let upstream = instances
-            .iter()
-            .map(|i| (i.stage, i.label.clone()))
-            .collect();
-        instances.extend(report::instances(l, &suite, upstream));
+    for stage in REGISTRY {
+        let cx = PlanCtx {
+            loaded: l,
+            suite: suite.as_ref(),
+            planned: &instances,
+        };
+        let new = stage.instances(&cx);
+        instances.extend(new);
     }
     Plan::new(instances).map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))
 }

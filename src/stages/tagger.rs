@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Loaded;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::tagger::{Tagged, Tagger};
+use crate::stages::{PlanCtx, Stage};
+use crate::tagger::{Tagged, Tagger as PosTagger};
 use crate::text;
 
 pub const NAME: &str = "tagger";
@@ -17,32 +18,48 @@ pub const VERSION: u32 = 1;
 pub const FILE: &str = "tagger.json";
 const ITERS: usize = 5;
 
-pub fn instances(l: &Loaded) -> Vec<Instance> {
-    let c = &l.config;
-    if !c.uses_tagger() {
-        return vec![];
+/// The `tagger` stage: present only when `annotate` needs it.
+pub struct Tagger;
+
+impl Stage for Tagger {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    let (train, test) = (
-        c.annotate.tagger_train.clone(),
-        c.annotate.tagger_test.clone(),
-    );
-    vec![Instance {
-        stage: NAME,
-        version: VERSION,
-        label: String::new(),
-        params: json!({ "model": "averaged perceptron", "iterations": ITERS, "seed": 0 }),
-        inputs: vec![
-            ("annotate.tagger_train".into(), train.clone()),
-            ("annotate.tagger_test".into(), test.clone()),
-        ],
-        deps: vec![],
-        exclusive: false,
-        job: Box::new(TaggerJob { train, test }),
-    }]
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let c = cx.config();
+        if !c.uses_tagger() {
+            return vec![];
+        }
+        let (train, test) = (
+            c.annotate.tagger_train.clone(),
+            c.annotate.tagger_test.clone(),
+        );
+        let job = TaggerJob {
+            model: "averaged perceptron",
+            iterations: ITERS,
+            seed: 0,
+            train: train.clone(),
+            test: test.clone(),
+        };
+        vec![self.instance("", job).inputs(vec![
+            ("annotate.tagger_train".into(), train),
+            ("annotate.tagger_test".into(), test),
+        ])]
+    }
 }
 
+#[derive(Serialize)]
 struct TaggerJob {
+    model: &'static str,
+    iterations: usize,
+    seed: u64,
+    /// unkeyed: their content is the inputs `annotate.tagger_train`, `_test`.
+    #[serde(skip)]
     train: PathBuf,
+    #[serde(skip)]
     test: PathBuf,
 }
 
@@ -65,7 +82,7 @@ impl Job for TaggerJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let train = sequences(&self.train)?;
         ctx.check_cancel()?;
-        let tagger = Tagger::train(&train, ITERS, 0);
+        let tagger = PosTagger::train(&train, self.iterations, self.seed);
         let test = sequences(&self.test)?;
         let (mut right, mut total) = (0usize, 0usize);
         for (words, tags) in &test {
@@ -86,7 +103,7 @@ impl Job for TaggerJob {
 }
 
 /// Load the tagger an upstream `tagger` entry holds.
-pub fn load(ctx: &JobCtx) -> Result<Tagger, StageError> {
+pub fn load(ctx: &JobCtx) -> Result<PosTagger, StageError> {
     let p = ctx.upstream(NAME, "")?.join(FILE);
     let bytes = std::fs::read(&p).map_err(|e| StageError::io(&p, e))?;
     serde_json::from_slice(&bytes).map_err(|e| StageError::input(&p, e))

@@ -15,11 +15,14 @@ use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer, TokenizerBuilder};
 
-use crate::config::{Loaded, TextFormat};
+use serde::Serialize;
+
+use crate::config::TextFormat;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
+use crate::stages::{PlanCtx, Stage};
 use crate::table;
 use crate::text;
 
@@ -38,64 +41,54 @@ pub fn mlm_specials(t: &crate::config::TokenizerConfig) -> Vec<(String, &'static
     ]
 }
 
-pub fn instances(l: &Loaded) -> Vec<Instance> {
-    let c = &l.config;
-    // Checked on the user's file, so errors name it (not the store's copy).
-    let required = if c.objective() == crate::config::Objective::Mlm {
-        mlm_specials(&c.tokenizer)
-    } else {
-        vec![]
-    };
-    match &c.tokenizer.path {
-        Some(p) => vec![Instance {
-            stage: NAME,
-            version: VERSION,
-            label: String::new(),
-            params: if required.is_empty() {
-                json!({ "mode": "file", "eos_token": c.tokenizer.eos_token })
-            } else {
-                json!({ "mode": "file", "eos_token": c.tokenizer.eos_token, "required": required.iter().map(|r| &r.0).collect::<Vec<_>>() })
-            },
-            inputs: vec![("tokenizer.path".into(), p.clone())],
-            deps: vec![],
-            exclusive: false,
-            job: Box::new(CopyJob {
-                path: p.clone(),
-                eos: c.tokenizer.eos_token.clone(),
-                required,
-            }),
-        }],
-        None => {
-            let files = c.train_corpus.files.clone();
-            let mut params = json!({
-                "mode": "train",
-                "vocab_size": c.tokenizer.vocab_size,
-                "min_frequency": c.tokenizer.min_frequency,
-                "eos_token": c.tokenizer.eos_token,
-                "format": c.train_corpus.format,
-                "text_field": c.train_corpus.text_field,
-            });
-            if !c.tokenizer.extra_special_tokens.is_empty() {
-                params["extra_special_tokens"] = json!(c.tokenizer.extra_special_tokens);
+/// The `tokenizer` stage.
+pub struct Tokenizer;
+
+impl Stage for Tokenizer {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let c = cx.config();
+        // Checked on the user's file, so errors name it (not the store's copy).
+        let required = if c.objective() == crate::config::Objective::Mlm {
+            mlm_specials(&c.tokenizer)
+        } else {
+            vec![]
+        };
+        match &c.tokenizer.path {
+            Some(p) => vec![self
+                .instance(
+                    "",
+                    CopyJob {
+                        mode: "file",
+                        path: p.clone(),
+                        eos_token: c.tokenizer.eos_token.clone(),
+                        required,
+                    },
+                )
+                .inputs(vec![("tokenizer.path".into(), p.clone())])],
+            None => {
+                let files = c.train_corpus.files.clone();
+                vec![self
+                    .instance(
+                        "",
+                        TrainJob {
+                            mode: "train",
+                            files,
+                            format: c.train_corpus.format,
+                            text_field: c.train_corpus.text_field.clone(),
+                            vocab_size: c.tokenizer.vocab_size,
+                            min_frequency: c.tokenizer.min_frequency,
+                            eos_token: c.tokenizer.eos_token.clone(),
+                            extra_special_tokens: c.tokenizer.extra_special_tokens.clone(),
+                        },
+                    )
+                    .inputs(train_inputs(&c.train_corpus.files))]
             }
-            vec![Instance {
-                stage: NAME,
-                version: VERSION,
-                label: String::new(),
-                params,
-                inputs: train_inputs(&files),
-                deps: vec![],
-                exclusive: false,
-                job: Box::new(TrainJob {
-                    files,
-                    format: c.train_corpus.format,
-                    text_field: c.train_corpus.text_field.clone(),
-                    vocab_size: c.tokenizer.vocab_size,
-                    min_frequency: c.tokenizer.min_frequency,
-                    eos: c.tokenizer.eos_token.clone(),
-                    extra: c.tokenizer.extra_special_tokens.clone(),
-                }),
-            }]
         }
     }
 }
@@ -110,39 +103,71 @@ pub fn train_inputs(files: &[PathBuf]) -> Vec<(String, PathBuf)> {
 }
 
 /// Load the tokenizer an upstream `tokenizer` entry holds.
-pub fn load_upstream(ctx: &JobCtx) -> Result<(Tokenizer, PathBuf), StageError> {
+pub fn load_upstream(ctx: &JobCtx) -> Result<(HfTokenizer, PathBuf), StageError> {
     let path = ctx.upstream(NAME, "")?.join(FILE);
     let tok = load(&path)?;
     Ok((tok, path))
 }
 
-pub fn load(path: &Path) -> Result<Tokenizer, StageError> {
-    Tokenizer::from_file(path)
+pub fn load(path: &Path) -> Result<HfTokenizer, StageError> {
+    HfTokenizer::from_file(path)
         .map_err(|e| StageError::input(path, format!("not a usable tokenizer.json: {e}")))
 }
 
+/// The id of the mask token `token` in an upstream `tokenizer` entry.
+pub fn mask_id(ctx: &JobCtx, token: &str) -> Result<u32, StageError> {
+    let (tok, path) = load_upstream(ctx)?;
+    special_id(&tok, token, &path, "tokenizer.mask_token")
+}
+
+/// The kept vocabulary N: configured, else the tokenizer's.
+pub fn kept_vocab(vocab: Option<usize>, ctx: &JobCtx) -> Result<usize, StageError> {
+    match vocab {
+        Some(n) => Ok(n),
+        None => Ok(load_upstream(ctx)?.0.get_vocab_size(true)),
+    }
+}
+
 /// Id of the EOS/separator token, or an error naming the tokenizer file.
-pub fn eos_id(tok: &Tokenizer, eos: &str, path: &Path) -> Result<u32, StageError> {
+pub fn eos_id(tok: &HfTokenizer, eos: &str, path: &Path) -> Result<u32, StageError> {
     special_id(tok, eos, path, "tokenizer.eos_token")
 }
 
 /// The id of a special token the config names under `key`.
-pub fn special_id(tok: &Tokenizer, token: &str, path: &Path, key: &str) -> Result<u32, StageError> {
+pub fn special_id(
+    tok: &HfTokenizer,
+    token: &str,
+    path: &Path,
+    key: &str,
+) -> Result<u32, StageError> {
     tok.token_to_id(token)
         .ok_or_else(|| StageError::input(path, format!("has no token {token:?} ({key})")))
 }
 
+#[derive(Serialize)]
 struct CopyJob {
+    mode: &'static str,
+    /// unkeyed: the file's content is the input `tokenizer.path`.
+    #[serde(skip)]
     path: PathBuf,
-    eos: String,
-    /// More special tokens the suite needs: (token, config key).
+    eos_token: String,
+    /// More special tokens the suite needs: (token, config key); keyed by
+    /// the tokens alone.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "tokens_only")]
     required: Vec<(String, &'static str)>,
+}
+
+fn tokens_only<S: serde::Serializer>(
+    v: &[(String, &'static str)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|(t, _)| t))
 }
 
 impl Job for CopyJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let tok = load(&self.path)?;
-        eos_id(&tok, &self.eos, &self.path)?;
+        eos_id(&tok, &self.eos_token, &self.path)?;
         for (token, key) in &self.required {
             special_id(&tok, token, &self.path, key)?;
         }
@@ -152,14 +177,19 @@ impl Job for CopyJob {
     }
 }
 
+#[derive(Serialize)]
 struct TrainJob {
+    mode: &'static str,
+    /// unkeyed: their content is keyed as the inputs `train_corpus.files[i]`.
+    #[serde(skip)]
     files: Vec<PathBuf>,
     format: TextFormat,
     text_field: String,
     vocab_size: usize,
     min_frequency: u64,
-    eos: String,
-    extra: Vec<String>,
+    eos_token: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extra_special_tokens: Vec<String>,
 }
 
 impl Job for TrainJob {
@@ -168,7 +198,7 @@ impl Job for TrainJob {
         for f in &self.files {
             ctx.check_cancel()?;
             docs.extend(
-                text::read_documents(f, self.format, &self.text_field, &self.eos)?
+                text::read_documents(f, self.format, &self.text_field, &self.eos_token)?
                     .into_iter()
                     .map(|d| d.text),
             );
@@ -179,9 +209,9 @@ impl Job for TrainJob {
             .min_frequency(self.min_frequency)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .special_tokens(
-                [self.eos.clone(), PAD.to_string()]
+                [self.eos_token.clone(), PAD.to_string()]
                     .into_iter()
-                    .chain(self.extra.iter().cloned())
+                    .chain(self.extra_special_tokens.iter().cloned())
                     .map(|t| AddedToken::from(t, true))
                     .collect(),
             )
@@ -214,7 +244,7 @@ impl Job for TrainJob {
 }
 
 /// `vocab.parquet`: id → token string, for inspection and joins.
-fn write_vocab(out: &Path, tok: &Tokenizer) -> Result<serde_json::Value, StageError> {
+fn write_vocab(out: &Path, tok: &HfTokenizer) -> Result<serde_json::Value, StageError> {
     let n = tok.get_vocab_size(true) as u32;
     let ids: Vec<u32> = (0..n).collect();
     let toks: Vec<String> = ids

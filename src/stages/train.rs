@@ -11,40 +11,22 @@ use arrow::array::{
     ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{Loaded, Objective, SeedSpec, SizeConfig, TrainConfig};
+use crate::config::{Objective, SizeConfig, TrainConfig};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::model::{ids_tensor, to_f32_vec, weights_hash, Model, Shape};
 use crate::onnx::{export, runtime::OrtModel};
 use crate::stages::{tokenizer, traindata};
+use crate::stages::{PlanCtx, Stage};
+use crate::suite;
 use crate::table;
-use crate::train::{self, Hyper, Task};
+use crate::train::{Hyper, Task};
 
 pub const NAME: &str = "train";
 pub const VERSION: u32 = 1;
-
-/// Relative path of a checkpoint inside a train entry.
-pub fn checkpoint_path(step: usize) -> String {
-    format!("step{step}/model.onnx")
-}
-
-/// Instance label of (size, seed): what `{size}-seed{seed}` expands to.
-pub fn label(size: &str, seed: &SeedSpec) -> String {
-    format!("{size}-seed{}", seed.label())
-}
-
-pub fn checkpoints(t: &TrainConfig) -> Vec<usize> {
-    if t.checkpoints.is_empty() {
-        train::default_checkpoints(t.steps)
-    } else {
-        let mut v = t.checkpoints.clone();
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-}
 
 pub fn hyper(t: &TrainConfig) -> Hyper {
     Hyper {
@@ -61,80 +43,80 @@ pub fn hyper(t: &TrainConfig) -> Hyper {
     }
 }
 
-pub fn instances(l: &Loaded) -> Vec<Instance> {
-    let Some(t) = &l.config.train else {
-        return vec![];
-    };
-    let hp = hyper(t);
-    let ckpts = checkpoints(t);
-    let tk = &l.config.tokenizer;
-    // Masked LMs: the special tokens by name (keys of causal runs unchanged).
-    let mlm = (t.objective == Objective::Mlm).then(|| {
-        [
-            tk.cls_token.clone(),
-            tk.sep_token.clone(),
-            tk.mask_token.clone(),
-        ]
-    });
-    let mut out = Vec::new();
-    for (size_name, size) in &t.sizes {
-        for seed in &t.seeds {
-            let mut params = json!({
-                    "size": size_name,
-                    // Written into the tables, so part of the key.
-                    "seed": seed.label(),
-                    "shape": size,
-                    "init_seed": seed.init(),
-                    "data_seed": seed.data(),
-                    "hyper": hp,
-                    "checkpoints": ckpts,
-                    "pad_vocab_multiple": t.pad_vocab_multiple,
-                    "check_windows": t.check_windows,
-                    "check_tolerance": t.check_tolerance,
-            });
-            if let Some(m) = &mlm {
-                params["objective"] = json!("mlm");
-                params["mlm_tokens"] = json!(m);
-            }
-            out.push(Instance {
-                stage: NAME,
-                version: VERSION,
-                label: label(size_name, seed),
-                params,
-                inputs: vec![],
-                deps: vec![
-                    (tokenizer::NAME, String::new()),
-                    (traindata::NAME, String::new()),
-                ],
-                exclusive: true,
-                job: Box::new(TrainJob {
-                    size_name: size_name.clone(),
-                    size: *size,
-                    seed: *seed,
-                    hp: hp.clone(),
-                    checkpoints: ckpts.clone(),
-                    pad: t.pad_vocab_multiple,
-                    check_windows: t.check_windows,
-                    tolerance: t.check_tolerance,
-                    mlm: mlm.clone(),
-                }),
-            });
-        }
+/// The `train` stage: one instance per (size, seed) of the built-in suite.
+pub struct Train;
+
+impl Stage for Train {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    out
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let Some(t) = &cx.config().train else {
+            return vec![];
+        };
+        let hp = hyper(t);
+        let ckpts = suite::builtin_steps(t);
+        let tk = &cx.config().tokenizer;
+        let mlm = t.objective == Objective::Mlm;
+        let mut out = Vec::new();
+        for (size_name, size) in &t.sizes {
+            for seed in &t.seeds {
+                let job = TrainJob {
+                    size: size_name.clone(),
+                    seed: seed.label(),
+                    shape: *size,
+                    init_seed: seed.init(),
+                    data_seed: seed.data(),
+                    hyper: hp.clone(),
+                    checkpoints: ckpts.clone(),
+                    pad_vocab_multiple: t.pad_vocab_multiple,
+                    check_windows: t.check_windows,
+                    check_tolerance: t.check_tolerance,
+                    objective: mlm.then_some(Objective::Mlm),
+                    mlm_tokens: mlm.then(|| {
+                        [
+                            tk.cls_token.clone(),
+                            tk.sep_token.clone(),
+                            tk.mask_token.clone(),
+                        ]
+                    }),
+                };
+                out.push(
+                    self.instance(suite::builtin_label(size_name, seed), job)
+                        .deps(vec![
+                            (tokenizer::NAME, String::new()),
+                            (traindata::NAME, String::new()),
+                        ])
+                        .exclusive(),
+                );
+            }
+        }
+        out
+    }
 }
 
+#[derive(Serialize)]
 struct TrainJob {
-    size_name: String,
-    size: SizeConfig,
-    seed: SeedSpec,
-    hp: Hyper,
+    size: String,
+    /// The seed's label (written into the tables).
+    seed: String,
+    shape: SizeConfig,
+    init_seed: u64,
+    data_seed: u64,
+    hyper: Hyper,
     checkpoints: Vec<usize>,
-    pad: usize,
+    pad_vocab_multiple: usize,
     check_windows: usize,
-    tolerance: f64,
-    /// Masked LM: the [CLS], [SEP] and [MASK] tokens.
-    mlm: Option<[String; 3]>,
+    check_tolerance: f64,
+    /// Masked LMs only (keys of causal runs predate them): the objective
+    /// and the [CLS], [SEP] and [MASK] tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objective: Option<Objective>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mlm_tokens: Option<[String; 3]>,
 }
 
 struct Ckpt {
@@ -147,7 +129,7 @@ struct Ckpt {
 impl Job for TrainJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
-        let (task, objective) = match &self.mlm {
+        let (task, objective) = match &self.mlm_tokens {
             None => (Task::Causal, Objective::Causal),
             Some([cls, sep, mask]) => {
                 let id = |t: &str, key: &str| tokenizer::special_id(&tok, t, &tok_path, key);
@@ -165,13 +147,13 @@ impl Job for TrainJob {
         let tokens = traindata::read(ctx)?;
         let shape = Shape {
             vocab,
-            vocab_padded: vocab.div_ceil(self.pad) * self.pad,
-            layers: self.size.layers,
-            d_model: self.size.d_model,
-            heads: self.size.heads,
-            context: self.size.context,
+            vocab_padded: vocab.div_ceil(self.pad_vocab_multiple) * self.pad_vocab_multiple,
+            layers: self.shape.layers,
+            d_model: self.shape.d_model,
+            heads: self.shape.heads,
+            context: self.shape.context,
         };
-        let id = label(&self.size_name, &self.seed);
+        let id = format!("{}-seed{}", self.size, self.seed);
         // Fixed windows, evenly spaced through the data, for the export check.
         let t = shape.context;
         let k = self.check_windows.max(1);
@@ -193,7 +175,7 @@ impl Job for TrainJob {
             let cerr = |e: candle_core::Error| StageError::Other(format!("{id} step {step}: {e}"));
             let w = model.weights().map_err(cerr)?;
             let bytes = export::to_bytes_for(&shape, &w, objective);
-            let rel = checkpoint_path(step);
+            let rel = suite::builtin_checkpoint_path(step);
             let path = out.join(&rel);
             std::fs::create_dir_all(path.parent().unwrap())
                 .map_err(|e| StageError::io(&path, e))?;
@@ -217,10 +199,10 @@ impl Job for TrainJob {
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs() as f64)
                 .fold(0.0, f64::max);
-            if max_dlogit.is_nan() || max_dlogit > self.tolerance {
+            if max_dlogit.is_nan() || max_dlogit > self.check_tolerance {
                 return Err(StageError::Other(format!(
                     "{id} step {step}: ONNX Runtime logits differ from the training forward by {max_dlogit:.3e} > {:.1e}",
-                    self.tolerance
+                    self.check_tolerance
                 )));
             }
             ckpts.push(Ckpt {
@@ -233,13 +215,13 @@ impl Job for TrainJob {
             Ok(())
         };
         let cancel = || ctx.check_cancel();
-        let log = train::train(
+        let log = crate::train::train(
             shape,
             &tokens,
-            (self.seed.init(), self.seed.data()),
+            (self.init_seed, self.data_seed),
             &Hyper {
                 task,
-                ..self.hp.clone()
+                ..self.hyper.clone()
             },
             &self.checkpoints,
             &cancel,
@@ -247,7 +229,7 @@ impl Job for TrainJob {
         )?;
         let total = t0.elapsed().as_secs_f64();
         let train_secs = (total - export_secs).max(1e-9);
-        let trained_tokens = (self.hp.steps * self.hp.batch_size * t) as f64;
+        let trained_tokens = (self.hyper.steps * self.hyper.batch_size * t) as f64;
 
         let s = |v: String, n: usize| Arc::new(StringArray::from(vec![v; n])) as ArrayRef;
         let n = log.len();
@@ -263,10 +245,10 @@ impl Job for TrainJob {
                 Field::new("tokens", DataType::UInt64, false),
             ])),
             vec![
-                s(self.size_name.clone(), n),
-                s(self.seed.label(), n),
-                Arc::new(UInt64Array::from(vec![self.seed.init(); n])),
-                Arc::new(UInt64Array::from(vec![self.seed.data(); n])),
+                s(self.size.clone(), n),
+                s(self.seed.clone(), n),
+                Arc::new(UInt64Array::from(vec![self.init_seed; n])),
+                Arc::new(UInt64Array::from(vec![self.data_seed; n])),
                 Arc::new(UInt32Array::from(
                     log.iter().map(|r| r.step as u32).collect::<Vec<_>>(),
                 )),
@@ -283,8 +265,8 @@ impl Job for TrainJob {
         )?;
         let meta = [
             ("stage", NAME.to_string()),
-            ("size", self.size_name.clone()),
-            ("seed", self.seed.label()),
+            ("size", self.size.clone()),
+            ("seed", self.seed.clone()),
         ];
         table::write(&ctx.out.join("loss.parquet"), &loss, &meta)?;
         let n = ckpts.len();
@@ -299,8 +281,8 @@ impl Job for TrainJob {
                 Field::new("path", DataType::Utf8, false),
             ])),
             vec![
-                s(self.size_name.clone(), n),
-                s(self.seed.label(), n),
+                s(self.size.clone(), n),
+                s(self.seed.clone(), n),
                 Arc::new(UInt32Array::from(
                     ckpts.iter().map(|c| c.step as u32).collect::<Vec<_>>(),
                 )),
@@ -316,7 +298,7 @@ impl Job for TrainJob {
                 Arc::new(StringArray::from(
                     ckpts
                         .iter()
-                        .map(|c| checkpoint_path(c.step))
+                        .map(|c| suite::builtin_checkpoint_path(c.step))
                         .collect::<Vec<_>>(),
                 )),
             ],

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
+use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{Loaded, TextFormat};
+use crate::config::TextFormat;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::stages::tokenizer;
+use crate::stages::{PlanCtx, Stage};
 use crate::table;
 use crate::text;
 
@@ -20,49 +22,55 @@ pub const NAME: &str = "traindata";
 pub const VERSION: u32 = 1;
 pub const FILE: &str = "train_tokens.parquet";
 
-pub fn instances(l: &Loaded) -> Vec<Instance> {
-    let c = &l.config;
-    if c.train.is_none() {
-        return vec![];
+/// The `traindata` stage: present only for a built-in suite.
+pub struct TrainData;
+
+impl Stage for TrainData {
+    fn name(&self) -> &'static str {
+        NAME
     }
-    let files = c.train_corpus.files.clone();
-    vec![Instance {
-        stage: NAME,
-        version: VERSION,
-        label: String::new(),
-        params: json!({
-            "format": c.train_corpus.format,
-            "text_field": c.train_corpus.text_field,
-            "eos_token": c.tokenizer.eos_token,
-        }),
-        inputs: tokenizer::train_inputs(&files),
-        deps: vec![(tokenizer::NAME, String::new())],
-        exclusive: false,
-        job: Box::new(TrainDataJob {
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let c = cx.config();
+        if c.train.is_none() {
+            return vec![];
+        }
+        let files = c.train_corpus.files.clone();
+        let inputs = tokenizer::train_inputs(&files);
+        let job = TrainDataJob {
             files,
             format: c.train_corpus.format,
             text_field: c.train_corpus.text_field.clone(),
-            eos: c.tokenizer.eos_token.clone(),
-        }),
-    }]
+            eos_token: c.tokenizer.eos_token.clone(),
+        };
+        vec![self
+            .instance("", job)
+            .inputs(inputs)
+            .deps(vec![(tokenizer::NAME, String::new())])]
+    }
 }
 
+#[derive(Serialize)]
 struct TrainDataJob {
+    /// unkeyed: their content is keyed as the inputs `train_corpus.files[i]`.
+    #[serde(skip)]
     files: Vec<PathBuf>,
     format: TextFormat,
     text_field: String,
-    eos: String,
+    eos_token: String,
 }
 
 impl Job for TrainDataJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
-        let eos = tokenizer::eos_id(&tok, &self.eos, &tok_path)?;
+        let eos = tokenizer::eos_id(&tok, &self.eos_token, &tok_path)?;
         let mut stream: Vec<u32> = Vec::new();
         let mut docs = 0usize;
         for f in &self.files {
             ctx.check_cancel()?;
-            let d = text::read_documents(f, self.format, &self.text_field, &self.eos)?;
+            let d = text::read_documents(f, self.format, &self.text_field, &self.eos_token)?;
             docs += d.len();
             let enc: Vec<Vec<u32>> = d
                 .par_iter()

@@ -1,0 +1,8 @@
+//! The statistics below the stages: divergences of distributions, summary
+//! statistics, the paper's phases of a convergence curve, and the variables
+//! convergence is conditioned on. Nothing here reads the store.
+
+pub mod conditioning;
+pub mod divergence;
+pub mod phases;
+pub mod stats;

@@ -1,0 +1,332 @@
+//! Checkpoint evaluation, shared by every stage that runs a model over text
+//! (`dist`, `kl`, `blimp`, `icl`) and by `bench`: the run settings, how
+//! corpus rows become windows and padded batches, the forward pass to
+//! truncated, renormalised log-probs, and the scratch format of full
+//! log-prob arrays. It knows nothing of stages: callers hand it the corpus
+//! columns and the model.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::analysis::divergence;
+use crate::config::{Device, Loaded, MlmScoring, Objective};
+use crate::error::StageError;
+use crate::onnx::runtime::OrtModel;
+
+/// File name of a retained full log-prob array in a scratch folder.
+pub const FULL: &str = "full.f32";
+const MAGIC: &[u8; 8] = b"SCVFULL1";
+const HEADER: usize = 64;
+
+/// How a stage runs checkpoints, as part of its job: serialised into the
+/// key (batch size, masked-LM scoring) except for the unkeyed runtime
+/// settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSettings {
+    pub batch_size: usize,
+    /// unkeyed: speed only.
+    #[serde(skip)]
+    pub threads: usize,
+    /// unkeyed: CPU and CUDA agree within float tolerance.
+    #[serde(skip)]
+    pub device: Device,
+    /// Masked-LM suites only (so causal keys predate masked LMs).
+    #[serde(rename = "scoring", skip_serializing_if = "Option::is_none")]
+    pub mlm: Option<MlmSpec>,
+}
+
+/// A masked-LM suite's scoring mode and mask token.
+#[derive(Debug, Clone, Serialize)]
+pub struct MlmSpec {
+    pub mlm_scoring: MlmScoring,
+    pub mask_token: String,
+}
+
+pub fn settings(l: &Loaded) -> RunSettings {
+    let c = &l.config;
+    RunSettings {
+        batch_size: c.dist.batch_size,
+        threads: c.dist.threads,
+        device: c.dist.device,
+        mlm: (c.objective() == Objective::Mlm).then(|| MlmSpec {
+            mlm_scoring: c.dist.mlm_scoring.unwrap_or(MlmScoring::Unmasked),
+            mask_token: c.tokenizer.mask_token.clone(),
+        }),
+    }
+}
+
+impl RunSettings {
+    /// The scoring; `mask_id` resolves the mask token for masked scoring.
+    pub fn scoring(
+        &self,
+        mask_id: impl FnOnce(&str) -> Result<u32, StageError>,
+    ) -> Result<Scoring, StageError> {
+        match &self.mlm {
+            None => Ok(Scoring::Causal),
+            Some(MlmSpec {
+                mlm_scoring: MlmScoring::Unmasked,
+                ..
+            }) => Ok(Scoring::MlmUnmasked),
+            Some(MlmSpec {
+                mlm_scoring: MlmScoring::Masked,
+                mask_token,
+            }) => Ok(Scoring::MlmMasked {
+                mask: mask_id(mask_token)?,
+            }),
+        }
+    }
+
+    /// ONNX Runtime threads: configured, else the engine's share.
+    pub fn threads(&self, engine_threads: usize) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            engine_threads
+        }
+    }
+}
+
+/// How a row's distribution is read from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// Causal LM: the output at the row's position (its last context token).
+    Causal,
+    /// Masked LM on the unmasked text: the output at the target's own position.
+    MlmUnmasked,
+    /// Masked LM: in a copy of the sequence per row, the target replaced by `mask`.
+    MlmMasked { mask: u32 },
+}
+
+/// One sequence of a batch: `len` tokens from `start`, optionally with the
+/// token at `mask.0` (within the window) replaced by `mask.1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
+    pub mask: Option<(usize, u32)>,
+}
+
+/// One ONNX Runtime call: windows right-padded to `t`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub windows: Vec<Window>,
+    /// Rows (indices into `EvalPlan::rows`) this batch yields, contiguous.
+    pub rows: Range<usize>,
+    /// Per row of `rows`: (window index in this batch, position in it).
+    pub reads: Vec<(usize, usize)>,
+    pub t: usize,
+}
+
+/// The corpus rows and how to evaluate them.
+pub struct EvalPlan {
+    /// Logit columns the model emitted (set by `forward`; 0 before).
+    pub width: std::sync::atomic::AtomicUsize,
+    pub tokens: Vec<u32>,
+    /// Position of each row's last context token (the target is the next).
+    pub rows: Vec<u32>,
+    pub context_start: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub batches: Vec<Batch>,
+}
+
+impl EvalPlan {
+    /// `ends`: where each row's sequence ends (exclusive); needed by masked
+    /// LMs, whose windows reach beyond the target.
+    pub fn new(
+        tokens: Vec<u32>,
+        rows: Vec<u32>,
+        context_start: Vec<u32>,
+        ends: Option<Vec<u32>>,
+        targets: Vec<u32>,
+        batch_size: usize,
+        scoring: Scoring,
+    ) -> EvalPlan {
+        // Units: a window with the rows it yields and where each is read.
+        let mut units: Vec<(Window, Range<usize>, Vec<usize>)> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let s = context_start[i];
+            let mut j = i;
+            while j < rows.len() && context_start[j] == s {
+                j += 1;
+            }
+            let s = s as usize;
+            let len = match &ends {
+                Some(e) => e[i] as usize - s,
+                None => (rows[j - 1] as usize - s) + 1,
+            };
+            let pos = |r: usize| rows[r] as usize - s;
+            match scoring {
+                Scoring::Causal => units.push((
+                    Window {
+                        start: s,
+                        len,
+                        mask: None,
+                    },
+                    i..j,
+                    (i..j).map(pos).collect(),
+                )),
+                Scoring::MlmUnmasked => units.push((
+                    Window {
+                        start: s,
+                        len,
+                        mask: None,
+                    },
+                    i..j,
+                    (i..j).map(|r| pos(r) + 1).collect(),
+                )),
+                Scoring::MlmMasked { mask } => {
+                    for r in i..j {
+                        let at = pos(r) + 1;
+                        units.push((
+                            Window {
+                                start: s,
+                                len,
+                                mask: Some((at, mask)),
+                            },
+                            r..r + 1,
+                            vec![at],
+                        ));
+                    }
+                }
+            }
+            i = j;
+        }
+        let batches = units
+            .chunks(batch_size.max(1))
+            .map(|u| Batch {
+                windows: u.iter().map(|x| x.0.clone()).collect(),
+                rows: u[0].1.start..u[u.len() - 1].1.end,
+                reads: u
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(w, x)| x.2.iter().map(move |&p| (w, p)))
+                    .collect(),
+                t: u.iter().map(|x| x.0.len).max().unwrap_or(0),
+            })
+            .collect();
+        EvalPlan {
+            width: std::sync::atomic::AtomicUsize::new(0),
+            tokens,
+            rows,
+            context_start,
+            targets,
+            batches,
+        }
+    }
+
+    /// A batch's token ids (masks applied), right-padded to `batch.t`, and
+    /// each window's length.
+    pub fn inputs(&self, batch: &Batch) -> (Vec<i64>, Vec<usize>) {
+        let mut ids = Vec::with_capacity(batch.windows.len() * batch.t);
+        for w in &batch.windows {
+            let at = ids.len();
+            ids.extend(
+                self.tokens[w.start..w.start + w.len]
+                    .iter()
+                    .map(|&x| x as i64),
+            );
+            if let Some((p, m)) = w.mask {
+                ids[at + p] = m as i64;
+            }
+            ids.extend(std::iter::repeat_n(0i64, batch.t - w.len));
+        }
+        (ids, batch.windows.iter().map(|w| w.len).collect())
+    }
+
+    /// Run one batch and write the log-probs of its rows (each `n` wide,
+    /// truncated and renormalised) into `out`.
+    pub fn forward(
+        &self,
+        model: &mut OrtModel,
+        batch: &Batch,
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), StageError> {
+        let t = batch.t;
+        let (ids, lens) = self.inputs(batch);
+        let (logits, width) = model.logits_padded(&ids, &lens, t)?;
+        self.width
+            .store(width, std::sync::atomic::Ordering::Relaxed);
+        if width < n {
+            return Err(StageError::Other(format!(
+                "{}: emits {width} logits, fewer than the {n} kept vocabulary entries",
+                model.name()
+            )));
+        }
+        let row_src: Vec<usize> = batch
+            .reads
+            .iter()
+            .map(|&(w, p)| (w * t + p) * width)
+            .collect();
+        let name = model.name().to_string();
+        out.par_chunks_mut(n)
+            .zip(row_src.par_iter().enumerate())
+            .try_for_each(|(dst, (k, &src))| {
+                divergence::log_softmax(&logits[src..src + width], dst).map_err(|i| {
+                    StageError::Other(format!(
+                        "{name}: non-finite logit (token {i}) at row {}",
+                        self.rows[batch.rows.start + k]
+                    ))
+                })
+            })
+    }
+}
+
+/// Write the full log-prob array atomically: header (magic, rows, width,
+/// blake3 of the payload) then row-major f32.
+pub fn write_full(dir: &Path, data: &[f32], rows: usize, width: usize) -> Result<(), StageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    let path = dir.join(FULL);
+    let tmp = dir.join(format!(".{FULL}.tmp-{}", std::process::id()));
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&(rows as u64).to_le_bytes());
+    header.extend_from_slice(&(width as u64).to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(bytes);
+    header.extend_from_slice(h.finalize().as_bytes());
+    header.resize(HEADER, 0);
+    let res = (|| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(&header)?;
+        f.write_all(bytes)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StageError::io(&path, e)
+    })
+}
+
+/// A verified full array, memory-mapped; `None` if absent, incomplete or
+/// not matching (rows, width).
+pub fn read_full(dir: &Path, rows: usize, width: usize) -> Option<memmap2::Mmap> {
+    let f = std::fs::File::open(dir.join(FULL)).ok()?;
+    // SAFETY: the file is written once under a temp name and renamed into
+    // place; nothing modifies it in place, and the hash check below rejects
+    // any file that does not match its header.
+    let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
+    if map.len() != HEADER + rows * width * 4 || &map[..8] != MAGIC {
+        return None;
+    }
+    let r = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
+    let w = u64::from_le_bytes(map[16..24].try_into().ok()?) as usize;
+    if r != rows || w != width {
+        return None;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(&map[HEADER..]);
+    (h.finalize().as_bytes() == &map[24..56]).then_some(map)
+}
+
+/// The f32 payload of a mapped full array.
+pub fn full_values(map: &memmap2::Mmap) -> &[f32] {
+    bytemuck::cast_slice(&map[HEADER..])
+}

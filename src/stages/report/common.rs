@@ -1,0 +1,231 @@
+//! What the sections share: typed reads of the aggregate tables, number
+//! formats, and the log-step chart.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::error::StageError;
+use crate::plot::{Chart, Mark};
+
+/// A Parquet table read with polars, with typed column access whose errors
+/// name the file and column.
+pub(super) struct Table {
+    pub(super) df: DataFrame,
+    pub(super) path: PathBuf,
+}
+
+impl Table {
+    pub(super) fn read(path: &Path) -> Result<Table, StageError> {
+        let f = File::open(path).map_err(|e| StageError::io(path, e))?;
+        let df = ParquetReader::new(f)
+            .finish()
+            .map_err(|e| StageError::input(path, format!("cannot read: {e}")))?;
+        Ok(Table {
+            df,
+            path: path.to_path_buf(),
+        })
+    }
+    pub(super) fn col(&self, name: &str, to: &DataType) -> Result<Series, StageError> {
+        let bad = |e: PolarsError| StageError::input(&self.path, format!("column {name}: {e}"));
+        let c = self.df.column(name).map_err(bad)?;
+        c.as_materialized_series().cast(to).map_err(bad)
+    }
+    pub(super) fn f64(&self, name: &str) -> Result<Vec<f64>, StageError> {
+        let s = self.col(name, &DataType::Float64)?;
+        Ok(s.f64()
+            .expect("cast to f64")
+            .iter()
+            .map(|v| v.unwrap_or(f64::NAN))
+            .collect())
+    }
+    pub(super) fn u64(&self, name: &str) -> Result<Vec<Option<u64>>, StageError> {
+        let s = self.col(name, &DataType::UInt64)?;
+        Ok(s.u64().expect("cast to u64").iter().collect())
+    }
+    pub(super) fn str(&self, name: &str) -> Result<Vec<String>, StageError> {
+        let s = self.col(name, &DataType::String)?;
+        Ok(s.str()
+            .expect("cast to str")
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect())
+    }
+    pub(super) fn bool(&self, name: &str) -> Result<Vec<bool>, StageError> {
+        let s = self.col(name, &DataType::Boolean)?;
+        Ok(s.bool()
+            .expect("cast to bool")
+            .iter()
+            .map(|v| v.unwrap_or(false))
+            .collect())
+    }
+    pub(super) fn height(&self) -> usize {
+        self.df.height()
+    }
+}
+
+/// Numeric order of bin labels such as `1e3-1e4`, `>=1e5`, `[2,4)`.
+pub(super) fn level_key(level: &str) -> Option<f64> {
+    let t = level.trim_start_matches(['[', '>', '=', '(']);
+    let end = t.find([',', ')', ']']).unwrap_or(t.len());
+    let t = &t[..end];
+    // `1e3-1e4`: the lower bound is before the dash that follows a digit.
+    let cut = t
+        .char_indices()
+        .skip(1)
+        .find(|&(i, c)| c == '-' && !t[..i].ends_with('e'))
+        .map_or(t.len(), |(i, _)| i);
+    t[..cut].parse().ok()
+}
+
+pub(super) fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+pub(super) fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
+}
+
+/// Phase names as marked on the plots.
+pub(super) fn short_phase(p: &str) -> &str {
+    match p {
+        "sharp convergence" => "conv",
+        "sharp divergence" => "div",
+        "slow reconvergence" => "reconv",
+        _ => p,
+    }
+}
+
+/// Each size's E[conv] row indices, in step order.
+pub(super) struct Conv {
+    pub(super) t: Table,
+    pub(super) size: Vec<String>,
+    pub(super) step: Vec<f64>,
+    pub(super) conv: Vec<f64>,
+}
+
+impl Conv {
+    pub(super) fn read(path: &Path) -> Result<Conv, StageError> {
+        let t = Table::read(path)?;
+        let (size, conv) = (t.str("size")?, t.f64("conv")?);
+        let step = t
+            .u64("step")?
+            .iter()
+            .map(|s| s.unwrap_or(0) as f64)
+            .collect();
+        Ok(Conv {
+            t,
+            size,
+            step,
+            conv,
+        })
+    }
+    pub(super) fn rows_of(&self, size: &str) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.size.len())
+            .filter(|&i| self.size[i] == size)
+            .collect();
+        idx.sort_by(|&a, &b| self.step[a].total_cmp(&self.step[b]));
+        idx
+    }
+    pub(super) fn line(&self, idx: &[usize], v: &[f64]) -> Vec<(f64, f64)> {
+        idx.iter().map(|&i| (self.step[i], v[i])).collect()
+    }
+    pub(super) fn band(&self, idx: &[usize], lo: &[f64], hi: &[f64]) -> Vec<(f64, f64, f64)> {
+        idx.iter().map(|&i| (self.step[i], lo[i], hi[i])).collect()
+    }
+}
+
+/// Per size: the phase boundaries (start steps of every present phase after
+/// the first) for the plots, and the phase rows for the table.
+pub(super) struct Phases {
+    pub(super) marks: BTreeMap<String, Vec<(u64, String)>>,
+    pub(super) rows: Vec<Vec<String>>,
+}
+
+impl Phases {
+    pub(super) fn read(path: &Path) -> Result<Phases, StageError> {
+        let t = Table::read(path)?;
+        let (size, phase, start, end, present, note) = (
+            t.str("size")?,
+            t.str("phase")?,
+            t.u64("start_step")?,
+            t.u64("end_step")?,
+            t.bool("present")?,
+            t.str("note")?,
+        );
+        let mut marks: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for i in 0..t.height() {
+            let span = |v: Option<u64>| v.map_or("–".to_string(), |s| s.to_string());
+            rows.push(vec![
+                size[i].clone(),
+                phase[i].clone(),
+                if present[i] { "yes" } else { "no" }.into(),
+                span(start[i]),
+                span(end[i]),
+                note[i].clone(),
+            ]);
+            if let (true, Some(s)) = (present[i] && phase[i] != "uniform", start[i]) {
+                marks
+                    .entry(size[i].clone())
+                    .or_default()
+                    .push((s, short_phase(&phase[i]).to_string()));
+            }
+        }
+        Ok(Phases { marks, rows })
+    }
+
+    pub(super) fn marks(&self, size: &str, color: usize) -> Vec<Mark> {
+        self.marks.get(size).map_or(vec![], |v| {
+            v.iter()
+                .map(|(s, l)| Mark {
+                    x: *s as f64,
+                    color,
+                    label: l.clone(),
+                })
+                .collect()
+        })
+    }
+}
+
+/// One conditional panel's groups: level → (rows, few_rows, points).
+pub(super) type Levels<'a> = BTreeMap<&'a str, (u64, bool, Vec<(f64, f64)>)>;
+
+/// Mean ±1 SD over seeds per (size, step) of one `baselines` column.
+pub(super) type OverSeeds = BTreeMap<(String, u64), Vec<f64>>;
+
+pub(super) fn log_chart(title: String, y_label: &str) -> Chart {
+    Chart {
+        title,
+        x_label: "training step (log scale)".into(),
+        y_label: y_label.into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bin_labels_sort_numerically() {
+        let mut v = vec!["1e4-1e5", ">=1e5", "10-100", "100-1e3", "1e3-1e4", "0-10"];
+        v.sort_by(|a, b| level_key(a).unwrap().total_cmp(&level_key(b).unwrap()));
+        assert_eq!(
+            v,
+            ["0-10", "10-100", "100-1e3", "1e3-1e4", "1e4-1e5", ">=1e5"]
+        );
+        let mut v = vec![">=8", "[2,4)", "[0,1)", "[4,8)", "[1,2)"];
+        v.sort_by(|a, b| level_key(a).unwrap().total_cmp(&level_key(b).unwrap()));
+        assert_eq!(v, ["[0,1)", "[1,2)", "[2,4)", "[4,8)", ">=8"]);
+        assert_eq!(level_key("NOUN"), None);
+    }
+}

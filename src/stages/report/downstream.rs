@@ -1,0 +1,121 @@
+//! Downstream convergence: BLiMP and the in-context-learning score.
+
+use super::common::*;
+use super::Inputs;
+use crate::doc::Block;
+use crate::error::StageError;
+use crate::plot::Line;
+use crate::stages::{blimp_conv, icl_summary};
+
+/// BLiMP: −KL between the seeds' paradigm-level q (± 1 SE over
+/// paradigm × seed pair) and accuracy (± 1 SD over seeds).
+pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    let job = r.job;
+    let ctx = r.ctx;
+    let t = Table::read(&ctx.upstream(blimp_conv::NAME, "")?.join("conv.parquet"))?;
+    let (size, step, ordering) = (t.str("size")?, t.u64("step")?, t.str("ordering")?);
+    let (conv, se, acc, acc_sd) = (
+        t.f64("conv")?,
+        t.f64("se")?,
+        t.f64("accuracy")?,
+        t.f64("accuracy_sd_seeds")?,
+    );
+    let mut kl = log_chart(
+        "BLiMP: convergence of the seeds' judgements".into(),
+        "−KL (nats)",
+    );
+    kl.band_label = Some("±1 SE".into());
+    let mut accuracy = log_chart("BLiMP accuracy".into(), "accuracy");
+    accuracy.band_label = Some("±1 SD over seeds".into());
+    let mut rows = Vec::new();
+    for s in &job.info.sizes {
+        for (ord, dashed) in [("ordered", false), ("unordered", true)] {
+            let mut idx: Vec<usize> = (0..t.height())
+                .filter(|&i| &size[i] == s && ordering[i] == ord)
+                .collect();
+            idx.sort_by_key(|&i| step[i]);
+            let x = |i: usize| step[i].unwrap_or(0) as f64;
+            kl.series.push(Line {
+                name: format!("{s} ({ord} pairs)"),
+                color: job.size_color(s),
+                dashed,
+                points: idx.iter().map(|&i| (x(i), conv[i])).collect(),
+                band: idx
+                    .iter()
+                    .map(|&i| (x(i), conv[i] - se[i], conv[i] + se[i]))
+                    .collect(),
+            });
+            if ord == "ordered" {
+                accuracy.series.push(Line {
+                    name: s.clone(),
+                    color: job.size_color(s),
+                    points: idx.iter().map(|&i| (x(i), acc[i])).collect(),
+                    band: idx
+                        .iter()
+                        .map(|&i| (x(i), acc[i] - acc_sd[i], acc[i] + acc_sd[i]))
+                        .collect(),
+                    ..Default::default()
+                });
+                if let Some(&i) = idx.last() {
+                    rows.push(vec![
+                        s.clone(),
+                        step[i].unwrap_or(0).to_string(),
+                        format!("{:.3} ± {:.3}", acc[i], acc_sd[i]),
+                        format!("{} ± {}", fmt(conv[i]), fmt(se[i])),
+                    ]);
+                }
+            }
+        }
+    }
+    Ok(vec![
+        Block::Heading("BLiMP downstream convergence".into()),
+        Block::Para("Per minimal pair q = softmax([log P(good), log P(bad)]) (sentences scored with BOS and EOS); per paradigm and seed the mean q; per paradigm the KL between seeds' mean q (blimp_conv/*.parquet). Solid: ordered seed pairs (as next-token KL); dashed: unordered pairs, the paper's.".into()),
+        job.figure(ctx, "blimp_conv", "BLiMP: −KL between seeds' paradigm-level judgements, mean ± 1 SE over paradigm × seed pair.".into(), &kl, "conv")?,
+        job.figure(ctx, "blimp_accuracy", "BLiMP accuracy (log P(good) > log P(bad)), mean over paradigms, ± 1 SD over seeds.".into(), &accuracy, "accuracy")?,
+        Block::Table {
+            header: ["size", "last step", "accuracy", "−KL (ordered) ± SE"].map(String::from).to_vec(),
+            rows,
+            numeric: vec![false, true, true, true],
+        },
+    ])
+}
+
+/// The in-context-learning score per size: mean over seeds × documents
+/// ± 1 SE (icl_summary/pooled.parquet).
+pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    let job = r.job;
+    let ctx = r.ctx;
+    let dir = ctx.upstream(icl_summary::NAME, "")?;
+    let t = Table::read(&dir.join(icl_summary::POOLED))?;
+    let (size, step, m, se) = (
+        t.str("size")?,
+        t.u64("step")?,
+        t.f64("mean_icl")?,
+        t.f64("se")?,
+    );
+    let mut chart = log_chart(
+        "In-context-learning score".into(),
+        "loss(long context) − loss(short context) (nats)",
+    );
+    chart.band_label = Some("±1 SE".into());
+    for s in &job.info.sizes {
+        let mut idx: Vec<usize> = (0..t.height()).filter(|&i| &size[i] == s).collect();
+        idx.sort_by_key(|&i| step[i]);
+        let x = |i: usize| step[i].unwrap_or(0) as f64;
+        chart.series.push(Line {
+            name: s.clone(),
+            color: job.size_color(s),
+            points: idx.iter().map(|&i| (x(i), m[i])).collect(),
+            band: idx
+                .iter()
+                .map(|&i| (x(i), m[i] - se[i], m[i] + se[i]))
+                .collect(),
+            ..Default::default()
+        });
+    }
+    Ok(vec![
+        Block::Heading("In-context learning".into()),
+        Block::Para("Per document long enough: the loss on one token given a long context minus the loss given a short one (settings in [icl]); negative values mean the model uses the longer context. icl_summary/by_seed.parquet has the mean and SE per seed.".into()),
+        job.figure(ctx, "icl", "In-context-learning score, mean over seeds × documents ± 1 SE.".into(), &chart, "icl")?,
+    ])
+}
