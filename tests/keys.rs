@@ -68,13 +68,35 @@ fn check(name: &str, text: &str) {
         .zip(&g)
         .position(|(a, b)| a != b)
         .unwrap_or(w.len().min(g.len()));
+    // Name the first changed instance and only the fields that differ.
+    let field = |line: Option<&&str>, k: &str| -> String {
+        let v: serde_json::Value = line
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        let s = v
+            .get(k)
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "<none>".into());
+        if s.len() > 300 {
+            format!("{}…", &s[..300])
+        } else {
+            s
+        }
+    };
+    let (a, b) = (w.get(first), g.get(first));
+    let diffs: Vec<String> = ["version", "params", "inputs", "deps"]
+        .iter()
+        .filter(|k| field(a, k) != field(b, k))
+        .map(|k| format!("  {k}: golden {} / now {}", field(a, k), field(b, k)))
+        .collect();
     panic!(
-        "{name}: key recipes changed ({} golden, {} now); first difference at line {}:\n golden: {}\n now:    {}",
+        "{name}: key recipes changed ({} golden, {} now), first at line {} ({} / {}):\n{}\n(SEEDCONV_BLESS=1 rewrites the golden files: only for a deliberate re-key)",
         w.len(),
         g.len(),
         first + 1,
-        w.get(first).unwrap_or(&"<none>"),
-        g.get(first).unwrap_or(&"<none>"),
+        field(a, "id"),
+        field(b, "id"),
+        diffs.join("\n")
     );
 }
 
