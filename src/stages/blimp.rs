@@ -84,7 +84,8 @@ struct BlimpJob {
     /// The suite's kept vocabulary (used when `vocab` is `kept`).
     kept: Option<usize>,
     eos_token: String,
-    #[serde(skip)]
+    /// Its batch size is keyed, as wherever a model runs.
+    #[serde(flatten)]
     set: RunSettings,
 }
 

@@ -42,7 +42,10 @@ impl Stage for Icl {
         let (Some(cfg), Some(suite)) = (&cx.config().icl, cx.suite) else {
             return vec![];
         };
-        let set = eval::settings(cx.loaded);
+        let set = RunSettings {
+            batch_size: cfg.batch_size,
+            ..eval::settings(cx.loaded)
+        };
         suite
             .checkpoints
             .iter()
