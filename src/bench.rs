@@ -144,7 +144,7 @@ fn secs(t: Instant) -> String {
 /// Training throughput per configured size, on synthetic tokens (speed does
 /// not depend on the text), plus the cost of one checkpoint export + check.
 pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
-    use crate::model::Shape;
+    use crate::lm::model::Shape;
     let Some(t) = &l.config.train else {
         anyhow::bail!("{} has no [train] section", l.file_name());
     };
@@ -171,13 +171,13 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
         let mut export_secs = 0.0;
         hp.steps = steps + 2;
         hp.warmup_steps = 1;
-        let mut on_ckpt = |step: usize, m: &crate::model::Model, _| -> Result<(), StageError> {
+        let mut on_ckpt = |step: usize, m: &crate::lm::model::Model, _| -> Result<(), StageError> {
             time_at.push(Instant::now());
             if step == 2 {
                 let te = Instant::now();
                 let w = m.weights().map_err(|e| StageError::Other(e.to_string()))?;
-                let bytes = crate::onnx::export::to_bytes(&shape, &w);
-                let mut ort = crate::onnx::runtime::OrtModel::from_bytes(&bytes, name, 2)?;
+                let bytes = crate::lm::onnx::export::to_bytes(&shape, &w);
+                let mut ort = crate::lm::onnx::runtime::OrtModel::from_bytes(&bytes, name, 2)?;
                 let ids: Vec<i64> = tokens[..4 * shape.context]
                     .iter()
                     .map(|&x| x as i64)
@@ -187,7 +187,7 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
             }
             Ok(())
         };
-        crate::train::train(
+        crate::lm::train::train(
             shape,
             &tokens,
             (1, 1),
@@ -230,8 +230,13 @@ fn lcg_tokens(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// A benchmark model: 4 heads, no logit padding.
-fn bench_shape(vocab: usize, d_model: usize, layers: usize, context: usize) -> crate::model::Shape {
-    crate::model::Shape {
+fn bench_shape(
+    vocab: usize,
+    d_model: usize,
+    layers: usize,
+    context: usize,
+) -> crate::lm::model::Shape {
+    crate::lm::model::Shape {
         vocab,
         vocab_padded: vocab,
         layers,
@@ -256,22 +261,22 @@ pub fn dist(
     let model_path = dir.path().join("model.onnx");
     std::fs::write(
         &model_path,
-        crate::onnx::export::to_bytes(&shape, &shape.init(1)),
+        crate::lm::onnx::export::to_bytes(&shape, &shape.init(1)),
     )?;
     let tokens = lcg_tokens(rows + 1, vocab);
     let seq = vec![0usize; tokens.len()];
     let r = corpus::rows(&seq, window);
-    let plan = crate::eval::EvalPlan::new(
+    let plan = crate::lm::eval::EvalPlan::new(
         tokens.clone(),
         r.iter().map(|x| x.0 as u32).collect(),
         r.iter().map(|x| x.1 as u32).collect(),
         None,
         r.iter().map(|x| tokens[x.0 + 1]).collect(),
         batch,
-        crate::eval::Scoring::Causal,
+        crate::lm::eval::Scoring::Causal,
     );
     let threads = crate::commands::default_jobs();
-    let mut model = crate::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
+    let mut model = crate::lm::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
     // Warm-up, then bare session runs over the same batches.
     let (ids, lens) = plan.inputs(&plan.batches[0]);
     model.logits_padded(&ids, &lens, plan.batches[0].t)?;
@@ -411,9 +416,9 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
         .collect();
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
     let shape = bench_shape(vocab, d_model, layers, longest.next_power_of_two());
-    let bytes = crate::onnx::export::to_bytes(&shape, &shape.init(1));
+    let bytes = crate::lm::onnx::export::to_bytes(&shape, &shape.init(1));
     let threads = crate::commands::default_jobs();
-    let mut model = crate::onnx::runtime::OrtModel::from_bytes(&bytes, "random", threads)?;
+    let mut model = crate::lm::onnx::runtime::OrtModel::from_bytes(&bytes, "random", threads)?;
     let tokens: usize = seqs.iter().map(Vec::len).sum();
     println!(
         "{} sentences ({} pairs × {} paradigms), {tokens} tokens, longest {longest}; d_model {d_model}, {layers} layers, vocab {vocab}, {threads} threads",

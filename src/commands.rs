@@ -522,7 +522,7 @@ pub fn show_config(l: &Loaded) -> Result<()> {
 pub fn doctor(config_path: &Path) -> Result<()> {
     println!("seedconv {}", env!("CARGO_PKG_VERSION"));
     println!("cores: {}", default_jobs());
-    match crate::ortlib::init() {
+    match crate::lm::ortlib::init() {
         Ok((path, info)) => {
             println!(
                 "onnxruntime: {} ({})",

@@ -132,7 +132,7 @@ pub fn builtin_checkpoint_path(step: usize) -> String {
 /// The checkpoint steps of the built-in suite, sorted and unique.
 pub fn builtin_steps(t: &TrainConfig) -> Vec<usize> {
     if t.checkpoints.is_empty() {
-        crate::train::default_checkpoints(t.steps)
+        crate::lm::train::default_checkpoints(t.steps)
     } else {
         let mut v = t.checkpoints.clone();
         v.sort_unstable();

@@ -29,7 +29,7 @@ fn setup() -> (Project, String) {
 /// log P(BOS s EOS) with the logits of one unpadded call, softmax over the
 /// first `n` logits (all of them when None), in f64.
 fn reference_logp(
-    model: &mut seedconv::onnx::runtime::OrtModel,
+    model: &mut seedconv::lm::onnx::runtime::OrtModel,
     tok: &tokenizers::Tokenizer,
     s: &str,
     n: Option<usize>,
@@ -72,7 +72,7 @@ fn check_scores(p: &Project, n: Option<usize>) {
         )))
         .unwrap();
         assert_eq!(b.num_rows(), 2 * 4);
-        let mut model = seedconv::onnx::runtime::OrtModel::from_file(
+        let mut model = seedconv::lm::onnx::runtime::OrtModel::from_file(
             &common::causal().join(format!("neox-seed{seed}/step300/model.onnx")),
             1,
         )

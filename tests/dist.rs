@@ -8,7 +8,7 @@ mod common;
 use common::{fixtures, Project};
 
 use arrow::array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};
-use seedconv::onnx::runtime::OrtModel;
+use seedconv::lm::onnx::runtime::OrtModel;
 
 use common::{causal, hf_suite_config as suite_config};
 
@@ -294,9 +294,9 @@ fn identical_steps_are_warned_about() {
 fn write_model(
     path: &std::path::Path,
     vocab_padded: usize,
-    f: impl Fn(&mut seedconv::model::Weights),
+    f: impl Fn(&mut seedconv::lm::model::Weights),
 ) {
-    let shape = seedconv::model::Shape {
+    let shape = seedconv::lm::model::Shape {
         vocab: 700,
         vocab_padded,
         layers: 1,
@@ -307,7 +307,7 @@ fn write_model(
     let mut w = shape.init(3);
     f(&mut w);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, seedconv::onnx::export::to_bytes(&shape, &w)).unwrap();
+    std::fs::write(path, seedconv::lm::onnx::export::to_bytes(&shape, &w)).unwrap();
 }
 
 fn own_suite(p: &Project, widths: [usize; 2], nan_in_seed_2: bool) {
@@ -374,8 +374,9 @@ fn wrong_signature_names_the_model_and_its_inputs() {
     let p = Project::micro();
     own_suite(&p, [704, 704], false);
     let path = p.path().join("own/s2/step0/model.onnx");
-    let mut m = seedconv::onnx::proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice())
-        .unwrap();
+    let mut m =
+        seedconv::lm::onnx::proto::ModelProto::decode(std::fs::read(&path).unwrap().as_slice())
+            .unwrap();
     let g = m.graph.as_mut().unwrap();
     g.output[0].name = Some("scores".into());
     g.node.last_mut().unwrap().output[0] = "scores".into();

@@ -8,7 +8,7 @@ mod common;
 use common::{col, Project};
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
-use seedconv::model::{Shape, Weights, LN_EPS};
+use seedconv::lm::model::{Shape, Weights, LN_EPS};
 use std::collections::BTreeMap;
 
 const SHAPE: Shape = Shape {
@@ -35,7 +35,7 @@ fn write_suite(p: &Project, seeds: &[u64]) {
     for &s in seeds {
         let dir = p.path().join(format!("models/syn-seed{s}/step0"));
         std::fs::create_dir_all(&dir).unwrap();
-        let bytes = seedconv::onnx::export::to_bytes(&SHAPE, &synthetic(s));
+        let bytes = seedconv::lm::onnx::export::to_bytes(&SHAPE, &synthetic(s));
         std::fs::write(dir.join("model.onnx"), bytes).unwrap();
     }
 }

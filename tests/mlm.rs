@@ -7,7 +7,7 @@ mod common;
 use common::{col, fixtures, Project};
 
 use arrow::array::{Float32Array, Float64Array, StringArray, UInt32Array};
-use seedconv::onnx::runtime::OrtModel;
+use seedconv::lm::onnx::runtime::OrtModel;
 
 const VOCAB: usize = 600;
 const MASK_ID: i64 = 4;

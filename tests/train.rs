@@ -5,7 +5,7 @@ mod common;
 use common::Project;
 
 use arrow::array::{Float32Array, StringArray, UInt32Array};
-use seedconv::model::{Shape, Weights};
+use seedconv::lm::model::{Shape, Weights};
 
 fn suite_config(seeds: &str, extra: &str) -> String {
     format!(
@@ -345,8 +345,8 @@ fn exported_onnx_matches_a_float64_reference_forward_with_vocab_padding() {
     let w = rng_weights(&shape, 11);
     let dir = tempfile::TempDir::new().unwrap();
     let path = dir.path().join("model.onnx");
-    std::fs::write(&path, seedconv::onnx::export::to_bytes(&shape, &w)).unwrap();
-    let mut m = seedconv::onnx::runtime::OrtModel::from_file(&path, 1).unwrap();
+    std::fs::write(&path, seedconv::lm::onnx::export::to_bytes(&shape, &w)).unwrap();
+    let mut m = seedconv::lm::onnx::runtime::OrtModel::from_file(&path, 1).unwrap();
     assert_eq!(m.input_names(), ["input_ids", "attention_mask"]);
     // Random ids, two batch shapes (dynamic batch and sequence).
     let mut s = 5u64;
@@ -397,8 +397,9 @@ fn exported_masked_lm_matches_a_float64_bidirectional_forward_with_padding() {
         context: 20,
     };
     let w = rng_weights(&shape, 12);
-    let bytes = seedconv::onnx::export::to_bytes_for(&shape, &w, seedconv::config::Objective::Mlm);
-    let mut m = seedconv::onnx::runtime::OrtModel::from_bytes(&bytes, "mlm", 1).unwrap();
+    let bytes =
+        seedconv::lm::onnx::export::to_bytes_for(&shape, &w, seedconv::config::Objective::Mlm);
+    let mut m = seedconv::lm::onnx::runtime::OrtModel::from_bytes(&bytes, "mlm", 1).unwrap();
     assert_eq!(
         m.input_names(),
         ["input_ids", "attention_mask", "token_type_ids"]
@@ -473,7 +474,7 @@ mlm_scoring = "masked"
     let m = p.manifest_of("train", "m16-seed1.loss.parquet");
     assert!(m["extra"]["max_abs_dlogit"].as_f64().unwrap() < 1e-4);
     let model = s.join("train/current/m16-seed1/step60/model.onnx");
-    let ort = seedconv::onnx::runtime::OrtModel::from_file(&model, 1).unwrap();
+    let ort = seedconv::lm::onnx::runtime::OrtModel::from_file(&model, 1).unwrap();
     assert_eq!(
         ort.input_names(),
         ["input_ids", "attention_mask", "token_type_ids"]

@@ -17,10 +17,10 @@ use serde_json::json;
 use crate::analysis::conditioning;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::pos;
 use crate::stages::{corpus, tagger, unigram};
 use crate::stages::{PlanCtx, Stage};
 use crate::table;
+use crate::text::pos;
 
 pub const NAME: &str = "annotate";
 pub const VERSION: u32 = 2;
@@ -145,7 +145,7 @@ fn tagged_tokens(ctx: &JobCtx) -> Result<TagColumns, StageError> {
     let words: DocWords = texts
         .iter()
         .map(|text| {
-            let ws = crate::tagger::split_words(text);
+            let ws = crate::text::tagger::split_words(text);
             let forms: Vec<String> = ws.iter().map(|w| w.0.clone()).collect();
             let tags = model.tag(&forms);
             ws.iter()

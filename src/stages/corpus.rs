@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::config::{CorpusMode, TextFormat};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::eval::{EvalPlan, RunSettings, Scoring};
+use crate::lm::eval::{EvalPlan, RunSettings, Scoring};
 use crate::stages::tokenizer;
 use crate::stages::{PlanCtx, Stage};
 use crate::table;

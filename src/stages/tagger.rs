@@ -10,8 +10,8 @@ use serde_json::json;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::stages::{PlanCtx, Stage};
-use crate::tagger::{Tagged, Tagger as PosTagger};
 use crate::text;
+use crate::text::tagger::{Tagged, Tagger as PosTagger};
 
 pub const NAME: &str = "tagger";
 pub const VERSION: u32 = 1;

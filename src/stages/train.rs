@@ -17,13 +17,13 @@ use serde_json::json;
 use crate::config::{Objective, SizeConfig, TrainConfig};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::model::{ids_tensor, to_f32_vec, weights_hash, Model, Shape};
-use crate::onnx::{export, runtime::OrtModel};
+use crate::lm::model::{ids_tensor, to_f32_vec, weights_hash, Model, Shape};
+use crate::lm::onnx::{export, runtime::OrtModel};
+use crate::lm::train::{Hyper, Task};
 use crate::stages::{tokenizer, traindata};
 use crate::stages::{PlanCtx, Stage};
 use crate::suite;
 use crate::table;
-use crate::train::{Hyper, Task};
 
 pub const NAME: &str = "train";
 pub const VERSION: u32 = 1;
@@ -215,7 +215,7 @@ impl Job for TrainJob {
             Ok(())
         };
         let cancel = || ctx.check_cancel();
-        let log = crate::train::train(
+        let log = crate::lm::train::train(
             shape,
             &tokens,
             (self.init_seed, self.data_seed),

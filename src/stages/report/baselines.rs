@@ -2,9 +2,9 @@
 
 use super::common::*;
 use super::Inputs;
-use crate::doc::Block;
 use crate::error::StageError;
-use crate::plot::Line;
+use crate::render::doc::Block;
+use crate::render::plot::Line;
 
 /// KL to uniform and unigram, and cross-entropy: mean ±1 SD over seeds.
 pub(super) fn baselines(r: &Inputs) -> Result<Vec<Block>, StageError> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use crate::error::StageError;
-use crate::plot::{Chart, Mark};
+use crate::render::plot::{Chart, Mark};
 
 /// A Parquet table read with polars, with typed column access whose errors
 /// name the file and column.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use super::common::*;
 use super::Inputs;
 use crate::analysis::conditioning::VARIABLES;
-use crate::doc::Block;
 use crate::error::StageError;
-use crate::plot::Line;
+use crate::render::doc::Block;
+use crate::render::plot::Line;
 
 /// One panel per (variable, size): a line per group.
 pub(super) fn conditional(r: &Inputs) -> Result<Vec<Block>, StageError> {
@@ -39,7 +39,7 @@ pub(super) fn conditional(r: &Inputs) -> Result<Vec<Block>, StageError> {
                 e.2.push((step[i].unwrap_or(0) as f64, conv[i]));
             }
             // A tag set that is all UNK (UPOS from the Penn-only tagger) is no panel.
-            levels.remove(crate::pos::UNK);
+            levels.remove(crate::text::pos::UNK);
             if levels.is_empty() {
                 continue;
             }

@@ -4,9 +4,9 @@
 use super::common::*;
 use super::{write_text, Inputs};
 use crate::config::Band;
-use crate::doc::Block;
 use crate::error::StageError;
-use crate::plot::{csv_field, Line};
+use crate::render::doc::Block;
+use crate::render::plot::{csv_field, Line};
 
 /// E[conv] per size with the configured band and the phase boundaries.
 pub(super) fn convergence(r: &Inputs) -> Result<Vec<Block>, StageError> {

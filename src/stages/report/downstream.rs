@@ -2,9 +2,9 @@
 
 use super::common::*;
 use super::Inputs;
-use crate::doc::Block;
 use crate::error::StageError;
-use crate::plot::Line;
+use crate::render::doc::Block;
+use crate::render::plot::Line;
 use crate::stages::{blimp_conv, icl_summary};
 
 /// BLiMP: −KL between the seeds' paradigm-level q (± 1 SE over

@@ -24,10 +24,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{CorpusMode, Loaded, Objective, ReportConfig};
-use crate::doc::{Block, Doc};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::plot::Chart;
+use crate::render::doc::{Block, Doc};
+use crate::render::plot::Chart;
 use crate::stages::{aggregate, blimp_conv, icl_summary, kl, PlanCtx, Stage};
 use crate::suite::Suite;
 use common::{Conv, Phases};

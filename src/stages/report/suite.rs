@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use super::Inputs;
-use crate::doc::Block;
 use crate::error::StageError;
+use crate::render::doc::Block;
 use crate::stages::{corpus, tokenizer};
 
 pub(super) fn suite(r: &Inputs) -> Result<Vec<Block>, StageError> {

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use super::common::*;
 use super::Inputs;
-use crate::doc::Block;
 use crate::engine::store::MANIFEST;
 use crate::error::StageError;
+use crate::render::doc::Block;
 use crate::stages::kl;
 
 pub(super) fn tokens(r: &Inputs) -> Result<Vec<Block>, StageError> {

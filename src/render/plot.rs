@@ -13,7 +13,7 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 /// The font plotters lays text out with (ab_glyph), for SVG and PNG alike.
-static FONT: &[u8] = include_bytes!("../data/fonts/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
 fn register_font() {

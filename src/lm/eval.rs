@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::analysis::divergence;
 use crate::config::{Device, Loaded, MlmScoring, Objective};
 use crate::error::StageError;
-use crate::onnx::runtime::OrtModel;
+use crate::lm::onnx::runtime::OrtModel;
 
 /// File name of a retained full log-prob array in a scratch folder.
 pub const FULL: &str = "full.f32";

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::StageError;
-use crate::model::{ids_tensor, Model, Shape};
+use crate::lm::model::{ids_tensor, Model, Shape};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Hyper {

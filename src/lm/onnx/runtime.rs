@@ -41,7 +41,7 @@ impl OrtModel {
         threads: usize,
         device: Device,
     ) -> Result<(OrtModel, bool), StageError> {
-        let env = crate::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
+        let env = crate::lm::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
         let err = |e: String| StageError::input(path, format!("ONNX Runtime: {e}"));
         let builder = || {
             Session::builder(env)
@@ -82,7 +82,7 @@ impl OrtModel {
 
     /// Load a model from bytes (name used in messages).
     pub fn from_bytes(bytes: &[u8], name: &str, threads: usize) -> Result<OrtModel, StageError> {
-        let env = crate::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
+        let env = crate::lm::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
         let err = |e: String| StageError::Other(format!("{name}: ONNX Runtime: {e}"));
         let session = Session::builder(env)
             .map_err(|e| err(e.to_string()))?

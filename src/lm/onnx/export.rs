@@ -15,7 +15,7 @@ use super::proto::{
     TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::config::Objective;
-use crate::model::{causal_mask_values, Shape, Weights, LN_EPS, MASK};
+use crate::lm::model::{causal_mask_values, Shape, Weights, LN_EPS, MASK};
 
 pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
