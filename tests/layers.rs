@@ -135,7 +135,7 @@ fn a_stage_names_only_stages_before_it() {
     for (p, text) in &files {
         let r = rel(p);
         // stages/dist.rs → dist; stages/report/conditional.rs → report.
-        let Some(stage) = r.strip_prefix("stages/").map(|s| top(s)) else {
+        let Some(stage) = r.strip_prefix("stages/").map(top) else {
             continue;
         };
         if stage == "mod" {

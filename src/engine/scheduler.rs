@@ -151,13 +151,13 @@ impl Executor for Local {
         let n = plan.len();
         let mut dependents = vec![Vec::new(); n];
         let mut waiting = vec![0usize; n];
-        for i in 0..n {
+        for (i, w) in waiting.iter_mut().enumerate() {
             if !work.sel[i] {
                 continue;
             }
             for &j in &plan.deps[i] {
                 dependents[j].push(i);
-                waiting[i] += 1;
+                *w += 1;
             }
         }
         let total = work.sel.iter().filter(|&&s| s).count();

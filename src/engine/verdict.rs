@@ -114,16 +114,23 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Compare a reason with its printed form.
+/// Compare a reason with its printed form (tests and scripts match text).
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        let mut s = String::new();
+        std::fmt::write(&mut s, format_args!("{self}")).is_ok() && s == other
+    }
+}
+
 impl PartialEq<String> for Reason {
     fn eq(&self, other: &String) -> bool {
-        self.to_string() == *other
+        *self == *other.as_str()
     }
 }
 
 impl PartialEq<&str> for Reason {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        *self == **other
     }
 }
 

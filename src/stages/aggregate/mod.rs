@@ -8,7 +8,6 @@
 //! subset S), then mean and SD over pairs; E[conv] = −that mean.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 
 use polars::prelude::*;
@@ -16,10 +15,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::analysis::conditioning::{Levels, SURPRISAL_BINS, VARIABLES};
-use crate::analysis::stats::{conv_stats, mean_sd, SPREAD_QUANTILES};
+use crate::analysis::stats::{conv_stats, SPREAD_QUANTILES};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::stages::{annotate, dist, kl, tokenizer, PlanCtx, Stage};
+use frames::{conditional, perr, scan, seq_means, write};
+
+mod frames;
 
 pub const NAME: &str = "aggregate";
 pub const VERSION: u32 = 5;
@@ -81,34 +83,6 @@ struct AggregateJob {
     final_surprisal_seed: String,
     token_table_n: usize,
     phase_tolerance: f64,
-}
-
-fn perr(e: PolarsError) -> StageError {
-    StageError::Other(format!("polars: {e}"))
-}
-
-fn scan(paths: &[PathBuf]) -> Result<LazyFrame, StageError> {
-    let lfs = paths
-        .iter()
-        .map(|p| {
-            let p = PlRefPath::try_from_path(p).map_err(perr)?;
-            LazyFrame::scan_parquet(p, ScanArgsParquet::default()).map_err(perr)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    concat(lfs, UnionArgs::default()).map_err(perr)
-}
-
-fn write(ctx: &JobCtx, name: &str, df: &mut DataFrame) -> Result<(), StageError> {
-    let path = ctx.out.join(name);
-    let f = File::create(&path).map_err(|e| StageError::io(&path, e))?;
-    ParquetWriter::new(f)
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(
-            "seedconv.stage".into(),
-            NAME.into(),
-        )])))
-        .finish(df)
-        .map_err(perr)?;
-    Ok(())
 }
 
 impl Job for AggregateJob {
@@ -297,7 +271,7 @@ impl AggregateJob {
         annotations: LazyFrame,
         surprisal: LazyFrame,
     ) -> Result<DataFrame, StageError> {
-        let joined = scan(&kl_files)?
+        let joined = scan(kl_files)?
             .join(
                 annotations.clone(),
                 [col("row")],
@@ -373,7 +347,7 @@ impl AggregateJob {
     ) -> Result<DataFrame, StageError> {
         let vocab = scan(&[ctx.upstream(tokenizer::NAME, "")?.join("vocab.parquet")])?
             .select([col("token_id"), col("text")]);
-        let per_token = scan(&kl_files)?
+        let per_token = scan(kl_files)?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id")]),
@@ -447,93 +421,4 @@ impl AggregateJob {
         write(ctx, "token_table.parquet", &mut token_table)?;
         Ok(token_table)
     }
-}
-
-/// Each row's list column as a mean summed left to right. polars' float
-/// sums depend on how a group's values are chunked, which varies between
-/// runs; with the lists sorted, this makes the tables byte-reproducible.
-fn seq_means(df: &DataFrame, list: &str) -> PolarsResult<Vec<f64>> {
-    df.column(list)?
-        .list()?
-        .amortized_iter()
-        .map(|v| {
-            let Some(v) = v else { return Ok(f64::NAN) };
-            let xs = v.as_ref().f64()?;
-            let sum = xs.into_no_null_iter().fold(0.0, |a, x| a + x);
-            Ok(sum / xs.len().max(1) as f64)
-        })
-        .collect()
-}
-
-/// Per pair the mean KL over the rows of each level of `variable`, then
-/// mean and SD over pairs; `n_rows` is the rows per level (the same for
-/// every pair). polars groups; the sums run here in a fixed order.
-/// (Columns are not named `by`/`group`: both are SQL keywords.)
-fn conditional(lf: LazyFrame, level: Expr, variable: &str) -> Result<DataFrame, StageError> {
-    let keys = ["size", "step", "level", "seed_a", "seed_b"];
-    let per_pair = lf
-        .with_column(level.alias("level"))
-        .group_by(keys.map(col))
-        .agg([
-            col("kl")
-                .sort_by([col("row")], SortMultipleOptions::default())
-                .alias("kls"),
-            len().alias("n_rows"),
-        ])
-        .sort(keys, SortMultipleOptions::default())
-        .collect()
-        .map_err(perr)?;
-    let pair_kl = seq_means(&per_pair, "kls").map_err(perr)?;
-    let strs = |c: &str| -> Result<Vec<String>, StageError> {
-        Ok(per_pair
-            .column(c)
-            .map_err(perr)?
-            .str()
-            .map_err(perr)?
-            .iter()
-            .map(|v| v.unwrap_or_default().to_string())
-            .collect())
-    };
-    let u32s = |c: &str| -> Result<Vec<u32>, StageError> {
-        Ok(per_pair
-            .column(c)
-            .map_err(perr)?
-            .cast(&DataType::UInt32)
-            .map_err(perr)?
-            .u32()
-            .map_err(perr)?
-            .into_no_null_iter()
-            .collect())
-    };
-    let (size, step, lvl, rows) = (
-        strs("size")?,
-        u32s("step")?,
-        strs("level")?,
-        u32s("n_rows")?,
-    );
-    let (mut o_size, mut o_step, mut o_level) = (vec![], vec![], vec![]);
-    let (mut o_conv, mut o_sd, mut o_rows, mut o_pairs) = (vec![], vec![], vec![], vec![]);
-    let mut i = 0;
-    while i < pair_kl.len() {
-        let same = |j: usize| size[j] == size[i] && step[j] == step[i] && lvl[j] == lvl[i];
-        let mut j = i;
-        while j < pair_kl.len() && same(j) {
-            j += 1;
-        }
-        let (m, sd) = mean_sd(&pair_kl[i..j]);
-        o_size.push(size[i].clone());
-        o_step.push(step[i]);
-        o_level.push(lvl[i].clone());
-        o_conv.push(-m);
-        o_sd.push(sd);
-        o_rows.push(rows[i..j].iter().copied().max().unwrap_or(0));
-        o_pairs.push((j - i) as u32);
-        i = j;
-    }
-    let n = o_size.len();
-    df!(
-        "size" => o_size, "step" => o_step, "variable" => vec![variable; n], "level" => o_level,
-        "conv" => o_conv, "sd_pairs" => o_sd, "n_rows" => o_rows, "n_pairs" => o_pairs
-    )
-    .map_err(perr)
 }

@@ -1,0 +1,136 @@
+//! `gc`: delete store entries no current view points at.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::Session;
+use crate::cli::GcArgs;
+use crate::engine::store::{EntryLock, MANIFEST};
+use crate::engine::Verdict;
+
+pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
+    let store = &s.engine.store;
+    let sel = vec![true; s.plan.len()];
+    let verdicts = s.engine.evaluate(&s.plan, &sel)?;
+    let mut keep: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
+        let Some((v, key)) = v else { continue };
+        let set = keep.entry(inst.stage).or_default();
+        match v {
+            Verdict::Fresh(_) => {
+                set.insert(key.clone());
+            }
+            // Its key is unknown until upstream reruns; the last entry may
+            // still be valid then (early cutoff).
+            Verdict::Pending { .. } => {
+                if let Some(k) = store.read_index(inst.stage).get(&inst.label) {
+                    set.insert(k.clone());
+                }
+            }
+            Verdict::Stale(_) => {}
+        }
+    }
+    let mut removed = 0u64;
+    let mut bytes = 0u64;
+    let mut remove = |p: &Path, what: &str| -> Result<()> {
+        let size = dir_size(p);
+        println!(
+            "{} {what} {}",
+            if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            p.display()
+        );
+        if !args.dry_run {
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).with_context(|| p.display().to_string())?;
+            } else {
+                std::fs::remove_file(p).with_context(|| p.display().to_string())?;
+            }
+        }
+        removed += 1;
+        bytes += size;
+        Ok(())
+    };
+    for stage in store.stages() {
+        let sdir = store.stage_dir(&stage);
+        if !s.plan.stages.iter().any(|p| *p == stage) {
+            remove(&sdir, "stage")?;
+            continue;
+        }
+        let keep_set = keep.get(stage.as_str()).cloned().unwrap_or_default();
+        let current_view = store.current_view(&stage);
+        for e in std::fs::read_dir(&sdir)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let path = e.path();
+            if let Some(rest) = name.strip_prefix(".tmp-") {
+                let key = rest.split('-').next().unwrap_or("");
+                if EntryLock::try_acquire(&store.lock_path(&stage, key))?.is_some() {
+                    remove(&path, "temp")?;
+                }
+            } else if name == ".views" {
+                for v in std::fs::read_dir(&path)?.flatten() {
+                    if Some(v.path()) != current_view
+                        && !v.file_name().to_string_lossy().contains(".tmp-")
+                    {
+                        remove(&v.path(), "view")?;
+                    }
+                }
+            } else if name.ends_with(".lock") {
+                // A lock nobody holds is left over from a killed run.
+                if let Some(l) = EntryLock::try_acquire(&path)? {
+                    drop(l);
+                    println!("removed stale lock {}", path.display());
+                }
+            } else if path.is_dir() && !name.starts_with('.') && !keep_set.contains(&name) {
+                remove(&path, "entry")?;
+            }
+        }
+    }
+    // Scratch (evictable intermediates) of entries that are not kept.
+    let scratch = store.root.join(".scratch");
+    for stage_dir in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
+        let stage = stage_dir.file_name().to_string_lossy().to_string();
+        let keep_set = keep.get(stage.as_str()).cloned().unwrap_or_default();
+        for e in std::fs::read_dir(stage_dir.path())?.flatten() {
+            if !keep_set.contains(&e.file_name().to_string_lossy().to_string()) {
+                remove(&e.path(), "scratch")?;
+            }
+        }
+    }
+    if !args.dry_run {
+        for stage in &s.plan.stages {
+            let index = store.read_index(stage);
+            let live: BTreeSet<String> = index
+                .iter()
+                .filter(|(_, k)| store.entry_dir(stage, k).join(MANIFEST).exists())
+                .map(|(l, _)| l.clone())
+                .collect();
+            if live.len() != index.len() {
+                store.update_index(stage, &BTreeMap::new(), Some(&live))?;
+            }
+        }
+    }
+    println!(
+        "{} {removed} items, {:.1} MB",
+        if args.dry_run { "would free" } else { "freed" },
+        bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}

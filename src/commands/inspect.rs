@@ -1,0 +1,197 @@
+//! Looking without computing: `status`, `show`, `verify`, `config`, `doctor`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::{default_jobs, RunFailed, Session};
+use crate::cli::ShowArgs;
+use crate::config::{self, Loaded};
+use crate::engine::hashcache::hash_file;
+use crate::engine::{Reason, Verdict};
+
+/// Reasons as one line.
+pub(super) fn joined(why: &[Reason]) -> String {
+    why.iter()
+        .map(Reason::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub fn status(s: &Session) -> Result<()> {
+    s.warn_duplicates()?;
+    let sel = vec![true; s.plan.len()];
+    let verdicts = s.engine.evaluate(&s.plan, &sel)?;
+    let mut out = std::io::stdout().lock();
+    let mut per_stage: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
+        let Some((v, key)) = v else { continue };
+        let counts = per_stage.entry(inst.stage).or_default();
+        let short = if key.is_empty() {
+            "-"
+        } else {
+            &key[..key.len().min(12)]
+        };
+        let (state, reason, slot) = match v {
+            Verdict::Fresh(_) => ("fresh", String::new(), 0),
+            Verdict::Stale(why) if why.len() == 1 && why[0] == Reason::NeverRun => {
+                ("missing", why[0].to_string(), 2)
+            }
+            Verdict::Stale(why) => ("stale", joined(why), 1),
+            Verdict::Pending { upstream, changes } => {
+                let mut why = vec![format!("waits on {}", upstream.join(", "))];
+                why.extend(changes.iter().map(Reason::to_string));
+                ("pending", why.join("; "), 3)
+            }
+        };
+        counts[slot] += 1;
+        writeln!(out, "{state:<8} {:<40} {short:<12} {reason}", inst.id())?;
+    }
+    writeln!(out)?;
+    for st in &s.plan.stages {
+        let c = per_stage.get(st).copied().unwrap_or_default();
+        writeln!(
+            out,
+            "{st}: {} fresh, {} stale, {} missing, {} pending",
+            c[0], c[1], c[2], c[3]
+        )?;
+    }
+    Ok(())
+}
+
+/// Current artefact paths of a stage, from its index.
+fn current_files(s: &Session, stage: &str) -> Result<Vec<PathBuf>> {
+    let store = &s.engine.store;
+    let index = store.read_index(stage);
+    let mut files = Vec::new();
+    for key in index.values() {
+        if let Some(m) = store.read_manifest(stage, key) {
+            files.extend(
+                m.outputs
+                    .keys()
+                    .map(|n| store.entry_dir(stage, key).join(n)),
+            );
+        }
+    }
+    if files.is_empty() {
+        bail!("stage {stage} has no artefacts yet; run `seedconv run {stage}`");
+    }
+    Ok(files)
+}
+
+pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
+    s.check_stage(&args.stage)?;
+    let files = current_files(s, &args.stage)?;
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let f = std::fs::canonicalize(&f).unwrap_or(f);
+        if !args.schema {
+            writeln!(out, "{}", f.display())?;
+            continue;
+        }
+        if f.extension().and_then(|e| e.to_str()) != Some("parquet") {
+            continue;
+        }
+        let info = crate::table::schema(&f).with_context(|| f.display().to_string())?;
+        writeln!(out, "{}  ({} rows)", f.display(), info.rows)?;
+        for field in info.schema.fields() {
+            let null = if field.is_nullable() {
+                " (nullable)"
+            } else {
+                ""
+            };
+            writeln!(out, "  {:<16} {}{null}", field.name(), field.data_type())?;
+        }
+        for (k, v) in info.metadata {
+            writeln!(out, "  # {k} = {v}")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn verify(s: &Session) -> Result<()> {
+    let store = &s.engine.store;
+    let (mut ok, mut bad, mut incomplete) = (0, 0, 0);
+    let mut out = std::io::stdout().lock();
+    for stage in store.stages() {
+        for key in store.entries(&stage) {
+            let dir = store.entry_dir(&stage, &key);
+            let Some(m) = store.read_manifest(&stage, &key) else {
+                incomplete += 1;
+                writeln!(
+                    out,
+                    "incomplete {stage}/{key}: no valid manifest (ignored by run, removed by gc)"
+                )?;
+                continue;
+            };
+            let mut problems = Vec::new();
+            for (name, of) in &m.outputs {
+                let p = dir.join(name);
+                match hash_file(&p) {
+                    Ok(h) if h == of.blake3 => {}
+                    Ok(_) => problems.push(format!("{name} hash differs from manifest")),
+                    Err(_) => problems.push(format!("{name} missing")),
+                }
+            }
+            if problems.is_empty() {
+                ok += 1;
+            } else {
+                bad += 1;
+                writeln!(
+                    out,
+                    "CORRUPT {stage}/{key} ({}): {}",
+                    crate::engine::instance_id(&stage, &m.label),
+                    problems.join("; ")
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "verified {} entries: {ok} ok, {bad} corrupted, {incomplete} incomplete",
+        ok + bad + incomplete
+    )?;
+    if bad > 0 {
+        return Err(RunFailed(format!(
+            "{bad} corrupted entries; `seedconv run` recomputes them"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub fn show_config(l: &Loaded) -> Result<()> {
+    println!(
+        "# resolved from {} (relative paths resolved against {})",
+        l.file_name(),
+        l.root.display()
+    );
+    print!("{}", config::render(&l.config));
+    Ok(())
+}
+
+pub fn doctor(config_path: &Path) -> Result<()> {
+    println!("seedconv {}", env!("CARGO_PKG_VERSION"));
+    println!("cores: {}", default_jobs());
+    match crate::lm::ortlib::init() {
+        Ok((path, info)) => {
+            println!(
+                "onnxruntime: {} ({})",
+                path.display(),
+                info.lines().next().unwrap_or("")
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match config::load(config_path) {
+        Ok(l) => println!(
+            "config: {} (store {})",
+            l.file_name(),
+            l.store_dir().display()
+        ),
+        Err(e) => println!("config: {e}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! What each subcommand does, given parsed arguments.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::config::{self, Loaded};
+use crate::engine::{Engine, Plan};
+use crate::error::ConfigError;
+use crate::stages;
+
+mod gc;
+mod inspect;
+mod run;
+
+pub use gc::gc;
+pub use inspect::{doctor, show, show_config, status, verify};
+pub use run::{run, CliReporter};
+
+/// A usage mistake (unknown stage, …): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A run that finished with failures: exit code 1, message already printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunFailed(pub String);
+
+pub struct Session {
+    pub loaded: Loaded,
+    pub plan: Plan,
+    pub engine: Engine,
+}
+
+impl Session {
+    pub fn open(config_path: &Path, cancel: Arc<AtomicBool>) -> Result<Session> {
+        let loaded = config::load(config_path)?;
+        let plan = stages::plan(&loaded)?;
+        let mut engine = Engine::open(&loaded.store_dir())?;
+        engine.cancel = cancel;
+        Ok(Session {
+            loaded,
+            plan,
+            engine,
+        })
+    }
+
+    /// Warn about suite checkpoints whose files are identical across steps.
+    fn warn_duplicates(&self) -> Result<()> {
+        if let Some(suite) = crate::suite::from_config(&self.loaded)? {
+            let memo = &self.engine.memo;
+            for w in crate::suite::duplicate_steps(&suite, &|p| memo.hash(p).ok()) {
+                tracing::warn!("{w}");
+            }
+        }
+        Ok(())
+    }
+
+    fn check_stage(&self, stage: &str) -> Result<()> {
+        if self.plan.stages.contains(&stage) {
+            Ok(())
+        } else {
+            Err(UsageError(format!(
+                "unknown stage {stage} in {} (stages: {})",
+                self.loaded.file_name(),
+                self.plan.stages.join(", ")
+            ))
+            .into())
+        }
+    }
+}
+
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Exit code for an error: 2 for configuration and usage, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}

@@ -1,0 +1,169 @@
+//! `run`: compute what is stale, with progress, and `run --dry-run`.
+
+use std::io::{IsTerminal, Write};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::inspect::joined;
+use super::{default_jobs, RunFailed, Session};
+use crate::cli::RunArgs;
+use crate::engine::{Outcome, Reporter, RunOptions, Verdict};
+use crate::stages;
+
+/// Progress bar on a terminal, log lines otherwise.
+pub struct CliReporter {
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+    quiet: bool,
+}
+
+impl CliReporter {
+    pub fn new(quiet: bool) -> CliReporter {
+        CliReporter {
+            bar: std::sync::Mutex::new(None),
+            quiet,
+        }
+    }
+    fn log(&self, f: impl FnOnce()) {
+        match &*self.bar.lock().unwrap() {
+            Some(b) => b.suspend(f),
+            None => f(),
+        }
+    }
+}
+
+impl Reporter for CliReporter {
+    fn start(&self, total: usize) {
+        if !self.quiet && std::io::stderr().is_terminal() {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            *self.bar.lock().unwrap() = Some(b);
+        }
+    }
+    fn begin(&self, id: &str) {
+        if let Some(b) = &*self.bar.lock().unwrap() {
+            b.set_message(format!("running {id}"));
+        }
+        self.log(|| tracing::debug!("running {id}"));
+    }
+    fn done(&self, id: &str, outcome: &Outcome, seconds: f64) {
+        match outcome {
+            Outcome::Computed(_) => self.log(|| tracing::info!("computed {id} in {seconds:.2} s")),
+            Outcome::Reused(_) => self.log(|| tracing::debug!("fresh {id}")),
+            Outcome::Failed(e) => self.log(|| tracing::error!("failed {id}: {e}")),
+            Outcome::Skipped(why) => self.log(|| tracing::warn!("skipped {id}: {why}")),
+            Outcome::Cancelled => {}
+        }
+        if let Some(b) = &*self.bar.lock().unwrap() {
+            b.inc(1);
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = self.bar.lock().unwrap().take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
+    for st in args.stages.iter().chain(&args.force) {
+        s.check_stage(st)?;
+    }
+    s.warn_duplicates()?;
+    if args.dry_run {
+        return dry_run(s, args);
+    }
+    let opts = RunOptions {
+        targets: args.stages.clone(),
+        force: args.force.clone(),
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+    };
+    let reporter = CliReporter::new(quiet);
+    let report = s.engine.run(&s.plan, &opts, &reporter)?;
+    let summary = format!(
+        "computed {}, reused {}, failed {}, skipped {}",
+        report.computed,
+        report.reused,
+        report.failed.len(),
+        report.skipped
+    );
+    if report.cancelled {
+        eprintln!("interrupted: {summary}; finished instances are kept");
+        std::process::exit(130);
+    }
+    if !report.failed.is_empty() {
+        for f in &report.failed {
+            eprintln!("error: {f}");
+        }
+        return Err(RunFailed(summary).into());
+    }
+    if !quiet {
+        eprintln!("{summary}");
+    }
+    // Point at the report when this run covered it.
+    // The store folder resolved (`presets/../stages-mlm` → `stages-mlm`), the
+    // view path kept: `current/report.html` always names the latest report.
+    let store = s.loaded.store_dir();
+    let report = std::fs::canonicalize(&store)
+        .unwrap_or(store)
+        .join(stages::report::NAME)
+        .join("current")
+        .join(stages::report::HTML);
+    let covered = s
+        .plan
+        .instances
+        .iter()
+        .zip(s.plan.closure(&args.stages))
+        .any(|(i, sel)| sel && i.stage == stages::report::NAME);
+    if covered && report.exists() {
+        println!("report: {}", report.display());
+    }
+    Ok(())
+}
+
+fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
+    let sel = s.plan.closure(&args.stages);
+    let verdicts = s.engine.evaluate(&s.plan, &sel)?;
+    let mut out = std::io::stdout().lock();
+    let (mut would, mut may, mut fresh) = (0, 0, 0);
+    for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
+        let Some((v, _)) = v else { continue };
+        let forced = args.force.iter().any(|f| f == inst.stage);
+        match v {
+            Verdict::Fresh(_) if forced => {
+                would += 1;
+                writeln!(out, "would run {}: forced", inst.id())?;
+            }
+            Verdict::Fresh(_) => fresh += 1,
+            Verdict::Stale(why) => {
+                would += 1;
+                writeln!(out, "would run {}: {}", inst.id(), joined(why))?;
+            }
+            Verdict::Pending { upstream, changes } if changes.is_empty() => {
+                may += 1;
+                writeln!(
+                    out,
+                    "may run {}: after {} (unless its output is unchanged)",
+                    inst.id(),
+                    upstream.join(", ")
+                )?;
+            }
+            Verdict::Pending { upstream, changes } => {
+                would += 1;
+                writeln!(
+                    out,
+                    "would run {}: {} (after {})",
+                    inst.id(),
+                    joined(changes),
+                    upstream.join(", ")
+                )?;
+            }
+        }
+    }
+    writeln!(out, "{would} would run, {may} may run, {fresh} fresh")?;
+    Ok(())
+}
