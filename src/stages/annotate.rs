@@ -29,12 +29,8 @@ pub const VERSION: u32 = 2;
 pub struct Annotate;
 
 impl Stage for Annotate {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let tagger = cx.config().uses_tagger();
         let mut deps = vec![

@@ -31,12 +31,8 @@ pub const FILE: &str = "blimp.parquet";
 pub struct Blimp;
 
 impl Stage for Blimp {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let (Some(b), Some(suite)) = (&cx.config().blimp, cx.suite) else {
             return vec![];

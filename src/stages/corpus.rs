@@ -33,12 +33,8 @@ pub const VERSION: u32 = 2;
 pub struct Corpus;
 
 impl Stage for Corpus {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let c = &cx.config().corpus;
         let t = &cx.config().tokenizer;

@@ -35,12 +35,8 @@ pub const VERSION: u32 = 1;
 pub struct Dist;
 
 impl Stage for Dist {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let Some(suite) = cx.suite else {
             return vec![];

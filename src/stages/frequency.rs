@@ -54,12 +54,8 @@ fn label_for(p: &std::path::Path, taken: &mut Vec<String>) -> String {
 pub struct Frequency;
 
 impl Stage for Frequency {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let c = cx.config();
         let (files, format, field) = if c.frequency.files.is_empty() {

@@ -32,12 +32,8 @@ pub const FILE: &str = "icl.parquet";
 pub struct Icl;
 
 impl Stage for Icl {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let (Some(cfg), Some(suite)) = (&cx.config().icl, cx.suite) else {
             return vec![];

@@ -23,12 +23,8 @@ pub const POOLED: &str = "pooled.parquet";
 pub struct IclSummary;
 
 impl Stage for IclSummary {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let (Some(_), Some(suite)) = (&cx.config().icl, cx.suite) else {
             return vec![];

@@ -53,27 +53,43 @@ impl PlanCtx<'_> {
     pub fn config(&self) -> &crate::config::Config {
         &self.loaded.config
     }
+    /// The suite, when it has seeds to compare (two or more).
+    pub fn seeds_to_compare(&self) -> Option<&Suite> {
+        self.suite.filter(|s| s.seeds.len() >= 2)
+    }
 }
 
 /// A stage of the pipeline: a name, a version (bumped whenever its outputs
 /// would change) and the instances it expands the config into.
 pub trait Stage: Sync {
-    fn name(&self) -> &'static str;
-    fn version(&self) -> u32;
+    const NAME: &'static str;
+    const VERSION: u32;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance>;
 
     /// An instance of this stage running `job`, keyed by the job's fields.
-    fn instance<J: Job + Serialize + 'static>(&self, label: impl Into<String>, job: J) -> Instance
-    where
-        Self: Sized,
-    {
+    fn instance<J: Job + Serialize + 'static>(&self, label: impl Into<String>, job: J) -> Instance {
         let params = serde_json::to_value(&job).expect("job parameters serialise");
-        Instance::new(self.name(), self.version(), label, params, Box::new(job))
+        Instance::new(Self::NAME, Self::VERSION, label, params, Box::new(job))
+    }
+}
+
+/// A `Stage` as the registry holds it.
+pub trait DynStage: Sync {
+    fn name(&self) -> &'static str;
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance>;
+}
+
+impl<S: Stage> DynStage for S {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        Stage::instances(self, cx)
     }
 }
 
 /// Every stage, in plan order (each after the stages it reads).
-pub const REGISTRY: &[&dyn Stage] = &[
+pub const REGISTRY: &[&dyn DynStage] = &[
     &tokenizer::Tokenizer,
     &corpus::Corpus,
     &frequency::Frequency,

@@ -22,12 +22,8 @@ const ITERS: usize = 5;
 pub struct Tagger;
 
 impl Stage for Tagger {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let c = cx.config();
         if !c.uses_tagger() {

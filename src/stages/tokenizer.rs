@@ -45,12 +45,8 @@ pub fn mlm_specials(t: &crate::config::TokenizerConfig) -> Vec<(String, &'static
 pub struct Tokenizer;
 
 impl Stage for Tokenizer {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let c = cx.config();
         // Checked on the user's file, so errors name it (not the store's copy).

@@ -47,12 +47,8 @@ pub fn hyper(t: &TrainConfig) -> Hyper {
 pub struct Train;
 
 impl Stage for Train {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let Some(t) = &cx.config().train else {
             return vec![];

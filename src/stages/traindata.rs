@@ -26,12 +26,8 @@ pub const FILE: &str = "train_tokens.parquet";
 pub struct TrainData;
 
 impl Stage for TrainData {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let c = cx.config();
         if c.train.is_none() {

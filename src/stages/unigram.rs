@@ -25,12 +25,8 @@ pub const FILE: &str = "unigram.parquet";
 pub struct Unigram;
 
 impl Stage for Unigram {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
         let labels: Vec<String> = cx
             .planned

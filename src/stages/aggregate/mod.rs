@@ -30,14 +30,10 @@ pub const VERSION: u32 = 5;
 pub struct Aggregate;
 
 impl Stage for Aggregate {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
-        let Some(suite) = cx.suite.filter(|s| s.seeds.len() >= 2) else {
+        let Some(suite) = cx.seeds_to_compare() else {
             return vec![];
         };
         let a = &cx.config().aggregate;

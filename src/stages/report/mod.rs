@@ -40,12 +40,8 @@ pub const HTML: &str = "report.html";
 pub struct Report;
 
 impl Stage for Report {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
     /// It depends on every instance already in the plan (the report reads
     /// their manifests for timings and disk use).
     fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
