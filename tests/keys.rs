@@ -177,3 +177,58 @@ fn multiberts_preset_keys_are_unchanged() {
         &recipes(&file, &[(tmp.path(), "<tmp>"), (repo, "<repo>")]),
     );
 }
+
+/// Every field left out of a key says so, the one visible way: a
+/// `#[serde(skip)]` with an `unkeyed:` comment above it (one comment may
+/// cover a run of skipped fields).
+#[test]
+fn every_unkeyed_field_says_why() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&Path::new(REPO).join("src"), &mut files);
+    let mut silent = Vec::new();
+    let mut seen = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() != "#[serde(skip)]" {
+                continue;
+            }
+            seen += 1;
+            // Back over doc comments and the skipped fields of the same run.
+            let mut j = i;
+            let mut said = false;
+            while j > 0 {
+                j -= 1;
+                let t = lines[j].trim();
+                if t.contains("unkeyed:") {
+                    said = true;
+                    break;
+                }
+                let skipped_field = j > 0 && lines[j - 1].trim() == "#[serde(skip)]";
+                if !(t.starts_with("///") || t == "#[serde(skip)]" || skipped_field) {
+                    break;
+                }
+            }
+            if !said {
+                silent.push(format!("{}:{}", f.display(), i + 1));
+            }
+        }
+    }
+    assert!(seen >= 10, "found only {seen} skipped fields");
+    assert!(
+        silent.is_empty(),
+        "skipped without `unkeyed:`:\n{}",
+        silent.join("\n")
+    );
+}

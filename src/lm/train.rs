@@ -23,7 +23,7 @@ pub struct Hyper {
     pub beta1: f64,
     pub beta2: f64,
     pub log_every: usize,
-    /// Resolved at run time (token ids); the key has the objective itself.
+    /// unkeyed: resolved at run time (token ids); the key has the objective.
     #[serde(skip)]
     pub task: Task,
 }

@@ -24,6 +24,8 @@ use crate::text::pos;
 
 pub const NAME: &str = "annotate";
 pub const VERSION: u32 = 2;
+/// The per-row annotation table.
+pub const FILE: &str = "annotations.parquet";
 
 /// The `annotate` stage.
 pub struct Annotate;
@@ -278,7 +280,7 @@ impl Job for AnnotateJob {
             ],
         )?;
         table::write(
-            &ctx.out.join("annotations.parquet"),
+            &ctx.out.join(FILE),
             &batch,
             &[
                 ("stage", NAME.into()),

@@ -30,6 +30,8 @@ use crate::table;
 
 pub const NAME: &str = "dist";
 pub const VERSION: u32 = 1;
+/// Each instance's output table.
+pub const FILE: &str = "dist.parquet";
 
 /// The `dist` stage: one instance per checkpoint.
 pub struct Dist;
@@ -261,7 +263,7 @@ pub fn write_table(
         ],
     )?;
     table::write(
-        &out.join("dist.parquet"),
+        &out.join(FILE),
         &batch,
         &[
             ("stage", NAME.into()),
@@ -273,4 +275,16 @@ pub fn write_table(
             ("model_blake3", model_hash.to_string()),
         ],
     )
+}
+
+/// The number of logits the model of the upstream `dist` instance `label`
+/// emitted (from its table's metadata).
+pub fn logits_width(ctx: &JobCtx, label: &str) -> Result<usize, StageError> {
+    let p = ctx.upstream(NAME, label)?.join(FILE);
+    table::schema(&p)?
+        .metadata
+        .iter()
+        .find(|(k, _)| k == "seedconv.logits_width")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .ok_or_else(|| StageError::input(&p, "no seedconv.logits_width metadata"))
 }

@@ -28,6 +28,8 @@ use crate::table;
 
 pub const NAME: &str = "kl";
 pub const VERSION: u32 = 1;
+/// Each instance's per-row KL table.
+pub const FILE: &str = "kl.parquet";
 
 /// The `kl` stage: one instance per (size, step) of a suite of ≥ 2 seeds.
 pub struct Kl;
@@ -116,13 +118,7 @@ impl Job for KlJob {
         // Every seed of a size must emit the same number of logits.
         let mut width: Option<(usize, &Checkpoint)> = None;
         for c in &self.ckpts {
-            let p = ctx.upstream(dist::NAME, &c.label())?.join("dist.parquet");
-            let w = table::schema(&p)?
-                .metadata
-                .iter()
-                .find(|(k, _)| k == "seedconv.logits_width")
-                .and_then(|(_, v)| v.parse::<usize>().ok())
-                .ok_or_else(|| StageError::input(&p, "no seedconv.logits_width metadata"))?;
+            let w = dist::logits_width(ctx, &c.label())?;
             match width {
                 Some((w0, c0)) if w0 != w => {
                     return Err(StageError::Other(format!(
@@ -229,7 +225,7 @@ impl Job for KlJob {
                 Arc::new(Float64Array::from(kl.clone())),
             ],
         )?;
-        table::write(&ctx.out.join("kl.parquet"), &batch, &meta)?;
+        table::write(&ctx.out.join(FILE), &batch, &meta)?;
 
         let conv: Vec<f64> = kl
             .chunks(np)

@@ -86,16 +86,14 @@ impl Job for AggregateJob {
         let kl_files: Vec<PathBuf> = self
             .kls
             .iter()
-            .map(|l| ctx.upstream(kl::NAME, l).map(|d| d.join("kl.parquet")))
+            .map(|l| ctx.upstream(kl::NAME, l).map(|d| d.join(kl::FILE)))
             .collect::<Result<_, _>>()?;
         let dist_files: Vec<PathBuf> = self
             .dists
             .iter()
-            .map(|l| ctx.upstream(dist::NAME, l).map(|d| d.join("dist.parquet")))
+            .map(|l| ctx.upstream(dist::NAME, l).map(|d| d.join(dist::FILE)))
             .collect::<Result<_, _>>()?;
-        let ann = ctx
-            .upstream(annotate::NAME, "")?
-            .join("annotations.parquet");
+        let ann = ctx.upstream(annotate::NAME, "")?.join(annotate::FILE);
         let (conv, curves) = self.conv(ctx, &kl_files)?;
         self.phases(ctx, curves)?;
         let dists = scan(&dist_files)?;
