@@ -21,6 +21,15 @@ fn aggregates_match_an_independent_computation() {
     let read = |rel: &str| read_table(&s.join(rel));
     let conv = read("aggregate/current/conv.parquet");
     let conv_by = read("aggregate/current/conv_by.parquet");
+    // conv_by holds exactly the declared conditioning variables.
+    let variables: std::collections::BTreeSet<&str> = (0..conv_by.num_rows())
+        .map(|j| col::<StringArray>(&conv_by, "variable").value(j))
+        .collect();
+    let declared: std::collections::BTreeSet<&str> = seedconv::analysis::conditioning::VARIABLES
+        .iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(variables, declared);
     let base = read("aggregate/current/baselines.parquet");
     let ann = read("annotate/current/annotations.parquet");
     let fs = read("aggregate/current/final_surprisal.parquet");
