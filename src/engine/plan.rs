@@ -106,6 +106,10 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
     }
+    /// Upstream instances of instance `i`, as indices (all before `i`).
+    pub fn deps_of(&self, i: usize) -> &[usize] {
+        &self.deps[i]
+    }
 
     /// Indices of the instances of `stages` and everything upstream of them.
     pub fn closure(&self, stages: &[String]) -> Vec<bool> {
