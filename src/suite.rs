@@ -206,7 +206,8 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
     };
     let mut checkpoints = Vec::new();
     let mut missing = Vec::new();
-    for size in &su.sizes {
+    let sizes = su.size_names();
+    for size in &sizes {
         for seed in &su.seeds {
             for &step in &su.steps {
                 let path = PathBuf::from(
@@ -247,7 +248,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
         });
     }
     Ok(Some(Suite {
-        sizes: su.sizes.clone(),
+        sizes,
         seeds: su.seeds.iter().map(|s| s.to_string()).collect(),
         steps: su.steps.clone(),
         vocab: su.vocab,

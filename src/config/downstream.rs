@@ -115,6 +115,7 @@ fn default_icl_batch() -> usize {
 
 impl BlimpConfig {
     pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        super::no_duplicates(ck, "blimp.paradigms", &self.paradigms)?;
         if !self.dir.is_dir() {
             return Err(ck.bad(
                 "blimp.dir",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Config};
+use super::{displayed, no_duplicates, Check, Config};
 use crate::error::ConfigError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,6 +236,7 @@ impl CorpusConfig {
 
 impl TrainCorpusConfig {
     pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        no_duplicates(ck, "train_corpus.files", &displayed(&self.files))?;
         for p in &self.files {
             ck.file("train_corpus.files", p)?;
         }
@@ -245,6 +246,7 @@ impl TrainCorpusConfig {
 
 impl FrequencyConfig {
     pub(super) fn check_files(&self, ck: &Check) -> Result<(), ConfigError> {
+        no_duplicates(ck, "frequency.files", &displayed(&self.files))?;
         for p in &self.files {
             ck.file("frequency.files", p)?;
         }
@@ -265,6 +267,11 @@ impl FrequencyConfig {
 
 impl TokenizerConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        no_duplicates(
+            ck,
+            "tokenizer.extra_special_tokens",
+            &self.extra_special_tokens,
+        )?;
         match &self.path {
             Some(p) => ck.file("tokenizer.path", p),
             None => {

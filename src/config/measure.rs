@@ -217,6 +217,12 @@ impl AggregateConfig {
     }
 }
 
+impl KlConfig {
+    pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        super::no_duplicates(ck, "kl.validation_k", &self.validation_k)
+    }
+}
+
 impl DistConfig {
     pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
         if self.top_k == 0 || self.batch_size == 0 {

@@ -25,7 +25,7 @@ pub use inputs::{
 };
 pub use measure::{AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource};
 pub use report::{Band, ReportConfig};
-pub use suite::{SeedSpec, SizeConfig, SuiteConfig, TrainConfig};
+pub use suite::{SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};
 
 pub const DEFAULT_CONFIG: &str = "pipeline.toml";
 
@@ -372,6 +372,7 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
         i.check(c, &ck)?;
     }
     c.dist.check(&ck)?;
+    c.kl.check(&ck)?;
     c.frequency.check_source(c, &ck)
 }
 
@@ -430,11 +431,29 @@ fn check_objective(c: &Config, ck: &Check) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// An error naming `key` and the first value listed twice.
+fn no_duplicates<T: std::fmt::Display + Ord>(
+    ck: &Check,
+    key: &str,
+    items: &[T],
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    match items.iter().find(|x| !seen.insert(*x)) {
+        Some(x) => Err(ck.bad(key, format!("{x} is listed twice"))),
+        None => Ok(()),
+    }
+}
+
+/// Paths as text, for messages.
+fn displayed(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
+}
+
 /// The sizes of the suite, built-in or external.
 fn suite_sizes(c: &Config) -> Vec<String> {
     match (&c.train, &c.suite) {
         (Some(t), _) => t.sizes.keys().cloned().collect(),
-        (_, Some(su)) => su.sizes.clone(),
+        (_, Some(su)) => su.size_names(),
         _ => vec![],
     }
 }

@@ -78,6 +78,7 @@ fn default_true() -> bool {
 
 impl ReportConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        super::no_duplicates(ck, "report.sizes", &self.sizes)?;
         let sizes = super::suite_sizes(c);
         for s in &self.sizes {
             if !sizes.contains(s) {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, Config, Objective};
+use super::{no_duplicates, Check, Config, Objective};
 use crate::error::ConfigError;
 
 /// One model size of a built-in suite.
@@ -130,6 +130,9 @@ pub struct SuiteConfig {
     /// Path template with `{size}`, `{seed}` and `{step}`, e.g.
     /// `models/pythia-{size}-seed{seed}/step{step}/model.onnx`.
     pub models: String,
+    /// Needed only when the template has `{size}`; one unnamed size is
+    /// called `ONE_SIZE`.
+    #[serde(default)]
     pub sizes: Vec<String>,
     pub seeds: Vec<u64>,
     pub steps: Vec<usize>,
@@ -152,11 +155,9 @@ impl TrainConfig {
         if t.seeds.is_empty() {
             return Err(ck.bad("train.seeds", "no seeds".into()));
         }
-        let labels: std::collections::BTreeSet<String> =
-            t.seeds.iter().map(|s| s.label()).collect();
-        if labels.len() != t.seeds.len() {
-            return Err(ck.bad("train.seeds", "a seed is listed twice".into()));
-        }
+        let labels: Vec<String> = t.seeds.iter().map(|s| s.label()).collect();
+        no_duplicates(ck, "train.seeds", &labels)?;
+        no_duplicates(ck, "train.checkpoints", &t.checkpoints)?;
         if t.sizes.is_empty() {
             return Err(ck.bad("train.sizes", "no model sizes".into()));
         }
@@ -215,13 +216,34 @@ impl TrainConfig {
     }
 }
 
+/// The size name of a suite whose path template has no `{size}`.
+pub const ONE_SIZE: &str = "model";
+
 impl SuiteConfig {
+    /// The sizes: as listed, or the one unnamed size.
+    pub fn size_names(&self) -> Vec<String> {
+        if self.sizes.is_empty() {
+            vec![ONE_SIZE.to_string()]
+        } else {
+            self.sizes.clone()
+        }
+    }
+
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
         let su = self;
         if c.train.is_some() {
             return Err(ck.bad(
                 "suite",
                 "give either [suite] (external checkpoints) or [train] (built-in), not both".into(),
+            ));
+        }
+        no_duplicates(ck, "suite.sizes", &su.sizes)?;
+        no_duplicates(ck, "suite.seeds", &su.seeds)?;
+        no_duplicates(ck, "suite.steps", &su.steps)?;
+        if su.sizes.is_empty() && su.models.contains("{size}") {
+            return Err(ck.bad(
+                "suite.sizes",
+                "the path template has {size}: list the sizes".into(),
             ));
         }
         let needed: &[&str] = if su.sizes.len() > 1 {
@@ -234,8 +256,8 @@ impl SuiteConfig {
                 return Err(ck.bad("suite.models", format!("the path template lacks {ph}")));
             }
         }
-        if su.sizes.is_empty() || su.seeds.len() < 2 || su.steps.is_empty() {
-            return Err(ck.bad("suite", "needs sizes, at least two seeds, and steps".into()));
+        if su.seeds.len() < 2 || su.steps.is_empty() {
+            return Err(ck.bad("suite", "needs at least two seeds, and steps".into()));
         }
         if su.vocab == Some(0) {
             return Err(ck.bad("suite.vocab", "must be ≥ 1".into()));

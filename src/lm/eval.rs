@@ -80,6 +80,22 @@ impl RunSettings {
         }
     }
 
+    /// Open a checkpoint's model on the configured device. A masked-LM
+    /// export (it takes `token_type_ids`) in a causal suite is named as such
+    /// here, not later as a vocabulary-width mismatch. Returns whether CUDA
+    /// runs it.
+    pub fn open(&self, path: &Path, engine_threads: usize) -> Result<(OrtModel, bool), StageError> {
+        let (model, cuda) = OrtModel::on_device(path, self.threads(engine_threads), self.device)?;
+        if self.mlm.is_none() && model.input_names().iter().any(|i| i == "token_type_ids") {
+            return Err(StageError::Other(format!(
+                "{}: inputs {} are a masked-LM signature in a causal suite (suite.kind = \"mlm\" declares a masked-LM suite)",
+                model.name(),
+                model.input_names().join(", ")
+            )));
+        }
+        Ok((model, cuda))
+    }
+
     /// ONNX Runtime threads: configured, else the engine's share.
     pub fn threads(&self, engine_threads: usize) -> usize {
         if self.threads > 0 {

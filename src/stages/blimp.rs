@@ -231,8 +231,7 @@ impl Job for BlimpJob {
             BlimpVocab::Kept => Some(tokenizer::kept_vocab(self.kept, ctx)?),
         };
         let path = self.ckpt.model_path(ctx)?;
-        let (mut model, cuda) =
-            OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
+        let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
         let t0 = std::time::Instant::now();
         let lp = score(&mut model, &seqs, self.set.batch_size, width, &|| {
             ctx.check_cancel()

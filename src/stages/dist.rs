@@ -86,8 +86,7 @@ impl Job for DistJob {
         let plan = corpus::eval_plan(ctx, &self.set)?;
         let lq = unigram::log_probs(ctx, n)?;
         let path = self.ckpt.model_path(ctx)?;
-        let (mut model, cuda) =
-            OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
+        let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
         if let Some(&bad) = plan.targets.iter().find(|&&t| t as usize >= n) {
             return Err(StageError::Other(format!(
                 "target token {bad} is outside the kept vocabulary of {n}"

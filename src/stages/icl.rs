@@ -142,8 +142,7 @@ impl Job for IclJob {
         }
         let n = tokenizer::kept_vocab(self.vocab, ctx)?;
         let path = self.ckpt.model_path(ctx)?;
-        let (mut model, cuda) =
-            OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
+        let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
         // d_P is index P − 1; its context of length L starts at index P − 1 − L.
         let p = cfg.position - 1;
         let items = |len: usize| -> Vec<(&[u32], u32)> {

@@ -139,8 +139,7 @@ impl Job for KlJob {
                 Some(map) => sources.push(Source::Array(map)),
                 None => {
                     let path = c.model_path(ctx)?;
-                    let (m, _) =
-                        OrtModel::on_device(&path, self.set.threads(ctx.threads), self.set.device)?;
+                    let (m, _) = self.set.open(&path, ctx.threads)?;
                     sources.push(Source::Model(Box::new(m)));
                     recomputed += 1;
                 }
