@@ -43,6 +43,28 @@ pub enum Command {
     Doctor,
     /// Benchmarks that print a table.
     Bench(BenchArgs),
+    /// Write a pipeline.toml for a folder of exported checkpoints.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Path template of the exports with {seed}, {step} and, for several
+    /// sizes, {size}, e.g. 'models/pythia-{size}-seed{seed}/step{step}/model.onnx'.
+    #[arg(long)]
+    pub models: String,
+    /// The suite's tokenizer.json (default: the one beside the exports).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Evaluation text (default: the shipped UD English EWT test split).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Text for the frequency counts (default: the shipped English text).
+    #[arg(long)]
+    pub frequency: Vec<PathBuf>,
+    /// Overwrite an existing config file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

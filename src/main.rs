@@ -15,7 +15,14 @@ fn main() {
             std::process::exit(code);
         }
     };
-    init_logging(cli.quiet, cli.verbose);
+    // init probes how long a window the model takes; ONNX Runtime logs each
+    // refused length as an error, and those refusals are expected.
+    let ort = if matches!(cli.command, Command::Init(_)) {
+        "off"
+    } else {
+        "warn"
+    };
+    init_logging(cli.quiet, cli.verbose, ort);
     let cancel = Arc::new(AtomicBool::new(false));
     {
         // First Ctrl-C: stop starting instances and let running ones abort
@@ -48,6 +55,7 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Gc(args) => commands::gc(&Session::open(&cli.config, cancel)?, args),
         Command::Config => commands::show_config(&seedconv::config::load(&cli.config)?),
         Command::Doctor => commands::doctor(&cli.config),
+        Command::Init(args) => commands::init(&cli.config, args),
         Command::Bench(b) => match &b.what {
             BenchWhat::Engine {
                 instances,
@@ -71,7 +79,8 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(quiet: bool, verbose: u8) {
+/// `ort`: the level ONNX Runtime's own log lines need to be shown.
+fn init_logging(quiet: bool, verbose: u8, ort: &str) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "info",
@@ -80,7 +89,7 @@ fn init_logging(quiet: bool, verbose: u8) {
     };
     // ort logs through tracing; keep its chatter below our own level.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEEDCONV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},ort=warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},ort={ort}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -12,10 +12,12 @@ use crate::error::ConfigError;
 use crate::stages;
 
 mod gc;
+mod init;
 mod inspect;
 mod run;
 
 pub use gc::gc;
+pub use init::init;
 pub use inspect::{doctor, show, show_config, status, verify};
 pub use run::{run, CliReporter};
 
