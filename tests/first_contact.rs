@@ -124,3 +124,38 @@ fn a_masked_lm_in_a_causal_suite_is_named_when_opened() {
         .join("dist/current/tiny-seed11-step0.dist.parquet")
         .exists());
 }
+
+#[test]
+fn an_external_masked_lm_suite_needs_no_eos_token() {
+    // A WordPiece tokenizer with [CLS]/[SEP]/[MASK] and no <|endoftext|>.
+    let p = Project::micro();
+    let mlm = fixtures().join("hf_onnx_samples/mlm");
+    p.write_config(&format!(
+        r#"[tokenizer]
+path = "{}"
+
+[corpus]
+path = "text/eval.conllu"
+mode = "mlm"
+window = 64
+
+[frequency]
+files = ["text/a.txt"]
+
+[suite]
+kind = "mlm"
+models = "{}/bert-seed{{seed}}/step{{step}}/model.onnx"
+seeds = [21, 22]
+steps = [0]
+
+[dist]
+mlm_scoring = "unmasked"
+"#,
+        mlm.join("tokenizer.json").display(),
+        mlm.display()
+    ));
+    p.ok(&["run", "kl"]);
+    // The document separator is the [SEP] token, as `config` shows.
+    let shown = p.ok(&["config"]).stdout;
+    assert!(shown.contains("eos_token = \"[SEP]\""), "{shown}");
+}

@@ -130,6 +130,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         .to_path_buf();
     let root = std::fs::canonicalize(&root).unwrap_or(root);
     resolve_paths(&mut config, &root, &file, &raw)?;
+    resolve_separator(&mut config, &raw);
     let loaded = Loaded {
         config,
         file: path.to_path_buf(),
@@ -227,6 +228,20 @@ pub fn line_of_key(raw: &str, key: &str) -> usize {
         }
     }
     0
+}
+
+/// An external masked-LM suite separates documents with `[SEP]`, and its
+/// tokenizer (BERT's) need not have `<|endoftext|>`: there an unset
+/// `tokenizer.eos_token` is `tokenizer.sep_token`. (Built-in suites train
+/// their tokenizer with `<|endoftext|>`, so their default stays.)
+fn resolve_separator(c: &mut Config, raw: &str) {
+    let set = toml::from_str::<toml::Table>(raw)
+        .ok()
+        .and_then(|t| t.get("tokenizer")?.get("eos_token").cloned())
+        .is_some();
+    if !set && c.suite.as_ref().is_some_and(|s| s.kind == Objective::Mlm) {
+        c.tokenizer.eos_token = c.tokenizer.sep_token.clone();
+    }
 }
 
 fn resolve(root: &Path, p: &mut PathBuf) {

@@ -268,13 +268,6 @@ pub fn init(config: &Path, args: &InitArgs) -> Result<()> {
         "path = {}   # {vocab} tokens",
         quoted(&shown(&tokenizer, &dir))
     )?;
-    if sig.mlm {
-        writeln!(
-            w,
-            "eos_token = {}   # masked LMs separate documents with [SEP]",
-            quoted(sep)
-        )?;
-    }
     writeln!(w, "\n[corpus]")?;
     if args.corpus.is_none() {
         writeln!(
