@@ -12,17 +12,10 @@ fn samples() -> std::path::PathBuf {
     fixtures().join("hf_onnx_samples")
 }
 
-/// `init` then `run` in the micro project (its corpus and one small text
-/// for the frequency counts); returns the written config.
+/// `init` then `run` in the micro project (one small text for the
+/// frequency counts); returns the written config.
 fn init_and_run(p: &Project, args: &[&str]) -> String {
-    let mut all = vec![
-        "init",
-        "--force",
-        "--corpus",
-        "text/eval.conllu",
-        "--frequency",
-        "text/a.txt",
-    ];
+    let mut all = vec!["init", "--force", "--frequency", "text/a.txt"];
     all.extend_from_slice(args);
     p.ok(&all);
     let cfg = p.config();
@@ -62,7 +55,7 @@ fn a_causal_suite_of_one_size_runs_to_a_report() {
         "{}/causal/neox-seed{{seed}}/step{{step}}/model.onnx",
         samples().display()
     );
-    let cfg = init_and_run(&p, &["--models", &models]);
+    let cfg = init_and_run(&p, &["--models", &models, "--corpus", "text/eval.conllu"]);
     assert_eq!(line(&cfg, "seeds"), "seeds = [11, 12]");
     assert_eq!(line(&cfg, "steps"), "steps = [0, 50, 300]");
     assert!(!cfg.contains("\nsizes ="), "{cfg}");
@@ -83,7 +76,13 @@ fn a_masked_lm_suite_runs_to_a_report() {
         "{}/mlm/bert-seed{{seed}}/step{{step}}/model.onnx",
         samples().display()
     );
+    // No --corpus: the shipped EWT test split.
     let cfg = init_and_run(&p, &["--models", &models]);
+    assert!(line(&cfg, "path").contains("mlm/tokenizer.json"), "{cfg}");
+    assert!(
+        cfg.contains("data/ud_english_ewt/en_ewt-ud-test.conllu"),
+        "{cfg}"
+    );
     assert!(cfg.contains("kind = \"mlm\""), "{cfg}");
     assert!(line(&cfg, "mode").starts_with("mode = \"mlm\""), "{cfg}");
     assert!(line(&cfg, "mlm_scoring").starts_with("mlm_scoring = \"unmasked\""));
@@ -120,7 +119,14 @@ fn several_sizes_with_a_missing_checkpoint_keep_the_complete_steps() {
     let tok = samples().join("causal/tokenizer.json");
     let cfg = init_and_run(
         &p,
-        &["--models", &models, "--tokenizer", tok.to_str().unwrap()],
+        &[
+            "--models",
+            &models,
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--corpus",
+            "text/eval.conllu",
+        ],
     );
     // Sizes by magnitude; step 50 dropped, the missing checkpoint named.
     assert_eq!(line(&cfg, "sizes"), "sizes = [\"14m\", \"70m\"]");
