@@ -143,37 +143,22 @@ fn several_sizes_with_a_missing_checkpoint_keep_the_complete_steps() {
 fn no_tokenizer_and_no_files_are_one_line_errors() {
     let p = Project::micro();
     let models = sized_grid(&p);
-    let r = p.run(&["init", "--force", "--models", &models]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("no tokenizer.json beside") && r.stderr.contains("pass --tokenizer"),
-        "{}",
-        r.stderr
-    );
-    let r = p.run(&[
-        "init",
-        "--force",
-        "--models",
+    // Each a usage error (exit 2) of one line containing every `want`.
+    let fails = |template: &str, want: &[&str]| {
+        let r = p.run(&["init", "--force", "--models", template]);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        for w in want {
+            assert!(r.stderr.contains(w), "{w}: {}", r.stderr);
+        }
+    };
+    fails(&models, &["no tokenizer.json beside", "pass --tokenizer"]);
+    fails(
         "nothing/s{seed}/step{step}/model.onnx",
-    ]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
-    assert!(
-        r.stderr
-            .contains("--models nothing/s{seed}/step{step}/model.onnx: no file matches"),
-        "{}",
-        r.stderr
+        &["--models nothing/s{seed}/step{step}/model.onnx: no file matches"],
     );
-    let r = p.run(&[
-        "init",
-        "--force",
-        "--models",
+    fails(
         "models/{size}/s{seed}/model.onnx",
-    ]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("the template lacks {step}"),
-        "{}",
-        r.stderr
+        &["the template lacks {step}"],
     );
 }
