@@ -30,7 +30,7 @@ pub enum Command {
     /// Run what is stale (all stages, or the named ones and their upstream), in order.
     Run(RunArgs),
     /// Every instance: fresh, stale (with the reason) or missing; a summary per stage.
-    Status,
+    Status(StatusArgs),
     /// Paths of a stage's current artefacts, one per line, or their Parquet schemas.
     Show(ShowArgs),
     /// Re-hash every stored artefact against its manifest; report corrupted ones.
@@ -45,6 +45,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a pipeline.toml for a folder of exported checkpoints.
     Init(InitArgs),
+    /// The stage graph with each stage's instance states.
+    Dag(DagArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +82,26 @@ pub struct RunArgs {
     /// Instances run at once (default: number of cores).
     #[arg(short, long)]
     pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Exit 1 when any instance is not fresh (for scripts and CI).
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DagArgs {
+    #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+    pub format: DagFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
 }
 
 #[derive(Debug, Args)]

@@ -49,7 +49,8 @@ fn main() {
 fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     match &cli.command {
         Command::Run(args) => commands::run(&Session::open(&cli.config, cancel)?, args, cli.quiet),
-        Command::Status => commands::status(&Session::open(&cli.config, cancel)?),
+        Command::Status(args) => commands::status(&Session::open(&cli.config, cancel)?, args),
+        Command::Dag(args) => commands::dag(&Session::open(&cli.config, cancel)?, args),
         Command::Show(args) => commands::show(&Session::open(&cli.config, cancel)?, args),
         Command::Verify => commands::verify(&Session::open(&cli.config, cancel)?),
         Command::Gc(args) => commands::gc(&Session::open(&cli.config, cancel)?, args),

@@ -1,13 +1,13 @@
 //! Looking without computing: `status`, `show`, `verify`, `config`, `doctor`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::{default_jobs, RunFailed, Session};
-use crate::cli::ShowArgs;
+use crate::cli::{DagArgs, DagFormat, ShowArgs, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::engine::hashcache::hash_file;
 use crate::engine::{Reason, Verdict};
@@ -20,7 +20,35 @@ pub(super) fn joined(why: &[Reason]) -> String {
         .join("; ")
 }
 
-pub fn status(s: &Session) -> Result<()> {
+/// An instance's state for `status` and `dag`: (name, reason, slot), the
+/// slot indexing `STATES`.
+fn state(v: &Verdict) -> (&'static str, String, usize) {
+    match v {
+        Verdict::Fresh(_) => ("fresh", String::new(), 0),
+        Verdict::Stale(why) if why.len() == 1 && why[0] == Reason::NeverRun => {
+            ("missing", why[0].to_string(), 2)
+        }
+        Verdict::Stale(why) => ("stale", joined(why), 1),
+        Verdict::Pending { upstream, changes } => {
+            let mut why = vec![format!("waits on {}", upstream.join(", "))];
+            why.extend(changes.iter().map(Reason::to_string));
+            ("pending", why.join("; "), 3)
+        }
+    }
+}
+
+const STATES: [&str; 4] = ["fresh", "stale", "missing", "pending"];
+
+fn describe(c: &[usize; 4]) -> String {
+    STATES
+        .iter()
+        .zip(c)
+        .map(|(name, n)| format!("{n} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
     s.warn_duplicates()?;
     let sel = vec![true; s.plan.len()];
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
@@ -28,35 +56,91 @@ pub fn status(s: &Session) -> Result<()> {
     let mut per_stage: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
         let Some((v, key)) = v else { continue };
-        let counts = per_stage.entry(inst.stage).or_default();
         let short = if key.is_empty() {
             "-"
         } else {
             &key[..key.len().min(12)]
         };
-        let (state, reason, slot) = match v {
-            Verdict::Fresh(_) => ("fresh", String::new(), 0),
-            Verdict::Stale(why) if why.len() == 1 && why[0] == Reason::NeverRun => {
-                ("missing", why[0].to_string(), 2)
-            }
-            Verdict::Stale(why) => ("stale", joined(why), 1),
-            Verdict::Pending { upstream, changes } => {
-                let mut why = vec![format!("waits on {}", upstream.join(", "))];
-                why.extend(changes.iter().map(Reason::to_string));
-                ("pending", why.join("; "), 3)
-            }
-        };
-        counts[slot] += 1;
+        let (state, reason, slot) = state(v);
+        per_stage.entry(inst.stage).or_default()[slot] += 1;
         writeln!(out, "{state:<8} {:<40} {short:<12} {reason}", inst.id())?;
     }
     writeln!(out)?;
     for st in &s.plan.stages {
         let c = per_stage.get(st).copied().unwrap_or_default();
-        writeln!(
-            out,
-            "{st}: {} fresh, {} stale, {} missing, {} pending",
-            c[0], c[1], c[2], c[3]
-        )?;
+        writeln!(out, "{st}: {}", describe(&c))?;
+    }
+    let behind: usize = per_stage.values().map(|c| c[1] + c[2] + c[3]).sum();
+    if args.check && behind > 0 {
+        bail!(RunFailed(format!(
+            "{behind} of {} instances are not fresh",
+            s.plan.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The stage graph: each stage with its instance states and the stages it
+/// reads, as text, Graphviz dot or Mermaid.
+pub fn dag(s: &Session, args: &DagArgs) -> Result<()> {
+    let sel = vec![true; s.plan.len()];
+    let verdicts = s.engine.evaluate(&s.plan, &sel)?;
+    let mut counts: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    let mut edges: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
+        if let Some((v, _)) = v {
+            counts.entry(inst.stage).or_default()[state(v).2] += 1;
+        }
+        for (up, _) in &inst.deps {
+            if *up != inst.stage {
+                edges.insert((up, inst.stage));
+            }
+        }
+    }
+    let stages: Vec<(&str, [usize; 4])> = s
+        .plan
+        .stages
+        .iter()
+        .map(|st| (*st, counts.get(st).copied().unwrap_or_default()))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        DagFormat::Text => {
+            for (st, c) in &stages {
+                let from: Vec<&str> = edges
+                    .iter()
+                    .filter(|(_, to)| to == st)
+                    .map(|(from, _)| *from)
+                    .collect();
+                let arrow = if from.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ← {}", from.join(", "))
+                };
+                let n: usize = c.iter().sum();
+                writeln!(out, "{st:<12} {n:>5} ({}){arrow}", describe(c))?;
+            }
+        }
+        DagFormat::Dot => {
+            writeln!(out, "digraph seedconv {{")?;
+            writeln!(out, "  rankdir=LR;\n  node [shape=box];")?;
+            for (st, c) in &stages {
+                writeln!(out, "  \"{st}\" [label=\"{st}\\n{}\"];", describe(c))?;
+            }
+            for (from, to) in &edges {
+                writeln!(out, "  \"{from}\" -> \"{to}\";")?;
+            }
+            writeln!(out, "}}")?;
+        }
+        DagFormat::Mermaid => {
+            writeln!(out, "flowchart LR")?;
+            for (st, c) in &stages {
+                writeln!(out, "  {st}[\"{st}<br/>{}\"]", describe(c))?;
+            }
+            for (from, to) in &edges {
+                writeln!(out, "  {from} --> {to}")?;
+            }
+        }
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ mod run;
 
 pub use gc::gc;
 pub use init::init;
-pub use inspect::{doctor, show, show_config, status, verify};
+pub use inspect::{dag, doctor, show, show_config, status, verify};
 pub use run::{run, CliReporter};
 
 /// A usage mistake (unknown stage, …): exit code 2.
