@@ -47,6 +47,11 @@ pub enum Command {
     Init(InitArgs),
     /// The stage graph with each stage's instance states.
     Dag(DagArgs),
+    /// Print a shell completion script (e.g. `seedconv completions bash > ~/.local/share/bash-completion/completions/seedconv`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]

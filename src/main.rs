@@ -51,6 +51,11 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Run(args) => commands::run(&Session::open(&cli.config, cancel)?, args, cli.quiet),
         Command::Status(args) => commands::status(&Session::open(&cli.config, cancel)?, args),
         Command::Dag(args) => commands::dag(&Session::open(&cli.config, cancel)?, args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "seedconv", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Show(args) => commands::show(&Session::open(&cli.config, cancel)?, args),
         Command::Verify => commands::verify(&Session::open(&cli.config, cancel)?),
         Command::Gc(args) => commands::gc(&Session::open(&cli.config, cancel)?, args),

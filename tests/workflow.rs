@@ -65,3 +65,39 @@ fn dag_shows_stages_their_upstream_and_states() {
     assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
     assert!(mermaid.contains("  tokenizer --> corpus\n"), "{mermaid}");
 }
+
+#[test]
+fn bash_completion_completes_subcommands_and_options() {
+    let p = Project::micro();
+    let script = p.ok(&["completions", "bash"]).stdout;
+    let file = p.path().join("seedconv.bash");
+    std::fs::write(&file, script).unwrap();
+    // Bash itself completes `seedconv st` and `seedconv dag --fo`.
+    let complete = |words: &str| -> String {
+        let w: Vec<&str> = words.split(' ').collect();
+        let cword = w.len() - 1;
+        let (cur, prev) = (w[cword], w[cword - 1]);
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; \
+                 COMP_POINT={}; _seedconv seedconv {cur} {prev}; echo \"${{COMPREPLY[@]}}\"",
+                file.display(),
+                words.len()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("seedconv st"), "status");
+    assert!(complete("seedconv dag --fo").contains("--format"));
+    for shell in ["zsh", "fish"] {
+        let s = p.ok(&["completions", shell]).stdout;
+        assert!(s.contains("init") && s.contains("dag"), "{shell}: {s}");
+    }
+}
