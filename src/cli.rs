@@ -15,6 +15,9 @@ pub struct Cli {
     /// Pipeline file; relative paths in it resolve against its folder.
     #[arg(short, long, global = true, default_value = "pipeline.toml")]
     pub config: PathBuf,
+    /// Override a config value, e.g. --set corpus.window=128 --set 'suite.seeds=[1,2]'.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,

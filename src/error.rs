@@ -19,7 +19,7 @@ pub enum ConfigError {
         line: usize,
         message: String,
     },
-    #[error("unknown key {key} at {file}:{line}{suggestion}")]
+    #[error("unknown key {key} at {file}{}{suggestion}", at_line(*line))]
     UnknownKey {
         file: String,
         line: usize,

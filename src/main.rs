@@ -48,18 +48,26 @@ fn main() {
 
 fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Run(args) => commands::run(&Session::open(&cli.config, cancel)?, args, cli.quiet),
-        Command::Status(args) => commands::status(&Session::open(&cli.config, cancel)?, args),
-        Command::Dag(args) => commands::dag(&Session::open(&cli.config, cancel)?, args),
+        Command::Run(args) => commands::run(
+            &Session::open(&cli.config, &cli.set, cancel)?,
+            args,
+            cli.quiet,
+        ),
+        Command::Status(args) => {
+            commands::status(&Session::open(&cli.config, &cli.set, cancel)?, args)
+        }
+        Command::Dag(args) => commands::dag(&Session::open(&cli.config, &cli.set, cancel)?, args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "seedconv", &mut std::io::stdout());
             Ok(())
         }
-        Command::Show(args) => commands::show(&Session::open(&cli.config, cancel)?, args),
-        Command::Verify => commands::verify(&Session::open(&cli.config, cancel)?),
-        Command::Gc(args) => commands::gc(&Session::open(&cli.config, cancel)?, args),
-        Command::Config => commands::show_config(&seedconv::config::load(&cli.config)?),
+        Command::Show(args) => commands::show(&Session::open(&cli.config, &cli.set, cancel)?, args),
+        Command::Verify => commands::verify(&Session::open(&cli.config, &cli.set, cancel)?),
+        Command::Gc(args) => commands::gc(&Session::open(&cli.config, &cli.set, cancel)?, args),
+        Command::Config => {
+            commands::show_config(&seedconv::config::load_with(&cli.config, &cli.set)?)
+        }
         Command::Doctor => commands::doctor(&cli.config),
         Command::Init(args) => commands::init(&cli.config, args),
         Command::Bench(b) => match &b.what {
@@ -79,7 +87,7 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 seedconv::bench::blimp(*pairs, m.vocab, m.d_model, m.layers)
             }
             BenchWhat::Train { steps } => {
-                seedconv::bench::train(&seedconv::config::load(&cli.config)?, *steps)
+                seedconv::bench::train(&seedconv::config::load_with(&cli.config, &cli.set)?, *steps)
             }
         },
     }

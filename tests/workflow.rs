@@ -101,3 +101,49 @@ fn bash_completion_completes_subcommands_and_options() {
         assert!(s.contains("init") && s.contains("dag"), "{shell}: {s}");
     }
 }
+
+#[test]
+fn set_overrides_rekey_exactly_what_reads_them_and_a_sweep_shares_entries() {
+    let p = Project::micro();
+    p.ok(&["run"]);
+    let st = p.ok(&["--set", "corpus.window=32", "status"]).stdout;
+    let line = |id: &str| {
+        st.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(id))
+            .unwrap_or_else(|| panic!("{id}: {st}"))
+            .to_string()
+    };
+    assert!(
+        line("corpus").starts_with("stale")
+            && line("corpus").ends_with("params.window changed 64 → 32"),
+        "{st}"
+    );
+    for id in ["tokenizer", "unigram"] {
+        assert!(line(id).starts_with("fresh"), "{id}: {st}");
+    }
+    // Only the corpus and what reads it run with the override…
+    let r = p.ok(&["--set", "corpus.window=32", "run"]);
+    assert_eq!(r.computed_ids(), vec!["annotate", "corpus"]);
+    // …and both settings' entries stay: switching back and forth reruns nothing.
+    assert_eq!(p.ok(&["run"]).counts().0, 0);
+    assert_eq!(p.ok(&["--set", "corpus.window=32", "run"]).counts().0, 0);
+    // `config` shows the merged result.
+    let cfg = p.ok(&["config", "--set", "corpus.window=32"]).stdout;
+    assert!(cfg.contains("window = 32"), "{cfg}");
+}
+
+#[test]
+fn a_bad_override_is_a_one_line_error_naming_it() {
+    let p = Project::micro();
+    for (set, want) in [
+        ("corpus.windw=32", "unknown key corpus.windw at --set corpus.windw=32 — did you mean window?"),
+        ("corpus.window=33", "bad value for corpus.window at --set corpus.window=33: must be an even number ≥ 2 (got 33)"),
+        ("corpus.window=abc", "bad value for corpus.window at --set corpus.window=abc: invalid type"),
+        ("corpus", "bad value for corpus at --set corpus: expected KEY=VALUE"),
+    ] {
+        let r = p.run(&["--set", set, "status"]);
+        assert_eq!(r.code, 2, "{set}: {}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains(want), "{set}: {}", r.stderr);
+    }
+}

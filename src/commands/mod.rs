@@ -38,8 +38,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(config_path: &Path, cancel: Arc<AtomicBool>) -> Result<Session> {
-        let loaded = config::load(config_path)?;
+    pub fn open(
+        config_path: &Path,
+        overrides: &[String],
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Session> {
+        let loaded = config::load_with(config_path, overrides)?;
         let plan = stages::plan(&loaded)?;
         let mut engine = Engine::open(&loaded.store_dir())?;
         engine.cancel = cancel;

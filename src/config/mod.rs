@@ -111,12 +111,26 @@ impl Loaded {
 
 /// Load, resolve and validate a config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_with(path, &[])
+}
+
+/// Load a config file with `KEY=VALUE` overrides (`--set`) applied on top.
+/// Errors in the file name its lines; errors in an override name the
+/// override, so both read like the file's own.
+pub fn load_with(path: &Path, overrides: &[String]) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
     let raw = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         file: file.clone(),
         source: e,
     })?;
     let mut config = parse(&raw, &file)?;
+    let merged = if overrides.is_empty() {
+        raw.clone()
+    } else {
+        let text = overridden(&raw, overrides)?;
+        config = parse(&text, &file).map_err(|e| blame(e, overrides))?;
+        text
+    };
     let root = path
         .parent()
         .map(|p| {
@@ -129,15 +143,102 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let root = std::fs::canonicalize(&root).unwrap_or(root);
-    resolve_paths(&mut config, &root, &file, &raw)?;
-    resolve_separator(&mut config, &raw);
+    resolve_paths(&mut config, &root, &file, &raw).map_err(|e| blame(e, overrides))?;
+    resolve_separator(&mut config, &merged);
     let loaded = Loaded {
         config,
         file: path.to_path_buf(),
         root,
     };
-    validate(&loaded, &raw)?;
+    validate(&loaded, &raw).map_err(|e| blame(e, overrides))?;
     Ok(loaded)
+}
+
+/// The config text with each `KEY=VALUE` set: VALUE as TOML (`64`,
+/// `[1, 2]`, `"x"`), or as a string when it is not TOML (`data/a.txt`).
+fn overridden(raw: &str, overrides: &[String]) -> Result<String, ConfigError> {
+    let mut doc: toml::Table = toml::from_str(raw).unwrap_or_default();
+    for o in overrides {
+        let bad = |message: &str| ConfigError::Invalid {
+            file: format!("--set {o}"),
+            line: 0,
+            key: o.split('=').next().unwrap_or_default().to_string(),
+            message: message.to_string(),
+        };
+        let Some((key, value)) = o.split_once('=') else {
+            return Err(bad("expected KEY=VALUE"));
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("expected KEY=VALUE with a dotted key"));
+        }
+        let mut table = &mut doc;
+        for p in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| bad(&format!("{p} is a value, not a table")))?;
+        }
+        table.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    Ok(toml::to_string(&doc).expect("a TOML table serialises"))
+}
+
+/// An error about an overridden key, told as the override's.
+fn blame(e: ConfigError, overrides: &[String]) -> ConfigError {
+    let culprit = |key: &str| {
+        overrides.iter().find(|o| {
+            let k = o.split('=').next().unwrap_or_default();
+            k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+        })
+    };
+    match e {
+        ConfigError::Invalid {
+            key,
+            message,
+            file,
+            line,
+        } => match culprit(&key) {
+            Some(o) => ConfigError::Invalid {
+                file: format!("--set {o}"),
+                line: 0,
+                key,
+                message,
+            },
+            None => ConfigError::Invalid {
+                file,
+                line,
+                key,
+                message,
+            },
+        },
+        ConfigError::UnknownKey {
+            key,
+            suggestion,
+            file,
+            line,
+        } => match culprit(&key) {
+            Some(o) => ConfigError::UnknownKey {
+                file: format!("--set {o}"),
+                line: 0,
+                key,
+                suggestion,
+            },
+            None => ConfigError::UnknownKey {
+                file,
+                line,
+                key,
+                suggestion,
+            },
+        },
+        e => e,
+    }
 }
 
 /// Parse TOML text into a `Config`, turning serde errors into messages with
