@@ -37,11 +37,11 @@ pub enum Command {
     /// Paths of a stage's current artefacts, one per line, or their Parquet schemas.
     Show(ShowArgs),
     /// Re-hash every stored artefact against its manifest; report corrupted ones.
-    Verify,
+    Verify(JsonArgs),
     /// Remove store entries that no current plan references.
     Gc(GcArgs),
     /// Print the fully resolved configuration.
-    Config,
+    Config(JsonArgs),
     /// Check the environment: ONNX Runtime library, store, cores.
     Doctor,
     /// Benchmarks that print a table.
@@ -90,6 +90,9 @@ pub struct RunArgs {
     /// Instances run at once (default: number of cores).
     #[arg(short, long)]
     pub jobs: Option<usize>,
+    /// Print one JSON document instead of text (shape in the README).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,16 @@ pub struct StatusArgs {
     /// Exit 1 when any instance is not fresh (for scripts and CI).
     #[arg(long)]
     pub check: bool,
+    /// Print one JSON document instead of text (shape in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print one JSON document instead of text (shape in the README).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +128,8 @@ pub enum DagFormat {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     pub stage: String,
+    #[arg(long)]
+    pub json: bool,
     /// Print each Parquet file's schema and metadata instead of its path.
     #[arg(long)]
     pub schema: bool,

@@ -63,10 +63,12 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show(args) => commands::show(&Session::open(&cli.config, &cli.set, cancel)?, args),
-        Command::Verify => commands::verify(&Session::open(&cli.config, &cli.set, cancel)?),
+        Command::Verify(args) => {
+            commands::verify(&Session::open(&cli.config, &cli.set, cancel)?, args)
+        }
         Command::Gc(args) => commands::gc(&Session::open(&cli.config, &cli.set, cancel)?, args),
-        Command::Config => {
-            commands::show_config(&seedconv::config::load_with(&cli.config, &cli.set)?)
+        Command::Config(args) => {
+            commands::show_config(&seedconv::config::load_with(&cli.config, &cli.set)?, args)
         }
         Command::Doctor => commands::doctor(&cli.config),
         Command::Init(args) => commands::init(&cli.config, args),

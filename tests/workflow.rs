@@ -147,3 +147,96 @@ fn a_bad_override_is_a_one_line_error_naming_it() {
         assert!(r.stderr.contains(want), "{set}: {}", r.stderr);
     }
 }
+
+fn json(r: &common::Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+#[test]
+fn json_outputs_parse_and_match_the_text() {
+    let p = Project::micro();
+    let before = json(&p.ok(&["status", "--json"]));
+    let run = json(&p.ok(&["run", "--json"]));
+    let n = before["instances"].as_array().unwrap().len();
+    assert_eq!(run["computed"], n);
+    assert_eq!(
+        (
+            run["reused"].as_u64(),
+            run["failed"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(run["bytes_written"].as_u64().unwrap() > 0 && run["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(json(&p.ok(&["run", "--json"]))["reused"], n);
+
+    // status: the same instances, states and stage counts as the text.
+    let text = p.ok(&["status"]).stdout;
+    let st = json(&p.ok(&["status", "--json"]));
+    let rows: Vec<(String, String)> = text
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[0].to_string(), w[1].to_string())
+        })
+        .collect();
+    let from_json: Vec<(String, String)> = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["state"].as_str().unwrap().into(),
+                i["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, from_json);
+    for s in st["stages"].as_array().unwrap() {
+        let line = format!(
+            "{}: {} fresh, 0 stale, 0 missing, 0 pending",
+            s["stage"].as_str().unwrap(),
+            s["fresh"]
+        );
+        assert!(text.contains(&line), "{line}: {text}");
+    }
+
+    // show: the same paths; with --schema, the columns.
+    let paths: Vec<String> = p
+        .ok(&["show", "unigram"])
+        .stdout
+        .lines()
+        .map(String::from)
+        .collect();
+    let sh = json(&p.ok(&["show", "unigram", "--json", "--schema"]));
+    let jp: Vec<String> = sh["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(paths, jp);
+    let cols: Vec<&str> = sh["files"][0]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["token_id", "token", "count", "freq_bin", "log_prob"]);
+
+    // verify and config.
+    let v = json(&p.ok(&["verify", "--json"]));
+    assert!(p.ok(&["verify"]).stdout.contains(&format!(
+        "verified {} entries: {} ok",
+        v["entries"], v["ok"]
+    )));
+    assert_eq!(
+        json(&p.ok(&["config", "--json"]))["config"]["corpus"]["window"],
+        64
+    );
+    assert_eq!(
+        json(&p.ok(&["config", "--json", "--set", "corpus.window=32"]))["config"]["corpus"]
+            ["window"],
+        32
+    );
+}

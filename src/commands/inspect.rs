@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::{default_jobs, RunFailed, Session};
-use crate::cli::{DagArgs, DagFormat, ShowArgs, StatusArgs};
+use crate::cli::{DagArgs, DagFormat, JsonArgs, ShowArgs, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::engine::hashcache::hash_file;
 use crate::engine::{Reason, Verdict};
+use serde_json::json;
 
 /// Reasons as one line.
 pub(super) fn joined(why: &[Reason]) -> String {
@@ -54,6 +55,7 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let mut out = std::io::stdout().lock();
     let mut per_stage: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    let mut rows = Vec::new();
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
         let Some((v, key)) = v else { continue };
         let short = if key.is_empty() {
@@ -63,12 +65,33 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
         };
         let (state, reason, slot) = state(v);
         per_stage.entry(inst.stage).or_default()[slot] += 1;
-        writeln!(out, "{state:<8} {:<40} {short:<12} {reason}", inst.id())?;
+        if args.json {
+            rows.push(json!({
+                "id": inst.id(), "stage": inst.stage, "label": inst.label, "state": state,
+                "key": key, "reason": reason,
+            }));
+        } else {
+            writeln!(out, "{state:<8} {:<40} {short:<12} {reason}", inst.id())?;
+        }
     }
-    writeln!(out)?;
-    for st in &s.plan.stages {
-        let c = per_stage.get(st).copied().unwrap_or_default();
-        writeln!(out, "{st}: {}", describe(&c))?;
+    if args.json {
+        let stages: Vec<serde_json::Value> = s
+            .plan
+            .stages
+            .iter()
+            .map(|st| {
+                let c = per_stage.get(st).copied().unwrap_or_default();
+                json!({ "stage": st, "fresh": c[0], "stale": c[1], "missing": c[2], "pending": c[3] })
+            })
+            .collect();
+        let doc = json!({ "instances": rows, "stages": stages });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        writeln!(out)?;
+        for st in &s.plan.stages {
+            let c = per_stage.get(st).copied().unwrap_or_default();
+            writeln!(out, "{st}: {}", describe(&c))?;
+        }
     }
     let behind: usize = per_stage.values().map(|c| c[1] + c[2] + c[3]).sum();
     if args.check && behind > 0 {
@@ -169,6 +192,35 @@ pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
     s.check_stage(&args.stage)?;
     let files = current_files(s, &args.stage)?;
     let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut docs = Vec::new();
+        for f in files {
+            let f = std::fs::canonicalize(&f).unwrap_or(f);
+            let mut d = json!({ "path": f.display().to_string() });
+            if args.schema && f.extension().and_then(|e| e.to_str()) == Some("parquet") {
+                let info = crate::table::schema(&f).with_context(|| f.display().to_string())?;
+                d["rows"] = json!(info.rows);
+                d["columns"] = info
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|c| json!({ "name": c.name(), "type": c.data_type().to_string(), "nullable": c.is_nullable() }))
+                    .collect();
+                d["metadata"] = info
+                    .metadata
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .map(|(k, v)| (k, json!(v)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            docs.push(d);
+        }
+        let doc = json!({ "stage": args.stage, "files": docs });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
     for f in files {
         let f = std::fs::canonicalize(&f).unwrap_or(f);
         if !args.schema {
@@ -195,15 +247,18 @@ pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn verify(s: &Session) -> Result<()> {
+pub fn verify(s: &Session, args: &JsonArgs) -> Result<()> {
     let store = &s.engine.store;
     let (mut ok, mut bad, mut incomplete) = (0, 0, 0);
-    let mut out = std::io::stdout().lock();
+    let (mut corrupted, mut unfinished) = (Vec::new(), Vec::new());
+    let mut text = Vec::new();
+    let out = &mut text;
     for stage in store.stages() {
         for key in store.entries(&stage) {
             let dir = store.entry_dir(&stage, &key);
             let Some(m) = store.read_manifest(&stage, &key) else {
                 incomplete += 1;
+                unfinished.push(json!({ "stage": stage, "key": key }));
                 writeln!(
                     out,
                     "incomplete {stage}/{key}: no valid manifest (ignored by run, removed by gc)"
@@ -223,6 +278,10 @@ pub fn verify(s: &Session) -> Result<()> {
                 ok += 1;
             } else {
                 bad += 1;
+                corrupted.push(json!({
+                    "stage": stage, "key": key,
+                    "instance": crate::engine::instance_id(&stage, &m.label), "problems": problems,
+                }));
                 writeln!(
                     out,
                     "CORRUPT {stage}/{key} ({}): {}",
@@ -237,6 +296,16 @@ pub fn verify(s: &Session) -> Result<()> {
         "verified {} entries: {ok} ok, {bad} corrupted, {incomplete} incomplete",
         ok + bad + incomplete
     )?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let doc = json!({
+            "entries": ok + bad + incomplete, "ok": ok,
+            "corrupted": corrupted, "incomplete": unfinished,
+        });
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        stdout.write_all(&text)?;
+    }
     if bad > 0 {
         return Err(RunFailed(format!(
             "{bad} corrupted entries; `seedconv run` recomputes them"
@@ -246,7 +315,14 @@ pub fn verify(s: &Session) -> Result<()> {
     Ok(())
 }
 
-pub fn show_config(l: &Loaded) -> Result<()> {
+pub fn show_config(l: &Loaded, args: &JsonArgs) -> Result<()> {
+    if args.json {
+        let doc = json!({
+            "file": l.file_name(), "root": l.root.display().to_string(), "config": l.config,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!(
         "# resolved from {} (relative paths resolved against {})",
         l.file_name(),

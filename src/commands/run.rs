@@ -83,7 +83,9 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         jobs: args.jobs.unwrap_or_else(default_jobs),
     };
     let reporter = CliReporter::new(quiet);
+    let t0 = std::time::Instant::now();
     let report = s.engine.run(&s.plan, &opts, &reporter)?;
+    let seconds = t0.elapsed().as_secs_f64();
     let summary = format!(
         "computed {}, reused {}, failed {}, skipped {}",
         report.computed,
@@ -91,6 +93,38 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         report.failed.len(),
         report.skipped
     );
+    // Point at the report when this run covered it.
+    // The store folder resolved (`presets/../stages-mlm` → `stages-mlm`), the
+    // view path kept: `current/report.html` always names the latest report.
+    let store = s.loaded.store_dir();
+    let html = std::fs::canonicalize(&store)
+        .unwrap_or(store)
+        .join(stages::report::NAME)
+        .join("current")
+        .join(stages::report::HTML);
+    let covered = s
+        .plan
+        .instances
+        .iter()
+        .zip(s.plan.closure(&args.stages))
+        .any(|(i, sel)| sel && i.stage == stages::report::NAME);
+    let html = (covered && html.exists()).then_some(html);
+    if args.json {
+        let bytes: u64 = report
+            .outcomes
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Computed(m) => Some(m.outputs.values().map(|f| f.bytes).sum::<u64>()),
+                _ => None,
+            })
+            .sum();
+        let doc = serde_json::json!({
+            "computed": report.computed, "reused": report.reused, "failed": report.failed,
+            "skipped": report.skipped, "cancelled": report.cancelled, "seconds": seconds,
+            "bytes_written": bytes, "report": html.as_ref().map(|p| p.display().to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
     if report.cancelled {
         eprintln!("interrupted: {summary}; finished instances are kept");
         std::process::exit(130);
@@ -104,23 +138,8 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("{summary}");
     }
-    // Point at the report when this run covered it.
-    // The store folder resolved (`presets/../stages-mlm` → `stages-mlm`), the
-    // view path kept: `current/report.html` always names the latest report.
-    let store = s.loaded.store_dir();
-    let report = std::fs::canonicalize(&store)
-        .unwrap_or(store)
-        .join(stages::report::NAME)
-        .join("current")
-        .join(stages::report::HTML);
-    let covered = s
-        .plan
-        .instances
-        .iter()
-        .zip(s.plan.closure(&args.stages))
-        .any(|(i, sel)| sel && i.stage == stages::report::NAME);
-    if covered && report.exists() {
-        println!("report: {}", report.display());
+    if let (Some(html), false) = (html, args.json) {
+        println!("report: {}", html.display());
     }
     Ok(())
 }
