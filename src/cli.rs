@@ -79,9 +79,13 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Stages to bring up to date (default: all).
+    /// What to bring up to date (default: all): STAGE or STAGE:LABEL-GLOB
+    /// (e.g. 'dist:d64-seed*-step512'), with what it needs upstream.
     pub stages: Vec<String>,
-    /// Recompute this stage's instances even if fresh (repeatable).
+    /// Also everything downstream of the selection.
+    #[arg(long)]
+    pub downstream: bool,
+    /// Recompute these instances even if fresh: STAGE or STAGE:LABEL-GLOB (repeatable).
     #[arg(long, value_name = "STAGE")]
     pub force: Vec<String>,
     /// Print each instance that would run, and why; run nothing.
@@ -97,6 +101,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// Only these (STAGE or STAGE:LABEL-GLOB) and what they need upstream.
+    pub selectors: Vec<String>,
     /// Exit 1 when any instance is not fresh (for scripts and CI).
     #[arg(long)]
     pub check: bool,
@@ -127,6 +133,7 @@ pub enum DagFormat {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
+    /// A stage, or STAGE:LABEL-GLOB for some of its instances.
     pub stage: String,
     #[arg(long)]
     pub json: bool,

@@ -84,7 +84,7 @@ impl Executor for OneByOne {
                 outcomes[i] = Some(Outcome::Skipped("upstream missing".into()));
                 continue;
             };
-            let forced = work.force.iter().any(|f| f == inst.stage);
+            let forced = work.forced[i];
             let outcome = match engine.claim(inst, &work.inputs[i], &up, forced) {
                 Err(done) => done,
                 Ok(claim) => {

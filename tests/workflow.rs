@@ -240,3 +240,46 @@ fn json_outputs_parse_and_match_the_text() {
         32
     );
 }
+
+#[test]
+fn selectors_choose_instances_by_stage_and_label() {
+    let p = Project::micro();
+    // frequency has one instance per file: a.txt and b.txt.
+    let r = p.ok(&["run", "frequency:a*"]);
+    assert_eq!(r.computed_ids(), vec!["frequency[a.txt]", "tokenizer"]);
+    // status of a selection shows it and its upstream only.
+    let st = p.ok(&["status", "frequency:b*"]).stdout;
+    let ids: Vec<&str> = st
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(ids, ["tokenizer", "frequency[b.txt]"]);
+    // --downstream brings what reads the selection (and what that needs).
+    let r = p
+        .ok(&["run", "--dry-run", "--downstream", "frequency:b*"])
+        .stdout;
+    for id in ["frequency[b.txt]", "unigram", "annotate", "corpus"] {
+        assert!(r.contains(&format!(" run {id}:")), "{id}: {r}");
+    }
+    // --force applies to the selection only.
+    p.ok(&["run"]);
+    let r = p.ok(&["run", "--force", "frequency:a*"]);
+    assert_eq!(r.computed_ids(), vec!["frequency[a.txt]"]);
+    // show narrows to the matching instances.
+    let files = p.ok(&["show", "frequency:b*"]).stdout;
+    assert!(
+        files.lines().count() == 1 && files.contains("counts.parquet"),
+        "{files}"
+    );
+    // A selector that matches nothing is a usage error naming it.
+    let r = p.run(&["run", "frequency:zzz*"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "selector frequency:zzz*: no instance of frequency has a label matching zzz*"
+        ),
+        "{}",
+        r.stderr
+    );
+}

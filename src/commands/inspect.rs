@@ -50,8 +50,9 @@ fn describe(c: &[usize; 4]) -> String {
 }
 
 pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
+    s.check_selectors(&args.selectors)?;
     s.warn_duplicates()?;
-    let sel = vec![true; s.plan.len()];
+    let sel = s.plan.closure(&args.selectors);
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let mut out = std::io::stdout().lock();
     let mut per_stage: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
@@ -79,6 +80,7 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
             .plan
             .stages
             .iter()
+            .filter(|st| args.selectors.is_empty() || per_stage.contains_key(*st))
             .map(|st| {
                 let c = per_stage.get(st).copied().unwrap_or_default();
                 json!({ "stage": st, "fresh": c[0], "stale": c[1], "missing": c[2], "pending": c[3] })
@@ -89,15 +91,18 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
     } else {
         writeln!(out)?;
         for st in &s.plan.stages {
+            if !args.selectors.is_empty() && !per_stage.contains_key(st) {
+                continue;
+            }
             let c = per_stage.get(st).copied().unwrap_or_default();
             writeln!(out, "{st}: {}", describe(&c))?;
         }
     }
     let behind: usize = per_stage.values().map(|c| c[1] + c[2] + c[3]).sum();
     if args.check && behind > 0 {
+        let total: usize = per_stage.values().flatten().sum();
         bail!(RunFailed(format!(
-            "{behind} of {} instances are not fresh",
-            s.plan.len()
+            "{behind} of {total} instances are not fresh"
         )));
     }
     Ok(())
@@ -169,11 +174,15 @@ pub fn dag(s: &Session, args: &DagArgs) -> Result<()> {
 }
 
 /// Current artefact paths of a stage, from its index.
-fn current_files(s: &Session, stage: &str) -> Result<Vec<PathBuf>> {
+/// Current artefact paths of the instances a selector names, from the
+/// stage's index.
+fn current_files(s: &Session, selector: &str) -> Result<Vec<PathBuf>> {
+    let (stage, label) = selector.split_once(':').unwrap_or((selector, "*"));
+    let pattern = glob::Pattern::new(label)?;
     let store = &s.engine.store;
     let index = store.read_index(stage);
     let mut files = Vec::new();
-    for key in index.values() {
+    for (_, key) in index.iter().filter(|(l, _)| pattern.matches(l)) {
         if let Some(m) = store.read_manifest(stage, key) {
             files.extend(
                 m.outputs
@@ -189,7 +198,7 @@ fn current_files(s: &Session, stage: &str) -> Result<Vec<PathBuf>> {
 }
 
 pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
-    s.check_stage(&args.stage)?;
+    s.check_selectors([&args.stage])?;
     let files = current_files(s, &args.stage)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -65,17 +65,11 @@ impl Session {
         Ok(())
     }
 
-    fn check_stage(&self, stage: &str) -> Result<()> {
-        if self.plan.stages.contains(&stage) {
-            Ok(())
-        } else {
-            Err(UsageError(format!(
-                "unknown stage {stage} in {} (stages: {})",
-                self.loaded.file_name(),
-                self.plan.stages.join(", ")
-            ))
-            .into())
-        }
+    /// Each selector (`STAGE` or `STAGE:LABEL-GLOB`) matches the plan.
+    fn check_selectors<'a>(&self, selectors: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        self.plan
+            .check_selectors(selectors)
+            .map_err(|e| UsageError(format!("{e} in {}", self.loaded.file_name())).into())
     }
 }
 

@@ -70,15 +70,14 @@ impl Reporter for CliReporter {
 }
 
 pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
-    for st in args.stages.iter().chain(&args.force) {
-        s.check_stage(st)?;
-    }
+    s.check_selectors(args.stages.iter().chain(&args.force))?;
     s.warn_duplicates()?;
     if args.dry_run {
         return dry_run(s, args);
     }
     let opts = RunOptions {
         targets: args.stages.clone(),
+        downstream: args.downstream,
         force: args.force.clone(),
         jobs: args.jobs.unwrap_or_else(default_jobs),
     };
@@ -106,7 +105,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         .plan
         .instances
         .iter()
-        .zip(s.plan.closure(&args.stages))
+        .zip(s.plan.closure_with(&args.stages, args.downstream))
         .any(|(i, sel)| sel && i.stage == stages::report::NAME);
     let html = (covered && html.exists()).then_some(html);
     if args.json {
@@ -145,13 +144,13 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
 }
 
 fn dry_run(s: &Session, args: &RunArgs) -> Result<()> {
-    let sel = s.plan.closure(&args.stages);
+    let sel = s.plan.closure_with(&args.stages, args.downstream);
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let mut out = std::io::stdout().lock();
     let (mut would, mut may, mut fresh) = (0, 0, 0);
-    for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
+    for (i, (inst, v)) in s.plan.instances.iter().zip(&verdicts).enumerate() {
         let Some((v, _)) = v else { continue };
-        let forced = args.force.iter().any(|f| f == inst.stage);
+        let forced = args.force.iter().any(|f| s.plan.matches(i, f));
         match v {
             Verdict::Fresh(_) if forced => {
                 would += 1;

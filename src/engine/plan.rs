@@ -111,16 +111,70 @@ impl Plan {
         &self.deps[i]
     }
 
-    /// Indices of the instances of `stages` and everything upstream of them.
-    pub fn closure(&self, stages: &[String]) -> Vec<bool> {
-        let mut sel = vec![stages.is_empty(); self.len()];
-        if stages.is_empty() {
+    /// Whether instance `i` matches a selector: `STAGE`, or
+    /// `STAGE:LABEL-GLOB` (e.g. `dist:d64-seed*-step512`).
+    pub fn matches(&self, i: usize, selector: &str) -> bool {
+        let inst = &self.instances[i];
+        match selector.split_once(':') {
+            None => inst.stage == selector,
+            Some((stage, label)) => {
+                inst.stage == stage
+                    && glob::Pattern::new(label).is_ok_and(|p| p.matches(&inst.label))
+            }
+        }
+    }
+
+    /// Each selector names a stage of the plan and matches an instance.
+    pub fn check_selectors<'a>(
+        &self,
+        selectors: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), EngineError> {
+        for s in selectors {
+            let stage = s.split_once(':').map_or(s.as_str(), |x| x.0);
+            if !self.stages.contains(&stage) {
+                return Err(EngineError::Plan(format!(
+                    "unknown stage {stage} (stages: {})",
+                    self.stages.join(", ")
+                )));
+            }
+            if let Some((_, label)) = s.split_once(':') {
+                glob::Pattern::new(label)
+                    .map_err(|e| EngineError::Plan(format!("selector {s}: {e}")))?;
+                if !(0..self.len()).any(|i| self.matches(i, s)) {
+                    return Err(EngineError::Plan(format!(
+                        "selector {s}: no instance of {stage} has a label matching {label}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The instances `selectors` match and everything upstream of them (all
+    /// when there are none).
+    pub fn closure(&self, selectors: &[String]) -> Vec<bool> {
+        self.closure_with(selectors, false)
+    }
+
+    /// As `closure`; with `downstream`, also every instance downstream of a
+    /// matched one (with what those need upstream).
+    pub fn closure_with(&self, selectors: &[String], downstream: bool) -> Vec<bool> {
+        let mut sel = vec![selectors.is_empty(); self.len()];
+        if selectors.is_empty() {
             return sel;
         }
-        for i in (0..self.len()).rev() {
-            if stages.iter().any(|s| s == self.instances[i].stage) {
-                sel[i] = true;
+        for (i, s) in sel.iter_mut().enumerate() {
+            *s = selectors.iter().any(|x| self.matches(i, x));
+        }
+        if downstream {
+            // Topological order: an instance's deps come before it.
+            for i in 0..self.len() {
+                if !sel[i] && self.deps[i].iter().any(|&j| sel[j]) {
+                    sel[i] = true;
+                }
             }
+        }
+        for i in (0..self.len()).rev() {
             if sel[i] {
                 for &j in &self.deps[i] {
                     sel[j] = true;

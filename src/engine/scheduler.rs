@@ -18,7 +18,12 @@ use crate::error::EngineError;
 /// Options of `run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// Selectors (`STAGE` or `STAGE:LABEL-GLOB`) of what to bring up to
+    /// date, with what they need upstream; empty: everything.
     pub targets: Vec<String>,
+    /// Also everything downstream of the targets.
+    pub downstream: bool,
+    /// Selectors of instances recomputed even when fresh.
     pub force: Vec<String>,
     pub jobs: usize,
 }
@@ -63,8 +68,8 @@ pub struct Work<'a> {
     pub sel: &'a [bool],
     /// Each instance's input-file hashes (empty when not selected).
     pub inputs: &'a [BTreeMap<String, String>],
-    /// Stages whose instances are recomputed even when fresh.
-    pub force: &'a [String],
+    /// Instances recomputed even when fresh.
+    pub forced: &'a [bool],
 }
 
 /// Where and when instances are computed.
@@ -205,7 +210,7 @@ impl Executor for Local {
                         _ if engine.cancel.load(Ordering::Relaxed) => Outcome::Cancelled,
                         None => Outcome::Skipped("an upstream instance did not finish".into()),
                         Some(up) => {
-                            let forced = work.force.iter().any(|f| f == inst.stage);
+                            let forced = work.forced[i];
                             self.run_one(engine, inst, &work.inputs[i], &up, forced, reporter)
                         }
                     };
@@ -249,21 +254,17 @@ impl Engine {
         opts: &RunOptions,
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
-        for s in opts.targets.iter().chain(&opts.force) {
-            if !plan.stages.iter().any(|p| p == s) {
-                return Err(EngineError::Plan(format!(
-                    "unknown stage {s} (stages: {})",
-                    plan.stages.join(", ")
-                )));
-            }
-        }
-        let sel = plan.closure(&opts.targets);
+        plan.check_selectors(opts.targets.iter().chain(&opts.force))?;
+        let sel = plan.closure_with(&opts.targets, opts.downstream);
+        let forced: Vec<bool> = (0..plan.len())
+            .map(|i| opts.force.iter().any(|f| plan.matches(i, f)))
+            .collect();
         let inputs = self.input_hashes(plan, &sel)?;
         let work = Work {
             plan,
             sel: &sel,
             inputs: &inputs,
-            force: &opts.force,
+            forced: &forced,
         };
         let outcomes = executor.execute(self, &work, reporter);
         reporter.finish();
