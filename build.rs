@@ -1,9 +1,31 @@
 //! Compile the vendored `proto/onnx.proto` into Rust (prost) with protox, a
-//! pure-Rust protobuf compiler, so building needs no `protoc` binary.
+//! pure-Rust protobuf compiler, so building needs no `protoc` binary; and
+//! record the git commit the binary is built from (for provenance).
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
     let fds = protox::compile(["onnx.proto"], ["proto"]).expect("proto/onnx.proto compiles");
     prost_build::Config::new()
         .compile_fds(fds)
         .expect("prost generates the ONNX messages");
+    // A new commit or a staged change reruns this script; edits to the work
+    // tree after it ran are not seen ("dirty" is as of the build).
+    for f in [".git/HEAD", ".git/index"] {
+        if std::path::Path::new(f).exists() {
+            println!("cargo:rerun-if-changed={f}");
+        }
+    }
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    println!("cargo:rustc-env=SEEDCONV_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=SEEDCONV_GIT_DIRTY={dirty}");
 }

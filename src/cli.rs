@@ -140,6 +140,10 @@ pub struct ShowArgs {
     /// Print each Parquet file's schema and metadata instead of its path.
     #[arg(long)]
     pub schema: bool,
+    /// Print who made each current entry: build, host, CPU, threads,
+    /// ONNX Runtime and execution provider.
+    #[arg(long, conflicts_with = "schema")]
+    pub provenance: bool,
 }
 
 #[derive(Debug, Args)]

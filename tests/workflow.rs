@@ -283,3 +283,79 @@ fn selectors_choose_instances_by_stage_and_label() {
         r.stderr
     );
 }
+
+#[test]
+fn provenance_names_the_build_and_machine_and_status_warns_about_others() {
+    let p = Project::micro();
+    p.write_config(&common::hf_suite_config(&common::hf_models(), "[0]"));
+    p.ok(&["run", "dist"]);
+    let rows = json(&p.ok(&["show", "--provenance", "--json", "dist"]));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let build = rows[0]["build"].as_str().unwrap();
+    assert!(
+        build.starts_with(&format!("seedconv {} (", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    // Built from this checkout: its commit (when it is a git checkout).
+    if let Ok(out) = std::process::Command::new("git")
+        .args(["-C", common::REPO, "rev-parse", "--short=12", "HEAD"])
+        .output()
+    {
+        let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !head.is_empty() {
+            assert!(build.contains(&head), "{build} vs {head}");
+        }
+    }
+    assert!(
+        !rows[0]["host"].as_str().unwrap().is_empty()
+            && !rows[0]["cpu"].as_str().unwrap().is_empty()
+    );
+    assert!(rows[0]["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(rows[0]["execution_provider"], "CPU");
+    assert!(
+        rows[0]["onnxruntime"]
+            .as_str()
+            .unwrap()
+            .starts_with("1.31.1"),
+        "{}",
+        rows[0]["onnxruntime"]
+    );
+    let text = p.ok(&["show", "--provenance", "dist"]).stdout;
+    assert!(text.lines().count() == 2 && text.contains(build), "{text}");
+
+    // No warning while every entry is this build's; one after an entry was
+    // (as if) made by another build.
+    let st = p.ok(&["status", "dist"]);
+    assert!(!st.stderr.contains("another build"), "{}", st.stderr);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.store().join("dist/index.json")).unwrap()).unwrap();
+    let key = index
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let m = p.store().join("dist").join(key).join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["provenance"]["build"] = "seedconv 0.0.9 (0123456789ab)".into();
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+    let st = p.ok(&["status", "dist"]);
+    assert!(
+        st.stderr
+            .contains("1 current dist entries were made by another build"),
+        "{}",
+        st.stderr
+    );
+    // …and it stays fresh: a warning, not a rerun.
+    assert!(
+        st.stdout
+            .lines()
+            .filter(|l| l.contains("dist["))
+            .all(|l| l.starts_with("fresh")),
+        "{}",
+        st.stdout
+    );
+}

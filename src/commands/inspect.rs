@@ -57,6 +57,8 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut per_stage: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
     let mut rows = Vec::new();
+    let this_build = crate::engine::store::build();
+    let mut other_builds: BTreeMap<&str, usize> = BTreeMap::new();
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
         let Some((v, key)) = v else { continue };
         let short = if key.is_empty() {
@@ -66,6 +68,11 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
         };
         let (state, reason, slot) = state(v);
         per_stage.entry(inst.stage).or_default()[slot] += 1;
+        if let Verdict::Fresh(m) = v {
+            if m.provenance.as_ref().map(|p| p.build.as_str()) != Some(this_build.as_str()) {
+                *other_builds.entry(inst.stage).or_insert(0usize) += 1;
+            }
+        }
         if args.json {
             rows.push(json!({
                 "id": inst.id(), "stage": inst.stage, "label": inst.label, "state": state,
@@ -97,6 +104,13 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
             let c = per_stage.get(st).copied().unwrap_or_default();
             writeln!(out, "{st}: {}", describe(&c))?;
         }
+    }
+    // Entries are reused across builds by design (no source is hashed); a
+    // stage whose code changed without a VERSION bump is caught here.
+    for (stage, n) in &other_builds {
+        tracing::warn!(
+            "{n} current {stage} entries were made by another build than this {this_build} (`show --provenance {stage}`); if {stage} changed without a VERSION bump, `run --force {stage}`"
+        );
     }
     let behind: usize = per_stage.values().map(|c| c[1] + c[2] + c[3]).sum();
     if args.check && behind > 0 {
@@ -174,6 +188,71 @@ pub fn dag(s: &Session, args: &DagArgs) -> Result<()> {
 }
 
 /// Current artefact paths of a stage, from its index.
+/// `show --provenance`: for each current entry of the selection, the build,
+/// host, CPU and threads that made it, and for model runs the ONNX Runtime
+/// and whether CUDA ran it.
+fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
+    let (stage, label) = args.stage.split_once(':').unwrap_or((&args.stage, "*"));
+    let pattern = glob::Pattern::new(label)?;
+    let store = &s.engine.store;
+    let mut rows = Vec::new();
+    for (l, key) in store
+        .read_index(stage)
+        .iter()
+        .filter(|(l, _)| pattern.matches(l))
+    {
+        let Some(m) = store.read_manifest(stage, key) else {
+            continue;
+        };
+        let p = m.provenance.as_ref();
+        rows.push(json!({
+            "id": crate::engine::instance_id(stage, l),
+            "build": p.map_or(format!("seedconv {} (unrecorded)", m.seedconv_version), |p| p.build.clone()),
+            "host": p.map(|p| p.host.clone()),
+            "cpu": p.map(|p| p.cpu.clone()),
+            "threads": p.map(|p| p.threads),
+            "seconds": m.seconds,
+            "execution_provider": m.extra.get("cuda").and_then(|c| c.as_bool()).map(|c| if c { "CUDA" } else { "CPU" }),
+            "onnxruntime": m.extra.get("onnxruntime"),
+        }));
+    }
+    if rows.is_empty() {
+        bail!("stage {stage} has no artefacts yet; run `seedconv run {stage}`");
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    for r in &rows {
+        write!(
+            out,
+            "{}  {}  host {}  cpu {}  threads {}  {:.2} s",
+            text(&r["id"]),
+            text(&r["build"]),
+            text(&r["host"]),
+            text(&r["cpu"]),
+            text(&r["threads"]),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        )?;
+        if !r["execution_provider"].is_null() {
+            write!(
+                out,
+                "  {} (ONNX Runtime {})",
+                text(&r["execution_provider"]),
+                text(&r["onnxruntime"])
+            )?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
 /// Current artefact paths of the instances a selector names, from the
 /// stage's index.
 fn current_files(s: &Session, selector: &str) -> Result<Vec<PathBuf>> {
@@ -199,6 +278,9 @@ fn current_files(s: &Session, selector: &str) -> Result<Vec<PathBuf>> {
 
 pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
     s.check_selectors([&args.stage])?;
+    if args.provenance {
+        return show_provenance(s, args);
+    }
     let files = current_files(s, &args.stage)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -132,6 +132,7 @@ impl Engine {
                 seconds: t0.elapsed().as_secs_f64(),
                 pid: std::process::id(),
                 extra,
+                provenance: Some(store::Provenance::here(threads)),
             };
             self.store.commit(&tmp, &manifest, &stamps, &self.memo)?;
             Ok(Box::new(manifest))

@@ -69,6 +69,54 @@ pub struct Manifest {
     /// Stage-specific facts (e.g. row counts, validation errors).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Where and by what the entry was made (absent in older entries).
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+}
+
+/// The build and machine that computed an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// `seedconv 0.1.0 (3f2a9c1b0d4e)`, `+dirty` when built from a modified
+    /// checkout.
+    pub build: String,
+    pub host: String,
+    pub cpu: String,
+    pub threads: usize,
+}
+
+impl Provenance {
+    /// This process on this machine, running a job with `threads`.
+    pub fn here(threads: usize) -> Provenance {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        Provenance {
+            build: build(),
+            host: read("/proc/sys/kernel/hostname").trim().to_string(),
+            cpu,
+            threads,
+        }
+    }
+}
+
+/// This binary's build: version, git commit, and whether the checkout was
+/// modified when it was built.
+pub fn build() -> String {
+    format!(
+        "seedconv {} ({}{})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SEEDCONV_GIT_COMMIT"),
+        if env!("SEEDCONV_GIT_DIRTY") == "true" {
+            "+dirty"
+        } else {
+            ""
+        }
+    )
 }
 
 pub fn output_hash(outputs: &BTreeMap<String, OutputFile>) -> String {

@@ -56,6 +56,21 @@ pub fn env() -> Result<&'static ort::environment::Environment, OrtLibError> {
     Ok(ENV.get().expect("initialised by init"))
 }
 
+/// The loaded ONNX Runtime's build info (version and commit), for
+/// provenance; empty before the library is loaded.
+pub fn info() -> String {
+    if ENV.get().is_none() {
+        return String::new();
+    }
+    // The library's file name carries its version (libonnxruntime.so.1.31.1).
+    let version = locate()
+        .ok()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .and_then(|p| Some(p.file_name()?.to_str()?.split(".so.").nth(1)?.to_string()))
+        .unwrap_or_else(|| "?".into());
+    format!("{version}; {}", ort::info())
+}
+
 /// Load the library once per process and return its path and build info.
 pub fn init() -> Result<(PathBuf, String), OrtLibError> {
     let path = locate()?;

@@ -285,6 +285,7 @@ impl Job for BlimpJob {
             "pairs": n,
             "accuracy": accuracy,
             "cuda": cuda,
+            "onnxruntime": crate::lm::ortlib::info(),
             "sentences_per_second": (2 * n) as f64 / secs.max(1e-9),
             "seconds_scoring": secs,
         }))

@@ -116,6 +116,7 @@ impl Job for DistJob {
             "model": path.display().to_string(),
             "model_blake3": model_hash,
             "cuda": cuda,
+            "onnxruntime": crate::lm::ortlib::info(),
             "seconds_ort": ort_secs,
             "seconds_total": t0.elapsed().as_secs_f64(),
         }))

@@ -188,6 +188,7 @@ impl Job for IclJob {
             "documents": k,
             "mean_icl": score.iter().sum::<f64>() / k as f64,
             "cuda": cuda,
+            "onnxruntime": crate::lm::ortlib::info(),
         }))
     }
 }
