@@ -359,3 +359,45 @@ fn provenance_names_the_build_and_machine_and_status_warns_about_others() {
         st.stdout
     );
 }
+
+#[test]
+fn two_configs_share_one_store_and_gc_keeps_each_others_entries() {
+    let p = Project::micro();
+    // b.toml: the same pipeline with another window, on the same store.
+    let b = p.config().replace("window = 64", "window = 32");
+    std::fs::write(p.path().join("b.toml"), &b).unwrap();
+    let a_all = p.ok(&["run"]).counts().0;
+    assert!(a_all > 2);
+    assert_eq!(
+        p.ok(&["-c", "b.toml", "run"]).computed_ids(),
+        vec!["annotate", "corpus"]
+    );
+    // Each config's status is its own, and both are fresh.
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+    assert_eq!(p.run(&["-c", "b.toml", "status", "--check"]).code, 0);
+    // gc from A keeps B's last run, and says so; then B reruns nothing.
+    let gc = p.ok(&["gc"]).stdout;
+    assert!(
+        gc.contains("keeping ")
+            && gc.contains("entries of the last run of")
+            && gc.contains("b.toml"),
+        "{gc}"
+    );
+    assert_eq!(p.ok(&["-c", "b.toml", "run"]).counts().0, 0);
+    // gc from B keeps A's; then A reruns nothing.
+    p.ok(&["-c", "b.toml", "gc"]);
+    assert_eq!(p.ok(&["run"]).counts().0, 0);
+    assert_eq!(p.ok(&["-c", "b.toml", "run"]).counts().0, 0);
+    // A config that is gone is forgotten by the next gc, and its entries go.
+    std::fs::remove_file(p.path().join("b.toml")).unwrap();
+    let gc = p.ok(&["gc"]).stdout;
+    assert!(
+        gc.contains("forgot the last run of") && gc.contains("removed entry"),
+        "{gc}"
+    );
+    std::fs::write(p.path().join("b.toml"), &b).unwrap();
+    assert_eq!(
+        p.ok(&["-c", "b.toml", "run"]).computed_ids(),
+        vec!["annotate", "corpus"]
+    );
+}

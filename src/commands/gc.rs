@@ -14,10 +14,10 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
     let store = &s.engine.store;
     let sel = vec![true; s.plan.len()];
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
-    let mut keep: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
         let Some((v, key)) = v else { continue };
-        let set = keep.entry(inst.stage).or_default();
+        let set = keep.entry(inst.stage.to_string()).or_default();
         match v {
             Verdict::Fresh(_) => {
                 set.insert(key.clone());
@@ -30,6 +30,41 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
                 }
             }
             Verdict::Stale(_) => {}
+        }
+    }
+    // Other configs' last runs on this store are roots too.
+    let me = s.root_id();
+    for (id, root) in store.roots() {
+        if id == me {
+            continue;
+        }
+        if !root.config.is_file() {
+            println!(
+                "{} the last run of {}: the config file is gone",
+                if args.dry_run {
+                    "would forget"
+                } else {
+                    "forgot"
+                },
+                root.config.display()
+            );
+            if !args.dry_run {
+                store.remove_root(&id)?;
+            }
+            continue;
+        }
+        let n: usize = root.entries.values().map(BTreeSet::len).sum();
+        let set = if root.overrides.is_empty() {
+            String::new()
+        } else {
+            format!(" --set {}", root.overrides.join(" --set "))
+        };
+        println!(
+            "keeping {n} entries of the last run of {}{set}",
+            root.config.display()
+        );
+        for (stage, keys) in root.entries {
+            keep.entry(stage).or_default().extend(keys);
         }
     }
     let mut removed = 0u64;

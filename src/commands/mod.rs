@@ -1,6 +1,6 @@
 //! What each subcommand does, given parsed arguments.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -35,6 +35,8 @@ pub struct Session {
     pub loaded: Loaded,
     pub plan: Plan,
     pub engine: Engine,
+    /// The `--set` overrides the config was loaded with.
+    pub overrides: Vec<String>,
 }
 
 impl Session {
@@ -51,7 +53,24 @@ impl Session {
             loaded,
             plan,
             engine,
+            overrides: overrides.to_vec(),
         })
+    }
+
+    /// The config file, absolute.
+    pub fn config_file(&self) -> PathBuf {
+        std::fs::canonicalize(&self.loaded.file).unwrap_or_else(|_| self.loaded.file.clone())
+    }
+
+    /// This config's id among the roots of its store: its file and
+    /// overrides (a `--set` sweep point is a config of its own).
+    pub fn root_id(&self) -> String {
+        let text = format!(
+            "{}\n{}",
+            self.config_file().display(),
+            self.overrides.join("\n")
+        );
+        blake3::hash(text.as_bytes()).to_hex()[..16].to_string()
     }
 
     /// Warn about suite checkpoints whose files are identical across steps.

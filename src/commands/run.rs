@@ -1,5 +1,6 @@
 //! `run`: compute what is stale, with progress, and `run --dry-run`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 
 use anyhow::Result;
@@ -8,7 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::inspect::joined;
 use super::{default_jobs, RunFailed, Session};
 use crate::cli::RunArgs;
-use crate::engine::{Outcome, Reporter, RunOptions, Verdict};
+use crate::engine::store::Root;
+use crate::engine::{Outcome, Reporter, RunOptions, RunReport, Verdict};
 use crate::stages;
 
 /// Progress bar on a terminal, log lines otherwise.
@@ -85,6 +87,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let report = s.engine.run(&s.plan, &opts, &reporter)?;
     let seconds = t0.elapsed().as_secs_f64();
+    record_root(s, &report)?;
     let summary = format!(
         "computed {}, reused {}, failed {}, skipped {}",
         report.computed,
@@ -140,6 +143,30 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     if let (Some(html), false) = (html, args.json) {
         println!("report: {}", html.display());
     }
+    Ok(())
+}
+
+/// Record what this run made current as this config's root, so that `gc`
+/// from another config on the same store keeps it.
+fn record_root(s: &Session, report: &RunReport) -> Result<()> {
+    let mut entries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, o) in &report.outcomes {
+        if let Outcome::Reused(m) | Outcome::Computed(m) = o {
+            entries
+                .entry(m.stage.clone())
+                .or_default()
+                .insert(m.key.clone());
+        }
+    }
+    let root = Root {
+        config: s.config_file(),
+        overrides: s.overrides.clone(),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        entries,
+    };
+    s.engine.store.write_root(&s.root_id(), &root)?;
     Ok(())
 }
 

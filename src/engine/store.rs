@@ -74,6 +74,21 @@ pub struct Manifest {
     pub provenance: Option<Provenance>,
 }
 
+/// Folder of the roots: one file per config that ran on this store.
+pub const ROOTS: &str = ".roots";
+
+/// The entries one config's last run made current, so that `gc` run from
+/// another config on the same store keeps them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Root {
+    /// The config file, and the `--set` overrides it ran with.
+    pub config: PathBuf,
+    pub overrides: Vec<String>,
+    pub finished_unix: f64,
+    /// Stage → entry keys.
+    pub entries: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
 /// The build and machine that computed an entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
@@ -453,6 +468,43 @@ impl Store {
         let link = self.stage_dir(stage).join("current");
         let target = fs::read_link(&link).ok()?;
         Some(self.stage_dir(stage).join(target))
+    }
+
+    /// Record `root` as the last run of config `id` (replacing its last).
+    pub fn write_root(&self, id: &str, root: &Root) -> Result<(), EngineError> {
+        let dir = self.root.join(ROOTS);
+        fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, e))?;
+        let bytes = serde_json::to_vec_pretty(root).expect("roots serialise");
+        write_atomic(&dir.join(format!("{id}.json")), &bytes)
+    }
+
+    /// Every recorded root, by id; unreadable ones are skipped.
+    pub fn roots(&self) -> Vec<(String, Root)> {
+        let mut v: Vec<(String, Root)> = fs::read_dir(self.root.join(ROOTS))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let id = e
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".json")?
+                    .to_string();
+                let root = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+                Some((id, root))
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Forget config `id`'s last run.
+    pub fn remove_root(&self, id: &str) -> Result<(), EngineError> {
+        let p = self.root.join(ROOTS).join(format!("{id}.json"));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::io(&p, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Stage folders present in the store.
