@@ -50,6 +50,9 @@ pub enum Command {
     Init(InitArgs),
     /// The stage graph with each stage's instance states.
     Dag(DagArgs),
+    /// Copy the current tables into a plain folder (one Parquet per table,
+    /// the report, provenance.json).
+    Export(ExportArgs),
     /// Print a shell completion script (e.g. `seedconv completions bash > ~/.local/share/bash-completion/completions/seedconv`).
     Completions {
         #[arg(value_enum)]
@@ -116,6 +119,14 @@ pub struct JsonArgs {
     /// Print one JSON document instead of text (shape in the README).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The folder to write (created if needed; files in it are replaced).
+    pub dir: PathBuf,
+    /// Only these stages (default: every stage with results).
+    pub stages: Vec<String>,
 }
 
 #[derive(Debug, Args)]

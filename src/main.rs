@@ -57,6 +57,9 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             commands::status(&Session::open(&cli.config, &cli.set, cancel)?, args)
         }
         Command::Dag(args) => commands::dag(&Session::open(&cli.config, &cli.set, cancel)?, args),
+        Command::Export(args) => {
+            commands::export(&Session::open(&cli.config, &cli.set, cancel)?, args)
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "seedconv", &mut std::io::stdout());

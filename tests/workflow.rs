@@ -401,3 +401,45 @@ fn two_configs_share_one_store_and_gc_keeps_each_others_entries() {
         vec!["annotate", "corpus"]
     );
 }
+
+#[test]
+fn export_writes_plain_tables_with_instance_columns_and_provenance() {
+    let p = Project::micro();
+    p.write_config(&common::hf_suite_config(&common::hf_models(), "[0]"));
+    p.ok(&["run", "kl"]);
+    let dir = p.path().join("out");
+    p.ok(&["export", "out"]);
+    // dist: both seeds' tables stacked, each row labelled by its instance.
+    let stacked = common::read_table(&dir.join("dist/dist.parquet"));
+    let inst = common::col::<arrow::array::StringArray>(&stacked, "instance");
+    let mut total = 0;
+    for label in ["tiny-seed11-step0", "tiny-seed12-step0"] {
+        let own = common::read_table(&p.store().join(format!("dist/current/{label}.dist.parquet")));
+        let n = (0..stacked.num_rows())
+            .filter(|&i| inst.value(i) == label)
+            .count();
+        assert_eq!(n, own.num_rows(), "{label}");
+        total += n;
+    }
+    assert_eq!(total, stacked.num_rows());
+    assert_eq!(stacked.schema().field(1).name(), "size");
+    // A single-instance stage's table as it is, without an instance column.
+    let rows = common::read_table(&dir.join("corpus/rows.parquet"));
+    assert!(rows.column_by_name("instance").is_none());
+    assert_eq!(
+        rows.num_rows(),
+        common::read_table(&p.store().join("corpus/current/rows.parquet")).num_rows()
+    );
+    // provenance.json names each entry by its key.
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("provenance.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.store().join("dist/index.json")).unwrap()).unwrap();
+    for (label, key) in index.as_object().unwrap() {
+        assert_eq!(prov["entries"]["dist"][label]["key"], *key);
+    }
+    assert!(prov["exported_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("seedconv "));
+}

@@ -11,11 +11,13 @@ use crate::engine::{Engine, Plan};
 use crate::error::ConfigError;
 use crate::stages;
 
+mod export;
 mod gc;
 mod init;
 mod inspect;
 mod run;
 
+pub use export::export;
 pub use gc::gc;
 pub use init::init;
 pub use inspect::{dag, doctor, show, show_config, status, verify};
