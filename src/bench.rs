@@ -193,7 +193,7 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
             (1, 1),
             &hp,
             &[2, steps + 2],
-            &|| Ok(()),
+            &|_| Ok(()),
             &mut on_ckpt,
         )?;
         let secs = time_at[1].duration_since(time_at[0]).as_secs_f64() - export_secs;
@@ -288,7 +288,7 @@ pub fn dist(
     let bare = t.elapsed().as_secs_f64();
     let lq = vec![-(vocab as f64).ln(); vocab];
     let t = Instant::now();
-    let (stats, _, ort) = dist::compute(&plan, &mut model, vocab, 64, &lq, false, &|| Ok(()))?;
+    let (stats, _, ort) = dist::compute(&plan, &mut model, vocab, 64, &lq, false, &|_| Ok(()))?;
     let computed = t.elapsed().as_secs_f64();
     let ckpt = crate::suite::Checkpoint {
         size: "bench".into(),
@@ -428,16 +428,12 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
     );
     println!("| batch | seconds | sentences/s |");
     println!("| ---: | ---: | ---: |");
-    blimp::score(
-        &mut model,
-        &seqs[..seqs.len().min(64)],
-        64,
-        None,
-        &|| Ok(()),
-    )?;
+    blimp::score(&mut model, &seqs[..seqs.len().min(64)], 64, None, &|_| {
+        Ok(())
+    })?;
     for batch in [1, 8, 64, 256] {
         let t = Instant::now();
-        blimp::score(&mut model, &seqs, batch, None, &|| Ok(()))?;
+        blimp::score(&mut model, &seqs, batch, None, &|_| Ok(()))?;
         let s = t.elapsed().as_secs_f64();
         println!("| {batch} | {s:.2} | {:.0} |", seqs.len() as f64 / s);
     }

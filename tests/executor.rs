@@ -90,7 +90,7 @@ impl Executor for OneByOne {
                 Ok(claim) => {
                     reporter.begin(&inst.id());
                     self.order.lock().unwrap().push(inst.id());
-                    engine.compute(inst, claim, &up, 1)
+                    engine.compute(inst, claim, &up, 1, reporter)
                 }
             };
             outcomes[i] = Some(outcome);

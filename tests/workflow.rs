@@ -443,3 +443,32 @@ fn export_writes_plain_tables_with_instance_columns_and_provenance() {
         .unwrap()
         .starts_with("seedconv "));
 }
+
+#[test]
+fn long_instances_report_progress_in_plain_lines_off_a_terminal() {
+    let p = Project::micro();
+    p.write_config(&common::hf_suite_config(&common::hf_models(), "[0]"));
+    // Every progress update becomes a line (the default is one per 30 s).
+    let out = p
+        .cmd(&["run", "dist"])
+        .env("SEEDCONV_PROGRESS_SECS", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("dist[tiny-seed11-step0]: ") && l.contains(" rows/s, ETA "))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    // Counts go up and name the total rows of the corpus.
+    let rows = common::read_table(&p.store().join("corpus/current/rows.parquet")).num_rows();
+    assert!(
+        lines.iter().all(|l| l.contains(&format!("/{rows} rows"))),
+        "{err}"
+    );
+    // With the default interval a short run prints none.
+    p.write_config(&common::hf_suite_config(&common::hf_models(), "[50]"));
+    let r = p.ok(&["run", "dist"]);
+    assert!(!r.stderr.contains(" rows/s"), "{}", r.stderr);
+}

@@ -1,7 +1,8 @@
 //! `run`: compute what is stale, with progress, and `run --dry-run`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
+use std::time::Instant;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,6 +18,12 @@ use crate::stages;
 pub struct CliReporter {
     bar: std::sync::Mutex<Option<ProgressBar>>,
     quiet: bool,
+    /// Per running instance: when it began and when its last plain
+    /// progress line was written.
+    running: std::sync::Mutex<HashMap<String, (Instant, Instant)>>,
+    /// Seconds between plain progress lines when stderr is not a terminal
+    /// (`SEEDCONV_PROGRESS_SECS`, default 30).
+    every: f64,
 }
 
 impl CliReporter {
@@ -24,6 +31,11 @@ impl CliReporter {
         CliReporter {
             bar: std::sync::Mutex::new(None),
             quiet,
+            running: std::sync::Mutex::new(HashMap::new()),
+            every: std::env::var("SEEDCONV_PROGRESS_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(30.0),
         }
     }
     fn log(&self, f: impl FnOnce()) {
@@ -46,6 +58,36 @@ impl Reporter for CliReporter {
             *self.bar.lock().unwrap() = Some(b);
         }
     }
+    fn progress(&self, id: &str, done: u64, total: u64, unit: &str) {
+        if self.quiet || total == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut running = self.running.lock().unwrap();
+        let (start, last) = running.entry(id.to_string()).or_insert((now, now));
+        let secs = now.duration_since(*start).as_secs_f64();
+        let rate = done as f64 / secs.max(1e-9);
+        let eta = if done > 0 {
+            format!(
+                ", ETA {}",
+                human_secs((total - done.min(total)) as f64 / rate)
+            )
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "{id}: {}% ({done}/{total} {unit}, {} {unit}/s{eta})",
+            done * 100 / total,
+            human_rate(rate)
+        );
+        if let Some(b) = &*self.bar.lock().unwrap() {
+            b.set_message(line);
+        } else if now.duration_since(*last).as_secs_f64() >= self.every && done > 0 {
+            *last = now;
+            drop(running);
+            tracing::info!("{line}");
+        }
+    }
     fn begin(&self, id: &str) {
         if let Some(b) = &*self.bar.lock().unwrap() {
             b.set_message(format!("running {id}"));
@@ -53,6 +95,7 @@ impl Reporter for CliReporter {
         self.log(|| tracing::debug!("running {id}"));
     }
     fn done(&self, id: &str, outcome: &Outcome, seconds: f64) {
+        self.running.lock().unwrap().remove(id);
         match outcome {
             Outcome::Computed(_) => self.log(|| tracing::info!("computed {id} in {seconds:.2} s")),
             Outcome::Reused(_) => self.log(|| tracing::debug!("fresh {id}")),
@@ -68,6 +111,26 @@ impl Reporter for CliReporter {
         if let Some(b) = self.bar.lock().unwrap().take() {
             b.finish_and_clear();
         }
+    }
+}
+
+fn human_rate(r: f64) -> String {
+    if r >= 1e4 {
+        format!("{:.1}k", r / 1e3)
+    } else if r >= 10.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+fn human_secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.0} s")
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::job::{Instance, JobCtx};
-use super::scheduler::Outcome;
+use super::scheduler::{Outcome, Reporter};
 use super::store::{self, EntryLock, EntryState, Ingredients, Manifest};
 use super::Engine;
 use crate::error::{EngineError, StageError};
@@ -80,8 +80,12 @@ impl Engine {
         claim: Claim,
         upstream: &[(String, Box<Manifest>)],
         threads: usize,
+        reporter: &dyn Reporter,
     ) -> Outcome {
         let Claim { ing, key, _lock } = claim;
+        let id = inst.id();
+        let progress =
+            |done: u64, total: u64, unit: &str| reporter.progress(&id, done, total, unit);
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -115,6 +119,7 @@ impl Engine {
             upstream_outputs: &up_outputs,
             inputs: &ing.inputs,
             cancel: &self.cancel,
+            progress: &progress,
         };
         let result = inst.job.run(&ctx);
         let finish = |extra: serde_json::Value| -> Result<Box<Manifest>, EngineError> {

@@ -32,6 +32,7 @@ pub struct JobCtx<'a> {
     /// blake3 of each named input file (hashed for the key already).
     pub(super) inputs: &'a BTreeMap<String, String>,
     pub(super) cancel: &'a AtomicBool,
+    pub(super) progress: &'a (dyn Fn(u64, u64, &str) + Sync),
 }
 
 impl JobCtx<'_> {
@@ -61,6 +62,11 @@ impl JobCtx<'_> {
             .get(&instance_id(stage, label))
             .and_then(|o| o.get(rel))
             .map(|f| f.blake3.as_str())
+    }
+    /// Progress inside a long instance: `done` of `total` units (`rows`,
+    /// `steps`, …), shown with rate and ETA by the reporter.
+    pub fn progress(&self, done: u64, total: u64, unit: &str) {
+        (self.progress)(done, total, unit)
     }
     /// Return `Err(Cancelled)` once Ctrl-C was pressed; jobs call this
     /// between units of work.

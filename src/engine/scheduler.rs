@@ -54,6 +54,8 @@ pub trait Reporter: Send + Sync {
     fn start(&self, _total: usize) {}
     fn begin(&self, _id: &str) {}
     fn done(&self, _id: &str, _outcome: &Outcome, _seconds: f64) {}
+    /// A running instance reports `done` of `total` `unit`s.
+    fn progress(&self, _id: &str, _done: u64, _total: u64, _unit: &str) {}
     fn finish(&self) {}
 }
 
@@ -141,7 +143,7 @@ impl Local {
         } else {
             rayon::current_num_threads().div_ceil(self.jobs).max(1)
         };
-        engine.compute(inst, claim, upstream, threads)
+        engine.compute(inst, claim, upstream, threads, reporter)
     }
 }
 

@@ -134,13 +134,14 @@ fn cerr(e: candle_core::Error) -> StageError {
 
 /// Train from `seeds` = (init_seed, data_seed); call `checkpoint(step, model, tokens)`
 /// at each checkpoint step (after that many updates) and return the log.
+/// `tick(step)` runs before each update (progress, and Ctrl-C as an error).
 pub fn train(
     shape: Shape,
     tokens: &[u32],
     (init_seed, data_seed): (u64, u64),
     hp: &Hyper,
     checkpoints: &[usize],
-    cancel: &dyn Fn() -> Result<(), StageError>,
+    tick: &dyn Fn(usize) -> Result<(), StageError>,
     checkpoint: &mut dyn FnMut(usize, &Model, u64) -> Result<(), StageError>,
 ) -> Result<Vec<LogRow>, StageError> {
     let t = shape.context;
@@ -185,7 +186,7 @@ pub fn train(
         if step == hp.steps {
             break;
         }
-        cancel()?;
+        tick(step)?;
         let starts = windows.next_starts(b, tokens.len());
         let mut inp = Vec::with_capacity(b * t);
         let mut tgt = Vec::with_capacity(b * t);

@@ -165,13 +165,13 @@ pub fn score(
     seqs: &[Vec<u32>],
     batch_size: usize,
     width: Option<usize>,
-    cancel: &dyn Fn() -> Result<(), StageError>,
+    tick: &dyn Fn(usize) -> Result<(), StageError>,
 ) -> Result<Vec<f64>, StageError> {
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| (seqs[i].len(), i));
     let mut out = vec![0.0; seqs.len()];
-    for chunk in order.chunks(batch_size) {
-        cancel()?;
+    for (k, chunk) in order.chunks(batch_size).enumerate() {
+        tick(k * batch_size)?;
         let t = chunk.iter().map(|&i| seqs[i].len()).max().unwrap_or(1);
         let mut ids = vec![0i64; chunk.len() * t];
         let lens: Vec<usize> = chunk.iter().map(|&i| seqs[i].len()).collect();
@@ -233,7 +233,9 @@ impl Job for BlimpJob {
         let path = self.ckpt.model_path(ctx)?;
         let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
         let t0 = std::time::Instant::now();
-        let lp = score(&mut model, &seqs, self.set.batch_size, width, &|| {
+        let total = seqs.len() as u64;
+        let lp = score(&mut model, &seqs, self.set.batch_size, width, &|done| {
+            ctx.progress(done as u64, total, "sentences");
             ctx.check_cancel()
         })?;
         let secs = t0.elapsed().as_secs_f64();

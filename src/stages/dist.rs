@@ -94,7 +94,10 @@ impl Job for DistJob {
         }
         let rows = plan.rows.len();
         let t0 = std::time::Instant::now();
-        let cancel = || ctx.check_cancel();
+        let tick = |done: usize| {
+            ctx.progress(done as u64, rows as u64, "rows");
+            ctx.check_cancel()
+        };
         let (stats, full, ort_secs) = compute(
             &plan,
             &mut model,
@@ -102,7 +105,7 @@ impl Job for DistJob {
             self.top_k,
             &lq,
             self.retain_full,
-            &cancel,
+            &tick,
         )?;
         let model_hash = self.ckpt.model_hash(ctx, &path)?;
         let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
@@ -134,7 +137,7 @@ pub fn compute(
     k: usize,
     lq: &[f64],
     keep_full: bool,
-    cancel: &dyn Fn() -> Result<(), StageError>,
+    tick: &dyn Fn(usize) -> Result<(), StageError>,
 ) -> Result<(Vec<RowStats>, Vec<f32>, f64), StageError> {
     let rows = plan.rows.len();
     let mut stats: Vec<Option<RowStats>> = vec![None; rows];
@@ -174,7 +177,7 @@ pub fn compute(
             }
         });
         for (bi, batch) in plan.batches.iter().enumerate() {
-            cancel()?;
+            tick(batch.rows.start)?;
             let mut block = vec![0f32; batch.rows.len() * n];
             let tb = std::time::Instant::now();
             plan.forward(model, batch, n, &mut block)?;

@@ -161,6 +161,7 @@ impl Job for KlJob {
         let mut est_sum = vec![0f64; ks.len()];
         let mut blocks: Vec<Vec<f32>> = vec![Vec::new(); seeds];
         for batch in &plan.batches {
+            ctx.progress(batch.rows.start as u64, rows as u64, "rows");
             ctx.check_cancel()?;
             let len = batch.rows.len();
             for (s, src) in sources.iter_mut().enumerate() {

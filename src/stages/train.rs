@@ -210,7 +210,11 @@ impl Job for TrainJob {
             export_secs += te.elapsed().as_secs_f64();
             Ok(())
         };
-        let cancel = || ctx.check_cancel();
+        let steps = self.hyper.steps as u64;
+        let tick = |step: usize| {
+            ctx.progress(step as u64, steps, "steps");
+            ctx.check_cancel()
+        };
         let log = crate::lm::train::train(
             shape,
             &tokens,
@@ -220,7 +224,7 @@ impl Job for TrainJob {
                 ..self.hyper.clone()
             },
             &self.checkpoints,
-            &cancel,
+            &tick,
             &mut on_ckpt,
         )?;
         let total = t0.elapsed().as_secs_f64();
