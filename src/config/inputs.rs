@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{displayed, no_duplicates, Check, Config};
+use super::{no_duplicates, Check, Config};
 use crate::error::ConfigError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,21 +236,13 @@ impl CorpusConfig {
 
 impl TrainCorpusConfig {
     pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
-        no_duplicates(ck, "train_corpus.files", &displayed(&self.files))?;
-        for p in &self.files {
-            ck.file("train_corpus.files", p)?;
-        }
-        Ok(())
+        ck.files("train_corpus.files", &self.files)
     }
 }
 
 impl FrequencyConfig {
     pub(super) fn check_files(&self, ck: &Check) -> Result<(), ConfigError> {
-        no_duplicates(ck, "frequency.files", &displayed(&self.files))?;
-        for p in &self.files {
-            ck.file("frequency.files", p)?;
-        }
-        Ok(())
+        ck.files("frequency.files", &self.files)
     }
 
     /// Something to count: these files or the training text.

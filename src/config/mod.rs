@@ -452,6 +452,13 @@ impl Check<'_> {
         }
     }
 
+    /// A file list: each listed once, each existing.
+    fn files(&self, key: &str, files: &[PathBuf]) -> Result<(), ConfigError> {
+        let shown: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        no_duplicates(self, key, &shown)?;
+        files.iter().try_for_each(|p| self.file(key, p))
+    }
+
     /// An error unless the input file `p` (from `key`) exists.
     fn file(&self, key: &str, p: &Path) -> Result<(), ConfigError> {
         if p.is_file() {
@@ -558,11 +565,6 @@ fn no_duplicates<T: std::fmt::Display + Ord>(
         Some(x) => Err(ck.bad(key, format!("{x} is listed twice"))),
         None => Ok(()),
     }
-}
-
-/// Paths as text, for messages.
-fn displayed(paths: &[PathBuf]) -> Vec<String> {
-    paths.iter().map(|p| p.display().to_string()).collect()
 }
 
 /// The sizes of the suite, built-in or external.
