@@ -375,6 +375,24 @@ fn two_configs_share_one_store_and_gc_keeps_each_others_entries() {
     // Each config's status is its own, and both are fresh.
     assert_eq!(p.run(&["status", "--check"]).code, 0);
     assert_eq!(p.run(&["-c", "b.toml", "status", "--check"]).code, 0);
+    // …and so is what `show` and `export` see, whichever config ran last.
+    let a_rows = p.ok(&["show", "corpus"]).stdout;
+    let b_rows = p.ok(&["-c", "b.toml", "show", "corpus"]).stdout;
+    assert_ne!(a_rows, b_rows);
+    let a_file = a_rows
+        .lines()
+        .find(|l| l.ends_with("rows.parquet"))
+        .unwrap();
+    p.ok(&["export", "out-a"]);
+    let starts = |path: &std::path::Path| {
+        let t = common::read_table(path);
+        common::col::<arrow::array::UInt32Array>(&t, "context_start")
+            .values()
+            .to_vec()
+    };
+    assert!(
+        starts(&p.path().join("out-a/corpus/rows.parquet")) == starts(std::path::Path::new(a_file))
+    );
     // gc from A keeps B's last run, and says so; then B reruns nothing.
     let gc = p.ok(&["gc"]).stdout;
     assert!(

@@ -40,11 +40,10 @@ pub fn export(s: &Session, args: &ExportArgs) -> Result<()> {
     let (mut tables, mut bytes) = (0usize, 0u64);
     for stage in stages {
         // label → manifest of the current entry.
-        let current: BTreeMap<String, crate::engine::store::Manifest> = store
-            .read_index(stage)
-            .into_iter()
-            .filter_map(|(l, k)| Some((l, store.read_manifest(stage, &k)?)))
-            .collect();
+        let current: BTreeMap<String, crate::engine::store::Manifest> =
+            super::inspect::config_entries(s, stage)?
+                .into_iter()
+                .collect();
         if current.is_empty() {
             continue;
         }

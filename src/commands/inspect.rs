@@ -10,6 +10,7 @@ use super::{default_jobs, RunFailed, Session};
 use crate::cli::{DagArgs, DagFormat, JsonArgs, ShowArgs, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::engine::hashcache::hash_file;
+use crate::engine::store::Manifest;
 use crate::engine::{Reason, Verdict};
 use serde_json::json;
 
@@ -206,7 +207,7 @@ fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
         };
         let p = m.provenance.as_ref();
         rows.push(json!({
-            "id": crate::engine::instance_id(stage, l),
+            "id": crate::engine::instance_id(stage, l.as_str()),
             "build": p.map_or(format!("seedconv {} (unrecorded)", m.seedconv_version), |p| p.build.clone()),
             "host": p.map(|p| p.host.clone()),
             "cpu": p.map(|p| p.cpu.clone()),
@@ -217,7 +218,7 @@ fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
         }));
     }
     if rows.is_empty() {
-        bail!("stage {stage} has no artefacts yet; run `seedconv run {stage}`");
+        bail!("stage {stage} has no artefacts for this config yet; run `seedconv run {stage}`");
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -253,25 +254,45 @@ fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
     Ok(())
 }
 
-/// Current artefact paths of the instances a selector names, from the
-/// stage's index.
-fn current_files(s: &Session, selector: &str) -> Result<Vec<PathBuf>> {
-    let (stage, label) = selector.split_once(':').unwrap_or((selector, "*"));
-    let pattern = glob::Pattern::new(label)?;
-    let store = &s.engine.store;
-    let index = store.read_index(stage);
-    let mut files = Vec::new();
-    for (_, key) in index.iter().filter(|(l, _)| pattern.matches(l)) {
-        if let Some(m) = store.read_manifest(stage, key) {
-            files.extend(
-                m.outputs
-                    .keys()
-                    .map(|n| store.entry_dir(stage, key).join(n)),
-            );
+/// The current entries of the instances a selector names, as this config
+/// sees them: its plan's fresh entries, by label. Another config's runs on
+/// the same store do not show through; instances not fresh for this config
+/// are counted on stderr.
+pub(super) fn config_entries(s: &Session, selector: &str) -> Result<Vec<(String, Manifest)>> {
+    let sel = s.plan.closure(&[selector.to_string()]);
+    let verdicts = s.engine.evaluate(&s.plan, &sel)?;
+    let (mut out, mut behind) = (Vec::new(), 0);
+    for (i, (inst, v)) in s.plan.instances.iter().zip(&verdicts).enumerate() {
+        if !s.plan.matches(i, selector) {
+            continue;
+        }
+        match v {
+            Some((Verdict::Fresh(m), _)) => out.push((inst.label.clone(), (**m).clone())),
+            _ => behind += 1,
         }
     }
+    if behind > 0 && !out.is_empty() {
+        tracing::warn!(
+            "{behind} instances of {selector} are not fresh for this config (`status` says why)"
+        );
+    }
+    Ok(out)
+}
+
+/// Current artefact paths of the instances a selector names.
+fn current_files(s: &Session, selector: &str) -> Result<Vec<PathBuf>> {
+    let stage = selector.split_once(':').map_or(selector, |x| x.0);
+    let store = &s.engine.store;
+    let files: Vec<PathBuf> = config_entries(s, selector)?
+        .iter()
+        .flat_map(|(_, m)| {
+            m.outputs
+                .keys()
+                .map(|n| store.entry_dir(stage, &m.key).join(n))
+        })
+        .collect();
     if files.is_empty() {
-        bail!("stage {stage} has no artefacts yet; run `seedconv run {stage}`");
+        bail!("stage {stage} has no artefacts for this config yet; run `seedconv run {stage}`");
     }
     Ok(files)
 }
