@@ -13,8 +13,9 @@
 //!   summation order, and outputs are compared byte for byte).
 //!
 //! **Layers.** A stage imports only upstream stages (for their names and the
-//! readers of their outputs) and the libraries below (`eval`, `analysis`,
-//! `suite`, `text`, `lm`, `table`, …), never a downstream stage.
+//! readers of their outputs) and the libraries below (`lm::eval`,
+//! `analysis`, `suite`, `text`, `table`, …), never a downstream stage
+//! (`tests/layers.rs` checks it).
 
 pub mod aggregate;
 pub mod annotate;
