@@ -162,6 +162,10 @@ pub struct GcArgs {
     /// List what would be removed.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also list every entry kept, with why (this config's plan, another
+    /// config's last run).
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]

@@ -402,6 +402,34 @@ fn two_configs_share_one_store_and_gc_keeps_each_others_entries() {
         "{gc}"
     );
     assert_eq!(p.ok(&["-c", "b.toml", "run"]).counts().0, 0);
+    // gc --all --dry-run lists every kept entry with why.
+    let all = p.ok(&["gc", "--all", "--dry-run"]).stdout;
+    let corpus: Vec<&str> = all
+        .lines()
+        .filter(|l| l.starts_with("keep corpus/"))
+        .collect();
+    assert_eq!(corpus.len(), 2, "{all}");
+    assert!(
+        corpus
+            .iter()
+            .any(|l| l.ends_with("corpus is fresh for pipeline.toml")),
+        "{all}"
+    );
+    assert!(
+        corpus
+            .iter()
+            .any(|l| l.contains("last run of") && l.ends_with("b.toml")),
+        "{all}"
+    );
+    // The tokenizer is shared: one entry, both reasons.
+    let tok: Vec<&str> = all
+        .lines()
+        .filter(|l| l.starts_with("keep tokenizer/"))
+        .collect();
+    assert!(
+        tok.len() == 1 && tok[0].contains("fresh for pipeline.toml; last run of"),
+        "{all}"
+    );
     // gc from B keeps A's; then A reruns nothing.
     p.ok(&["-c", "b.toml", "gc"]);
     assert_eq!(p.ok(&["run"]).counts().0, 0);

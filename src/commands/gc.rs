@@ -15,21 +15,29 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
     let sel = vec![true; s.plan.len()];
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let mut keep: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // (stage, key) → why it is kept, for --all.
+    let mut why: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let this = s.loaded.file_name();
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
         let Some((v, key)) = v else { continue };
         let set = keep.entry(inst.stage.to_string()).or_default();
-        match v {
-            Verdict::Fresh(_) => {
-                set.insert(key.clone());
-            }
+        let kept = match v {
+            Verdict::Fresh(_) => Some((key.clone(), format!("{} is fresh for {this}", inst.id()))),
             // Its key is unknown until upstream reruns; the last entry may
             // still be valid then (early cutoff).
-            Verdict::Pending { .. } => {
-                if let Some(k) = store.read_index(inst.stage).get(&inst.label) {
-                    set.insert(k.clone());
-                }
-            }
-            Verdict::Stale(_) => {}
+            Verdict::Pending { .. } => store.read_index(inst.stage).get(&inst.label).map(|k| {
+                (
+                    k.clone(),
+                    format!("{} waits on upstream in {this}", inst.id()),
+                )
+            }),
+            Verdict::Stale(_) => None,
+        };
+        if let Some((k, reason)) = kept {
+            set.insert(k.clone());
+            why.entry((inst.stage.to_string(), k))
+                .or_default()
+                .push(reason);
         }
     }
     // Other configs' last runs on this store are roots too.
@@ -64,7 +72,19 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
             root.config.display()
         );
         for (stage, keys) in root.entries {
+            for k in &keys {
+                why.entry((stage.clone(), k.clone()))
+                    .or_default()
+                    .push(format!("last run of {}{set}", root.config.display()));
+            }
             keep.entry(stage).or_default().extend(keys);
+        }
+    }
+    if args.all {
+        for ((stage, key), reasons) in &why {
+            if store.entry_dir(stage, key).is_dir() {
+                println!("keep {stage}/{key}: {}", reasons.join("; "));
+            }
         }
     }
     let mut removed = 0u64;
