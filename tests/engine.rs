@@ -1,36 +1,14 @@
 //! The engine as a library: a stage version bump, plan validation and the
 //! `current` view, with a tiny job that copies its input upper-cased.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use seedconv::engine::{Engine, Instance, Job, JobCtx, Outcome, Plan, RunOptions, Silent, Verdict};
-use seedconv::error::StageError;
+use std::path::Path;
+
+use seedconv::engine::{Engine, Instance, Job, Outcome, Plan, RunOptions, Silent, Verdict};
 use serde_json::json;
 
-struct Upper(PathBuf);
-
-impl Job for Upper {
-    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let s = std::fs::read_to_string(&self.0).map_err(|e| StageError::io(&self.0, e))?;
-        std::fs::write(ctx.out.join("upper.txt"), s.to_uppercase())
-            .map_err(|e| StageError::io(ctx.out, e))?;
-        Ok(json!({ "chars": s.len() }))
-    }
-}
-
-struct Count;
-
-impl Job for Count {
-    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let up = ctx.upstream("upper", "a")?.join("upper.txt");
-        let n = std::fs::read_to_string(&up)
-            .map_err(|e| StageError::io(&up, e))?
-            .len();
-        std::fs::write(ctx.out.join("count.txt"), n.to_string())
-            .map_err(|e| StageError::io(ctx.out, e))?;
-        Ok(serde_json::Value::Null)
-    }
-}
+use common::jobs::{Count, Upper};
 
 fn plan(dir: &Path, upper_version: u32) -> Plan {
     Plan::new(vec![

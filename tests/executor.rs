@@ -3,39 +3,17 @@
 //! `Engine::claim` and `Engine::compute`, as a cluster task would. Its
 //! entries, index and current view are the same as the thread pool's.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Mutex;
 
 use seedconv::engine::{
-    Engine, Executor, Instance, Job, JobCtx, Outcome, Plan, Reporter, RunOptions, Silent, Work,
+    Engine, Executor, Instance, Outcome, Plan, Reporter, RunOptions, Silent, Work,
 };
-use seedconv::error::StageError;
 use serde_json::json;
 
-struct Upper(PathBuf);
-
-impl Job for Upper {
-    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let s = std::fs::read_to_string(&self.0).map_err(|e| StageError::io(&self.0, e))?;
-        std::fs::write(ctx.out.join("upper.txt"), s.to_uppercase())
-            .map_err(|e| StageError::io(ctx.out, e))?;
-        Ok(json!({ "threads": ctx.threads }))
-    }
-}
-
-struct Count;
-
-impl Job for Count {
-    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let up = ctx.upstream("upper", "a")?.join("upper.txt");
-        let n = std::fs::read_to_string(&up)
-            .map_err(|e| StageError::io(&up, e))?
-            .len();
-        std::fs::write(ctx.out.join("count.txt"), n.to_string())
-            .map_err(|e| StageError::io(ctx.out, e))?;
-        Ok(serde_json::Value::Null)
-    }
-}
+use common::jobs::{Count, Upper};
 
 fn plan(dir: &Path) -> Plan {
     Plan::new(vec![

@@ -191,54 +191,24 @@ fn overridden(raw: &str, overrides: &[String]) -> Result<String, ConfigError> {
 }
 
 /// An error about an overridden key, told as the override's.
-fn blame(e: ConfigError, overrides: &[String]) -> ConfigError {
-    let culprit = |key: &str| {
-        overrides.iter().find(|o| {
+fn blame(mut e: ConfigError, overrides: &[String]) -> ConfigError {
+    if let ConfigError::Invalid {
+        key, file, line, ..
+    }
+    | ConfigError::UnknownKey {
+        key, file, line, ..
+    } = &mut e
+    {
+        let culprit = overrides.iter().find(|o| {
             let k = o.split('=').next().unwrap_or_default();
             k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
-        })
-    };
-    match e {
-        ConfigError::Invalid {
-            key,
-            message,
-            file,
-            line,
-        } => match culprit(&key) {
-            Some(o) => ConfigError::Invalid {
-                file: format!("--set {o}"),
-                line: 0,
-                key,
-                message,
-            },
-            None => ConfigError::Invalid {
-                file,
-                line,
-                key,
-                message,
-            },
-        },
-        ConfigError::UnknownKey {
-            key,
-            suggestion,
-            file,
-            line,
-        } => match culprit(&key) {
-            Some(o) => ConfigError::UnknownKey {
-                file: format!("--set {o}"),
-                line: 0,
-                key,
-                suggestion,
-            },
-            None => ConfigError::UnknownKey {
-                file,
-                line,
-                key,
-                suggestion,
-            },
-        },
-        e => e,
+        });
+        if let Some(o) = culprit {
+            *file = format!("--set {o}");
+            *line = 0;
+        }
     }
+    e
 }
 
 /// Parse TOML text into a `Config`, turning serde errors into messages with

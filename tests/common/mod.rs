@@ -3,6 +3,8 @@
 //! `seedconv` binary.
 #![allow(dead_code)]
 
+pub mod jobs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
