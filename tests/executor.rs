@@ -48,16 +48,7 @@ impl Executor for OneByOne {
             if !work.sel[i] {
                 continue;
             }
-            let upstream: Option<Vec<_>> = plan
-                .deps_of(i)
-                .iter()
-                .map(|&j| match &outcomes[j] {
-                    Some(Outcome::Reused(m)) | Some(Outcome::Computed(m)) => {
-                        Some((plan.instances[j].id(), m.clone()))
-                    }
-                    _ => None,
-                })
-                .collect();
+            let upstream = work.upstream_of(i, &outcomes);
             let Some(up) = upstream else {
                 outcomes[i] = Some(Outcome::Skipped("upstream missing".into()));
                 continue;

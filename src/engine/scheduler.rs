@@ -74,6 +74,27 @@ pub struct Work<'a> {
     pub forced: &'a [bool],
 }
 
+impl Work<'_> {
+    /// The manifests of instance `i`'s upstream instances, from the
+    /// outcomes so far; `None` while one has not ended reused or computed.
+    pub fn upstream_of(
+        &self,
+        i: usize,
+        outcomes: &[Option<Outcome>],
+    ) -> Option<Vec<(String, Box<Manifest>)>> {
+        self.plan
+            .deps_of(i)
+            .iter()
+            .map(|&j| match &outcomes[j] {
+                Some(Outcome::Reused(m)) | Some(Outcome::Computed(m)) => {
+                    Some((self.plan.instances[j].id(), m.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// Where and when instances are computed.
 pub trait Executor {
     /// Compute the selected instances of `work`, each after its upstream;
@@ -195,18 +216,7 @@ impl Executor for Local {
                         }
                     };
                     let inst = &plan.instances[i];
-                    let upstream: Option<Vec<(String, Box<Manifest>)>> = {
-                        let s = shared.lock().unwrap();
-                        plan.deps[i]
-                            .iter()
-                            .map(|&j| match &s.outcomes[j] {
-                                Some(Outcome::Reused(m)) | Some(Outcome::Computed(m)) => {
-                                    Some((plan.instances[j].id(), m.clone()))
-                                }
-                                _ => None,
-                            })
-                            .collect()
-                    };
+                    let upstream = work.upstream_of(i, &shared.lock().unwrap().outcomes);
                     let t0 = Instant::now();
                     let outcome = match upstream {
                         _ if engine.cancel.load(Ordering::Relaxed) => Outcome::Cancelled,
