@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::Session;
 use crate::cli::ExportArgs;
-use crate::engine::store::Store;
+use crate::engine::store::{Manifest, Store};
 
 /// The stage whose whole folder is exported as it is.
 const REPORT: &str = crate::stages::report::NAME;
@@ -38,15 +38,15 @@ pub fn export(s: &Session, args: &ExportArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| args.dir.display().to_string())?;
     let mut provenance = serde_json::Map::new();
     let (mut tables, mut bytes) = (0usize, 0u64);
+    // stage → label → manifest of the current entry.
+    let mut by_stage: BTreeMap<&str, BTreeMap<String, Manifest>> = BTreeMap::new();
+    for (stage, label, m) in super::inspect::config_entries(s, &args.stages)? {
+        by_stage.entry(stage).or_default().insert(label, m);
+    }
     for stage in stages {
-        // label → manifest of the current entry.
-        let current: BTreeMap<String, crate::engine::store::Manifest> =
-            super::inspect::config_entries(s, stage)?
-                .into_iter()
-                .collect();
-        if current.is_empty() {
+        let Some(current) = by_stage.remove(stage) else {
             continue;
-        }
+        };
         provenance.insert(
             stage.to_string(),
             current

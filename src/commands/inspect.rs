@@ -193,18 +193,12 @@ pub fn dag(s: &Session, args: &DagArgs) -> Result<()> {
 /// host, CPU and threads that made it, and for model runs the ONNX Runtime
 /// and whether CUDA ran it.
 fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
-    let (stage, label) = args.stage.split_once(':').unwrap_or((&args.stage, "*"));
-    let pattern = glob::Pattern::new(label)?;
-    let store = &s.engine.store;
+    let stage = args
+        .stage
+        .split_once(':')
+        .map_or(args.stage.as_str(), |x| x.0);
     let mut rows = Vec::new();
-    for (l, key) in store
-        .read_index(stage)
-        .iter()
-        .filter(|(l, _)| pattern.matches(l))
-    {
-        let Some(m) = store.read_manifest(stage, key) else {
-            continue;
-        };
+    for (_, l, m) in config_entries(s, std::slice::from_ref(&args.stage))? {
         let p = m.provenance.as_ref();
         rows.push(json!({
             "id": crate::engine::instance_id(stage, l.as_str()),
@@ -254,26 +248,37 @@ fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
     Ok(())
 }
 
-/// The current entries of the instances a selector names, as this config
-/// sees them: its plan's fresh entries, by label. Another config's runs on
-/// the same store do not show through; instances not fresh for this config
-/// are counted on stderr.
-pub(super) fn config_entries(s: &Session, selector: &str) -> Result<Vec<(String, Manifest)>> {
-    let sel = s.plan.closure(&[selector.to_string()]);
+/// The current entries of the instances the selectors name (all when
+/// none), as this config sees them: its plan's fresh entries as (stage,
+/// label, manifest), the plan evaluated once. Another config's runs on the
+/// same store do not show through; instances not fresh for this config are
+/// counted on stderr.
+pub(super) fn config_entries(
+    s: &Session,
+    selectors: &[String],
+) -> Result<Vec<(&'static str, String, Manifest)>> {
+    let sel = s.plan.closure(selectors);
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let (mut out, mut behind) = (Vec::new(), 0);
     for (i, (inst, v)) in s.plan.instances.iter().zip(&verdicts).enumerate() {
-        if !s.plan.matches(i, selector) {
+        if !selectors.is_empty() && !selectors.iter().any(|x| s.plan.matches(i, x)) {
             continue;
         }
         match v {
-            Some((Verdict::Fresh(m), _)) => out.push((inst.label.clone(), (**m).clone())),
+            Some((Verdict::Fresh(m), _)) => {
+                out.push((inst.stage, inst.label.clone(), (**m).clone()))
+            }
             _ => behind += 1,
         }
     }
     if behind > 0 && !out.is_empty() {
+        let what = if selectors.is_empty() {
+            "the plan".to_string()
+        } else {
+            selectors.join(", ")
+        };
         tracing::warn!(
-            "{behind} instances of {selector} are not fresh for this config (`status` says why)"
+            "{behind} instances of {what} are not fresh for this config (`status` says why)"
         );
     }
     Ok(out)
@@ -283,9 +288,9 @@ pub(super) fn config_entries(s: &Session, selector: &str) -> Result<Vec<(String,
 fn current_files(s: &Session, selector: &str) -> Result<Vec<PathBuf>> {
     let stage = selector.split_once(':').map_or(selector, |x| x.0);
     let store = &s.engine.store;
-    let files: Vec<PathBuf> = config_entries(s, selector)?
+    let files: Vec<PathBuf> = config_entries(s, &[selector.to_string()])?
         .iter()
-        .flat_map(|(_, m)| {
+        .flat_map(|(_, _, m)| {
             m.outputs
                 .keys()
                 .map(|n| store.entry_dir(stage, &m.key).join(n))
