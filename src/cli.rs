@@ -58,6 +58,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Compute one instance of a Slurm run (called by its batch scripts).
+    #[command(hide = true)]
+    SlurmTask(SlurmTaskArgs),
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +103,28 @@ pub struct RunArgs {
     /// Print one JSON document instead of text (shape in the README).
     #[arg(long)]
     pub json: bool,
+    /// Where to compute (default: `[executor] kind` of the config, else local).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
+    /// With the Slurm executor: submit, print the job ids and return.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorArg {
+    /// Threads on this machine.
+    Local,
+    /// Job arrays on a Slurm cluster (`[executor.slurm]` in the config).
+    Slurm,
+}
+
+/// One task of a Slurm run (what the run's batch scripts call).
+#[derive(Debug, Args)]
+pub struct SlurmTaskArgs {
+    pub run_dir: PathBuf,
+    pub array: String,
+    pub task: usize,
 }
 
 #[derive(Debug, Args)]
@@ -234,5 +259,17 @@ pub enum BenchWhat {
         /// Optimizer steps timed per size (after 2 warm-up steps).
         #[arg(long, default_value_t = 30)]
         steps: usize,
+    },
+    /// The Slurm executor: submitting a synthetic plan (held, then
+    /// cancelled) to the cluster, and each stage's per-task key resolution
+    /// on the config's store.
+    Slurm {
+        /// Instances in the synthetic plan.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+        /// Stages they are split into (each instance depends on its
+        /// counterpart in the stage before).
+        #[arg(long, default_value_t = 6)]
+        stages: usize,
     },
 }

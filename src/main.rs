@@ -73,6 +73,9 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Config(args) => {
             commands::show_config(&seedconv::config::load_with(&cli.config, &cli.set)?, args)
         }
+        Command::SlurmTask(args) => {
+            commands::slurm_task(&Session::open(&cli.config, &cli.set, cancel)?, args)
+        }
         Command::Doctor => commands::doctor(&cli.config),
         Command::Init(args) => commands::init(&cli.config, args),
         Command::Bench(b) => match &b.what {
@@ -91,6 +94,11 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             BenchWhat::Blimp { pairs, model: m } => {
                 seedconv::bench::blimp(*pairs, m.vocab, m.d_model, m.layers)
             }
+            BenchWhat::Slurm { instances, stages } => seedconv::bench::slurm(
+                &Session::open(&cli.config, &cli.set, cancel)?,
+                *instances,
+                *stages,
+            ),
             BenchWhat::Train { steps } => {
                 seedconv::bench::train(&seedconv::config::load_with(&cli.config, &cli.set)?, *steps)
             }

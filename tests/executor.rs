@@ -41,7 +41,7 @@ impl Executor for OneByOne {
         engine: &Engine,
         work: &Work,
         reporter: &dyn Reporter,
-    ) -> Vec<Option<Outcome>> {
+    ) -> Result<Vec<Option<Outcome>>, seedconv::error::EngineError> {
         let plan = work.plan;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; plan.len()];
         for (i, inst) in plan.instances.iter().enumerate() {
@@ -64,7 +64,7 @@ impl Executor for OneByOne {
             };
             outcomes[i] = Some(outcome);
         }
-        outcomes
+        Ok(outcomes)
     }
 }
 

@@ -116,6 +116,109 @@ fn two_concurrent_runs_compute_each_instance_once() {
 }
 
 #[test]
+fn a_run_goes_on_with_other_work_while_another_run_holds_an_instance() {
+    let p = Project::micro();
+    p.ok(&["run", "tokenizer"]);
+    // Instances ready now have keys; the last in plan order is the one a
+    // single worker takes first.
+    let st: serde_json::Value = serde_json::from_str(&p.ok(&["status", "--json"]).stdout).unwrap();
+    let ready: Vec<(String, String, String)> = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] != "fresh" && r["state"] != "pending" && r["key"] != "")
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["stage"].as_str().unwrap().to_string(),
+                r["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(ready.len() >= 2, "{ready:?}");
+    let (held_id, stage, key) = ready.last().unwrap().clone();
+    // Another run computing it: its entry lock is held.
+    std::fs::create_dir_all(p.store().join(&stage)).unwrap();
+    let lock = std::fs::File::create(p.store().join(&stage).join(format!("{key}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let child = p.spawn(&["run", "-j", "1"]);
+    let t0 = std::time::Instant::now();
+    let fresh = |id: &str| {
+        let st: serde_json::Value =
+            serde_json::from_str(&p.ok(&["status", "--json"]).stdout).unwrap();
+        st["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+    };
+    let other = &ready[0].0;
+    loop {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "{other} was not computed while {held_id} was held"
+        );
+        if fresh(other).as_deref() == Some("fresh") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // status says who holds what.
+    assert_eq!(fresh(&held_id).as_deref(), Some("running"));
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+}
+
+#[test]
+fn runs_finishing_instances_of_one_stage_at_once_lose_no_index_entry() {
+    let p = Project::micro();
+    p.write_config(&common::hf_suite_config(
+        &common::hf_models(),
+        "[0, 50, 300]",
+    ));
+    p.ok(&["run", "corpus", "tokenizer"]);
+    // Six processes, one dist instance each, started together.
+    let labels: Vec<String> = [11, 12]
+        .iter()
+        .flat_map(|seed| [0, 50, 300].map(|step| format!("tiny-seed{seed}-step{step}")))
+        .collect();
+    let children: Vec<_> = labels
+        .iter()
+        .map(|l| p.spawn(&["run", &format!("dist:{l}"), "-j", "1"]))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let index: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(p.store().join("dist/index.json")).unwrap()).unwrap();
+    assert_eq!(index.keys().cloned().collect::<Vec<_>>(), {
+        let mut l = labels.clone();
+        l.sort();
+        l
+    });
+    for l in &labels {
+        assert!(
+            p.store()
+                .join(format!("dist/current/{l}.dist.parquet"))
+                .exists(),
+            "{l} missing from the current view"
+        );
+    }
+}
+
+#[test]
 fn corrupted_artefact_is_reported_by_verify_and_recomputed_by_run() {
     let p = Project::micro();
     p.ok(&["run"]);

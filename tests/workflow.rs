@@ -518,3 +518,75 @@ fn long_instances_report_progress_in_plain_lines_off_a_terminal() {
     let r = p.ok(&["run", "dist"]);
     assert!(!r.stderr.contains(" rows/s"), "{}", r.stderr);
 }
+
+#[test]
+fn each_config_has_its_own_current_views_and_status_reasons() {
+    let p = Project::micro();
+    let b = p.config().replace("window = 64", "window = 32");
+    std::fs::write(p.path().join("b.toml"), &b).unwrap();
+    p.ok(&["run"]);
+    p.ok(&["-c", "b.toml", "run"]);
+    let real = |stage: &str, view: &str| {
+        std::fs::canonicalize(p.store().join(stage).join(view).join("rows.parquet")).unwrap()
+    };
+    // Each config's view holds its own entry; `current` follows the last run.
+    let (a_rows, b_rows) = (
+        real("corpus", "current.pipeline"),
+        real("corpus", "current.b"),
+    );
+    assert_ne!(a_rows, b_rows);
+    assert_eq!(real("corpus", "current"), b_rows);
+    let shown = p.ok(&["show", "corpus"]).stdout;
+    assert!(shown.contains(&a_rows.display().to_string()), "{shown}");
+    // Views of stages both configs share point at the same entry.
+    let tok = |view: &str| {
+        std::fs::canonicalize(
+            p.store()
+                .join("tokenizer")
+                .join(view)
+                .join("tokenizer.json"),
+        )
+        .unwrap()
+    };
+    assert_eq!(tok("current.pipeline"), tok("current.b"));
+    // A's status compares with A's own last run (window 64), not the store's
+    // last run (B's window 32).
+    p.write_config(&p.config().replace("window = 64", "window = 16"));
+    let st = p.ok(&["status", "corpus"]).stdout;
+    assert!(st.contains("window changed 64 → 16"), "{st}");
+    // A sweep point is a config of its own, its views named by its id; a
+    // new point's reasons compare with the store's last run (B's).
+    let st = p
+        .ok(&["--set", "corpus.window=48", "status", "corpus"])
+        .stdout;
+    assert!(st.contains("window changed 32 → 48"), "{st}");
+    p.ok(&["--set", "corpus.window=48", "run", "corpus"]);
+    let sweep: Vec<String> = std::fs::read_dir(p.store().join("corpus"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("current.pipeline-"))
+        .collect();
+    assert_eq!(sweep.len(), 1, "{sweep:?}");
+    // gc keeps every view's entries and the views themselves; a gone
+    // config's views go with its root.
+    p.ok(&["gc"]);
+    assert!(p.store().join("corpus/current/rows.parquet").exists());
+    assert!(p.store().join("corpus/current.b/rows.parquet").exists());
+    assert!(p
+        .store()
+        .join("corpus")
+        .join(&sweep[0])
+        .join("rows.parquet")
+        .exists());
+    std::fs::remove_file(p.path().join("b.toml")).unwrap();
+    p.ok(&["gc"]);
+    assert!(!p.store().join("corpus/current.b").exists());
+    assert!(!b_rows.exists());
+    // A's window-16 run: A's own view moves; nothing it holds dangles.
+    p.ok(&["run", "corpus"]);
+    assert_ne!(real("corpus", "current.pipeline"), a_rows);
+    assert_eq!(
+        real("corpus", "current.pipeline"),
+        real("corpus", "current")
+    );
+}

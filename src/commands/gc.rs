@@ -25,7 +25,7 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
             Verdict::Fresh(_) => Some((key.clone(), format!("{} is fresh for {this}", inst.id()))),
             // Its key is unknown until upstream reruns; the last entry may
             // still be valid then (early cutoff).
-            Verdict::Pending { .. } => store.read_index(inst.stage).get(&inst.label).map(|k| {
+            Verdict::Pending { .. } => s.engine.last_key(inst.stage, &inst.label).map(|k| {
                 (
                     k.clone(),
                     format!("{} waits on upstream in {this}", inst.id()),
@@ -57,11 +57,15 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
                 root.config.display()
             );
             if !args.dry_run {
+                for stage in root.current.keys() {
+                    store.remove_config_view(stage, &root.view)?;
+                }
                 store.remove_root(&id)?;
             }
             continue;
         }
-        let n: usize = root.entries.values().map(BTreeSet::len).sum();
+        let entries = root.entries();
+        let n: usize = entries.values().map(BTreeSet::len).sum();
         let set = if root.overrides.is_empty() {
             String::new()
         } else {
@@ -71,7 +75,7 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
             "keeping {n} entries of the last run of {}{set}",
             root.config.display()
         );
-        for (stage, keys) in root.entries {
+        for (stage, keys) in entries {
             for k in &keys {
                 why.entry((stage.clone(), k.clone()))
                     .or_default()
@@ -118,18 +122,21 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
             continue;
         }
         let keep_set = keep.get(stage.as_str()).cloned().unwrap_or_default();
-        let current_view = store.current_view(&stage);
+        let live_views = store.live_views(&stage);
         for e in std::fs::read_dir(&sdir)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let path = e.path();
-            if let Some(rest) = name.strip_prefix(".tmp-") {
+            if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                // `current` and the configs' `current.<view>` links.
+                continue;
+            } else if let Some(rest) = name.strip_prefix(".tmp-") {
                 let key = rest.split('-').next().unwrap_or("");
                 if EntryLock::try_acquire(&store.lock_path(&stage, key))?.is_some() {
                     remove(&path, "temp")?;
                 }
             } else if name == ".views" {
                 for v in std::fs::read_dir(&path)?.flatten() {
-                    if Some(v.path()) != current_view
+                    if !live_views.contains(&v.path())
                         && !v.file_name().to_string_lossy().contains(".tmp-")
                     {
                         remove(&v.path(), "view")?;
@@ -167,6 +174,21 @@ pub fn gc(s: &Session, args: &GcArgs) -> Result<()> {
                 .collect();
             if live.len() != index.len() {
                 store.update_index(stage, &BTreeMap::new(), Some(&live))?;
+            }
+        }
+        // This config's own views lose the entries just removed.
+        if let Some(mut root) = store.root_of(&me) {
+            let mut dropped = false;
+            for (stage, labels) in root.current.iter_mut() {
+                let before = labels.len();
+                labels.retain(|_, k| store.entry_dir(stage, k).join(MANIFEST).exists());
+                if labels.len() != before {
+                    dropped = true;
+                    store.set_config_view(stage, &root.view, labels)?;
+                }
+            }
+            if dropped {
+                store.write_root(&me, &root)?;
             }
         }
     }

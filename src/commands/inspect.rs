@@ -39,13 +39,18 @@ fn state(v: &Verdict) -> (&'static str, String, usize) {
     }
 }
 
-const STATES: [&str; 4] = ["fresh", "stale", "missing", "pending"];
+/// The four states of a verdict, then two that `status` adds for work in
+/// progress (an entry lock held by a run, a task waiting in Slurm), shown
+/// only when some instance is in them.
+const STATES: [&str; 6] = ["fresh", "stale", "missing", "pending", "running", "queued"];
 
-fn describe(c: &[usize; 4]) -> String {
+fn describe(c: &[usize]) -> String {
     STATES
         .iter()
         .zip(c)
-        .map(|(name, n)| format!("{n} {name}"))
+        .enumerate()
+        .filter(|(k, (_, n))| *k < 4 || **n > 0)
+        .map(|(_, (name, n))| format!("{n} {name}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -56,8 +61,9 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
     let sel = s.plan.closure(&args.selectors);
     let verdicts = s.engine.evaluate(&s.plan, &sel)?;
     let mut out = std::io::stdout().lock();
-    let mut per_stage: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
+    let mut per_stage: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
     let mut rows = Vec::new();
+    let live = super::slurm::live_tasks(s);
     let this_build = crate::engine::store::build();
     let mut other_builds: BTreeMap<&str, usize> = BTreeMap::new();
     for (inst, v) in s.plan.instances.iter().zip(&verdicts) {
@@ -67,7 +73,22 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
         } else {
             &key[..key.len().min(12)]
         };
-        let (state, reason, slot) = state(v);
+        let (mut state, mut reason, mut slot) = state(v);
+        if slot != 0 {
+            if let Some((queued, why)) = live.get(&inst.id()) {
+                (state, reason, slot) = if *queued {
+                    ("queued", why.clone(), 5)
+                } else {
+                    ("running", why.clone(), 4)
+                };
+            } else if !key.is_empty() && s.engine.store.is_held(inst.stage, key) {
+                (state, reason, slot) = (
+                    "running",
+                    "its entry is locked by a run computing it".into(),
+                    4,
+                );
+            }
+        }
         per_stage.entry(inst.stage).or_default()[slot] += 1;
         if let Verdict::Fresh(m) = v {
             if m.provenance.as_ref().map(|p| p.build.as_str()) != Some(this_build.as_str()) {
@@ -91,7 +112,8 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
             .filter(|st| args.selectors.is_empty() || per_stage.contains_key(*st))
             .map(|st| {
                 let c = per_stage.get(st).copied().unwrap_or_default();
-                json!({ "stage": st, "fresh": c[0], "stale": c[1], "missing": c[2], "pending": c[3] })
+                json!({ "stage": st, "fresh": c[0], "stale": c[1], "missing": c[2], "pending": c[3],
+                        "running": c[4], "queued": c[5] })
             })
             .collect();
         let doc = json!({ "instances": rows, "stages": stages });
@@ -113,7 +135,10 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
             "{n} current {stage} entries were made by another build than this {this_build} (`show --provenance {stage}`); if {stage} changed without a VERSION bump, `run --force {stage}`"
         );
     }
-    let behind: usize = per_stage.values().map(|c| c[1] + c[2] + c[3]).sum();
+    let behind: usize = per_stage
+        .values()
+        .map(|c| c[1..].iter().sum::<usize>())
+        .sum();
     if args.check && behind > 0 {
         let total: usize = per_stage.values().flatten().sum();
         bail!(RunFailed(format!(
@@ -209,6 +234,7 @@ fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
             "seconds": m.seconds,
             "execution_provider": m.extra.get("cuda").and_then(|c| c.as_bool()).map(|c| if c { "CUDA" } else { "CPU" }),
             "onnxruntime": m.extra.get("onnxruntime"),
+            "gpu": m.extra.get("gpu"),
         }));
     }
     if rows.is_empty() {
@@ -242,6 +268,9 @@ fn show_provenance(s: &Session, args: &ShowArgs) -> Result<()> {
                 text(&r["execution_provider"]),
                 text(&r["onnxruntime"])
             )?;
+        }
+        if r["gpu"].is_string() {
+            write!(out, "  gpu {}", text(&r["gpu"]))?;
         }
         writeln!(out)?;
     }

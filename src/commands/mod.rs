@@ -16,12 +16,14 @@ mod gc;
 mod init;
 mod inspect;
 mod run;
+mod slurm;
 
 pub use export::export;
 pub use gc::gc;
 pub use init::init;
 pub use inspect::{dag, doctor, show, show_config, status, verify};
 pub use run::{run, CliReporter};
+pub use slurm::slurm_task;
 
 /// A usage mistake (unknown stage, …): exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +53,16 @@ impl Session {
         let plan = stages::plan(&loaded)?;
         let mut engine = Engine::open(&loaded.store_dir())?;
         engine.cancel = cancel;
-        Ok(Session {
+        let mut s = Session {
             loaded,
             plan,
             engine,
             overrides: overrides.to_vec(),
-        })
+        };
+        if let Some(root) = s.engine.store.root_of(&s.root_id()) {
+            s.engine.previous = root.current;
+        }
+        Ok(s)
     }
 
     /// The config file, absolute.
@@ -67,12 +73,44 @@ impl Session {
     /// This config's id among the roots of its store: its file and
     /// overrides (a `--set` sweep point is a config of its own).
     pub fn root_id(&self) -> String {
-        let text = format!(
-            "{}\n{}",
-            self.config_file().display(),
-            self.overrides.join("\n")
-        );
+        let what = self.config_overrides();
+        let text = format!("{}\n{}", self.config_file().display(), what.join("\n"));
         blake3::hash(text.as_bytes()).to_hex()[..16].to_string()
+    }
+
+    /// The overrides that make another config: all but `executor.*` (where
+    /// a run computes is not what it computes).
+    fn config_overrides(&self) -> Vec<&str> {
+        self.overrides
+            .iter()
+            .map(String::as_str)
+            .filter(|o| !o.starts_with("executor."))
+            .collect()
+    }
+
+    /// This config's views are `<stage>/current.<view>`: the config file's
+    /// stem, with the id appended for a `--set` sweep point or when another
+    /// config of the same stem already ran on the store. Kept once chosen.
+    pub fn view_name(&self) -> String {
+        let id = self.root_id();
+        let store = &self.engine.store;
+        if let Some(root) = store.root_of(&id).filter(|r| !r.view.is_empty()) {
+            return root.view;
+        }
+        let stem = self
+            .loaded
+            .file
+            .file_stem()
+            .map_or_else(|| "config".into(), |s| s.to_string_lossy().to_string());
+        let taken = store
+            .roots()
+            .iter()
+            .any(|(i, r)| *i != id && r.view == stem);
+        if self.config_overrides().is_empty() && !taken {
+            stem
+        } else {
+            format!("{stem}-{}", &id[..8])
+        }
     }
 
     /// Warn about suite checkpoints whose files are identical across steps.

@@ -1,6 +1,6 @@
 //! `run`: compute what is stale, with progress, and `run --dry-run`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -8,9 +8,10 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::inspect::joined;
-use super::{default_jobs, RunFailed, Session};
-use crate::cli::RunArgs;
-use crate::engine::store::Root;
+use super::{default_jobs, RunFailed, Session, UsageError};
+use crate::cli::{ExecutorArg, RunArgs};
+use crate::config::ExecutorKind;
+use crate::engine::store::{Root, CURRENT};
 use crate::engine::{Outcome, Reporter, RunOptions, RunReport, Verdict};
 use crate::stages;
 
@@ -146,9 +147,28 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         force: args.force.clone(),
         jobs: args.jobs.unwrap_or_else(default_jobs),
     };
+    let kind = match args.executor {
+        Some(ExecutorArg::Local) => ExecutorKind::Local,
+        Some(ExecutorArg::Slurm) => ExecutorKind::Slurm,
+        None => s.loaded.config.executor.kind,
+    };
     let reporter = CliReporter::new(quiet);
     let t0 = std::time::Instant::now();
-    let report = s.engine.run(&s.plan, &opts, &reporter)?;
+    let report = match kind {
+        ExecutorKind::Local if args.detach => {
+            return Err(
+                UsageError("--detach needs the Slurm executor (--executor slurm)".into()).into(),
+            )
+        }
+        ExecutorKind::Local => s.engine.run(&s.plan, &opts, &reporter)?,
+        ExecutorKind::Slurm => {
+            let ex = super::slurm::executor(s)?;
+            if args.detach {
+                return super::slurm::detach(s, &ex, &opts, args.json);
+            }
+            s.engine.run_with(&ex, &s.plan, &opts, &reporter)?
+        }
+    };
     let seconds = t0.elapsed().as_secs_f64();
     record_root(s, &report)?;
     let summary = format!(
@@ -209,27 +229,53 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Record what this run made current as this config's root, so that `gc`
-/// from another config on the same store keeps it.
+/// Record what this run made current in this config's root (merged with
+/// its earlier runs, labels the plan no longer has dropped) and point the
+/// config's own `current.<view>` folders at it, so that `status` compares
+/// with this config's last entries and `gc` from another config keeps them.
 fn record_root(s: &Session, report: &RunReport) -> Result<()> {
-    let mut entries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let store = &s.engine.store;
+    let mut current = s.engine.previous.clone();
+    let mut changed: BTreeSet<String> = BTreeSet::new();
     for (_, o) in &report.outcomes {
         if let Outcome::Reused(m) | Outcome::Computed(m) = o {
-            entries
-                .entry(m.stage.clone())
-                .or_default()
-                .insert(m.key.clone());
+            let labels = current.entry(m.stage.clone()).or_default();
+            if labels.insert(m.label.clone(), m.key.clone()).as_ref() != Some(&m.key) {
+                changed.insert(m.stage.clone());
+            }
         }
     }
+    let planned: BTreeSet<(&str, &str)> = s
+        .plan
+        .instances
+        .iter()
+        .map(|i| (i.stage, i.label.as_str()))
+        .collect();
+    for (stage, labels) in current.iter_mut() {
+        let before = labels.len();
+        labels.retain(|l, _| planned.contains(&(stage.as_str(), l.as_str())));
+        if labels.len() != before {
+            changed.insert(stage.clone());
+        }
+    }
+    current.retain(|_, labels| !labels.is_empty());
+    let view = s.view_name();
     let root = Root {
         config: s.config_file(),
         overrides: s.overrides.clone(),
         finished_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
-        entries,
+        view: view.clone(),
+        current,
     };
-    s.engine.store.write_root(&s.root_id(), &root)?;
+    store.write_root(&s.root_id(), &root)?;
+    for (stage, labels) in &root.current {
+        let link = store.stage_dir(stage).join(format!("{CURRENT}.{view}"));
+        if changed.contains(stage) || !link.exists() {
+            store.set_config_view(stage, &view, labels)?;
+        }
+    }
     Ok(())
 }
 

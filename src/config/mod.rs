@@ -7,6 +7,7 @@
 //! resolve against the folder of the config file, never the working directory.
 
 mod downstream;
+mod executor;
 mod inputs;
 mod measure;
 mod report;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 
 pub use downstream::{BlimpConfig, BlimpVocab, IclConfig};
+pub use executor::{ExecutorConfig, ExecutorKind, SlurmConfig, StageResources};
 pub use inputs::{
     CorpusConfig, CorpusMode, FrequencyConfig, MlmScoring, Objective, StoreConfig, TextFormat,
     TokenizerConfig, TrainCorpusConfig,
@@ -64,6 +66,9 @@ pub struct Config {
     /// The in-context-learning score (absent: not computed).
     #[serde(default)]
     pub icl: Option<IclConfig>,
+    /// Where `run` computes (this machine unless `kind = "slurm"`).
+    #[serde(default)]
+    pub executor: ExecutorConfig,
 }
 
 impl Config {
@@ -466,6 +471,7 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
     }
     c.dist.check(&ck)?;
     c.kl.check(&ck)?;
+    c.executor.check(&ck)?;
     c.frequency.check_source(c, &ck)
 }
 

@@ -31,6 +31,30 @@ impl Engine {
         upstream: &[(String, Box<Manifest>)],
         forced: bool,
     ) -> Result<Claim, Outcome> {
+        self.claim_inner(inst, inputs, upstream, forced, true)
+            .map(|c| c.expect("a waiting claim always gets the lock"))
+    }
+
+    /// As `claim`, but `Ok(None)` at once when another run holds the entry's
+    /// lock (it is computing it), so the caller can do other work first.
+    pub fn try_claim(
+        &self,
+        inst: &Instance,
+        inputs: &BTreeMap<String, String>,
+        upstream: &[(String, Box<Manifest>)],
+        forced: bool,
+    ) -> Result<Option<Claim>, Outcome> {
+        self.claim_inner(inst, inputs, upstream, forced, false)
+    }
+
+    fn claim_inner(
+        &self,
+        inst: &Instance,
+        inputs: &BTreeMap<String, String>,
+        upstream: &[(String, Box<Manifest>)],
+        forced: bool,
+        wait: bool,
+    ) -> Result<Option<Claim>, Outcome> {
         let up_hashes = upstream
             .iter()
             .map(|(id, m)| (id.clone(), m.output_hash.clone()))
@@ -54,8 +78,15 @@ impl Engine {
         if let Err(e) = std::fs::create_dir_all(&sdir) {
             return Err(Outcome::Failed(format!("{}: {e}", sdir.display())));
         }
-        let lock = EntryLock::acquire(&self.store.lock_path(inst.stage, &key))
-            .map_err(|e| Outcome::Failed(e.to_string()))?;
+        let path = self.store.lock_path(inst.stage, &key);
+        let acquired = if wait {
+            EntryLock::acquire(&path).map(Some)
+        } else {
+            EntryLock::try_acquire(&path)
+        };
+        let Some(lock) = acquired.map_err(|e| Outcome::Failed(e.to_string()))? else {
+            return Ok(None);
+        };
         // Another process may have computed it while we waited for the lock.
         if !forced {
             if let EntryState::Valid(m) = self.store.check(inst.stage, &key, &self.memo) {
@@ -65,11 +96,11 @@ impl Engine {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(Outcome::Cancelled);
         }
-        Ok(Claim {
+        Ok(Some(Claim {
             ing,
             key,
             _lock: lock,
-        })
+        }))
     }
 
     /// Run a claimed instance's job with `threads` and commit its entry;

@@ -20,6 +20,7 @@ pub mod hashcache;
 pub mod job;
 pub mod plan;
 pub mod scheduler;
+pub mod slurm;
 pub mod store;
 pub mod verdict;
 
@@ -45,6 +46,9 @@ pub struct Engine {
     pub store: Store,
     pub memo: HashCache,
     pub cancel: Arc<AtomicBool>,
+    /// Stage → label → the entry this config last made current (its root);
+    /// status reasons compare with it before the store's last run.
+    pub previous: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Engine {
@@ -54,7 +58,19 @@ impl Engine {
             store: Store::new(store_dir),
             memo: HashCache::open(store_dir),
             cancel: Arc::new(AtomicBool::new(false)),
+            previous: BTreeMap::new(),
         })
+    }
+
+    /// The entry last current for an instance: this config's own when it
+    /// has one, else the last run's on the store (so a new sweep point's
+    /// reasons name what it changed relative to the run before it).
+    pub fn last_key(&self, stage: &str, label: &str) -> Option<String> {
+        self.previous
+            .get(stage)
+            .and_then(|m| m.get(label))
+            .cloned()
+            .or_else(|| self.store.read_index(stage).get(label).cloned())
     }
 
     /// Hash every input file of the selected instances (memoised, parallel).

@@ -150,6 +150,21 @@ impl Plan {
         Ok(())
     }
 
+    /// Instance `i` and everything upstream of it.
+    pub fn upstream_closure(&self, i: usize) -> Vec<bool> {
+        let mut sel = vec![false; self.len()];
+        sel[i] = true;
+        // Reverse topological order: an instance's deps come before it.
+        for k in (0..=i).rev() {
+            if sel[k] {
+                for &j in &self.deps[k] {
+                    sel[j] = true;
+                }
+            }
+        }
+        sel
+    }
+
     /// The instances `selectors` match and everything upstream of them (all
     /// when there are none).
     pub fn closure(&self, selectors: &[String]) -> Vec<bool> {

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Instant;
 
-use super::job::Instance;
 use super::plan::Plan;
 use super::store::Manifest;
 use super::Engine;
@@ -99,12 +98,13 @@ impl Work<'_> {
 pub trait Executor {
     /// Compute the selected instances of `work`, each after its upstream;
     /// return every selected instance's outcome (None where not selected).
+    /// An error means the executor itself failed (e.g. no cluster).
     fn execute(
         &self,
         engine: &Engine,
         work: &Work,
         reporter: &dyn Reporter,
-    ) -> Vec<Option<Outcome>>;
+    ) -> Result<Vec<Option<Outcome>>, EngineError>;
 }
 
 /// This machine: `jobs` threads; an `exclusive` instance (training) runs
@@ -121,6 +121,9 @@ struct Shared {
     /// consumer runs as soon as its inputs exist and evictable intermediates
     /// do not pile up.
     ready: BinaryHeap<usize>,
+    /// Ready instances another run is computing (their entry lock is held):
+    /// tried again after other work, waited on only when nothing is ready.
+    deferred: Vec<usize>,
     outcomes: Vec<Option<Outcome>>,
     waiting: Vec<usize>,
     in_flight: usize,
@@ -134,18 +137,28 @@ impl Local {
         }
     }
 
+    /// Instance `i` of `work`; `None` when another run holds it and `wait`
+    /// is false.
     fn run_one(
         &self,
         engine: &Engine,
-        inst: &Instance,
-        inputs: &BTreeMap<String, String>,
+        work: &Work,
+        i: usize,
         upstream: &[(String, Box<Manifest>)],
-        forced: bool,
+        wait: bool,
         reporter: &dyn Reporter,
-    ) -> Outcome {
-        let claim = match engine.claim(inst, inputs, upstream, forced) {
-            Ok(c) => c,
-            Err(done) => return done,
+    ) -> Option<Outcome> {
+        let (inst, inputs, forced) = (&work.plan.instances[i], &work.inputs[i], work.forced[i]);
+        let claimed = if wait {
+            engine.claim(inst, inputs, upstream, forced).map(Some)
+        } else {
+            engine.try_claim(inst, inputs, upstream, forced)
+        };
+        let claim = match claimed {
+            Ok(Some(c)) => c,
+            // Another run is computing it: come back to it later.
+            Ok(None) => return None,
+            Err(done) => return Some(done),
         };
         let _cores = if inst.exclusive {
             (
@@ -164,7 +177,7 @@ impl Local {
         } else {
             rayon::current_num_threads().div_ceil(self.jobs).max(1)
         };
-        engine.compute(inst, claim, upstream, threads, reporter)
+        Some(engine.compute(inst, claim, upstream, threads, reporter))
     }
 }
 
@@ -174,7 +187,7 @@ impl Executor for Local {
         engine: &Engine,
         work: &Work,
         reporter: &dyn Reporter,
-    ) -> Vec<Option<Outcome>> {
+    ) -> Result<Vec<Option<Outcome>>, EngineError> {
         let plan = work.plan;
         let n = plan.len();
         let mut dependents = vec![Vec::new(); n];
@@ -191,6 +204,7 @@ impl Executor for Local {
         let total = work.sel.iter().filter(|&&s| s).count();
         let shared = Mutex::new(Shared {
             ready: (0..n).filter(|&i| work.sel[i] && waiting[i] == 0).collect(),
+            deferred: Vec::new(),
             outcomes: vec![None; n],
             waiting,
             in_flight: 0,
@@ -202,7 +216,7 @@ impl Executor for Local {
         std::thread::scope(|scope| {
             for _ in 0..jobs.min(total.max(1)) {
                 scope.spawn(|| loop {
-                    let i = {
+                    let (i, wait) = {
                         let mut s = shared.lock().unwrap();
                         loop {
                             if s.remaining == 0 {
@@ -210,7 +224,11 @@ impl Executor for Local {
                             }
                             if let Some(i) = s.ready.pop() {
                                 s.in_flight += 1;
-                                break i;
+                                break (i, false);
+                            }
+                            if let Some(i) = s.deferred.pop() {
+                                s.in_flight += 1;
+                                break (i, true);
                             }
                             s = cv.wait(s).unwrap();
                         }
@@ -219,15 +237,24 @@ impl Executor for Local {
                     let upstream = work.upstream_of(i, &shared.lock().unwrap().outcomes);
                     let t0 = Instant::now();
                     let outcome = match upstream {
-                        _ if engine.cancel.load(Ordering::Relaxed) => Outcome::Cancelled,
-                        None => Outcome::Skipped("an upstream instance did not finish".into()),
-                        Some(up) => {
-                            let forced = work.forced[i];
-                            self.run_one(engine, inst, &work.inputs[i], &up, forced, reporter)
-                        }
+                        _ if engine.cancel.load(Ordering::Relaxed) => Some(Outcome::Cancelled),
+                        None => Some(Outcome::Skipped(
+                            "an upstream instance did not finish".into(),
+                        )),
+                        Some(up) => self.run_one(engine, work, i, &up, wait, reporter),
+                    };
+                    let Some(outcome) = outcome else {
+                        let mut s = shared.lock().unwrap();
+                        s.deferred.push(i);
+                        s.in_flight -= 1;
+                        cv.notify_all();
+                        continue;
                     };
                     reporter.done(&inst.id(), &outcome, t0.elapsed().as_secs_f64());
                     let mut s = shared.lock().unwrap();
+                    // What was deferred may be done by now: try it again.
+                    let deferred = std::mem::take(&mut s.deferred);
+                    s.ready.extend(deferred);
                     s.outcomes[i] = Some(outcome);
                     s.in_flight -= 1;
                     s.remaining -= 1;
@@ -241,7 +268,7 @@ impl Executor for Local {
                 });
             }
         });
-        shared.into_inner().unwrap().outcomes
+        Ok(shared.into_inner().unwrap().outcomes)
     }
 }
 
@@ -257,6 +284,28 @@ impl Engine {
         self.run_with(&Local::new(opts.jobs), plan, opts, reporter)
     }
 
+    /// The work `opts` asks of `plan` (selection, forced instances, input
+    /// hashes), handed to `f`.
+    pub fn with_work<T>(
+        &self,
+        plan: &Plan,
+        opts: &RunOptions,
+        f: impl FnOnce(&Work) -> T,
+    ) -> Result<T, EngineError> {
+        plan.check_selectors(opts.targets.iter().chain(&opts.force))?;
+        let sel = plan.closure_with(&opts.targets, opts.downstream);
+        let forced: Vec<bool> = (0..plan.len())
+            .map(|i| opts.force.iter().any(|f| plan.matches(i, f)))
+            .collect();
+        let inputs = self.input_hashes(plan, &sel)?;
+        Ok(f(&Work {
+            plan,
+            sel: &sel,
+            inputs: &inputs,
+            forced: &forced,
+        }))
+    }
+
     /// Run what is stale among the selected instances on `executor`, then
     /// record each computed or reused entry as current.
     pub fn run_with(
@@ -266,20 +315,9 @@ impl Engine {
         opts: &RunOptions,
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
-        plan.check_selectors(opts.targets.iter().chain(&opts.force))?;
-        let sel = plan.closure_with(&opts.targets, opts.downstream);
-        let forced: Vec<bool> = (0..plan.len())
-            .map(|i| opts.force.iter().any(|f| plan.matches(i, f)))
-            .collect();
-        let inputs = self.input_hashes(plan, &sel)?;
-        let work = Work {
-            plan,
-            sel: &sel,
-            inputs: &inputs,
-            forced: &forced,
-        };
-        let outcomes = executor.execute(self, &work, reporter);
+        let outcomes = self.with_work(plan, opts, |work| executor.execute(self, work, reporter));
         reporter.finish();
+        let outcomes = outcomes??;
         let mut report = RunReport::default();
         let mut updates: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
         for (i, o) in outcomes.into_iter().enumerate() {

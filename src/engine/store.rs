@@ -24,6 +24,8 @@ use crate::error::EngineError;
 
 pub const MANIFEST: &str = "manifest.json";
 const INDEX: &str = "index.json";
+/// The view of the last run on the store; `current.<view>` are configs' own.
+pub const CURRENT: &str = "current";
 
 /// What a cache key is made of. Its canonical JSON (sorted maps) is hashed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,16 +79,29 @@ pub struct Manifest {
 /// Folder of the roots: one file per config that ran on this store.
 pub const ROOTS: &str = ".roots";
 
-/// The entries one config's last run made current, so that `gc` run from
-/// another config on the same store keeps them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The entries one config's runs made current: its own `current.<view>`
+/// folders, the previous entries its `status` compares with, and what `gc`
+/// run from another config on the same store keeps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Root {
     /// The config file, and the `--set` overrides it ran with.
     pub config: PathBuf,
     pub overrides: Vec<String>,
     pub finished_unix: f64,
-    /// Stage → entry keys.
-    pub entries: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Its views are `<stage>/current.<view>`.
+    pub view: String,
+    /// Stage → label → entry key.
+    pub current: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Root {
+    /// Stage → the entry keys this config holds current.
+    pub fn entries(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        self.current
+            .iter()
+            .map(|(stage, labels)| (stage.clone(), labels.values().cloned().collect()))
+            .collect()
+    }
 }
 
 /// The build and machine that computed an entry.
@@ -280,6 +295,14 @@ impl Store {
     pub fn scratch_dir(&self, stage: &str, key: &str) -> PathBuf {
         self.root.join(".scratch").join(stage).join(key)
     }
+    /// Whether a run holds an entry's lock now (it is computing it).
+    pub fn is_held(&self, stage: &str, key: &str) -> bool {
+        let Ok(f) = File::open(self.lock_path(stage, key)) else {
+            return false;
+        };
+        matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock))
+    }
+
     pub fn lock_path(&self, stage: &str, key: &str) -> PathBuf {
         self.stage_dir(stage).join(format!("{key}.lock"))
     }
@@ -407,7 +430,7 @@ impl Store {
         if let Some(keep) = retain {
             index.retain(|label, _| keep.contains(label));
         }
-        let current = sdir.join("current");
+        let current = sdir.join(CURRENT);
         if index == old && current.exists() {
             return Ok(());
         }
@@ -415,10 +438,57 @@ impl Store {
             &sdir.join(INDEX),
             &serde_json::to_vec_pretty(&index).expect("index serialises"),
         )?;
-        self.write_view(stage, &index)
+        self.write_view(stage, CURRENT, &index)
     }
 
-    fn write_view(&self, stage: &str, index: &BTreeMap<String, String>) -> Result<(), EngineError> {
+    /// Point `<stage>/current.<view>` at a view of `index` (one config's
+    /// own current entries).
+    pub fn set_config_view(
+        &self,
+        stage: &str,
+        view: &str,
+        index: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let sdir = self.stage_dir(stage);
+        fs::create_dir_all(&sdir).map_err(|e| EngineError::io(&sdir, e))?;
+        let _guard = DirLock::exclusive(&sdir)?;
+        self.write_view(stage, &format!("{CURRENT}.{view}"), index)
+    }
+
+    /// Remove `<stage>/current.<view>` (a forgotten config's view).
+    pub fn remove_config_view(&self, stage: &str, view: &str) -> Result<(), EngineError> {
+        let p = self.stage_dir(stage).join(format!("{CURRENT}.{view}"));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::io(&p, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The view folders that `current` and every `current.<view>` of a
+    /// stage point at (what `gc` keeps).
+    pub fn live_views(&self, stage: &str) -> std::collections::BTreeSet<PathBuf> {
+        let sdir = self.stage_dir(stage);
+        fs::read_dir(&sdir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n == CURRENT || n.starts_with(&format!("{CURRENT}."))
+            })
+            .filter_map(|e| fs::read_link(e.path()).ok())
+            .map(|t| sdir.join(t))
+            .collect()
+    }
+
+    /// Write (or reuse) the view folder of `index` and swap the symlink
+    /// `<stage>/<link_name>` to it.
+    fn write_view(
+        &self,
+        stage: &str,
+        link_name: &str,
+        index: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
         let sdir = self.stage_dir(stage);
         let mut links: BTreeMap<String, String> = BTreeMap::new();
         for (label, key) in index {
@@ -455,19 +525,12 @@ impl Store {
                 }
             }
         }
-        let link = sdir.join("current");
+        let link = sdir.join(link_name);
         let tmp_link = tmp_sibling(&link);
         std::os::unix::fs::symlink(format!(".views/{}", &vhash[..16]), &tmp_link)
             .map_err(|e| EngineError::io(&tmp_link, e))?;
         fs::rename(&tmp_link, &link).map_err(|e| EngineError::io(&link, e))?;
         sync_dir(&sdir).map_err(|e| EngineError::io(&sdir, e))
-    }
-
-    /// The view folder `current` points at, if any.
-    pub fn current_view(&self, stage: &str) -> Option<PathBuf> {
-        let link = self.stage_dir(stage).join("current");
-        let target = fs::read_link(&link).ok()?;
-        Some(self.stage_dir(stage).join(target))
     }
 
     /// Record `root` as the last run of config `id` (replacing its last).
@@ -496,6 +559,12 @@ impl Store {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Config `id`'s root, if it ran on this store.
+    pub fn root_of(&self, id: &str) -> Option<Root> {
+        let p = self.root.join(ROOTS).join(format!("{id}.json"));
+        serde_json::from_slice(&fs::read(p).ok()?).ok()
     }
 
     /// Forget config `id`'s last run.

@@ -148,10 +148,10 @@ impl Engine {
 
     /// Compare with the entry that was current for this label last time.
     fn explain(&self, inst: &Instance, ing: &Ingredients, key: &str) -> Vec<Reason> {
-        let index = self.store.read_index(inst.stage);
-        let Some(old_key) = index.get(&inst.label) else {
+        let Some(old_key) = self.last_key(inst.stage, &inst.label) else {
             return vec![Reason::NeverRun];
         };
+        let old_key = &old_key;
         if old_key == key {
             return vec![Reason::Deleted { key: key.into() }];
         }
@@ -198,12 +198,7 @@ impl Engine {
             if !pending.is_empty() {
                 // Show the entry last current and what is already known to
                 // differ from it; unknown upstream hashes are taken as equal.
-                let key = self
-                    .store
-                    .read_index(inst.stage)
-                    .get(&inst.label)
-                    .cloned()
-                    .unwrap_or_default();
+                let key = self.last_key(inst.stage, &inst.label).unwrap_or_default();
                 let mut changes = Vec::new();
                 if let Some(old) = self.store.read_manifest(inst.stage, &key) {
                     let mut ing = Self::ingredients(inst, &inputs[i], upstream);

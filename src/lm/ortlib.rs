@@ -71,6 +71,33 @@ pub fn info() -> String {
     format!("{version}; {}", ort::info())
 }
 
+/// The GPU a CUDA session runs on (the first of `CUDA_VISIBLE_DEVICES`,
+/// device 0, as ONNX Runtime picks it), named by `nvidia-smi`; None when not
+/// on CUDA or where the driver's tool cannot say.
+pub fn gpu_name(cuda: bool) -> Option<String> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if !cuda {
+        return None;
+    }
+    NAME.get_or_init(|| {
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+        let first = visible.split(',').next().map(str::trim).unwrap_or("");
+        let dev = if first.is_empty() { "0" } else { first };
+        let out = std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=name", "--format=csv,noheader", "-i", dev])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let name = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .to_string();
+        (!name.is_empty()).then_some(name)
+    })
+    .clone()
+}
+
 /// Load the library once per process and return its path and build info.
 pub fn init() -> Result<(PathBuf, String), OrtLibError> {
     let path = locate()?;

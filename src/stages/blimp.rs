@@ -288,6 +288,7 @@ impl Job for BlimpJob {
             "accuracy": accuracy,
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
+            "gpu": crate::lm::ortlib::gpu_name(cuda),
             "sentences_per_second": (2 * n) as f64 / secs.max(1e-9),
             "seconds_scoring": secs,
         }))

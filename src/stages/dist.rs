@@ -120,6 +120,7 @@ impl Job for DistJob {
             "model_blake3": model_hash,
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
+            "gpu": crate::lm::ortlib::gpu_name(cuda),
             "seconds_ort": ort_secs,
             "seconds_total": t0.elapsed().as_secs_f64(),
         }))

@@ -189,6 +189,7 @@ impl Job for IclJob {
             "mean_icl": score.iter().sum::<f64>() / k as f64,
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
+            "gpu": crate::lm::ortlib::gpu_name(cuda),
         }))
     }
 }
