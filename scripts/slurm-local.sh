@@ -52,8 +52,11 @@ MpiDefault=none
 ReturnToService=2
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-# No accounting: finished jobs stay visible to scontrol for an hour.
-MinJobAge=3600
+# No accounting: finished jobs stay visible to squeue for 10 minutes (a
+# following run reads their states); array tasks count against
+# MaxJobCount, so room for 10,000-task plans (bench slurm).
+MinJobAge=600
+MaxJobCount=100000
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -70,6 +73,7 @@ running() { pgrep -x "$1" >/dev/null; }
 start() {
     install
     write_conf
+    restart_if_changed
     if ! running munged; then
         $SUDO mkdir -p /run/munge /var/log/munge /var/lib/munge
         $SUDO chown munge:munge /run/munge /var/log/munge /var/lib/munge
@@ -89,6 +93,13 @@ start() {
     done
     echo "slurm did not come up; see /var/log/slurm/*.log" >&2
     return 1
+}
+
+restart_if_changed() {
+    # A config written by an older version of this script: restart.
+    if running slurmctld && ! scontrol show config 2>/dev/null | grep -q "MaxJobCount *= *100000"; then
+        if grep -qF "$MARK" "$CONF"; then stop; fi
+    fi
 }
 
 stop() {

@@ -36,6 +36,7 @@ fn synthetic_plan(inputs: &Path, n: usize) -> Result<Plan> {
             inputs: vec![("file".into(), inputs.join(format!("{i}.txt")))],
             deps: vec![],
             exclusive: false,
+            gpu: false,
             job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
         })
         .collect();
@@ -173,6 +174,7 @@ pub fn slurm(s: &crate::commands::Session, n: usize, k: usize) -> Result<()> {
                 vec![(NAMES[st - 1], format!("i{i}"))]
             },
             exclusive: false,
+            gpu: false,
             job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
         })
         .collect();

@@ -20,6 +20,7 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             inputs: vec![],
             deps: vec![("upper", "a".into())],
             exclusive: false,
+            gpu: false,
             job: Box::new(Count),
         },
         Instance {
@@ -30,6 +31,7 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             inputs: vec![("text".into(), dir.join("a.txt"))],
             deps: vec![],
             exclusive: false,
+            gpu: false,
             job: Box::new(Upper(dir.join("a.txt"))),
         },
     ])
@@ -147,6 +149,7 @@ fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
         inputs: vec![],
         deps,
         exclusive: false,
+        gpu: false,
         job: job(),
     };
     let e = Plan::new(vec![

@@ -590,3 +590,43 @@ fn each_config_has_its_own_current_views_and_status_reasons() {
         real("corpus", "current")
     );
 }
+
+#[test]
+fn executor_and_resources_settings_are_checked_with_one_line_errors() {
+    let p = Project::micro();
+    let base = p.config();
+    p.write_config(&format!("{base}\n[executor.slurm.stages.dsit]\ngpus = 1\n"));
+    let r = p.run(&["run", "--executor", "slurm"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("executor.slurm.stages.dsit") && r.stderr.contains("no stage dsit"),
+        "{}",
+        r.stderr
+    );
+    p.write_config(&format!("{base}\n[executor.slurm]\npoll_seconds = 0\n"));
+    let r = p.run(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("executor.slurm.poll_seconds"),
+        "{}",
+        r.stderr
+    );
+    // A device the machine does not have (this test assumes no 100th GPU).
+    p.write_config(&format!("{base}\n[resources]\ngpus = [99]\n"));
+    let r = p.run(&["run"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("resources.gpus") && r.stderr.contains("device 99 is not visible"),
+        "{}",
+        r.stderr
+    );
+    // --detach without Slurm is a usage error.
+    p.write_config(&base);
+    let r = p.run(&["run", "--detach"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--detach needs the Slurm executor"),
+        "{}",
+        r.stderr
+    );
+}

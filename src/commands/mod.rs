@@ -113,6 +113,34 @@ impl Session {
         }
     }
 
+    /// The CUDA devices a local run gives model-running instances:
+    /// `[resources] gpus`, else every visible one unless `dist.device` is
+    /// `cpu`. A listed device that is not visible is a usage error.
+    pub fn gpus(&self) -> Result<Vec<u32>> {
+        let c = &self.loaded.config;
+        let visible = crate::lm::ortlib::visible_gpus();
+        match &c.resources.gpus {
+            Some(g) => {
+                if let Some(bad) = g.iter().find(|&&d| d as usize >= visible.len()) {
+                    return Err(UsageError(format!(
+                        "resources.gpus in {}: device {bad} is not visible ({} GPUs: {})",
+                        self.loaded.file_name(),
+                        visible.len(),
+                        if visible.is_empty() {
+                            "none".to_string()
+                        } else {
+                            visible.join(", ")
+                        }
+                    ))
+                    .into());
+                }
+                Ok(g.clone())
+            }
+            None if c.dist.device == crate::config::Device::Cpu => Ok(vec![]),
+            None => Ok((0..visible.len() as u32).collect()),
+        }
+    }
+
     /// Warn about suite checkpoints whose files are identical across steps.
     fn warn_duplicates(&self) -> Result<()> {
         if let Some(suite) = crate::suite::from_config(&self.loaded)? {

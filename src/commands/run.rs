@@ -146,6 +146,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         downstream: args.downstream,
         force: args.force.clone(),
         jobs: args.jobs.unwrap_or_else(default_jobs),
+        gpus: s.gpus()?,
     };
     let kind = match args.executor {
         Some(ExecutorArg::Local) => ExecutorKind::Local,

@@ -104,3 +104,13 @@ impl ExecutorConfig {
         Ok(())
     }
 }
+
+/// What a local run may use (`[resources]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesConfig {
+    /// CUDA devices for model-running instances, one instance per device
+    /// at once (absent: every visible device unless `dist.device = "cpu"`;
+    /// `[]`: none, models share the cores).
+    pub gpus: Option<Vec<u32>>,
+}

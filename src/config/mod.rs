@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 
 pub use downstream::{BlimpConfig, BlimpVocab, IclConfig};
-pub use executor::{ExecutorConfig, ExecutorKind, SlurmConfig, StageResources};
+pub use executor::{ExecutorConfig, ExecutorKind, ResourcesConfig, SlurmConfig, StageResources};
 pub use inputs::{
     CorpusConfig, CorpusMode, FrequencyConfig, MlmScoring, Objective, StoreConfig, TextFormat,
     TokenizerConfig, TrainCorpusConfig,
@@ -69,6 +69,9 @@ pub struct Config {
     /// Where `run` computes (this machine unless `kind = "slurm"`).
     #[serde(default)]
     pub executor: ExecutorConfig,
+    /// What a local run may use (GPUs).
+    #[serde(default)]
+    pub resources: ResourcesConfig,
 }
 
 impl Config {

@@ -103,7 +103,8 @@ impl Engine {
         }))
     }
 
-    /// Run a claimed instance's job with `threads` and commit its entry;
+    /// Run a claimed instance's job with `threads` (and GPU `gpu` when the
+    /// run assigns one) and commit its entry;
     /// the claim's lock is released when this returns.
     pub fn compute(
         &self,
@@ -111,6 +112,7 @@ impl Engine {
         claim: Claim,
         upstream: &[(String, Box<Manifest>)],
         threads: usize,
+        gpu: Option<u32>,
         reporter: &dyn Reporter,
     ) -> Outcome {
         let Claim { ing, key, _lock } = claim;
@@ -146,6 +148,7 @@ impl Engine {
             out: &tmp,
             scratch: self.store.scratch_dir(inst.stage, &key),
             threads,
+            gpu,
             upstream: &up_dirs,
             upstream_outputs: &up_outputs,
             inputs: &ing.inputs,
@@ -168,7 +171,7 @@ impl Engine {
                 seconds: t0.elapsed().as_secs_f64(),
                 pid: std::process::id(),
                 extra,
-                provenance: Some(store::Provenance::here(threads)),
+                provenance: Some(store::Provenance::here(threads, gpu)),
             };
             self.store.commit(&tmp, &manifest, &stamps, &self.memo)?;
             Ok(Box::new(manifest))

@@ -26,6 +26,10 @@ pub struct JobCtx<'a> {
     pub scratch: PathBuf,
     /// Threads this job may use.
     pub threads: usize,
+    /// The GPU (CUDA device id) this job was given, when the run assigns
+    /// devices (`gpu` instances under a local run with GPUs); else `None`:
+    /// the default device, e.g. the one Slurm made visible.
+    pub gpu: Option<u32>,
     pub(super) upstream: &'a HashMap<String, (PathBuf, PathBuf)>,
     /// Output files of each upstream instance, with their hashes.
     pub(super) upstream_outputs: &'a HashMap<String, &'a BTreeMap<String, store::OutputFile>>,
@@ -95,6 +99,9 @@ pub struct Instance {
     /// computes, since two such jobs sharing the cores are slower than one
     /// after the other.
     pub exclusive: bool,
+    /// Runs models on a GPU when one is there: a local run with GPUs gives
+    /// it a device of its own (one such instance per device at once).
+    pub gpu: bool,
     pub job: Box<dyn Job>,
 }
 
@@ -124,6 +131,7 @@ impl Instance {
             inputs: vec![],
             deps: vec![],
             exclusive: false,
+            gpu: false,
             job,
         }
     }
@@ -137,6 +145,11 @@ impl Instance {
     }
     pub fn exclusive(mut self) -> Instance {
         self.exclusive = true;
+        self
+    }
+    /// Whether it runs models on a GPU when there is one.
+    pub fn on_gpu(mut self, yes: bool) -> Instance {
+        self.gpu = yes;
         self
     }
     pub fn id(&self) -> String {

@@ -25,6 +25,8 @@ pub struct RunOptions {
     /// Selectors of instances recomputed even when fresh.
     pub force: Vec<String>,
     pub jobs: usize,
+    /// CUDA devices for `gpu` instances, one instance per device at once.
+    pub gpus: Vec<u32>,
 }
 
 /// How one instance ended in a run.
@@ -107,13 +109,23 @@ pub trait Executor {
     ) -> Result<Vec<Option<Outcome>>, EngineError>;
 }
 
-/// This machine: `jobs` threads; an `exclusive` instance (training) runs
-/// while nothing else computes, since two such jobs sharing the cores are
-/// slower than one after the other.
+/// This machine: `jobs` instances on the cores at once; an `exclusive`
+/// instance (training) runs while nothing else computes, since two such
+/// jobs sharing the cores are slower than one after the other. With
+/// `gpus`, each `gpu` instance takes a device of its own (one per device at
+/// once) beside the instances on the cores.
 pub struct Local {
     pub jobs: usize,
+    pub gpus: Vec<u32>,
     /// Held shared while an instance computes, exclusively by `exclusive` ones.
     cores: RwLock<()>,
+}
+
+/// What a running instance holds: a share of the cores, or a GPU.
+#[derive(Clone, Copy)]
+enum Slot {
+    Cores,
+    Gpu(u32),
 }
 
 struct Shared {
@@ -126,15 +138,71 @@ struct Shared {
     deferred: Vec<usize>,
     outcomes: Vec<Option<Outcome>>,
     waiting: Vec<usize>,
-    in_flight: usize,
     remaining: usize,
+    /// Instances on the cores now, and GPUs not in use.
+    on_cores: usize,
+    free_gpus: Vec<u32>,
 }
+
+impl Shared {
+    /// The slot instance `i` would run in now, taken; None while its kind
+    /// of slot is all in use.
+    fn take(&mut self, local: &Local, plan: &Plan, i: usize) -> Option<Slot> {
+        if plan.instances[i].gpu && !local.gpus.is_empty() {
+            self.free_gpus.pop().map(Slot::Gpu)
+        } else if self.on_cores < local.jobs {
+            self.on_cores += 1;
+            Some(Slot::Cores)
+        } else {
+            None
+        }
+    }
+    fn give_back(&mut self, slot: Slot) {
+        match slot {
+            Slot::Cores => self.on_cores -= 1,
+            Slot::Gpu(g) => self.free_gpus.push(g),
+        }
+    }
+    /// The deepest ready instance that has a free slot, taken (then a
+    /// deferred one, to be waited on).
+    fn next(&mut self, local: &Local, plan: &Plan) -> Option<(usize, Slot, bool)> {
+        let mut skipped = Vec::new();
+        let mut found = None;
+        while let Some(i) = self.ready.pop() {
+            if let Some(slot) = self.take(local, plan, i) {
+                found = Some((i, slot, false));
+                break;
+            }
+            skipped.push(i);
+        }
+        self.ready.extend(skipped);
+        if found.is_none() {
+            for k in (0..self.deferred.len()).rev() {
+                let i = self.deferred[k];
+                if let Some(slot) = self.take(local, plan, i) {
+                    self.deferred.remove(k);
+                    found = Some((i, slot, true));
+                    break;
+                }
+            }
+        }
+        found
+    }
+}
+
 impl Local {
     pub fn new(jobs: usize) -> Local {
         Local {
             jobs: jobs.max(1),
+            gpus: Vec::new(),
             cores: RwLock::new(()),
         }
+    }
+
+    /// Give each `gpu` instance one of these CUDA devices.
+    pub fn with_gpus(mut self, gpus: Vec<u32>) -> Local {
+        self.gpus = gpus;
+        self
     }
 
     /// Instance `i` of `work`; `None` when another run holds it and `wait`
@@ -145,7 +213,7 @@ impl Local {
         work: &Work,
         i: usize,
         upstream: &[(String, Box<Manifest>)],
-        wait: bool,
+        (slot, wait): (Slot, bool),
         reporter: &dyn Reporter,
     ) -> Option<Outcome> {
         let (inst, inputs, forced) = (&work.plan.instances[i], &work.inputs[i], work.forced[i]);
@@ -160,6 +228,11 @@ impl Local {
             Ok(None) => return None,
             Err(done) => return Some(done),
         };
+        if let Slot::Gpu(g) = slot {
+            // On its own device: the cores are the others'.
+            reporter.begin(&inst.id());
+            return Some(engine.compute(inst, claim, upstream, 1, Some(g), reporter));
+        }
         let _cores = if inst.exclusive {
             (
                 None,
@@ -177,7 +250,7 @@ impl Local {
         } else {
             rayon::current_num_threads().div_ceil(self.jobs).max(1)
         };
-        Some(engine.compute(inst, claim, upstream, threads, reporter))
+        Some(engine.compute(inst, claim, upstream, threads, None, reporter))
     }
 }
 
@@ -207,28 +280,25 @@ impl Executor for Local {
             deferred: Vec::new(),
             outcomes: vec![None; n],
             waiting,
-            in_flight: 0,
             remaining: total,
+            on_cores: 0,
+            // Popped from the end: device order.
+            free_gpus: self.gpus.iter().rev().copied().collect(),
         });
         let cv = Condvar::new();
-        let jobs = self.jobs;
+        let workers = self.jobs + self.gpus.len();
         reporter.start(total);
         std::thread::scope(|scope| {
-            for _ in 0..jobs.min(total.max(1)) {
+            for _ in 0..workers.min(total.max(1)) {
                 scope.spawn(|| loop {
-                    let (i, wait) = {
+                    let (i, slot, wait) = {
                         let mut s = shared.lock().unwrap();
                         loop {
                             if s.remaining == 0 {
                                 return;
                             }
-                            if let Some(i) = s.ready.pop() {
-                                s.in_flight += 1;
-                                break (i, false);
-                            }
-                            if let Some(i) = s.deferred.pop() {
-                                s.in_flight += 1;
-                                break (i, true);
+                            if let Some(next) = s.next(self, plan) {
+                                break next;
                             }
                             s = cv.wait(s).unwrap();
                         }
@@ -241,12 +311,12 @@ impl Executor for Local {
                         None => Some(Outcome::Skipped(
                             "an upstream instance did not finish".into(),
                         )),
-                        Some(up) => self.run_one(engine, work, i, &up, wait, reporter),
+                        Some(up) => self.run_one(engine, work, i, &up, (slot, wait), reporter),
                     };
                     let Some(outcome) = outcome else {
                         let mut s = shared.lock().unwrap();
                         s.deferred.push(i);
-                        s.in_flight -= 1;
+                        s.give_back(slot);
                         cv.notify_all();
                         continue;
                     };
@@ -256,7 +326,7 @@ impl Executor for Local {
                     let deferred = std::mem::take(&mut s.deferred);
                     s.ready.extend(deferred);
                     s.outcomes[i] = Some(outcome);
-                    s.in_flight -= 1;
+                    s.give_back(slot);
                     s.remaining -= 1;
                     for &k in &dependents[i] {
                         s.waiting[k] -= 1;
@@ -281,7 +351,12 @@ impl Engine {
         opts: &RunOptions,
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
-        self.run_with(&Local::new(opts.jobs), plan, opts, reporter)
+        self.run_with(
+            &Local::new(opts.jobs).with_gpus(opts.gpus.clone()),
+            plan,
+            opts,
+            reporter,
+        )
     }
 
     /// The work `opts` asks of `plan` (selection, forced instances, input

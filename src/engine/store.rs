@@ -113,11 +113,15 @@ pub struct Provenance {
     pub host: String,
     pub cpu: String,
     pub threads: usize,
+    /// The CUDA device the run assigned the job (local runs with GPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
 }
 
 impl Provenance {
-    /// This process on this machine, running a job with `threads`.
-    pub fn here(threads: usize) -> Provenance {
+    /// This process on this machine, running a job with `threads` (and
+    /// CUDA device `gpu`).
+    pub fn here(threads: usize, gpu: Option<u32>) -> Provenance {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         let cpu = read("/proc/cpuinfo")
             .lines()
@@ -130,6 +134,7 @@ impl Provenance {
             host: read("/proc/sys/kernel/hostname").trim().to_string(),
             cpu,
             threads,
+            gpu,
         }
     }
 }

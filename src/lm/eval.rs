@@ -80,12 +80,19 @@ impl RunSettings {
         }
     }
 
-    /// Open a checkpoint's model on the configured device. A masked-LM
+    /// Open a checkpoint's model on the configured device (CUDA device
+    /// `gpu` when the run assigned one). A masked-LM
     /// export (it takes `token_type_ids`) in a causal suite is named as such
     /// here, not later as a vocabulary-width mismatch. Returns whether CUDA
     /// runs it.
-    pub fn open(&self, path: &Path, engine_threads: usize) -> Result<(OrtModel, bool), StageError> {
-        let (model, cuda) = OrtModel::on_device(path, self.threads(engine_threads), self.device)?;
+    pub fn open(
+        &self,
+        path: &Path,
+        engine_threads: usize,
+        gpu: Option<u32>,
+    ) -> Result<(OrtModel, bool), StageError> {
+        let (model, cuda) =
+            OrtModel::on_device(path, self.threads(engine_threads), self.device, gpu)?;
         if self.mlm.is_none() && model.input_names().iter().any(|i| i == "token_type_ids") {
             return Err(StageError::Other(format!(
                 "{}: inputs {} are a masked-LM signature in a causal suite (suite.kind = \"mlm\" declares a masked-LM suite)",
@@ -94,6 +101,11 @@ impl RunSettings {
             )));
         }
         Ok((model, cuda))
+    }
+
+    /// Whether its instances run models on a GPU when there is one.
+    pub fn uses_gpu(&self) -> bool {
+        self.device != Device::Cpu
     }
 
     /// ONNX Runtime threads: configured, else the engine's share.

@@ -71,31 +71,50 @@ pub fn info() -> String {
     format!("{version}; {}", ort::info())
 }
 
-/// The GPU a CUDA session runs on (the first of `CUDA_VISIBLE_DEVICES`,
-/// device 0, as ONNX Runtime picks it), named by `nvidia-smi`; None when not
-/// on CUDA or where the driver's tool cannot say.
-pub fn gpu_name(cuda: bool) -> Option<String> {
-    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// Names of the CUDA devices this process sees, in CUDA's numbering (the
+/// entries of `CUDA_VISIBLE_DEVICES` when set, else every GPU `nvidia-smi`
+/// lists); empty without a GPU or the driver's tool.
+pub fn visible_gpus() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let query = |dev: Option<&str>| -> Vec<String> {
+            let mut cmd = std::process::Command::new("nvidia-smi");
+            cmd.args(["--query-gpu=name", "--format=csv,noheader"]);
+            if let Some(d) = dev {
+                cmd.args(["-i", d]);
+            }
+            cmd.output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        match std::env::var("CUDA_VISIBLE_DEVICES") {
+            Ok(v) => v
+                .split(',')
+                .map(str::trim)
+                .take_while(|d| !d.is_empty() && !d.starts_with('-'))
+                .filter_map(|d| query(Some(d)).into_iter().next())
+                .collect(),
+            Err(_) => query(None),
+        }
+    })
+}
+
+/// The name of the GPU a CUDA session runs on: device `device` (default 0,
+/// as ONNX Runtime picks it) of those visible; None when not on CUDA or
+/// where the driver's tool cannot say.
+pub fn gpu_name(cuda: bool, device: Option<u32>) -> Option<String> {
     if !cuda {
         return None;
     }
-    NAME.get_or_init(|| {
-        let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
-        let first = visible.split(',').next().map(str::trim).unwrap_or("");
-        let dev = if first.is_empty() { "0" } else { first };
-        let out = std::process::Command::new("nvidia-smi")
-            .args(["--query-gpu=name", "--format=csv,noheader", "-i", dev])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())?;
-        let name = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()?
-            .trim()
-            .to_string();
-        (!name.is_empty()).then_some(name)
-    })
-    .clone()
+    visible_gpus().get(device.unwrap_or(0) as usize).cloned()
 }
 
 /// Load the library once per process and return its path and build info.

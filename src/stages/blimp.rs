@@ -62,7 +62,11 @@ impl Stage for Blimp {
                     eos_token: cx.config().tokenizer.eos_token.clone(),
                     set: set.clone(),
                 };
-                self.instance(c.label(), job).inputs(inputs).deps(deps)
+                let gpu = job.set.uses_gpu();
+                self.instance(c.label(), job)
+                    .inputs(inputs)
+                    .deps(deps)
+                    .on_gpu(gpu)
             })
             .collect()
     }
@@ -231,7 +235,7 @@ impl Job for BlimpJob {
             BlimpVocab::Kept => Some(tokenizer::kept_vocab(self.kept, ctx)?),
         };
         let path = self.ckpt.model_path(ctx)?;
-        let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
+        let (mut model, cuda) = self.set.open(&path, ctx.threads, ctx.gpu)?;
         let t0 = std::time::Instant::now();
         let total = seqs.len() as u64;
         let lp = score(&mut model, &seqs, self.set.batch_size, width, &|done| {
@@ -288,7 +292,7 @@ impl Job for BlimpJob {
             "accuracy": accuracy,
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
-            "gpu": crate::lm::ortlib::gpu_name(cuda),
+            "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
             "sentences_per_second": (2 * n) as f64 / secs.max(1e-9),
             "seconds_scoring": secs,
         }))

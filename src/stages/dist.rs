@@ -62,7 +62,11 @@ impl Stage for Dist {
                     retain_full: d.retain_full,
                     set: set.clone(),
                 };
-                self.instance(c.label(), job).inputs(inputs).deps(deps)
+                let gpu = job.set.uses_gpu();
+                self.instance(c.label(), job)
+                    .inputs(inputs)
+                    .deps(deps)
+                    .on_gpu(gpu)
             })
             .collect()
     }
@@ -86,7 +90,7 @@ impl Job for DistJob {
         let plan = corpus::eval_plan(ctx, &self.set)?;
         let lq = unigram::log_probs(ctx, n)?;
         let path = self.ckpt.model_path(ctx)?;
-        let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
+        let (mut model, cuda) = self.set.open(&path, ctx.threads, ctx.gpu)?;
         if let Some(&bad) = plan.targets.iter().find(|&&t| t as usize >= n) {
             return Err(StageError::Other(format!(
                 "target token {bad} is outside the kept vocabulary of {n}"
@@ -120,7 +124,7 @@ impl Job for DistJob {
             "model_blake3": model_hash,
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
-            "gpu": crate::lm::ortlib::gpu_name(cuda),
+            "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
             "seconds_ort": ort_secs,
             "seconds_total": t0.elapsed().as_secs_f64(),
         }))

@@ -57,7 +57,11 @@ impl Stage for Icl {
                     vocab: suite.vocab,
                     set: set.clone(),
                 };
-                self.instance(c.label(), job).inputs(inputs).deps(deps)
+                let gpu = job.set.uses_gpu();
+                self.instance(c.label(), job)
+                    .inputs(inputs)
+                    .deps(deps)
+                    .on_gpu(gpu)
             })
             .collect()
     }
@@ -142,7 +146,7 @@ impl Job for IclJob {
         }
         let n = tokenizer::kept_vocab(self.vocab, ctx)?;
         let path = self.ckpt.model_path(ctx)?;
-        let (mut model, cuda) = self.set.open(&path, ctx.threads)?;
+        let (mut model, cuda) = self.set.open(&path, ctx.threads, ctx.gpu)?;
         // d_P is index P − 1; its context of length L starts at index P − 1 − L.
         let p = cfg.position - 1;
         let items = |len: usize| -> Vec<(&[u32], u32)> {
@@ -189,7 +193,7 @@ impl Job for IclJob {
             "mean_icl": score.iter().sum::<f64>() / k as f64,
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
-            "gpu": crate::lm::ortlib::gpu_name(cuda),
+            "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
         }))
     }
 }

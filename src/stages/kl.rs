@@ -74,10 +74,12 @@ impl Stage for Kl {
                     set: set.clone(),
                     retain_full: cx.config().dist.retain_full,
                 };
+                let gpu = job.set.uses_gpu();
                 out.push(
                     self.instance(format!("{size}-step{step}"), job)
                         .inputs(inputs)
-                        .deps(deps),
+                        .deps(deps)
+                        .on_gpu(gpu),
                 );
             }
         }
@@ -139,7 +141,7 @@ impl Job for KlJob {
                 Some(map) => sources.push(Source::Array(map)),
                 None => {
                     let path = c.model_path(ctx)?;
-                    let (m, _) = self.set.open(&path, ctx.threads)?;
+                    let (m, _) = self.set.open(&path, ctx.threads, ctx.gpu)?;
                     sources.push(Source::Model(Box::new(m)));
                     recomputed += 1;
                 }

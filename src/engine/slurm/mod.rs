@@ -307,8 +307,11 @@ impl Slurm {
                         still.push((a, t, i));
                     }
                     _ => {
-                        let o = self.outcome(engine, array, t, state);
-                        let secs = started.get(&i).map_or(0.0, |s| s.elapsed().as_secs_f64());
+                        let (o, secs) = self.outcome(engine, array, t, state);
+                        // The task's own time; else as seen from here.
+                        let secs = secs.unwrap_or_else(|| {
+                            started.get(&i).map_or(0.0, |s| s.elapsed().as_secs_f64())
+                        });
                         reporter.done(&id, &o, secs);
                         sub.outcomes[i] = Some(o);
                     }
@@ -326,14 +329,15 @@ impl Slurm {
         Ok(sub.outcomes)
     }
 
-    /// How task `t` of `array` ended: its result file, else what Slurm says.
+    /// How task `t` of `array` ended (its result file, else what Slurm
+    /// says), and the seconds it took when it says.
     fn outcome(
         &self,
         engine: &Engine,
         array: &ArrayRecord,
         t: usize,
         state: Option<&str>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<f64>) {
         let log = log_path(&self.run_dir, &array.name, t);
         let result: Option<TaskResult> = std::fs::read(
             self.run_dir
@@ -342,7 +346,8 @@ impl Slurm {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
         let state = state.unwrap_or("ENDED");
-        match result {
+        let seconds = result.as_ref().map(|r| r.seconds);
+        let o = match result {
             Some(r) if r.outcome == "computed" || r.outcome == "reused" => {
                 let key = r.key.unwrap_or_default();
                 match engine.store.read_manifest(&array.stage, &key) {
@@ -365,7 +370,8 @@ impl Slurm {
                 "Slurm {state}, no result (killed or never started); log {}",
                 log.display()
             )),
-        }
+        };
+        (o, seconds)
     }
 }
 

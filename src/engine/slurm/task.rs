@@ -114,6 +114,6 @@ fn compute_one(
     reporter.begin(&inst.id());
     Ok(match engine.claim(inst, &inputs[i], &upstream, forced) {
         Err(done) => done,
-        Ok(claim) => engine.compute(inst, claim, &upstream, threads, reporter),
+        Ok(claim) => engine.compute(inst, claim, &upstream, threads, None, reporter),
     })
 }

@@ -30,16 +30,17 @@ const KNOWN: [&str; 4] = [
 impl OrtModel {
     /// Load a model file (external data beside it is found by ORT) on the CPU.
     pub fn from_file(path: &Path, threads: usize) -> Result<OrtModel, StageError> {
-        Self::on_device(path, threads, Device::Cpu).map(|(m, _)| m)
+        Self::on_device(path, threads, Device::Cpu, None).map(|(m, _)| m)
     }
 
-    /// Load a model file on `device`; returns whether CUDA is in use. With
-    /// `Auto` a CUDA failure falls back to the CPU with a warning; with `Cuda`
-    /// it is an error.
+    /// Load a model file on `device` (CUDA device `gpu` when given, else
+    /// device 0); returns whether CUDA is in use. With `Auto` a CUDA failure
+    /// falls back to the CPU with a warning; with `Cuda` it is an error.
     pub fn on_device(
         path: &Path,
         threads: usize,
         device: Device,
+        gpu: Option<u32>,
     ) -> Result<(OrtModel, bool), StageError> {
         let env = crate::lm::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
         let err = |e: String| StageError::input(path, format!("ONNX Runtime: {e}"));
@@ -53,7 +54,10 @@ impl OrtModel {
         };
         if device != Device::Cpu {
             let cuda = builder()?
-                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_device_id(gpu.unwrap_or(0) as i32)
+                    .build()
+                    .error_on_failure()])
                 .map_err(|e| err(e.to_string()))
                 .and_then(|mut b| b.commit_from_file(path).map_err(|e| err(e.to_string())));
             match cuda {
