@@ -38,6 +38,16 @@ fn runs(p: &Project) -> usize {
     std::fs::read_dir(p.store().join(".slurm")).map_or(0, |d| d.count())
 }
 
+/// The `run.json` of the store's first Slurm run, once it is there.
+fn first_record(p: &Project) -> Option<serde_json::Value> {
+    let dir = std::fs::read_dir(p.store().join(".slurm"))
+        .ok()?
+        .next()?
+        .ok()?
+        .path();
+    serde_json::from_slice(&std::fs::read(dir.join("run.json")).ok()?).ok()
+}
+
 #[test]
 fn a_slurm_run_equals_a_local_run_and_a_rerun_submits_nothing() {
     if !slurm_up() {
@@ -49,19 +59,7 @@ fn a_slurm_run_equals_a_local_run_and_a_rerun_submits_nothing() {
     let r = cluster.ok(&["run", "--executor", "slurm"]);
     assert!(r.stderr.contains("Slurm arrays"), "{}", r.stderr);
     // One array per stage, not per instance.
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            std::fs::read_dir(cluster.store().join(".slurm"))
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path()
-                .join("run.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let record = first_record(&cluster).unwrap();
     let arrays = record["arrays"].as_array().unwrap();
     let stages: std::collections::BTreeSet<&str> = arrays
         .iter()
@@ -112,18 +110,14 @@ fn a_cancelled_task_is_one_line_and_the_next_run_completes_only_the_rest() {
     if !slurm_up() {
         return;
     }
-    let p = suite(300);
+    let p = suite(150);
     p.ok(&["run", "traindata"]);
     let child = p.spawn(&["run", "--executor", "slurm"]);
     // Cancel the first training task once it runs.
     let t0 = Instant::now();
     let cancelled = loop {
         assert!(t0.elapsed() < Duration::from_secs(120), "no train task ran");
-        let record = std::fs::read_dir(p.store().join(".slurm"))
-            .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| std::fs::read(e.unwrap().path().join("run.json")).ok())
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let record = first_record(&p);
         let job = record.as_ref().and_then(|r| {
             r["arrays"]
                 .as_array()?
@@ -214,4 +208,99 @@ fn a_task_failing_on_bad_input_names_its_checkpoint_and_log() {
         "{ids:?}"
     );
     assert!(!ids.iter().any(|i| i.starts_with("corpus")), "{ids:?}");
+}
+
+/// The micro project over the shipped real exports (no training).
+fn exports() -> Project {
+    let p = Project::micro();
+    p.write_config(
+        &(common::hf_suite_config(&common::hf_models(), "[0, 50, 300]")
+            + "\n[executor.slurm]\npoll_seconds = 0.5\n"),
+    );
+    p
+}
+
+#[test]
+fn detach_submits_and_returns_status_follows_and_run_records() {
+    if !slurm_up() {
+        return;
+    }
+    let p = exports();
+    let r = p.ok(&["run", "--executor", "slurm", "--detach"]);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("submitted dist (6 tasks): job ")),
+        "{}",
+        r.stdout
+    );
+    // Right after: the later stages wait in Slurm, and status says so.
+    let st = p.ok(&["status"]).stdout;
+    assert!(
+        st.contains("queued") && st.contains("as Slurm task"),
+        "{st}"
+    );
+    assert_eq!(p.run(&["status", "--check"]).code, 1);
+    let t0 = Instant::now();
+    while p.run(&["status", "--check"]).code != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "{}",
+            p.ok(&["status"]).stdout
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Everything is in the store: run submits nothing and records it all.
+    let before = runs(&p);
+    let r = p.ok(&["run", "--executor", "slurm"]);
+    assert_eq!(r.counts().0, 0);
+    assert_eq!(runs(&p), before);
+    assert!(r.stdout.contains("report: "), "{}", r.stdout);
+    assert!(p.store().join("report/current/report.html").exists());
+}
+
+#[test]
+fn ctrl_c_while_following_cancels_the_runs_jobs_and_keeps_finished_work() {
+    if !slurm_up() {
+        return;
+    }
+    let p = exports();
+    let child = p.spawn(&["run", "--executor", "slurm"]);
+    // Wait until something finished, then interrupt.
+    let t0 = Instant::now();
+    while !p.store().join("corpus").is_dir() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "corpus never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // None of the run's jobs is left queued or running.
+    let record = first_record(&p).unwrap();
+    for a in record["arrays"].as_array().unwrap() {
+        for (task, state) in states(a["job"].as_str().unwrap()) {
+            assert!(
+                !matches!(state.as_str(), "PENDING" | "RUNNING"),
+                "{task} is still {state}"
+            );
+        }
+    }
+    // What finished stays: the next run does not recompute the corpus.
+    let r = p.ok(&["run", "--executor", "slurm"]);
+    assert!(
+        !r.computed_ids().iter().any(|i| i == "corpus"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
 }
