@@ -37,6 +37,7 @@ fn synthetic_plan(inputs: &Path, n: usize) -> Result<Plan> {
             deps: vec![],
             exclusive: false,
             gpu: false,
+            limit: None,
             job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
         })
         .collect();
@@ -175,6 +176,7 @@ pub fn slurm(s: &crate::commands::Session, n: usize, k: usize) -> Result<()> {
             },
             exclusive: false,
             gpu: false,
+            limit: None,
             job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
         })
         .collect();

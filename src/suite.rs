@@ -16,6 +16,9 @@ pub enum ModelRef {
     File(PathBuf),
     /// `rel` inside the entry of the built-in `train` instance `label`.
     Builtin { label: String, rel: String },
+    /// `model.onnx` inside the entry of the `fetch` instance `label`: made
+    /// by `suite.fetch` since the file did not exist.
+    Fetched { label: String },
 }
 
 /// One checkpoint; as part of a job it is keyed by (size, seed, step), its
@@ -59,6 +62,7 @@ impl Checkpoint {
                     .collect(),
             ),
             ModelRef::Builtin { label, .. } => (vec![(BUILTIN_STAGE, label.clone())], vec![]),
+            ModelRef::Fetched { label } => (vec![(FETCH_STAGE, label.clone())], vec![]),
         }
     }
 
@@ -67,6 +71,9 @@ impl Checkpoint {
         match &self.model {
             ModelRef::File(p) => Ok(p.clone()),
             ModelRef::Builtin { label, rel } => Ok(ctx.upstream(BUILTIN_STAGE, label)?.join(rel)),
+            ModelRef::Fetched { label } => {
+                Ok(ctx.upstream(FETCH_STAGE, label)?.join(FETCHED_MODEL))
+            }
         }
     }
 
@@ -76,6 +83,9 @@ impl Checkpoint {
         let known = match &self.model {
             ModelRef::File(_) => ctx.input_hash("model"),
             ModelRef::Builtin { label, rel } => ctx.upstream_output_hash(BUILTIN_STAGE, label, rel),
+            ModelRef::Fetched { label } => {
+                ctx.upstream_output_hash(FETCH_STAGE, label, FETCHED_MODEL)
+            }
         };
         match known {
             Some(h) => Ok(h.to_string()),
@@ -89,6 +99,7 @@ impl Checkpoint {
         match &self.model {
             ModelRef::File(p) => p.display().to_string(),
             ModelRef::Builtin { label, rel } => format!("train[{label}]/{rel}"),
+            ModelRef::Fetched { label } => format!("fetch[{label}]/{FETCHED_MODEL}"),
         }
     }
 }
@@ -115,6 +126,10 @@ impl Suite {
 
 /// The stage whose entries hold the built-in suite's checkpoints.
 pub const BUILTIN_STAGE: &str = "train";
+
+/// The stage whose entries hold fetched checkpoints, each at `model.onnx`.
+pub const FETCH_STAGE: &str = "fetch";
+pub const FETCHED_MODEL: &str = "model.onnx";
 
 /// The built-in suite's naming scheme: the `train` instance of (size, seed)
 /// is labelled `{size}-seed{seed}` and holds checkpoint `step` at
@@ -216,15 +231,24 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
                         .replace("{seed}", &seed.to_string())
                         .replace("{step}", &step.to_string()),
                 );
-                if !path.is_file() {
-                    missing.push(path.display().to_string());
-                }
-                checkpoints.push(Checkpoint {
+                let mut ckpt = Checkpoint {
                     size: size.clone(),
                     seed: seed.to_string(),
                     step,
-                    model: ModelRef::File(path),
-                });
+                    model: ModelRef::File(path.clone()),
+                };
+                if !path.is_file() {
+                    // Declared files that exist are used; the rest fetched.
+                    match &su.fetch {
+                        Some(_) => {
+                            ckpt.model = ModelRef::Fetched {
+                                label: ckpt.label(),
+                            }
+                        }
+                        None => missing.push(path.display().to_string()),
+                    }
+                }
+                checkpoints.push(ckpt);
             }
         }
     }
@@ -235,7 +259,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
                 .map_or(0, |raw| crate::config::line_of_key(&raw, "suite.models")),
             key: "suite.models".into(),
             message: format!(
-                "{} of {} checkpoints are missing: {}{}",
+                "{} of {} checkpoints are missing (export them, or set suite.fetch): {}{}",
                 missing.len(),
                 checkpoints.len(),
                 missing[..missing.len().min(3)].join(", "),

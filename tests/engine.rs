@@ -21,6 +21,7 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             deps: vec![("upper", "a".into())],
             exclusive: false,
             gpu: false,
+            limit: None,
             job: Box::new(Count),
         },
         Instance {
@@ -32,6 +33,7 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             deps: vec![],
             exclusive: false,
             gpu: false,
+            limit: None,
             job: Box::new(Upper(dir.join("a.txt"))),
         },
     ])
@@ -150,6 +152,7 @@ fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
         deps,
         exclusive: false,
         gpu: false,
+        limit: None,
         job: job(),
     };
     let e = Plan::new(vec![

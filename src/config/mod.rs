@@ -27,7 +27,7 @@ pub use inputs::{
 };
 pub use measure::{AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource};
 pub use report::{Band, ReportConfig};
-pub use suite::{SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};
+pub use suite::{FetchConfig, Keep, SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};
 
 pub const DEFAULT_CONFIG: &str = "pipeline.toml";
 
@@ -72,6 +72,9 @@ pub struct Config {
     /// What a local run may use (GPUs).
     #[serde(default)]
     pub resources: ResourcesConfig,
+    /// How checkpoints are fetched (`suite.fetch`).
+    #[serde(default)]
+    pub fetch: FetchConfig,
 }
 
 impl Config {

@@ -140,6 +140,57 @@ pub struct SuiteConfig {
     /// vocabulary; Pythia emits 50,304 logits for 50,277 tokens).
     #[serde(default)]
     pub vocab: Option<usize>,
+    /// A command that makes a checkpoint whose file does not exist yet, run
+    /// by the `fetch` stage in a fresh folder of the store: placeholders
+    /// `{size}`, `{seed}`, `{step}`, `{out}` (e.g. an `optimum-cli export
+    /// onnx` call). It must leave `{out}/model.onnx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<String>,
+    /// Fetched models kept on disk: `all`, or `until_consumed` (deleted
+    /// once every instance that reads them has finished).
+    #[serde(default, skip_serializing_if = "Keep::is_all")]
+    pub keep: Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    #[default]
+    All,
+    UntilConsumed,
+}
+
+impl Keep {
+    fn is_all(&self) -> bool {
+        *self == Keep::All
+    }
+}
+
+/// How checkpoints are fetched (`[fetch]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Fetches run at once in a local run (network-bound: they do not take
+    /// the cores' slots).
+    #[serde(default = "default_fetch_jobs")]
+    pub jobs: usize,
+    /// With `suite.keep = "until_consumed"`: checkpoint groups (one size ×
+    /// step, every seed) on disk at once.
+    #[serde(default = "default_fetch_jobs")]
+    pub max_groups_on_disk: usize,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            jobs: default_fetch_jobs(),
+            max_groups_on_disk: default_fetch_jobs(),
+        }
+    }
+}
+
+fn default_fetch_jobs() -> usize {
+    2
 }
 
 fn is_causal(o: &Objective) -> bool {
@@ -261,6 +312,17 @@ impl SuiteConfig {
         }
         if su.vocab == Some(0) {
             return Err(ck.bad("suite.vocab", "must be ≥ 1".into()));
+        }
+        if let Some(cmd) = &su.fetch {
+            if !cmd.contains("{out}") && !cmd.contains("SEEDCONV_OUT") {
+                return Err(ck.bad(
+                    "suite.fetch",
+                    "the command must write into {out} (or $SEEDCONV_OUT)".into(),
+                ));
+            }
+        }
+        if c.fetch.jobs == 0 || c.fetch.max_groups_on_disk == 0 {
+            return Err(ck.bad("fetch", "jobs and max_groups_on_disk must be ≥ 1".into()));
         }
         Ok(())
     }

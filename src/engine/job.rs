@@ -102,6 +102,9 @@ pub struct Instance {
     /// Runs models on a GPU when one is there: a local run with GPUs gives
     /// it a device of its own (one such instance per device at once).
     pub gpu: bool,
+    /// At most this many instances of the named class run at once, beside
+    /// the cores' work (e.g. network-bound downloads).
+    pub limit: Option<(&'static str, usize)>,
     pub job: Box<dyn Job>,
 }
 
@@ -132,6 +135,7 @@ impl Instance {
             deps: vec![],
             exclusive: false,
             gpu: false,
+            limit: None,
             job,
         }
     }
@@ -150,6 +154,11 @@ impl Instance {
     /// Whether it runs models on a GPU when there is one.
     pub fn on_gpu(mut self, yes: bool) -> Instance {
         self.gpu = yes;
+        self
+    }
+    /// At most `n` instances of `class` at once, not on the cores' slots.
+    pub fn limit(mut self, class: &'static str, n: usize) -> Instance {
+        self.limit = Some((class, n.max(1)));
         self
     }
     pub fn id(&self) -> String {

@@ -121,11 +121,13 @@ pub struct Local {
     cores: RwLock<()>,
 }
 
-/// What a running instance holds: a share of the cores, or a GPU.
+/// What a running instance holds: a share of the cores, a GPU, or a place
+/// in its class's limit.
 #[derive(Clone, Copy)]
 enum Slot {
     Cores,
     Gpu(u32),
+    Limited(&'static str),
 }
 
 struct Shared {
@@ -142,12 +144,21 @@ struct Shared {
     /// Instances on the cores now, and GPUs not in use.
     on_cores: usize,
     free_gpus: Vec<u32>,
+    /// Running instances of each limited class.
+    limited: BTreeMap<&'static str, usize>,
 }
 
 impl Shared {
     /// The slot instance `i` would run in now, taken; None while its kind
     /// of slot is all in use.
     fn take(&mut self, local: &Local, plan: &Plan, i: usize) -> Option<Slot> {
+        if let Some((class, n)) = plan.instances[i].limit {
+            let running = self.limited.entry(class).or_default();
+            return (*running < n).then(|| {
+                *running += 1;
+                Slot::Limited(class)
+            });
+        }
         if plan.instances[i].gpu && !local.gpus.is_empty() {
             self.free_gpus.pop().map(Slot::Gpu)
         } else if self.on_cores < local.jobs {
@@ -161,6 +172,7 @@ impl Shared {
         match slot {
             Slot::Cores => self.on_cores -= 1,
             Slot::Gpu(g) => self.free_gpus.push(g),
+            Slot::Limited(class) => *self.limited.entry(class).or_default() -= 1,
         }
     }
     /// The deepest ready instance that has a free slot, taken (then a
@@ -228,10 +240,18 @@ impl Local {
             Ok(None) => return None,
             Err(done) => return Some(done),
         };
-        if let Slot::Gpu(g) = slot {
+        match slot {
             // On its own device: the cores are the others'.
-            reporter.begin(&inst.id());
-            return Some(engine.compute(inst, claim, upstream, 1, Some(g), reporter));
+            Slot::Gpu(g) => {
+                reporter.begin(&inst.id());
+                return Some(engine.compute(inst, claim, upstream, 1, Some(g), reporter));
+            }
+            // Waiting on something else (a download): not on the cores.
+            Slot::Limited(_) => {
+                reporter.begin(&inst.id());
+                return Some(engine.compute(inst, claim, upstream, 1, None, reporter));
+            }
+            Slot::Cores => {}
         }
         let _cores = if inst.exclusive {
             (
@@ -284,9 +304,18 @@ impl Executor for Local {
             on_cores: 0,
             // Popped from the end: device order.
             free_gpus: self.gpus.iter().rev().copied().collect(),
+            limited: BTreeMap::new(),
         });
         let cv = Condvar::new();
-        let workers = self.jobs + self.gpus.len();
+        // Limited classes run beside the cores' work: room for them too.
+        let limited: usize = plan
+            .instances
+            .iter()
+            .filter_map(|i| i.limit)
+            .collect::<BTreeMap<_, _>>()
+            .values()
+            .sum();
+        let workers = self.jobs + self.gpus.len() + limited;
         reporter.start(total);
         std::thread::scope(|scope| {
             for _ in 0..workers.min(total.max(1)) {

@@ -23,6 +23,7 @@ pub mod blimp;
 pub mod blimp_conv;
 pub mod corpus;
 pub mod dist;
+pub mod fetch;
 pub mod frequency;
 pub mod icl;
 pub mod icl_summary;
@@ -99,6 +100,7 @@ pub const REGISTRY: &[&dyn DynStage] = &[
     &annotate::Annotate,
     &traindata::TrainData,
     &train::Train,
+    &fetch::Fetch,
     &dist::Dist,
     &kl::Kl,
     &aggregate::Aggregate,

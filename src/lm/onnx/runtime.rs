@@ -179,14 +179,27 @@ impl OrtModel {
                 "{name}: run failed on sequences of {t} tokens (is the window longer than the model's context?): {e}"
             ))
         })?;
-        let (oshape, data) = outputs["logits"]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| StageError::Other(format!("{name}: logits: {e}")))?;
+        // fp16 and bf16 exports emit float16 / bfloat16 logits: widened to
+        // f32 here (exactly), and to f64 per row for the statistics.
+        let logits = &outputs["logits"];
+        let (oshape, data): (Vec<i64>, Vec<f32>) =
+            if let Ok((s, d)) = logits.try_extract_tensor::<f32>() {
+                (s.to_vec(), d.to_vec())
+            } else if let Ok((s, d)) = logits.try_extract_tensor::<half::f16>() {
+                (s.to_vec(), d.iter().map(|x| x.to_f32()).collect())
+            } else {
+                let (s, d) = logits.try_extract_tensor::<half::bf16>().map_err(|e| {
+                    StageError::Other(format!(
+                        "{name}: logits are not float32, float16 or bfloat16: {e}"
+                    ))
+                })?;
+                (s.to_vec(), d.iter().map(|x| x.to_f32()).collect())
+            };
         if oshape.len() != 3 || oshape[0] as usize != b || oshape[1] as usize != t {
             return Err(StageError::Other(format!(
                 "{name}: logits have shape {oshape:?}, expected [{b}, {t}, vocab]"
             )));
         }
-        Ok((data.to_vec(), oshape[2] as usize))
+        Ok((data, oshape[2] as usize))
     }
 }
