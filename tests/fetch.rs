@@ -291,3 +291,20 @@ fn a_suite_of_fp16_exports_runs_through_kl_within_fp16_tolerance() {
         );
     }
 }
+
+#[test]
+fn keep_until_consumed_is_refused_until_it_exists() {
+    let p = Project::micro();
+    fetched(&p, "");
+    p.write_config(
+        &p.config()
+            .replace("[suite]\n", "[suite]\nkeep = \"until_consumed\"\n"),
+    );
+    let r = p.run(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("suite.keep") && r.stderr.contains("not implemented yet"),
+        "{}",
+        r.stderr
+    );
+}
