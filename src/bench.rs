@@ -38,6 +38,9 @@ fn synthetic_plan(inputs: &Path, n: usize) -> Result<Plan> {
             exclusive: false,
             gpu: false,
             limit: None,
+            evictable: false,
+            group: None,
+            manifests_only: false,
             job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
         })
         .collect();
@@ -177,6 +180,9 @@ pub fn slurm(s: &crate::commands::Session, n: usize, k: usize) -> Result<()> {
             exclusive: false,
             gpu: false,
             limit: None,
+            evictable: false,
+            group: None,
+            manifests_only: false,
             job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
         })
         .collect();

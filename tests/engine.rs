@@ -22,6 +22,9 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             exclusive: false,
             gpu: false,
             limit: None,
+            evictable: false,
+            group: None,
+            manifests_only: false,
             job: Box::new(Count),
         },
         Instance {
@@ -34,6 +37,9 @@ fn plan(dir: &Path, upper_version: u32) -> Plan {
             exclusive: false,
             gpu: false,
             limit: None,
+            evictable: false,
+            group: None,
+            manifests_only: false,
             job: Box::new(Upper(dir.join("a.txt"))),
         },
     ])
@@ -153,6 +159,9 @@ fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
         exclusive: false,
         gpu: false,
         limit: None,
+        evictable: false,
+        group: None,
+        manifests_only: false,
         job: job(),
     };
     let e = Plan::new(vec![

@@ -292,19 +292,60 @@ fn a_suite_of_fp16_exports_runs_through_kl_within_fp16_tolerance() {
     }
 }
 
+/// Models on disk in the store's fetch entries.
+fn models_on_disk(p: &Project) -> usize {
+    p.find(|n| n == "model.onnx")
+        .iter()
+        .filter(|m| m.to_string_lossy().contains("/fetch/"))
+        .count()
+}
+
+/// The most fetched models on disk when any fetch started.
+fn peak(p: &Project) -> usize {
+    std::fs::read_to_string(p.path().join("peaks.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse::<usize>().unwrap())
+        .max()
+        .unwrap()
+}
+
 #[test]
-fn keep_until_consumed_is_refused_until_it_exists() {
-    let p = Project::micro();
-    fetched(&p, "");
-    p.write_config(
-        &p.config()
-            .replace("[suite]\n", "[suite]\nkeep = \"until_consumed\"\n"),
-    );
-    let r = p.run(&["status"]);
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("suite.keep") && r.stderr.contains("not implemented yet"),
-        "{}",
-        r.stderr
-    );
+fn until_consumed_deletes_fetched_models_after_use_and_bounds_the_groups_on_disk() {
+    let setup = |keep: &str| {
+        let p = Project::micro();
+        fetched(&p, "[fetch]\nmax_groups_on_disk = 1\n");
+        let count = "ls stages/fetch/*/model.onnx 2>/dev/null | wc -l >> peaks.txt && ";
+        p.write_config(
+            &p.config()
+                .replace("[suite]\n", &format!("[suite]\nkeep = \"{keep}\"\n"))
+                .replace("fetch = \"", &format!("fetch = \"{count}")),
+        );
+        p
+    };
+    let all = setup("all");
+    all.ok(&["run", "aggregate"]);
+    assert_eq!(models_on_disk(&all), 6);
+    let p = setup("until_consumed");
+    p.ok(&["run", "aggregate"]);
+    assert_eq!(calls(&p), 6);
+    // Every model went once read; every table is the same.
+    assert_eq!(models_on_disk(&p), 0);
+    assert_eq!(results(&p), results(&all));
+    // One group (size × step, both seeds) on disk at a time.
+    assert!(peak(&p) <= 1, "peak {} models on disk", peak(&p));
+    assert!(peak(&all) > 1, "without eviction: peak {}", peak(&all));
+    // Still fresh; verify knows the entries are evicted, not corrupt.
+    assert_eq!(p.run(&["status", "--check", "aggregate"]).code, 0);
+    let v = p.ok(&["verify"]).stdout;
+    assert!(v.contains("0 corrupted") && v.contains("6 evicted"), "{v}");
+    assert_eq!(p.ok(&["run", "aggregate"]).counts().0, 0);
+    assert_eq!(calls(&p), 6);
+    // A reader that must run again refetches (same bytes: kl and the rest
+    // upstream of nothing new), then the models go again.
+    p.write_config(&p.config().replace("top_k = 8", "top_k = 5"));
+    let r = p.ok(&["run", "aggregate"]);
+    assert_eq!(calls(&p), 12, "{}", r.stderr);
+    assert_eq!(models_on_disk(&p), 0);
+    assert_eq!(p.run(&["status", "--check", "aggregate"]).code, 0);
 }

@@ -304,3 +304,37 @@ fn ctrl_c_while_following_cancels_the_runs_jobs_and_keeps_finished_work() {
     );
     assert_eq!(p.run(&["status", "--check"]).code, 0);
 }
+
+#[test]
+fn fetched_models_are_evicted_after_their_tasks_and_restored_by_a_task_that_needs_them() {
+    if !slurm_up() {
+        return;
+    }
+    let p = Project::micro();
+    let cmd = format!(
+        "echo x >> calls.txt && cp {}/neox-seed{{seed}}/step{{step}}/model.onnx {{out}}/model.onnx",
+        common::causal().display()
+    );
+    p.write_config(
+        &(common::hf_suite_config("absent/s{seed}/step{step}/model.onnx", "[0, 300]").replace(
+            "[suite]\n",
+            &format!("[suite]\nfetch = \"{cmd}\"\nkeep = \"until_consumed\"\n"),
+        ) + "\n[executor.slurm]\npoll_seconds = 0.5\n"),
+    );
+    let calls =
+        || std::fs::read_to_string(p.path().join("calls.txt")).map_or(0, |s| s.lines().count());
+    let models = || {
+        p.find(|n| n == "model.onnx")
+            .iter()
+            .filter(|m| m.to_string_lossy().contains("/fetch/"))
+            .count()
+    };
+    p.ok(&["run", "--executor", "slurm", "kl"]);
+    assert_eq!((calls(), models()), (4, 0));
+    // dist must run again: its tasks restore the models they read.
+    p.write_config(&p.config().replace("top_k = 8", "top_k = 5"));
+    let r = p.ok(&["run", "--executor", "slurm", "kl"]);
+    assert_eq!(calls(), 8, "{}", r.stderr);
+    assert_eq!(models(), 0);
+    assert_eq!(p.run(&["status", "--check", "kl"]).code, 0);
+}

@@ -74,6 +74,13 @@ pub fn status(s: &Session, args: &StatusArgs) -> Result<()> {
             &key[..key.len().min(12)]
         };
         let (mut state, mut reason, mut slot) = state(v);
+        if let Verdict::Fresh(m) = v {
+            if m.evicted {
+                reason =
+                    "evicted: outputs deleted after use, recomputed when a reader must run again"
+                        .into();
+            }
+        }
         if slot != 0 {
             if let Some((queued, why)) = live.get(&inst.id()) {
                 (state, reason, slot) = if *queued {
@@ -395,7 +402,7 @@ pub fn show(s: &Session, args: &ShowArgs) -> Result<()> {
 
 pub fn verify(s: &Session, args: &JsonArgs) -> Result<()> {
     let store = &s.engine.store;
-    let (mut ok, mut bad, mut incomplete) = (0, 0, 0);
+    let (mut ok, mut bad, mut incomplete, mut evicted) = (0, 0, 0, 0);
     let (mut corrupted, mut unfinished) = (Vec::new(), Vec::new());
     let mut text = Vec::new();
     let out = &mut text;
@@ -412,6 +419,11 @@ pub fn verify(s: &Session, args: &JsonArgs) -> Result<()> {
                 continue;
             };
             let mut problems = Vec::new();
+            if m.evicted {
+                // Outputs deleted after use on purpose; the manifest stands.
+                evicted += 1;
+                continue;
+            }
             for (name, of) in &m.outputs {
                 let p = dir.join(name);
                 match hash_file(&p) {
@@ -439,13 +451,18 @@ pub fn verify(s: &Session, args: &JsonArgs) -> Result<()> {
     }
     writeln!(
         out,
-        "verified {} entries: {ok} ok, {bad} corrupted, {incomplete} incomplete",
-        ok + bad + incomplete
+        "verified {} entries: {ok} ok, {bad} corrupted, {incomplete} incomplete{}",
+        ok + bad + incomplete + evicted,
+        if evicted > 0 {
+            format!(", {evicted} evicted (outputs deleted after use)")
+        } else {
+            String::new()
+        }
     )?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let doc = json!({
-            "entries": ok + bad + incomplete, "ok": ok,
+            "entries": ok + bad + incomplete + evicted, "ok": ok, "evicted": evicted,
             "corrupted": corrupted, "incomplete": unfinished,
         });
         writeln!(stdout, "{}", serde_json::to_string_pretty(&doc)?)?;

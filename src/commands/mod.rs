@@ -141,6 +141,16 @@ impl Session {
         }
     }
 
+    /// Checkpoint groups on disk at once: `fetch.max_groups_on_disk` when
+    /// fetched models are deleted after use, else no bound.
+    pub fn max_groups(&self) -> usize {
+        let c = &self.loaded.config;
+        match &c.suite {
+            Some(su) if su.keep == crate::config::Keep::UntilConsumed => c.fetch.max_groups_on_disk,
+            _ => 0,
+        }
+    }
+
     /// Warn about suite checkpoints whose files are identical across steps.
     fn warn_duplicates(&self) -> Result<()> {
         if let Some(suite) = crate::suite::from_config(&self.loaded)? {

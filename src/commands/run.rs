@@ -147,6 +147,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
         force: args.force.clone(),
         jobs: args.jobs.unwrap_or_else(default_jobs),
         gpus: s.gpus()?,
+        max_groups: s.max_groups(),
     };
     let kind = match args.executor {
         Some(ExecutorArg::Local) => ExecutorKind::Local,
@@ -241,7 +242,7 @@ fn record_root(s: &Session, report: &RunReport) -> Result<()> {
     for (_, o) in &report.outcomes {
         if let Outcome::Reused(m) | Outcome::Computed(m) = o {
             let labels = current.entry(m.stage.clone()).or_default();
-            if labels.insert(m.label.clone(), m.key.clone()).as_ref() != Some(&m.key) {
+            if labels.insert(m.label.clone(), m.key.clone()).as_ref() != Some(&m.key) || m.evicted {
                 changed.insert(m.stage.clone());
             }
         }

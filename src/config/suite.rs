@@ -321,13 +321,6 @@ impl SuiteConfig {
                 ));
             }
         }
-        if su.keep == Keep::UntilConsumed {
-            return Err(ck.bad(
-                "suite.keep",
-                "\"until_consumed\" is not implemented yet: every fetched model is kept (\"all\")"
-                    .into(),
-            ));
-        }
         if c.fetch.jobs == 0 || c.fetch.max_groups_on_disk == 0 {
             return Err(ck.bad("fetch", "jobs and max_groups_on_disk must be ≥ 1".into()));
         }

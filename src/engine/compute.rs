@@ -21,6 +21,41 @@ pub struct Claim {
     _lock: EntryLock,
 }
 
+/// What a claim may reuse instead of computing.
+#[derive(Clone, Copy)]
+enum Want {
+    /// A whole or an evicted entry (a run: evicted entries stay current).
+    Any,
+    /// Only a whole one (restoring an evicted entry for a reader).
+    Whole,
+    /// Nothing (`--force`).
+    Fresh,
+}
+
+impl Want {
+    fn of(forced: bool) -> Want {
+        if forced {
+            Want::Fresh
+        } else {
+            Want::Any
+        }
+    }
+    fn reusable(self, state: EntryState) -> Option<Box<Manifest>> {
+        match (self, state) {
+            (Want::Any | Want::Whole, EntryState::Valid(m))
+            | (Want::Any, EntryState::Evicted(m)) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+fn hashes(upstream: &[(String, Box<Manifest>)]) -> BTreeMap<String, String> {
+    upstream
+        .iter()
+        .map(|(id, m)| (id.clone(), m.output_hash.clone()))
+        .collect()
+}
+
 impl Engine {
     /// Reuse the instance's valid entry (unless `forced`), or lock the entry
     /// for computing. `upstream`: the manifests of its upstream instances.
@@ -31,8 +66,45 @@ impl Engine {
         upstream: &[(String, Box<Manifest>)],
         forced: bool,
     ) -> Result<Claim, Outcome> {
-        self.claim_inner(inst, inputs, upstream, forced, true)
+        self.claim_inner(inst, inputs, upstream, Want::of(forced), true)
             .map(|c| c.expect("a waiting claim always gets the lock"))
+    }
+
+    /// Bring back an evicted entry (its outputs deleted after use) because
+    /// a reader must run again: recompute it unless it is whole (another
+    /// run may have restored it meanwhile).
+    pub fn restore(
+        &self,
+        inst: &Instance,
+        inputs: &BTreeMap<String, String>,
+        upstream: &[(String, Box<Manifest>)],
+        reporter: &dyn Reporter,
+    ) -> Outcome {
+        match self.claim_inner(inst, inputs, upstream, Want::Whole, true) {
+            Ok(Some(claim)) => {
+                reporter.begin(&inst.id());
+                self.compute(inst, claim, upstream, 1, None, reporter)
+            }
+            Ok(None) => unreachable!("a waiting claim always gets the lock"),
+            Err(done) => done,
+        }
+    }
+
+    /// Whether `claim` would reuse an entry (whole or evicted) without
+    /// computing.
+    pub fn would_reuse(
+        &self,
+        inst: &Instance,
+        inputs: &BTreeMap<String, String>,
+        upstream: &[(String, Box<Manifest>)],
+        forced: bool,
+    ) -> bool {
+        let key = Self::ingredients(inst, inputs, hashes(upstream)).key();
+        !forced
+            && matches!(
+                self.store.check(inst.stage, &key, &self.memo),
+                EntryState::Valid(_) | EntryState::Evicted(_)
+            )
     }
 
     /// As `claim`, but `Ok(None)` at once when another run holds the entry's
@@ -44,7 +116,7 @@ impl Engine {
         upstream: &[(String, Box<Manifest>)],
         forced: bool,
     ) -> Result<Option<Claim>, Outcome> {
-        self.claim_inner(inst, inputs, upstream, forced, false)
+        self.claim_inner(inst, inputs, upstream, Want::of(forced), false)
     }
 
     fn claim_inner(
@@ -52,27 +124,21 @@ impl Engine {
         inst: &Instance,
         inputs: &BTreeMap<String, String>,
         upstream: &[(String, Box<Manifest>)],
-        forced: bool,
+        want: Want,
         wait: bool,
     ) -> Result<Option<Claim>, Outcome> {
-        let up_hashes = upstream
-            .iter()
-            .map(|(id, m)| (id.clone(), m.output_hash.clone()))
-            .collect();
-        let ing = Self::ingredients(inst, inputs, up_hashes);
+        let ing = Self::ingredients(inst, inputs, hashes(upstream));
         let key = ing.key();
-        if !forced {
-            if let EntryState::Valid(m) = self.store.check(inst.stage, &key, &self.memo) {
-                // A lock file beside a valid entry is left by a process killed
-                // between its commit and its cleanup; remove it unless held.
-                let lock = self.store.lock_path(inst.stage, &key);
-                if lock.exists() {
-                    if let Ok(Some(l)) = EntryLock::try_acquire(&lock) {
-                        drop(l);
-                    }
+        if let Some(m) = want.reusable(self.store.check(inst.stage, &key, &self.memo)) {
+            // A lock file beside a valid entry is left by a process killed
+            // between its commit and its cleanup; remove it unless held.
+            let lock = self.store.lock_path(inst.stage, &key);
+            if lock.exists() {
+                if let Ok(Some(l)) = EntryLock::try_acquire(&lock) {
+                    drop(l);
                 }
-                return Err(Outcome::Reused(m));
             }
+            return Err(Outcome::Reused(m));
         }
         let sdir = self.store.stage_dir(inst.stage);
         if let Err(e) = std::fs::create_dir_all(&sdir) {
@@ -88,10 +154,8 @@ impl Engine {
             return Ok(None);
         };
         // Another process may have computed it while we waited for the lock.
-        if !forced {
-            if let EntryState::Valid(m) = self.store.check(inst.stage, &key, &self.memo) {
-                return Err(Outcome::Reused(m));
-            }
+        if let Some(m) = want.reusable(self.store.check(inst.stage, &key, &self.memo)) {
+            return Err(Outcome::Reused(m));
         }
         if self.cancel.load(Ordering::Relaxed) {
             return Err(Outcome::Cancelled);
@@ -172,6 +236,7 @@ impl Engine {
                 pid: std::process::id(),
                 extra,
                 provenance: Some(store::Provenance::here(threads, gpu)),
+                evicted: false,
             };
             self.store.commit(&tmp, &manifest, &stamps, &self.memo)?;
             Ok(Box::new(manifest))

@@ -105,6 +105,16 @@ pub struct Instance {
     /// At most this many instances of the named class run at once, beside
     /// the cores' work (e.g. network-bound downloads).
     pub limit: Option<(&'static str, usize)>,
+    /// Its outputs may be deleted once every instance reading it has
+    /// finished (e.g. a fetched checkpoint); recomputed if a reader must
+    /// run again.
+    pub evictable: bool,
+    /// Evictable instances of one group (e.g. one size × step, every seed)
+    /// are on disk together: a run bounds the groups open at once.
+    pub group: Option<String>,
+    /// Of evictable upstream entries it reads the manifests only (e.g. the
+    /// report's timings): it neither holds their eviction nor needs them back.
+    pub manifests_only: bool,
     pub job: Box<dyn Job>,
 }
 
@@ -136,6 +146,9 @@ impl Instance {
             exclusive: false,
             gpu: false,
             limit: None,
+            evictable: false,
+            group: None,
+            manifests_only: false,
             job,
         }
     }
@@ -159,6 +172,18 @@ impl Instance {
     /// At most `n` instances of `class` at once, not on the cores' slots.
     pub fn limit(mut self, class: &'static str, n: usize) -> Instance {
         self.limit = Some((class, n.max(1)));
+        self
+    }
+    /// Outputs deleted once read by every reader (see `evictable`), kept
+    /// on disk with the rest of `group`.
+    pub fn evictable_in(mut self, yes: bool, group: impl Into<String>) -> Instance {
+        self.evictable = yes;
+        self.group = yes.then(|| group.into());
+        self
+    }
+    /// See `manifests_only`.
+    pub fn manifests_only(mut self) -> Instance {
+        self.manifests_only = true;
         self
     }
     pub fn id(&self) -> String {

@@ -15,6 +15,7 @@
 //! memo) over `fsutil`.
 
 pub mod compute;
+pub mod evict;
 pub mod fsutil;
 pub mod hashcache;
 pub mod job;

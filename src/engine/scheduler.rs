@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Instant;
 
+use super::evict::{restore_upstream, Eviction};
 use super::plan::Plan;
 use super::store::Manifest;
 use super::Engine;
@@ -27,6 +28,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// CUDA devices for `gpu` instances, one instance per device at once.
     pub gpus: Vec<u32>,
+    /// Groups of evictable instances open at once (0: no bound).
+    pub max_groups: usize,
 }
 
 /// How one instance ended in a run.
@@ -117,6 +120,8 @@ pub trait Executor {
 pub struct Local {
     pub jobs: usize,
     pub gpus: Vec<u32>,
+    /// Groups of evictable instances open at once (0: no bound).
+    pub max_groups: usize,
     /// Held shared while an instance computes, exclusively by `exclusive` ones.
     cores: RwLock<()>,
 }
@@ -146,6 +151,7 @@ struct Shared {
     free_gpus: Vec<u32>,
     /// Running instances of each limited class.
     limited: BTreeMap<&'static str, usize>,
+    evict: Eviction,
 }
 
 impl Shared {
@@ -181,9 +187,12 @@ impl Shared {
         let mut skipped = Vec::new();
         let mut found = None;
         while let Some(i) = self.ready.pop() {
-            if let Some(slot) = self.take(local, plan, i) {
-                found = Some((i, slot, false));
-                break;
+            if self.evict.may_start(plan, i) {
+                if let Some(slot) = self.take(local, plan, i) {
+                    self.evict.started(plan, i);
+                    found = Some((i, slot, false));
+                    break;
+                }
             }
             skipped.push(i);
         }
@@ -207,8 +216,15 @@ impl Local {
         Local {
             jobs: jobs.max(1),
             gpus: Vec::new(),
+            max_groups: 0,
             cores: RwLock::new(()),
         }
+    }
+
+    /// Open at most `n` groups of evictable instances at once (0: no bound).
+    pub fn with_groups(mut self, n: usize) -> Local {
+        self.max_groups = n;
+        self
     }
 
     /// Give each `gpu` instance one of these CUDA devices.
@@ -305,6 +321,7 @@ impl Executor for Local {
             // Popped from the end: device order.
             free_gpus: self.gpus.iter().rev().copied().collect(),
             limited: BTreeMap::new(),
+            evict: Eviction::new(plan, work.sel, self.max_groups),
         });
         let cv = Condvar::new();
         // Limited classes run beside the cores' work: room for them too.
@@ -333,10 +350,32 @@ impl Executor for Local {
                         }
                     };
                     let inst = &plan.instances[i];
-                    let upstream = work.upstream_of(i, &shared.lock().unwrap().outcomes);
+                    let mut upstream = work.upstream_of(i, &shared.lock().unwrap().outcomes);
                     let t0 = Instant::now();
+                    // Evicted upstream entries come back before a reader runs.
+                    let mut restore_failed = None;
+                    if upstream
+                        .as_ref()
+                        .is_some_and(|up| up.iter().any(|(_, m)| m.evicted))
+                    {
+                        let snapshot = shared.lock().unwrap().outcomes.clone();
+                        let up = upstream.as_deref().unwrap_or_default();
+                        match restore_upstream(engine, work, &snapshot, i, up, reporter) {
+                            Ok(back) if !back.is_empty() => {
+                                let mut s = shared.lock().unwrap();
+                                for (j, o) in back {
+                                    s.outcomes[j] = Some(o);
+                                    s.evict.restored(j);
+                                }
+                                upstream = work.upstream_of(i, &s.outcomes);
+                            }
+                            Ok(_) => {}
+                            Err(e) => restore_failed = Some(e),
+                        }
+                    }
                     let outcome = match upstream {
                         _ if engine.cancel.load(Ordering::Relaxed) => Some(Outcome::Cancelled),
+                        _ if restore_failed.is_some() => restore_failed.take().map(Outcome::Failed),
                         None => Some(Outcome::Skipped(
                             "an upstream instance did not finish".into(),
                         )),
@@ -357,10 +396,23 @@ impl Executor for Local {
                     s.outcomes[i] = Some(outcome);
                     s.give_back(slot);
                     s.remaining -= 1;
+                    s.evict.ended(i);
+                    let consumed = {
+                        let Shared {
+                            evict, outcomes, ..
+                        } = &mut *s;
+                        evict.consumed(plan, work.sel, outcomes, i)
+                    };
                     for &k in &dependents[i] {
                         s.waiting[k] -= 1;
                         if s.waiting[k] == 0 {
                             s.ready.push(k);
+                        }
+                    }
+                    drop(s);
+                    for (stage, key) in consumed {
+                        if let Err(e) = engine.store.evict(stage, &key) {
+                            tracing::warn!("could not evict {stage}/{key}: {e}");
                         }
                     }
                     cv.notify_all();
@@ -381,7 +433,9 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
         self.run_with(
-            &Local::new(opts.jobs).with_gpus(opts.gpus.clone()),
+            &Local::new(opts.jobs)
+                .with_gpus(opts.gpus.clone())
+                .with_groups(opts.max_groups),
             plan,
             opts,
             reporter,
@@ -453,7 +507,11 @@ impl Engine {
                 .filter(|x| x.stage == *stage)
                 .map(|x| x.label.clone())
                 .collect();
-            self.store.update_index(stage, up, Some(&labels))?;
+            let evicted = report.outcomes.iter().any(|(_, o)| {
+                matches!(o, Outcome::Reused(m) | Outcome::Computed(m) if m.evicted && m.stage == *stage)
+            });
+            self.store
+                .update_index_refreshing(stage, up, Some(&labels), evicted)?;
         }
         self.memo.save()?;
         Ok(report)

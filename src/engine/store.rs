@@ -74,6 +74,11 @@ pub struct Manifest {
     /// Where and by what the entry was made (absent in older entries).
     #[serde(default)]
     pub provenance: Option<Provenance>,
+    /// Its output files were deleted once every reader had used them
+    /// (`Instance::evictable`): still current and fresh, its hashes still
+    /// keying downstream; recomputed only when a reader must run again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evicted: bool,
 }
 
 /// Folder of the roots: one file per config that ran on this store.
@@ -170,6 +175,8 @@ pub enum EntryState {
     NoManifest,
     /// Manifest present but an output is missing or differs.
     Corrupt(String),
+    /// Outputs deleted on purpose after use; the manifest stands.
+    Evicted(Box<Manifest>),
 }
 
 /// Hashes of a finished job's outputs and the stamps to memoise them under.
@@ -328,6 +335,9 @@ impl Store {
         let Some(m) = self.read_manifest(stage, key) else {
             return EntryState::NoManifest;
         };
+        if m.evicted {
+            return EntryState::Evicted(Box::new(m));
+        }
         for (name, out) in &m.outputs {
             let p = dir.join(name);
             match memo.hash(&p) {
@@ -341,6 +351,41 @@ impl Store {
             }
         }
         EntryState::Valid(Box::new(m))
+    }
+
+    /// Delete an entry's output files, keeping its manifest (marked
+    /// evicted first, so a crash in between leaves an entry that reads as
+    /// evicted, never as trusted-but-incomplete). Skipped while a run holds
+    /// the entry's lock. Returns the bytes freed.
+    pub fn evict(&self, stage: &str, key: &str) -> Result<u64, EngineError> {
+        let Some(_lock) = EntryLock::try_acquire(&self.lock_path(stage, key))? else {
+            return Ok(0);
+        };
+        let Some(mut m) = self.read_manifest(stage, key) else {
+            return Ok(0);
+        };
+        if m.evicted {
+            return Ok(0);
+        }
+        m.evicted = true;
+        let dir = self.entry_dir(stage, key);
+        write_atomic(
+            &dir.join(MANIFEST),
+            &serde_json::to_vec_pretty(&m).expect("manifest serialises"),
+        )?;
+        let mut freed = 0;
+        for (name, f) in &m.outputs {
+            let p = dir.join(name);
+            if fs::remove_file(&p).is_ok() {
+                freed += f.bytes;
+            }
+        }
+        // Subfolders the outputs lived in, now empty.
+        for name in m.outputs.keys().filter(|n| n.contains('/')) {
+            let mut d = dir.join(name);
+            while d.pop() && d != dir && fs::remove_dir(&d).is_ok() {}
+        }
+        Ok(freed)
     }
 
     /// A fresh temporary folder for computing `key`; stale ones from killed
@@ -426,6 +471,18 @@ impl Store {
         updates: &BTreeMap<String, String>,
         retain: Option<&std::collections::BTreeSet<String>>,
     ) -> Result<(), EngineError> {
+        self.update_index_refreshing(stage, updates, retain, false)
+    }
+
+    /// As `update_index`; `refresh` rewrites the view even when the index
+    /// is unchanged (entries of the stage were evicted).
+    pub fn update_index_refreshing(
+        &self,
+        stage: &str,
+        updates: &BTreeMap<String, String>,
+        retain: Option<&std::collections::BTreeSet<String>>,
+        refresh: bool,
+    ) -> Result<(), EngineError> {
         let sdir = self.stage_dir(stage);
         fs::create_dir_all(&sdir).map_err(|e| EngineError::io(&sdir, e))?;
         let _guard = DirLock::exclusive(&sdir)?;
@@ -436,7 +493,7 @@ impl Store {
             index.retain(|label, _| keep.contains(label));
         }
         let current = sdir.join(CURRENT);
-        if index == old && current.exists() {
+        if index == old && current.exists() && !refresh {
             return Ok(());
         }
         write_atomic(
@@ -497,7 +554,8 @@ impl Store {
         let sdir = self.stage_dir(stage);
         let mut links: BTreeMap<String, String> = BTreeMap::new();
         for (label, key) in index {
-            let Some(m) = self.read_manifest(stage, key) else {
+            // An evicted entry's files are gone: nothing to link.
+            let Some(m) = self.read_manifest(stage, key).filter(|m| !m.evicted) else {
                 continue;
             };
             for name in m.outputs.keys() {

@@ -139,7 +139,8 @@ impl Engine {
     pub(super) fn judge(&self, inst: &Instance, ing: &Ingredients) -> Verdict {
         let key = ing.key();
         match self.store.check(inst.stage, &key, &self.memo) {
-            EntryState::Valid(m) => Verdict::Fresh(m),
+            // Evicted after use: fresh until a reader must run again.
+            EntryState::Valid(m) | EntryState::Evicted(m) => Verdict::Fresh(m),
             EntryState::Corrupt(why) => Verdict::Stale(vec![Reason::Corrupt { key, why }]),
             EntryState::NoManifest => Verdict::Stale(vec![Reason::NoManifest { key }]),
             EntryState::Absent => Verdict::Stale(self.explain(inst, ing, &key)),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Objective;
+use crate::config::{Keep, Objective};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::onnx::runtime::OrtModel;
@@ -54,7 +54,10 @@ impl Stage for Fetch {
                     objective: su.kind,
                     root: cx.loaded.root.clone(),
                 };
-                self.instance(c.label(), job).limit(NAME, jobs)
+                let group = format!("{}-step{}", c.size, c.step);
+                self.instance(c.label(), job)
+                    .limit(NAME, jobs)
+                    .evictable_in(su.keep == Keep::UntilConsumed, group)
             })
             .collect()
     }

@@ -268,6 +268,8 @@ impl Slurm {
         let jobs = sub.record.jobs();
         let mut open: Vec<(usize, usize, usize)> = sub.tasks.clone();
         let mut started: BTreeMap<usize, Instant> = BTreeMap::new();
+        // Evictable entries go once their readers' tasks have ended.
+        let mut evict = super::evict::Eviction::new(plan, work.sel, 0);
         let mut misses = 0u32;
         while !open.is_empty() {
             if engine.cancel.load(Ordering::Relaxed) {
@@ -314,6 +316,11 @@ impl Slurm {
                         });
                         reporter.done(&id, &o, secs);
                         sub.outcomes[i] = Some(o);
+                        for (stage, key) in evict.consumed(plan, work.sel, &mut sub.outcomes, i) {
+                            if let Err(e) = engine.store.evict(stage, &key) {
+                                tracing::warn!("could not evict {stage}/{key}: {e}");
+                            }
+                        }
                     }
                 }
             }

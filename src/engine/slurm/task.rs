@@ -111,6 +111,37 @@ fn compute_one(
     let only: Vec<bool> = (0..plan.len()).map(|k| k == i).collect();
     let inputs = engine.input_hashes(plan, &only)?;
     let inst = &plan.instances[i];
+    // Evicted upstream entries (deleted after use) come back first.
+    if !inst.manifests_only
+        && upstream.iter().any(|(_, m)| m.evicted)
+        && !engine.would_reuse(inst, &inputs[i], &upstream, forced)
+    {
+        let all = engine.input_hashes(plan, &sel)?;
+        let manifest = |k: usize| match &verdicts[k] {
+            Some((Verdict::Fresh(m), _)) => Some((plan.instances[k].id(), m.clone())),
+            _ => None,
+        };
+        for (slot, &j) in plan.deps_of(i).iter().enumerate() {
+            if !upstream[slot].1.evicted {
+                continue;
+            }
+            let up_j: Vec<_> = plan
+                .deps_of(j)
+                .iter()
+                .filter_map(|&k| manifest(k))
+                .collect();
+            match engine.restore(&plan.instances[j], &all[j], &up_j, reporter) {
+                Outcome::Computed(m) | Outcome::Reused(m) => upstream[slot].1 = m,
+                Outcome::Failed(e) => {
+                    return Ok(Outcome::Failed(format!(
+                        "restoring {}: {e}",
+                        plan.instances[j].id()
+                    )))
+                }
+                _ => return Ok(Outcome::Cancelled),
+            }
+        }
+    }
     reporter.begin(&inst.id());
     Ok(match engine.claim(inst, &inputs[i], &upstream, forced) {
         Err(done) => done,

@@ -138,7 +138,8 @@ fn report_instance(
         kls,
         upstream: upstream.clone(),
     };
-    vec![stage.instance("", job).deps(upstream)]
+    // Of fetched checkpoints it reads only the manifests (timings, sizes).
+    vec![stage.instance("", job).deps(upstream).manifests_only()]
 }
 
 #[derive(Serialize)]
