@@ -284,30 +284,36 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
 
 /// Warnings about an external suite: two steps of one run with identical
 /// model files (published Pythia branches have this fault).
-pub fn duplicate_steps(suite: &Suite, hash: &dyn Fn(&Path) -> Option<String>) -> Vec<String> {
+pub fn duplicate_steps(
+    suite: &Suite,
+    identity: &dyn Fn(&Checkpoint) -> Option<String>,
+) -> Vec<String> {
     let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     let mut warnings = Vec::new();
     for c in &suite.checkpoints {
-        let ModelRef::File(p) = &c.model else {
+        let Some(id) = identity(c) else {
             continue;
         };
-        let Some(h) = model_files(p)
-            .iter()
-            .map(|f| hash(f))
-            .collect::<Option<Vec<String>>>()
-        else {
-            continue;
-        };
-        let key = (c.size.clone(), c.seed.clone(), h.join(","));
+        let key = (c.size.clone(), c.seed.clone(), id);
         if let Some(prev) = seen.insert(key, c.step) {
             warnings.push(format!(
                 "{} seed {}: steps {prev} and {} have identical weights ({})",
                 c.size,
                 c.seed,
                 c.step,
-                p.display()
+                c.name()
             ));
         }
     }
     warnings
+}
+
+/// An external model's identity: the hashes of its files (the `.onnx` and
+/// any external data beside it); None when one cannot be hashed.
+pub fn file_identity(path: &Path, hash: &dyn Fn(&Path) -> Option<String>) -> Option<String> {
+    model_files(path)
+        .iter()
+        .map(|f| hash(f))
+        .collect::<Option<Vec<String>>>()
+        .map(|h| h.join(","))
 }

@@ -300,6 +300,11 @@ fn multiberts_preset_is_the_papers_grid_and_points_at_the_exports() {
     assert_eq!(v["suite"]["kind"].as_str(), Some("mlm"));
     assert_eq!(v["corpus"]["mode"].as_str(), Some("mlm"));
     assert_eq!(v["dist"]["mlm_scoring"].as_str(), Some("unmasked"));
+    assert!(v["suite"]["fetch"]
+        .as_str()
+        .unwrap()
+        .contains("--model google/multiberts-seed_{seed}-step_{step}k --task fill-mask {out}"));
+    // Until the first export (the tokenizer's) is there, one line names it.
     let p = Project::micro();
     let r = p.run(&["-c", preset.to_str().unwrap(), "status"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

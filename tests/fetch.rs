@@ -349,3 +349,25 @@ fn until_consumed_deletes_fetched_models_after_use_and_bounds_the_groups_on_disk
     assert_eq!(models_on_disk(&p), 0);
     assert_eq!(p.run(&["status", "--check", "aggregate"]).code, 0);
 }
+
+#[test]
+fn fetched_steps_with_identical_weights_are_warned_about() {
+    let p = Project::micro();
+    // Every step of a seed fetches the same file, as a broken hub branch would.
+    let cmd = format!(
+        "cp {}/neox-seed{{seed}}/step0/model.onnx {{out}}/model.onnx",
+        causal().display()
+    );
+    p.write_config(
+        &hf_suite_config("absent/s{seed}/step{step}/model.onnx", "[0, 50]")
+            .replace("[suite]\n", &format!("[suite]\nfetch = \"{cmd}\"\n")),
+    );
+    p.ok(&["run", "fetch"]);
+    let st = p.ok(&["status"]);
+    assert!(
+        st.stderr
+            .contains("tiny seed 11: steps 0 and 50 have identical weights (fetch[tiny-seed11-step50]/model.onnx)"),
+        "{}",
+        st.stderr
+    );
+}

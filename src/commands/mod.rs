@@ -155,7 +155,20 @@ impl Session {
     fn warn_duplicates(&self) -> Result<()> {
         if let Some(suite) = crate::suite::from_config(&self.loaded)? {
             let memo = &self.engine.memo;
-            for w in crate::suite::duplicate_steps(&suite, &|p| memo.hash(p).ok()) {
+            // External files by their bytes; fetched models, once fetched,
+            // by the outputs of their fetch entry.
+            let identity = |c: &crate::suite::Checkpoint| match &c.model {
+                crate::suite::ModelRef::File(p) => {
+                    crate::suite::file_identity(p, &|f| memo.hash(f).ok())
+                }
+                crate::suite::ModelRef::Fetched { label } => {
+                    let stage = crate::suite::FETCH_STAGE;
+                    let key = self.engine.last_key(stage, label)?;
+                    Some(self.engine.store.read_manifest(stage, &key)?.output_hash)
+                }
+                crate::suite::ModelRef::Builtin { .. } => None,
+            };
+            for w in crate::suite::duplicate_steps(&suite, &identity) {
                 tracing::warn!("{w}");
             }
         }
