@@ -371,3 +371,46 @@ fn fetched_steps_with_identical_weights_are_warned_about() {
         st.stderr
     );
 }
+
+#[test]
+fn fetches_run_at_most_fetch_jobs_at_once() {
+    // Each fetch logs its start and end; overlaps are counted from them.
+    let overlap_max = |jobs: usize| {
+        let p = Project::micro();
+        let cmd = format!(
+            "echo start $(date +%s.%N) >> spans.txt; sleep 0.4; cp {}/neox-seed{{seed}}/step{{step}}/model.onnx {{out}}/model.onnx; echo end $(date +%s.%N) >> spans.txt",
+            causal().display()
+        );
+        p.write_config(&format!(
+            "{}\n[fetch]\njobs = {jobs}\n",
+            hf_suite_config("absent/s{seed}/step{step}/model.onnx", "[0, 50, 300]")
+                .replace("[suite]\n", &format!("[suite]\nfetch = \"{cmd}\"\n"))
+        ));
+        p.ok(&["run", "fetch", "-j", "4"]);
+        let mut events: Vec<(f64, i32)> = std::fs::read_to_string(p.path().join("spans.txt"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (what, t) = l.split_once(' ').unwrap();
+                (
+                    t.parse::<f64>().unwrap(),
+                    if what == "start" { 1 } else { -1 },
+                )
+            })
+            .collect();
+        // Ends before starts at the same instant.
+        events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (mut now, mut max) = (0, 0);
+        for (_, d) in events {
+            now += d;
+            max = max.max(now);
+        }
+        max
+    };
+    assert_eq!(overlap_max(1), 1);
+    let three = overlap_max(3);
+    assert!(
+        (2..=3).contains(&three),
+        "{three} fetches at once with fetch.jobs = 3"
+    );
+}
