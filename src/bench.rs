@@ -28,20 +28,16 @@ impl Job for Digest {
 
 fn synthetic_plan(inputs: &Path, n: usize) -> Result<Plan> {
     let instances = (0..n)
-        .map(|i| Instance {
-            stage: "bench",
-            version: 1,
-            label: format!("i{i}"),
-            params: json!({ "i": i }),
-            inputs: vec![("file".into(), inputs.join(format!("{i}.txt")))],
-            deps: vec![],
-            exclusive: false,
-            gpu: false,
-            limit: None,
-            evictable: false,
-            group: None,
-            manifests_only: false,
-            job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
+        .map(|i| {
+            let file = inputs.join(format!("{i}.txt"));
+            Instance::new(
+                "bench",
+                1,
+                format!("i{i}"),
+                json!({ "i": i }),
+                Box::new(Digest(file.clone())),
+            )
+            .inputs(vec![("file".into(), file)])
         })
         .collect();
     Ok(Plan::new(instances)?)
@@ -162,28 +158,20 @@ pub fn slurm(s: &crate::commands::Session, n: usize, k: usize) -> Result<()> {
     let instances = (0..k)
         .flat_map(|st| (0..per).map(move |i| (st, i)))
         .take(n)
-        .map(|(st, i)| Instance {
-            stage: NAMES[st],
-            version: 1,
-            label: format!("i{i}"),
-            params: json!({ "i": i }),
-            inputs: if st == 0 {
-                vec![("file".into(), inputs.join(format!("{i}.txt")))]
+        .map(|(st, i)| {
+            let file = inputs.join(format!("{i}.txt"));
+            let inst = Instance::new(
+                NAMES[st],
+                1,
+                format!("i{i}"),
+                json!({ "i": i }),
+                Box::new(Digest(file.clone())),
+            );
+            if st == 0 {
+                inst.inputs(vec![("file".into(), file)])
             } else {
-                vec![]
-            },
-            deps: if st == 0 {
-                vec![]
-            } else {
-                vec![(NAMES[st - 1], format!("i{i}"))]
-            },
-            exclusive: false,
-            gpu: false,
-            limit: None,
-            evictable: false,
-            group: None,
-            manifests_only: false,
-            job: Box::new(Digest(inputs.join(format!("{i}.txt")))),
+                inst.deps(vec![(NAMES[st - 1], format!("i{i}"))])
+            }
         })
         .collect();
     let plan = Plan::new(instances)?;

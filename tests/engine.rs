@@ -12,36 +12,15 @@ use common::jobs::{Count, Upper};
 
 fn plan(dir: &Path, upper_version: u32) -> Plan {
     Plan::new(vec![
-        Instance {
-            stage: "count",
-            version: 1,
-            label: String::new(),
-            params: json!({}),
-            inputs: vec![],
-            deps: vec![("upper", "a".into())],
-            exclusive: false,
-            gpu: false,
-            limit: None,
-            evictable: false,
-            group: None,
-            manifests_only: false,
-            job: Box::new(Count),
-        },
-        Instance {
-            stage: "upper",
-            version: upper_version,
-            label: "a".into(),
-            params: json!({ "case": "upper" }),
-            inputs: vec![("text".into(), dir.join("a.txt"))],
-            deps: vec![],
-            exclusive: false,
-            gpu: false,
-            limit: None,
-            evictable: false,
-            group: None,
-            manifests_only: false,
-            job: Box::new(Upper(dir.join("a.txt"))),
-        },
+        Instance::new("count", 1, "", json!({}), Box::new(Count)).deps(vec![("upper", "a".into())]),
+        Instance::new(
+            "upper",
+            upper_version,
+            "a",
+            json!({ "case": "upper" }),
+            Box::new(Upper(dir.join("a.txt"))),
+        )
+        .inputs(vec![("text".into(), dir.join("a.txt"))]),
     ])
     .unwrap()
 }
@@ -149,20 +128,8 @@ fn failing_job_leaves_no_entry_and_skips_dependents() {
 #[test]
 fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
     let job = || -> Box<dyn Job> { Box::new(Count) };
-    let inst = |stage: &'static str, label: &str, deps: Vec<(&'static str, String)>| Instance {
-        stage,
-        version: 1,
-        label: label.into(),
-        params: json!({}),
-        inputs: vec![],
-        deps,
-        exclusive: false,
-        gpu: false,
-        limit: None,
-        evictable: false,
-        group: None,
-        manifests_only: false,
-        job: job(),
+    let inst = |stage: &'static str, label: &str, deps: Vec<(&'static str, String)>| {
+        Instance::new(stage, 1, label, json!({}), job()).deps(deps)
     };
     let e = Plan::new(vec![
         inst("a", "", vec![("b", "".into())]),
