@@ -149,8 +149,9 @@ struct Shared {
     /// Instances on the cores now, and GPUs not in use.
     on_cores: usize,
     free_gpus: Vec<u32>,
-    /// Running instances of each limited class.
+    /// Running instances of each limited class, and each class's limit.
     limited: BTreeMap<&'static str, usize>,
+    limits: BTreeMap<&'static str, usize>,
     evict: Eviction,
 }
 
@@ -184,6 +185,14 @@ impl Shared {
     /// The deepest ready instance that has a free slot, taken (then a
     /// deferred one, to be waited on).
     fn next(&mut self, local: &Local, plan: &Plan) -> Option<(usize, Slot, bool)> {
+        // Every slot taken: no need to look through what is ready.
+        let limited_free = self
+            .limits
+            .iter()
+            .any(|(c, n)| self.limited.get(c).map_or(0, |r| *r) < *n);
+        if self.on_cores >= local.jobs && self.free_gpus.is_empty() && !limited_free {
+            return None;
+        }
         let mut skipped = Vec::new();
         let mut found = None;
         while let Some(i) = self.ready.pop() {
@@ -311,6 +320,11 @@ impl Executor for Local {
             }
         }
         let total = work.sel.iter().filter(|&&s| s).count();
+        // Limited classes run beside the cores' work: room for them too.
+        let limits: BTreeMap<&'static str, usize> =
+            plan.instances.iter().filter_map(|i| i.limit).collect();
+        let limited: usize = limits.values().sum();
+        let workers = self.jobs + self.gpus.len() + limited;
         let shared = Mutex::new(Shared {
             ready: (0..n).filter(|&i| work.sel[i] && waiting[i] == 0).collect(),
             deferred: Vec::new(),
@@ -321,18 +335,10 @@ impl Executor for Local {
             // Popped from the end: device order.
             free_gpus: self.gpus.iter().rev().copied().collect(),
             limited: BTreeMap::new(),
+            limits,
             evict: Eviction::new(plan, work.sel, self.max_groups),
         });
         let cv = Condvar::new();
-        // Limited classes run beside the cores' work: room for them too.
-        let limited: usize = plan
-            .instances
-            .iter()
-            .filter_map(|i| i.limit)
-            .collect::<BTreeMap<_, _>>()
-            .values()
-            .sum();
-        let workers = self.jobs + self.gpus.len() + limited;
         reporter.start(total);
         std::thread::scope(|scope| {
             for _ in 0..workers.min(total.max(1)) {
