@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::fsutil::{sync_dir, tmp_sibling, write_atomic};
+use super::fsutil::{remove_if_present, sync_dir, tmp_sibling, write_atomic};
 use super::hashcache::{hash_file, HashCache, Stamp};
 use crate::error::EngineError;
 
@@ -519,11 +519,7 @@ impl Store {
 
     /// Remove `<stage>/current.<view>` (a forgotten config's view).
     pub fn remove_config_view(&self, stage: &str, view: &str) -> Result<(), EngineError> {
-        let p = self.stage_dir(stage).join(format!("{CURRENT}.{view}"));
-        match fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::io(&p, e)),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.stage_dir(stage).join(format!("{CURRENT}.{view}")))
     }
 
     /// The view folders that `current` and every `current.<view>` of a
@@ -632,11 +628,7 @@ impl Store {
 
     /// Forget config `id`'s last run.
     pub fn remove_root(&self, id: &str) -> Result<(), EngineError> {
-        let p = self.root.join(ROOTS).join(format!("{id}.json"));
-        match fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::io(&p, e)),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.root.join(ROOTS).join(format!("{id}.json")))
     }
 
     /// Stage folders present in the store.

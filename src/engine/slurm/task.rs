@@ -7,9 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{RunRecord, RESULT_SUFFIX};
+use crate::engine::evict::restore_upstream;
 use crate::engine::fsutil::write_atomic;
 use crate::engine::plan::Plan;
-use crate::engine::scheduler::{Outcome, Reporter};
+use crate::engine::scheduler::{Outcome, Reporter, Work};
 use crate::engine::{Engine, Verdict};
 use crate::error::EngineError;
 
@@ -95,53 +96,46 @@ fn compute_one(
     reporter: &dyn Reporter,
 ) -> Result<Outcome, EngineError> {
     let sel = plan.upstream_closure(i);
-    let verdicts = engine.evaluate(plan, &sel)?;
-    let mut upstream = Vec::new();
-    for &j in plan.deps_of(i) {
-        match &verdicts[j] {
-            Some((Verdict::Fresh(m), _)) => upstream.push((plan.instances[j].id(), m.clone())),
-            _ => {
-                return Ok(Outcome::Skipped(format!(
-                    "upstream {} is missing (its task failed or has not run); not computed here",
-                    plan.instances[j].id()
-                )))
-            }
-        }
-    }
-    let only: Vec<bool> = (0..plan.len()).map(|k| k == i).collect();
-    let inputs = engine.input_hashes(plan, &only)?;
-    let inst = &plan.instances[i];
-    // Evicted upstream entries (deleted after use) come back first.
-    if !inst.manifests_only
-        && upstream.iter().any(|(_, m)| m.evicted)
-        && !engine.would_reuse(inst, &inputs[i], &upstream, forced)
-    {
-        let all = engine.input_hashes(plan, &sel)?;
-        let manifest = |k: usize| match &verdicts[k] {
-            Some((Verdict::Fresh(m), _)) => Some((plan.instances[k].id(), m.clone())),
+    // The store's fresh entries stand for the upstream tasks that finished.
+    let mut outcomes: Vec<Option<Outcome>> = engine
+        .evaluate(plan, &sel)?
+        .into_iter()
+        .map(|v| match v {
+            Some((Verdict::Fresh(m), _)) => Some(Outcome::Reused(m)),
             _ => None,
-        };
-        for (slot, &j) in plan.deps_of(i).iter().enumerate() {
-            if !upstream[slot].1.evicted {
-                continue;
-            }
-            let up_j: Vec<_> = plan
-                .deps_of(j)
-                .iter()
-                .filter_map(|&k| manifest(k))
-                .collect();
-            match engine.restore(&plan.instances[j], &all[j], &up_j, reporter) {
-                Outcome::Computed(m) | Outcome::Reused(m) => upstream[slot].1 = m,
-                Outcome::Failed(e) => {
-                    return Ok(Outcome::Failed(format!(
-                        "restoring {}: {e}",
-                        plan.instances[j].id()
-                    )))
-                }
-                _ => return Ok(Outcome::Cancelled),
-            }
-        }
+        })
+        .collect();
+    if let Some(&j) = plan.deps_of(i).iter().find(|&&j| outcomes[j].is_none()) {
+        return Ok(Outcome::Skipped(format!(
+            "upstream {} is missing (its task failed or has not run); not computed here",
+            plan.instances[j].id()
+        )));
     }
+    let inputs = engine.input_hashes(plan, &sel)?;
+    let flags: Vec<bool> = (0..plan.len()).map(|k| k == i && forced).collect();
+    let work = Work {
+        plan,
+        sel: &sel,
+        inputs: &inputs,
+        forced: &flags,
+    };
+    let mut upstream = work
+        .upstream_of(i, &outcomes)
+        .expect("every upstream is fresh");
+    // Evicted upstream entries (deleted after use) come back first.
+    match restore_upstream(engine, &work, &outcomes, i, &upstream, reporter) {
+        Ok(back) if !back.is_empty() => {
+            for (j, o) in back {
+                outcomes[j] = Some(o);
+            }
+            upstream = work
+                .upstream_of(i, &outcomes)
+                .expect("every upstream is fresh");
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(Outcome::Failed(e)),
+    }
+    let inst = &plan.instances[i];
     reporter.begin(&inst.id());
     Ok(match engine.claim(inst, &inputs[i], &upstream, forced) {
         Err(done) => done,
