@@ -127,21 +127,54 @@ pub fn kl_topk(lp_a: &[f32], lp_b: &[f32], top_a: &[u32], top_b: &[u32], in_b: &
     if k >= n {
         return kl(lp_a, lp_b);
     }
-    let mass = |lp: &[f32], top: &[u32]| -> f64 {
-        top.iter().map(|&i| (lp[i as usize] as f64).exp()).sum()
-    };
-    let tail_a = (1.0 - mass(lp_a, top_a)).max(1e-300);
-    let tail_b = (1.0 - mass(lp_b, top_b)).max(1e-300);
+    let p_a: Vec<f64> = top_a
+        .iter()
+        .map(|&i| (lp_a[i as usize] as f64).exp())
+        .collect();
+    let mass_b: f64 = top_b.iter().map(|&i| (lp_b[i as usize] as f64).exp()).sum();
+    kl_topk_with(
+        TopK::new(lp_a, top_a, &p_a, p_a.iter().sum()),
+        lp_b,
+        mass_b,
+        in_b,
+    )
+}
+
+/// One distribution's top-k as [`kl_topk_with`] reads it.
+#[derive(Clone, Copy)]
+pub struct TopK<'a> {
+    pub lp: &'a [f32],
+    pub ids: &'a [u32],
+    /// exp of each top log-prob (f64), in `ids` order.
+    pub p: &'a [f64],
+    /// Σ p over the top-k, summed in `ids` order.
+    pub mass: f64,
+}
+
+impl<'a> TopK<'a> {
+    pub fn new(lp: &'a [f32], ids: &'a [u32], p: &'a [f64], mass: f64) -> TopK<'a> {
+        TopK { lp, ids, p, mass }
+    }
+}
+
+/// [`kl_topk`] from precomputed top-k probabilities and masses (the kl
+/// stage computes them once per seed and row, not once per pair), with
+/// k < N. `mass_b` is the top-k mass of b for the same k.
+pub fn kl_topk_with(a: TopK, lp_b: &[f32], mass_b: f64, in_b: &[bool]) -> f64 {
+    let n = a.lp.len();
+    let k = a.ids.len();
+    let tail_a = (1.0 - a.mass).max(1e-300);
+    let tail_b = (1.0 - mass_b).max(1e-300);
     let flat_b = (tail_b / (n - k) as f64).ln();
     let mut est = 0.0;
-    for &v in top_a {
-        let la = lp_a[v as usize] as f64;
+    for (&v, &pa) in a.ids.iter().zip(a.p) {
+        let la = a.lp[v as usize] as f64;
         let lb = if in_b[v as usize] {
             lp_b[v as usize] as f64
         } else {
             flat_b
         };
-        est += la.exp() * (la - lb);
+        est += pa * (la - lb);
     }
     est + tail_a * (tail_a / tail_b).ln()
 }

@@ -4,5 +4,6 @@
 
 pub mod conditioning;
 pub mod divergence;
+pub mod kernels;
 pub mod phases;
 pub mod stats;

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::analysis::divergence;
+use crate::analysis::{divergence, kernels};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, RunSettings};
@@ -27,7 +27,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "kl";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Each instance's per-row KL table.
 pub const FILE: &str = "kl.parquet";
 
@@ -305,7 +305,8 @@ impl Job for KlJob {
 
 /// Exact KL of every ordered pair and the top-k estimates (one sum over the
 /// pairs per k in `ks`, ascending) for each of `len` rows, given each seed's
-/// log-probs for those rows (`len × n`, row-major). Rows run in parallel.
+/// log-probs for those rows (`len × n`, row-major). Rows run in parallel,
+/// each thread reusing its own buffers for p = exp(lp).
 pub fn block_kl(
     blocks: &[&[f32]],
     len: usize,
@@ -314,39 +315,48 @@ pub fn block_kl(
     ks: &[usize],
 ) -> Vec<(Vec<f64>, Vec<f64>)> {
     let kmax = ks.last().copied().unwrap_or(0);
+    let seeds = blocks.len();
     (0..len)
         .into_par_iter()
-        .map(|j| {
-            let lp: Vec<&[f32]> = blocks.iter().map(|b| &b[j * n..(j + 1) * n]).collect();
-            let p: Vec<Vec<f32>> = lp
-                .iter()
-                .map(|l| l.iter().map(|&x| (x as f64).exp() as f32).collect())
-                .collect();
-            let exact: Vec<f64> = pairs
-                .iter()
-                .map(|&(a, b)| divergence::kl_with_p(&p[a], lp[a], lp[b]))
-                .collect();
-            let mut est = vec![0f64; ks.len()];
-            if kmax > 0 {
-                let tops: Vec<Vec<u32>> = lp.iter().map(|l| divergence::top_k(l, kmax)).collect();
-                let mut in_top = vec![false; n];
-                for (ki, &k) in ks.iter().enumerate() {
-                    for &(a, b) in pairs {
-                        tops[b][..k].iter().for_each(|&v| in_top[v as usize] = true);
-                        est[ki] += divergence::kl_topk(
-                            lp[a],
-                            lp[b],
-                            &tops[a][..k],
-                            &tops[b][..k],
-                            &in_top,
-                        );
-                        tops[b][..k]
-                            .iter()
-                            .for_each(|&v| in_top[v as usize] = false);
+        .map_init(
+            || (kernels::row_buffer(seeds), vec![false; n]),
+            |(pbuf, in_top), j| {
+                let lp: Vec<&[f32]> = blocks.iter().map(|b| &b[j * n..(j + 1) * n]).collect();
+                let exact = kernels::kl_row(&lp, pbuf, pairs);
+                let mut est = vec![0f64; ks.len()];
+                if kmax > 0 {
+                    // Per seed: its top ids, their probabilities and the
+                    // running top mass (prefix sums, in rank order).
+                    let tops: Vec<Vec<u32>> = lp.iter().map(|l| kernels::top_k(l, kmax)).collect();
+                    let ptop: Vec<Vec<f64>> = tops
+                        .iter()
+                        .zip(&lp)
+                        .map(|(t, l)| t.iter().map(|&i| (l[i as usize] as f64).exp()).collect())
+                        .collect();
+                    let mass = |s: usize, k: usize| ptop[s][..k].iter().sum::<f64>();
+                    for (ki, &k) in ks.iter().enumerate() {
+                        let masses: Vec<f64> = (0..seeds).map(|s| mass(s, k)).collect();
+                        for &(a, b) in pairs {
+                            tops[b][..k].iter().for_each(|&v| in_top[v as usize] = true);
+                            est[ki] += divergence::kl_topk_with(
+                                divergence::TopK::new(
+                                    lp[a],
+                                    &tops[a][..k],
+                                    &ptop[a][..k],
+                                    masses[a],
+                                ),
+                                lp[b],
+                                masses[b],
+                                in_top,
+                            );
+                            tops[b][..k]
+                                .iter()
+                                .for_each(|&v| in_top[v as usize] = false);
+                        }
                     }
                 }
-            }
-            (exact, est)
-        })
+                (exact, est)
+            },
+        )
         .collect()
 }

@@ -1,0 +1,402 @@
+//! Vectorised row kernels for exact KL over full vocabularies: the kl stage
+//! streams seeds × rows × vocabulary through these, so they decide whether it
+//! runs at memory bandwidth. Every sum keeps eight f64 lanes combined in a
+//! fixed order, and no multiply-add is fused, so the AVX2 and the portable
+//! paths give the same bits on every machine.
+
+/// exp(x) in f32 for log-probabilities: Cephes' `expf` (range reduction by
+/// ln 2 in two parts, degree-6 polynomial, ≤ 2 ulp), written as plain
+/// branch-free arithmetic so that the compiler vectorises it inside the
+/// AVX2 kernels below (a SIMD crate's exp is compiled for the baseline
+/// SSE2 only and runs 4–7× slower here). Inputs above 88 are clamped (log-probs
+/// are ≤ 0). Below −87.3 (p < 1.2e-38, where
+/// f32 leaves normal numbers) it returns 0.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let under = x < -87.3;
+    let x = x.clamp(-87.3, 88.0);
+    let fx = (x * LOG2E + ROUND) - ROUND;
+    let r = x - fx * C1 - fx * C2;
+    let mut y = 1.987_569_1e-4;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 0.5;
+    y = y * (r * r) + r + 1.0;
+    // SAFETY: fx is an integer in [-126, 127] (x was clamped), so the
+    // conversion is exact; unchecked, it vectorises (no saturation logic).
+    let k = unsafe { fx.to_int_unchecked::<i32>() };
+    let scale = f32::from_bits(((k + 127) as u32) << 23);
+    if under {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// p = exp(lp) elementwise (f32, ≤ 2 ulp), returning Σ p in f64.
+pub fn exp_into(lp: &[f32], p: &mut [f32]) -> f64 {
+    assert_eq!(lp.len(), p.len());
+    for (d, &l) in p.iter_mut().zip(lp) {
+        *d = exp_f32(l);
+    }
+    sum(p)
+}
+
+/// f64 lanes of the sums: four AVX2 registers, enough independent
+/// additions to hide their latency.
+const LANES: usize = 8;
+
+#[inline(always)]
+fn combine(acc: [f64; LANES], tail: f64) -> f64 {
+    let mut v = acc;
+    let mut w = LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            v[i] += v[i + w];
+        }
+        w /= 2;
+    }
+    v[0] + tail
+}
+
+#[inline(always)]
+fn sum_body(x: &[f32]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let n8 = x.len() / LANES * LANES;
+    for c in x[..n8].chunks_exact(LANES) {
+        for i in 0..LANES {
+            acc[i] += c[i] as f64;
+        }
+    }
+    combine(acc, x[n8..].iter().map(|&v| v as f64).sum())
+}
+
+#[inline(always)]
+fn dot_diff_body(p: &[f32], a: &[f32], b: &[f32]) -> f64 {
+    let n8 = p.len() / LANES * LANES;
+    let mut acc = [0f64; LANES];
+    for ((pc, ac), bc) in p[..n8]
+        .chunks_exact(LANES)
+        .zip(a[..n8].chunks_exact(LANES))
+        .zip(b[..n8].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            // The difference in f32 is exact when a and b are close
+            // (Sterbenz), which is where KL is small and precision matters.
+            acc[i] += pc[i] as f64 * (ac[i] - bc[i]) as f64;
+        }
+    }
+    let tail = (n8..p.len())
+        .map(|i| p[i] as f64 * (a[i] - b[i]) as f64)
+        .sum();
+    combine(acc, tail)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sum(x: &[f32]) -> f64 {
+        super::sum_body(x)
+    }
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_diff(p: &[f32], a: &[f32], b: &[f32]) -> f64 {
+        super::dot_diff_body(p, a, b)
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Σ x in f64.
+pub fn sum(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { avx2::sum(x) };
+    }
+    sum_body(x)
+}
+
+/// Σ p·(a − b) in f64.
+pub fn dot_diff(p: &[f32], a: &[f32], b: &[f32]) -> f64 {
+    assert!(a.len() == p.len() && b.len() == p.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { avx2::dot_diff(p, a, b) };
+    }
+    dot_diff_body(p, a, b)
+}
+
+/// Vocabulary entries per block of [`kl_row`]: every seed's log-probs and
+/// p of one block (seeds × 512 × 12 B) stay in the L1/L2 cache while all
+/// pairs read them, so each row is read from memory once.
+const BLOCK: usize = 512;
+
+#[inline(always)]
+fn kl_row_body(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
+    let seeds = lp.len();
+    let n = lp.first().map_or(0, |l| l.len());
+    let n16 = n / LANES * LANES;
+    // Each unordered pair once: KL(a‖b) = Σ p_a·d and KL(b‖a) = −Σ p_b·d
+    // share d = lp_a − lp_b (exactly the bits of summing p_b·(lp_b − lp_a)).
+    let mut und: Vec<(usize, usize)> = pairs.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
+    und.sort_unstable();
+    und.dedup();
+    let mut acc_z = vec![[0f64; LANES]; seeds];
+    let mut acc = vec![([0f64; LANES], [0f64; LANES]); und.len()];
+    let mut start = 0;
+    while start < n16 {
+        let end = (start + BLOCK).min(n16);
+        let len = end - start;
+        for (s, l) in lp.iter().enumerate() {
+            // exp in f32 lanes first (eight per instruction), then widened.
+            let mut p32 = [0f32; BLOCK];
+            for (d, &x) in p32.iter_mut().zip(&l[start..end]) {
+                *d = exp_f32(x);
+            }
+            let p = &mut p64[s * BLOCK..s * BLOCK + len];
+            for (d, &x) in p.iter_mut().zip(&p32) {
+                *d = x as f64;
+            }
+            // A local copy keeps the lanes in registers.
+            let mut az = acc_z[s];
+            for c in p.chunks_exact(LANES) {
+                for i in 0..LANES {
+                    az[i] += c[i];
+                }
+            }
+            acc_z[s] = az;
+        }
+        for (k, &(a, b)) in und.iter().enumerate() {
+            let pa = &p64[a * BLOCK..a * BLOCK + len];
+            let pb = &p64[b * BLOCK..b * BLOCK + len];
+            let (la, lb) = (&lp[a][start..end], &lp[b][start..end]);
+            let (mut ab, mut ba) = acc[k];
+            for (((pa, pb), la), lb) in pa
+                .chunks_exact(LANES)
+                .zip(pb.chunks_exact(LANES))
+                .zip(la.chunks_exact(LANES))
+                .zip(lb.chunks_exact(LANES))
+            {
+                for i in 0..LANES {
+                    // The difference in f32 is exact when the seeds are
+                    // close (Sterbenz), which is where KL is small.
+                    let d = (la[i] - lb[i]) as f64;
+                    ab[i] += pa[i] * d;
+                    ba[i] -= pb[i] * d;
+                }
+            }
+            acc[k] = (ab, ba);
+        }
+        start = end;
+    }
+    // The last n mod LANES entries, one at a time.
+    let tail_p: Vec<Vec<f64>> = lp
+        .iter()
+        .map(|l| l[n16..].iter().map(|&v| exp_f32(v) as f64).collect())
+        .collect();
+    let z: Vec<f64> = (0..seeds)
+        .map(|s| combine(acc_z[s], tail_p[s].iter().sum()))
+        .collect();
+    pairs
+        .iter()
+        .map(|&(a, b)| {
+            let k = und.binary_search(&(a.min(b), a.max(b))).expect("listed");
+            let lanes = if a < b { acc[k].0 } else { acc[k].1 };
+            let tail: f64 = (n16..n)
+                .map(|i| tail_p[a][i - n16] * (lp[a][i] - lp[b][i]) as f64)
+                .sum();
+            combine(lanes, tail) / z[a] - z[a].ln() + z[b].ln()
+        })
+        .collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kl_row_avx2(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
+    kl_row_body(lp, p64, pairs)
+}
+
+/// Exact KL(a ‖ b) in nats for each of `pairs` of one row, given each
+/// seed's log-probs (`buf`: a [`row_buffer`] for as many seeds). The stored
+/// log-probs are normalised only to f32 rounding (their log-sum-exp can be
+/// off by ~1e-7: a shift of the whole row that would bias a small KL), so
+/// the distributions they describe are measured exactly:
+/// KL = Σ p_a(lp_a − lp_b)/Z_a − ln Z_a + ln Z_b with p = exp(lp), Z = Σ p.
+pub fn kl_row(lp: &[&[f32]], buf: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
+    assert!(buf.len() >= lp.len() * BLOCK);
+    assert!(lp.windows(2).all(|w| w[0].len() == w[1].len()));
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { kl_row_avx2(lp, buf, pairs) };
+    }
+    kl_row_body(lp, buf, pairs)
+}
+
+/// The buffer [`kl_row`] needs for `seeds` seeds.
+pub fn row_buffer(seeds: usize) -> Vec<f64> {
+    vec![0f64; seeds * BLOCK]
+}
+
+/// Indices of the `k` largest values, largest first, ties to the lower id
+/// (as `divergence::top_k`), in one pass that compares each value with a
+/// running threshold and sorts only the few candidates above it.
+pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
+    let n = x.len();
+    let k = k.min(n);
+    if k == 0 {
+        return Vec::new();
+    }
+    // Candidates as one u64 each: value descending, then id ascending, so
+    // selection and sorting compare integers instead of chasing indices.
+    let key = |i: usize| -> u64 {
+        let b = x[i].to_bits();
+        let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+        ((!asc as u64) << 32) | i as u64
+    };
+    let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
+    cand.extend((0..k).map(key));
+    let mut thr = x[..k].iter().copied().fold(f32::INFINITY, f32::min);
+    let trim = |cand: &mut Vec<u64>| {
+        cand.select_nth_unstable(k - 1);
+        cand.truncate(k);
+        x[(cand[k - 1] & 0xffff_ffff) as usize]
+    };
+    // Blocks of 16 with nothing above the threshold are skipped after one
+    // vectorised comparison; once the threshold settles that is nearly all
+    // of them.
+    let mut i = k;
+    while i < n {
+        let end = (i + 16).min(n);
+        // An integer OR (associative, unlike a float max) vectorises.
+        let above = x[i..end].iter().fold(0u32, |a, &v| a | (v > thr) as u32);
+        if above != 0 {
+            for (j, &v) in x[i..end].iter().enumerate() {
+                // Equal to the threshold with a higher id ranks below every
+                // current candidate of that value: strictly greater is enough.
+                if v > thr {
+                    cand.push(key(i + j));
+                    if cand.len() == 4 * k {
+                        thr = trim(&mut cand);
+                    }
+                }
+            }
+        }
+        i = end;
+    }
+    if cand.len() > k {
+        trim(&mut cand);
+    }
+    cand.sort_unstable();
+    cand.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::divergence;
+
+    fn rand(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) as f32 * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_f64_and_sums_in_f64() {
+        let lp: Vec<f32> = rand(1, 1003, 87.0).iter().map(|v| 0.01 - v).collect();
+        let mut p = vec![0f32; lp.len()];
+        let z = exp_into(&lp, &mut p);
+        let mut want = 0.0;
+        for (&l, &q) in lp.iter().zip(&p) {
+            let e = (l as f64).exp();
+            want += q as f64;
+            if e > 1e-37 {
+                assert!(
+                    ((q as f64) - e).abs() <= 2.5 * e * f32::EPSILON as f64,
+                    "{l}"
+                );
+            }
+        }
+        assert!((z - want).abs() <= 1e-15 * want);
+    }
+
+    #[test]
+    fn pair_kl_matches_a_float64_reference_and_ignores_a_shift() {
+        for seed in 0..20 {
+            let n = 517;
+            let mut a = vec![0f32; n];
+            let mut b = vec![0f32; n];
+            divergence::log_softmax(&rand(seed, n, 9.0), &mut a).unwrap();
+            divergence::log_softmax(&rand(seed + 99, n, 9.0), &mut b).unwrap();
+            let want: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (x as f64).exp() * (x as f64 - y as f64))
+                .sum();
+            // A normalisation off by 1e-5 in either row changes nothing.
+            let a2: Vec<f32> = a.iter().map(|v| v + 1e-5).collect();
+            let b2: Vec<f32> = b.iter().map(|v| v - 1e-5).collect();
+            for (x, y) in [(&a, &b), (&a2, &b2)] {
+                let got = kl_row(&[x, y], &mut row_buffer(2), &[(0, 1)])[0];
+                assert!((got - want).abs() <= 2e-6 * want + 1e-9, "{got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_dispatched_paths_agree_bit_for_bit() {
+        let (p, a, b) = (rand(1, 1001, 1.0), rand(2, 1001, 9.0), rand(3, 1001, 9.0));
+        assert_eq!(
+            dot_diff(&p, &a, &b).to_bits(),
+            dot_diff_body(&p, &a, &b).to_bits()
+        );
+        assert_eq!(sum(&p).to_bits(), sum_body(&p).to_bits());
+        let mut buf = row_buffer(3);
+        let lp: [&[f32]; 3] = [&a, &b, &p];
+        let pairs = [(0, 1), (1, 0), (2, 1), (0, 2)];
+        let x = kl_row(&lp, &mut buf, &pairs);
+        let y = kl_row_body(&lp, &mut buf, &pairs);
+        assert_eq!(x, y);
+        // Blocked or not, the lanes see the same sums: as the plain dot.
+        let mut p0 = vec![0f32; a.len()];
+        let z0 = exp_into(&a, &mut p0);
+        let mut p1 = vec![0f32; b.len()];
+        let z1 = exp_into(&b, &mut p1);
+        let want = dot_diff(&p0, &a, &b) / z0 - z0.ln() + z1.ln();
+        assert_eq!(x[0].to_bits(), want.to_bits());
+    }
+
+    #[test]
+    fn top_k_equals_the_sorting_definition_with_ties() {
+        for seed in 0..30 {
+            // Coarse values force many ties.
+            let x: Vec<f32> = rand(seed, 3000, 40.0).iter().map(|v| v.floor()).collect();
+            for k in [1, 5, 64, 256, 2999, 3000, 4000] {
+                assert_eq!(top_k(&x, k), divergence::top_k(&x, k), "seed {seed} k {k}");
+            }
+        }
+    }
+}
