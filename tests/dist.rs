@@ -64,6 +64,129 @@ fn real_world_exports_match_their_float64_reference_logits() {
 }
 
 use common::col;
+/// The log-prob graph (ONNX Runtime) and the vectorised row statistics
+/// that replace the per-element f64 path, against float64 computed here
+/// from the torch reference logits, on every shipped export: padded logits
+/// (768 for 700), external data, an extra position_ids input.
+#[test]
+fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
+    use seedconv::analysis::{divergence, kernels};
+    use seedconv::lm::onnx::stats::StatsGraph;
+    let ids = probe_ids();
+    let t = ids.len();
+    let n = 700;
+    // A skewed unigram over the kept vocabulary (normalised).
+    let lq_raw: Vec<f64> = (0..n).map(|i| -((i % 37) as f64) / 5.0).collect();
+    let z = lq_raw.iter().map(|x| x.exp()).sum::<f64>().ln();
+    let lq: Vec<f64> = lq_raw.iter().map(|x| x - z).collect();
+    for (model, reference) in [
+        ("neox-seed11/step0", "neox-seed11/step0"),
+        ("neox-seed12/step300", "neox-seed12/step300"),
+        ("variants/with-position-ids", "neox-seed12/step300"),
+        ("variants/dynamo-external-data", "neox-seed12/step300"),
+    ] {
+        let mut m = OrtModel::from_file(&causal().join(model).join("model.onnx"), 1).unwrap();
+        let logits = m.run(&ids, &[t], t).unwrap();
+        let rows: Vec<i64> = (0..t as i64).collect();
+        let lp = StatsGraph::new(1).run(model, &logits, &rows, n).unwrap();
+        let want = common::read_npy_f64(
+            &causal()
+                .join(reference)
+                .join("reference_logits_float64.npy"),
+        );
+        let mut p = vec![0f32; n];
+        for r in 0..t {
+            let w: Vec<f32> = want[r * 768..r * 768 + 768]
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            let ref64 = lsm64(&w, n);
+            let got = &lp[r * n..(r + 1) * n];
+            for (g, w) in got.iter().zip(&ref64) {
+                assert!((*g as f64 - w).abs() < 2e-4, "{model} row {r}: {g} vs {w}");
+            }
+            // Row statistics: the vectorised pass against f64 sums over the
+            // f64 reference distribution.
+            let s = kernels::row_stats(got, 3, 16, &lq, &mut p);
+            let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
+            let h = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
+            let kq: f64 = pr
+                .iter()
+                .zip(&ref64)
+                .zip(&lq)
+                .map(|((p, l), q)| p * (l - q))
+                .sum();
+            assert!(
+                (s.entropy - h).abs() < 1e-4,
+                "{model}: entropy {} vs {h}",
+                s.entropy
+            );
+            assert!((s.kl_uniform - ((n as f64).ln() - h)).abs() < 1e-4);
+            assert!(
+                (s.kl_unigram - kq).abs() < 1e-4,
+                "{model}: {} vs {kq}",
+                s.kl_unigram
+            );
+            // And exactly what the f64 reference code makes of the same
+            // f32 log-probs, to f32 rounding of p.
+            let f = divergence::row_stats(got, 3, 16, &lq);
+            assert_eq!(s.topk_ids, f.topk_ids);
+            assert!((s.log_mass_outside - f.log_mass_outside).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn one_forward_pass_per_checkpoint_and_the_budget_fallback_give_identical_tables() {
+    let p = Project::micro();
+    let cfg = suite_config(&common::hf_models(), "[0, 300]");
+    p.write_config(&cfg);
+    p.ok(&["run"]);
+    // Every kl instance read the arrays its dist instances wrote, then
+    // deleted them: nothing transient is left.
+    for step in [0, 300] {
+        let m = p.manifest_of("kl", &format!("tiny-step{step}.kl.parquet"));
+        assert_eq!(m["extra"]["seeds_recomputed"], 0, "step {step}");
+    }
+    assert!(
+        p.find(|n| n == "full.f32").is_empty(),
+        "transient arrays deleted"
+    );
+    let tables = |p: &Project| -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for stage in ["dist", "kl"] {
+            let dir = p.store().join(stage).join("current");
+            let mut names: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.ends_with(".parquet"))
+                .collect();
+            names.sort();
+            for n in names {
+                out.push((n.clone(), std::fs::read(dir.join(&n)).unwrap()));
+            }
+        }
+        out
+    };
+    let first = tables(&p);
+    // A budget of zero: no array is written, every kl instance runs the
+    // seeds' models again; the tables are the same bytes.
+    p.write_config(&format!("{cfg}scratch_budget = 0\n"));
+    p.ok(&["run", "--force", "dist", "--force", "kl"]);
+    for step in [0, 300] {
+        let m = p.manifest_of("kl", &format!("tiny-step{step}.kl.parquet"));
+        assert_eq!(m["extra"]["seeds_recomputed"], 2, "step {step}");
+        let d = p.manifest_of("dist", &format!("tiny-seed11-step{step}.dist.parquet"));
+        assert_eq!(d["extra"]["full_array"], false);
+    }
+    let second = tables(&p);
+    assert_eq!(first.len(), second.len());
+    for ((n1, b1), (n2, b2)) in first.iter().zip(&second) {
+        assert_eq!(n1, n2);
+        assert!(b1 == b2, "{n1} differs between one pass and recomputation");
+    }
+}
 
 /// Float64 log-softmax over the first `n` of `logits`.
 fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {

@@ -4,6 +4,8 @@
 //! fixed order, and no multiply-add is fused, so the AVX2 and the portable
 //! paths give the same bits on every machine.
 
+use crate::analysis::divergence::RowStats;
+
 /// exp(x) in f32 for log-probabilities: Cephes' `expf` (range reduction by
 /// ln 2 in two parts, degree-6 polynomial, ≤ 2 ulp), written as plain
 /// branch-free arithmetic so that the compiler vectorises it inside the
@@ -254,6 +256,73 @@ pub fn row_buffer(seeds: usize) -> Vec<f64> {
     vec![0f64; seeds * BLOCK]
 }
 
+#[inline(always)]
+fn row_sums_body(lp: &[f32], lq: &[f64], p: &mut [f32]) -> (f64, f64) {
+    for (d, &x) in p.iter_mut().zip(lp) {
+        *d = exp_f32(x);
+    }
+    let n8 = lp.len() / LANES * LANES;
+    let (mut pl, mut pq) = ([0f64; LANES], [0f64; LANES]);
+    for ((pc, lc), qc) in p[..n8]
+        .chunks_exact(LANES)
+        .zip(lp[..n8].chunks_exact(LANES))
+        .zip(lq[..n8].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            let pi = pc[i] as f64;
+            pl[i] += pi * lc[i] as f64;
+            pq[i] += pi * qc[i];
+        }
+    }
+    let tail = |f: &dyn Fn(usize) -> f64| (n8..lp.len()).map(f).sum::<f64>();
+    (
+        combine(pl, tail(&|i| p[i] as f64 * lp[i] as f64)),
+        combine(pq, tail(&|i| p[i] as f64 * lq[i])),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_sums_avx2(lp: &[f32], lq: &[f64], p: &mut [f32]) -> (f64, f64) {
+    row_sums_body(lp, lq, p)
+}
+
+/// One row's statistics from its log-probs (as `divergence::row_stats`, the
+/// f64 reference, to f32 rounding of p): one vectorised pass for p =
+/// exp(lp), Σ p·lp and Σ p·log q, then the top-k and the mass outside it
+/// summed directly (not 1 − top mass, so a tiny tail keeps its precision).
+/// `p` is a buffer of the row's length.
+pub fn row_stats(lp: &[f32], target: usize, k: usize, lq: &[f64], p: &mut [f32]) -> RowStats {
+    let n = lp.len();
+    assert!(lq.len() == n && p.len() == n);
+    #[cfg(target_arch = "x86_64")]
+    let (pl, pq) = if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { row_sums_avx2(lp, lq, p) }
+    } else {
+        row_sums_body(lp, lq, p)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (pl, pq) = row_sums_body(lp, lq, p);
+    let total = sum(p);
+    let ids = top_k(lp, k);
+    let rest = if ids.len() >= n {
+        0.0
+    } else {
+        ids.iter().for_each(|&i| p[i as usize] = 0.0);
+        sum(p)
+    };
+    RowStats {
+        target_logprob: lp[target],
+        entropy: -pl,
+        log_mass_outside: rest.ln(),
+        kl_uniform: pl + (n as f64).ln() * total,
+        kl_unigram: pl - pq,
+        topk_logprobs: ids.iter().map(|&i| lp[i as usize]).collect(),
+        topk_ids: ids,
+    }
+}
+
 /// Indices of the `k` largest values, largest first, ties to the lower id
 /// (as `divergence::top_k`), in one pass that compares each value with a
 /// running threshold and sorts only the few candidates above it.
@@ -387,6 +456,31 @@ mod tests {
         let z1 = exp_into(&b, &mut p1);
         let want = dot_diff(&p0, &a, &b) / z0 - z0.ln() + z1.ln();
         assert_eq!(x[0].to_bits(), want.to_bits());
+    }
+
+    #[test]
+    fn row_stats_match_the_float64_reference() {
+        for seed in 0..10 {
+            let n = 1003;
+            let mut lp = vec![0f32; n];
+            divergence::log_softmax(&rand(seed, n, 14.0), &mut lp).unwrap();
+            let mut lq = vec![0f32; n];
+            divergence::log_softmax(&rand(seed + 7, n, 3.0), &mut lq).unwrap();
+            let lq: Vec<f64> = lq.iter().map(|&x| x as f64).collect();
+            let want = divergence::row_stats(&lp, 5, 16, &lq);
+            let got = row_stats(&lp, 5, 16, &lq, &mut vec![0f32; n]);
+            assert_eq!(got.topk_ids, want.topk_ids);
+            assert_eq!(got.topk_logprobs, want.topk_logprobs);
+            assert_eq!(got.target_logprob, want.target_logprob);
+            for (g, w) in [
+                (got.entropy, want.entropy),
+                (got.kl_uniform, want.kl_uniform),
+                (got.kl_unigram, want.kl_unigram),
+                (got.log_mass_outside, want.log_mass_outside),
+            ] {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-3), "{g} vs {w}");
+            }
+        }
     }
 
     #[test]

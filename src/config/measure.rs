@@ -37,6 +37,10 @@ pub struct DistConfig {
     /// (then adding a seed recomputes no other seed's forward pass).
     #[serde(default)]
     pub retain_full: bool,
+    /// GB of transient full arrays (dist → kl) on disk at once; beyond it a
+    /// kl instance runs the missing seeds' models again.
+    #[serde(default = "default_scratch_budget")]
+    pub scratch_budget: f64,
     /// Masked-LM suites only, and required there: `unmasked` or `masked`.
     #[serde(default)]
     pub mlm_scoring: Option<MlmScoring>,
@@ -50,6 +54,7 @@ impl Default for DistConfig {
             threads: 0,
             device: default_device(),
             retain_full: false,
+            scratch_budget: default_scratch_budget(),
             mlm_scoring: None,
         }
     }
@@ -57,6 +62,14 @@ impl Default for DistConfig {
 
 fn default_top_k() -> usize {
     64
+}
+fn default_scratch_budget() -> f64 {
+    8.0
+}
+impl DistConfig {
+    pub fn scratch_budget_bytes(&self) -> u64 {
+        (self.scratch_budget.max(0.0) * 1e9) as u64
+    }
 }
 fn default_dist_batch() -> usize {
     16

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -16,6 +16,7 @@ use crate::analysis::divergence;
 use crate::config::{Device, Loaded, MlmScoring, Objective};
 use crate::error::StageError;
 use crate::lm::onnx::runtime::OrtModel;
+use crate::lm::onnx::stats::StatsGraph;
 
 /// File name of a retained full log-prob array in a scratch folder.
 pub const FULL: &str = "full.f32";
@@ -303,34 +304,170 @@ impl EvalPlan {
                 })
             })
     }
+
+    /// Run one batch through the model and the log-prob graph: the
+    /// log-probs of its rows over the kept vocabulary (rows × n). A row
+    /// with a non-finite logit is an error naming the row and token.
+    pub fn forward_graph(
+        &self,
+        model: &mut OrtModel,
+        graph: &mut StatsGraph,
+        batch: &Batch,
+        n: usize,
+    ) -> Result<Vec<f32>, StageError> {
+        let t = batch.t;
+        let (ids, lens) = self.inputs(batch);
+        let logits = model.run(&ids, &lens, t)?;
+        let width = match logits.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape[2] as usize,
+            _ => 0,
+        };
+        self.width
+            .store(width, std::sync::atomic::Ordering::Relaxed);
+        if width < n {
+            return Err(StageError::Other(format!(
+                "{}: emits {width} logits, fewer than the {n} kept vocabulary entries",
+                model.name()
+            )));
+        }
+        let rows: Vec<i64> = batch
+            .reads
+            .iter()
+            .map(|&(w, p)| (w * t + p) as i64)
+            .collect();
+        let lp = graph.run(model.name(), &logits, &rows, n)?;
+        // A non-finite logit leaves its row NaN (or −∞): name it. One
+        // vectorisable OR over the batch finds whether to look.
+        let bad = lp.iter().fold(0u32, |a, v| a | (!v.is_finite()) as u32);
+        if bad != 0 {
+            let j = lp
+                .chunks(n)
+                .position(|r| r.iter().any(|v| !v.is_finite()))
+                .unwrap_or(0);
+            let at = rows[j] as usize * width;
+            let token = crate::lm::onnx::runtime::logits_f32(&logits)
+                .ok()
+                .and_then(|l| l[at..at + n].iter().position(|v| !v.is_finite()));
+            return Err(StageError::Other(format!(
+                "{}: non-finite logit (token {}) at row {}",
+                model.name(),
+                token.map_or("?".into(), |i| i.to_string()),
+                self.rows[batch.rows.start + j]
+            )));
+        }
+        Ok(lp)
+    }
 }
 
-/// Write the full log-prob array atomically: header (magic, rows, width,
-/// blake3 of the payload) then row-major f32.
-pub fn write_full(dir: &Path, data: &[f32], rows: usize, width: usize) -> Result<(), StageError> {
-    std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
-    let path = dir.join(FULL);
-    let tmp = dir.join(format!(".{FULL}.tmp-{}", std::process::id()));
-    let bytes: &[u8] = bytemuck::cast_slice(data);
-    let mut header = Vec::with_capacity(HEADER);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&(rows as u64).to_le_bytes());
-    header.extend_from_slice(&(width as u64).to_le_bytes());
-    let mut h = blake3::Hasher::new();
-    h.update_rayon(bytes);
-    header.extend_from_slice(h.finalize().as_bytes());
-    header.resize(HEADER, 0);
-    let res = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(&header)?;
-        f.write_all(bytes)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    })();
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        StageError::io(&path, e)
-    })
+/// Writes a full log-prob array as its rows arrive, batch by batch:
+/// header (magic, rows, width, blake3 of the payload) then row-major f32,
+/// under a temporary name renamed into place by `finish`. Not synced: the
+/// array is transient, and a reader checks the hash before trusting it.
+pub struct FullWriter {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    hasher: blake3::Hasher,
+    rows: usize,
+    width: usize,
+    written: usize,
+}
+
+impl FullWriter {
+    /// A writer for `rows` × `width` in `dir`; with a `budget` (bytes), only
+    /// if every array under `dir`'s parent (the stage's scratch, other
+    /// instances' arrays in progress included) plus this one fit, else
+    /// `None`. The file is sized at once, under a lock, so that concurrent
+    /// instances see each other's reservations.
+    pub fn create(
+        dir: &Path,
+        rows: usize,
+        width: usize,
+        budget: Option<u64>,
+    ) -> Result<Option<FullWriter>, StageError> {
+        let size = (HEADER + rows * width * 4) as u64;
+        let root = dir.parent().unwrap_or(dir);
+        std::fs::create_dir_all(root).map_err(|e| StageError::io(root, e))?;
+        let lock_path = root.join(".budget.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| StageError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| StageError::io(&lock_path, e))?;
+        if let Some(budget) = budget {
+            if scratch_bytes(root) + size > budget {
+                return Ok(None);
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+        let path = dir.join(FULL);
+        let tmp = dir.join(format!(".{FULL}.tmp-{}", std::process::id()));
+        let f = std::fs::File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?;
+        f.set_len(size).map_err(|e| StageError::io(&tmp, e))?;
+        drop(lock);
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
+        file.write_all(&[0u8; HEADER])
+            .map_err(|e| StageError::io(&tmp, e))?;
+        Ok(Some(FullWriter {
+            tmp,
+            path,
+            file: Some(file),
+            hasher: blake3::Hasher::new(),
+            rows,
+            width,
+            written: 0,
+        }))
+    }
+
+    /// Append the next rows (row-major, `width` each).
+    pub fn write(&mut self, block: &[f32]) -> Result<(), StageError> {
+        let bytes: &[u8] = bytemuck::cast_slice(block);
+        self.hasher.update(bytes);
+        self.written += block.len();
+        let f = self.file.as_mut().expect("open until finish");
+        f.write_all(bytes).map_err(|e| StageError::io(&self.tmp, e))
+    }
+
+    /// Write the header and rename the array into place.
+    pub fn finish(mut self) -> Result<(), StageError> {
+        use std::io::{Seek, SeekFrom};
+        assert_eq!(self.written, self.rows * self.width, "every row written");
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(self.rows as u64).to_le_bytes());
+        header.extend_from_slice(&(self.width as u64).to_le_bytes());
+        header.extend_from_slice(self.hasher.finalize().as_bytes());
+        header.resize(HEADER, 0);
+        let mut f = self.file.take().expect("open until finish");
+        let res = (|| {
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&header)?;
+            f.flush()?;
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        res.map_err(|e| StageError::io(&self.path, e))
+    }
+}
+
+impl Drop for FullWriter {
+    /// An unfinished array (an error, a cancel) is removed.
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Bytes of every file one level below the folders in `root` (one folder
+/// per entry: the arrays and their temporaries).
+pub fn scratch_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .filter_map(|f| f.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// A verified full array, memory-mapped; `None` if absent, incomplete or

@@ -15,21 +15,24 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
-use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::analysis::divergence::{self, RowStats};
+use rayon::prelude::*;
+
+use crate::analysis::divergence::RowStats;
+use crate::analysis::kernels;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::lm::eval::{self, Batch, EvalPlan, RunSettings};
+use crate::lm::eval::{self, EvalPlan, RunSettings};
 use crate::lm::onnx::runtime::OrtModel;
+use crate::lm::onnx::stats::StatsGraph;
 use crate::stages::{corpus, tokenizer, unigram, PlanCtx, Stage};
 use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "dist";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Each instance's output table.
 pub const FILE: &str = "dist.parquet";
 
@@ -45,9 +48,21 @@ impl Stage for Dist {
         };
         let d = &cx.config().dist;
         let set = eval::settings(cx.loaded);
-        suite
-            .checkpoints
-            .iter()
+        // Grouped by (size, step), seeds together: the scheduler runs the
+        // latest ready instance first, so a group's kl instance follows its
+        // last seed and its transient arrays are deleted before the next
+        // group writes many more.
+        let pos = |v: &[String], x: &str| v.iter().position(|y| y == x);
+        let mut ckpts: Vec<&Checkpoint> = suite.checkpoints.iter().collect();
+        ckpts.sort_by_key(|c| {
+            (
+                pos(&suite.sizes, &c.size),
+                c.step,
+                pos(&suite.seeds, &c.seed),
+            )
+        });
+        ckpts
+            .into_iter()
             .map(|c| {
                 let (mut deps, inputs) = c.reach();
                 deps.extend([
@@ -60,6 +75,7 @@ impl Stage for Dist {
                     vocab: suite.vocab,
                     top_k: d.top_k,
                     retain_full: d.retain_full,
+                    scratch_budget: d.scratch_budget_bytes(),
                     set: set.clone(),
                 };
                 let gpu = job.set.uses_gpu();
@@ -80,6 +96,10 @@ struct DistJob {
     top_k: usize,
     /// Keyed: it decides whether the scratch array exists.
     retain_full: bool,
+    /// unkeyed: bytes of transient arrays allowed at once (the kl stage
+    /// reads an array or recomputes; the table is the same).
+    #[serde(skip)]
+    scratch_budget: u64,
     #[serde(flatten)]
     set: RunSettings,
 }
@@ -102,21 +122,25 @@ impl Job for DistJob {
             ctx.progress(done as u64, rows as u64, "rows");
             ctx.check_cancel()
         };
-        let (stats, full, ort_secs) = compute(
+        // The full array for the kl stage: always with retain_full, else
+        // while the store's transient arrays stay under the budget (the kl
+        // instance recomputes a seed whose array is missing).
+        let budget = (!self.retain_full).then_some(self.scratch_budget);
+        let full = eval::FullWriter::create(&ctx.scratch, rows, n, budget)?;
+        let wrote_full = full.is_some();
+        let mut graph = StatsGraph::new(self.set.threads(ctx.threads));
+        let (stats, ort_secs) = compute(
             &plan,
             &mut model,
-            n,
-            self.top_k,
+            &mut graph,
+            (n, self.top_k),
             &lq,
-            self.retain_full,
+            full,
             &tick,
         )?;
         let model_hash = self.ckpt.model_hash(ctx, &path)?;
         let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
         write_table(ctx.out, &self.ckpt, &plan, &stats, (n, width), &model_hash)?;
-        if self.retain_full {
-            eval::write_full(&ctx.scratch, &full, rows, n)?;
-        }
         Ok(json!({
             "rows": rows,
             "vocab_kept": n,
@@ -126,81 +150,65 @@ impl Job for DistJob {
             "onnxruntime": crate::lm::ortlib::info(),
             "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
             "seconds_ort": ort_secs,
+            "full_array": wrote_full,
             "seconds_total": t0.elapsed().as_secs_f64(),
         }))
     }
 }
 
-/// Forward passes over every batch plus each row's statistics (and the full
-/// log-prob array when `keep_full`). The forward passes run on this thread
-/// while the pool computes the previous batch's statistics, so the forward
-/// pass bounds the wall time. Returns (stats, full, seconds in ORT).
+/// Forward passes over every batch, each followed by the log-prob graph
+/// (both in ONNX Runtime); each batch's row statistics computed on the pool
+/// and its log-probs streamed to `full` (when given) by a writer thread
+/// while the next batch runs. Returns the statistics and the seconds in ORT.
 pub fn compute(
     plan: &EvalPlan,
     model: &mut OrtModel,
-    n: usize,
-    k: usize,
+    graph: &mut StatsGraph,
+    (n, k): (usize, usize),
     lq: &[f64],
-    keep_full: bool,
+    full: Option<eval::FullWriter>,
     tick: &dyn Fn(usize) -> Result<(), StageError>,
-) -> Result<(Vec<RowStats>, Vec<f32>, f64), StageError> {
-    let rows = plan.rows.len();
-    let mut stats: Vec<Option<RowStats>> = vec![None; rows];
-    let mut full = if keep_full {
-        vec![0f32; rows * n]
-    } else {
-        Vec::new()
-    };
+) -> Result<(Vec<RowStats>, f64), StageError> {
+    let mut stats = Vec::with_capacity(plan.rows.len());
     let mut ort_secs = 0.0;
     std::thread::scope(|scope| -> Result<(), StageError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(2);
-        let consumer = scope.spawn({
-            let stats = &mut stats;
-            let full = &mut full;
-            move || {
-                for (bi, block) in rx {
-                    let batch: &Batch = &plan.batches[bi];
-                    let out: Vec<RowStats> = block
-                        .par_chunks(n)
-                        .enumerate()
-                        .map(|(j, lp)| {
-                            divergence::row_stats(
-                                lp,
-                                plan.targets[batch.rows.start + j] as usize,
-                                k,
-                                lq,
-                            )
-                        })
-                        .collect();
-                    for (j, s) in out.into_iter().enumerate() {
-                        stats[batch.rows.start + j] = Some(s);
-                    }
-                    if !full.is_empty() {
-                        full[batch.rows.start * n..batch.rows.end * n].copy_from_slice(&block);
-                    }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+        let writer = full.map(|mut w| {
+            scope.spawn(move || -> Result<eval::FullWriter, StageError> {
+                for block in rx {
+                    w.write(&block)?;
                 }
-            }
+                Ok(w)
+            })
         });
-        for (bi, batch) in plan.batches.iter().enumerate() {
+        for batch in &plan.batches {
             tick(batch.rows.start)?;
-            let mut block = vec![0f32; batch.rows.len() * n];
             let tb = std::time::Instant::now();
-            plan.forward(model, batch, n, &mut block)?;
+            let lp = plan.forward_graph(model, graph, batch, n)?;
             ort_secs += tb.elapsed().as_secs_f64();
-            if tx.send((bi, block)).is_err() {
-                break;
+            let targets = &plan.targets[batch.rows.clone()];
+            let mut out = Vec::with_capacity(batch.rows.len());
+            lp.par_chunks(n)
+                .zip(targets.par_iter())
+                .map_init(
+                    || vec![0f32; n],
+                    |p, (row, &t)| kernels::row_stats(row, t as usize, k, lq, p),
+                )
+                .collect_into_vec(&mut out);
+            stats.extend(out);
+            if writer.is_some() && tx.send(lp).is_err() {
+                break; // the writer failed: its error is returned below
             }
         }
         drop(tx);
-        consumer
-            .join()
-            .map_err(|_| StageError::Other("statistics thread panicked".into()))
+        if let Some(w) = writer {
+            w.join()
+                .map_err(|_| StageError::Other("scratch writer panicked".into()))??
+                .finish()?;
+        }
+        Ok(())
     })?;
-    let stats = stats
-        .into_iter()
-        .map(|s| s.expect("every row computed"))
-        .collect();
-    Ok((stats, full, ort_secs))
+    Ok((stats, ort_secs))
 }
 
 pub fn write_table(

@@ -22,6 +22,7 @@ use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, RunSettings};
 use crate::lm::onnx::runtime::OrtModel;
+use crate::lm::onnx::stats::StatsGraph;
 use crate::stages::{corpus, dist, tokenizer, PlanCtx, Stage};
 use crate::suite::Checkpoint;
 use crate::table;
@@ -108,7 +109,9 @@ struct KlJob {
 /// Where one seed's log-probs come from.
 enum Source {
     Array(memmap2::Mmap),
-    Model(Box<OrtModel>),
+    /// The model again, through the same log-prob graph as `dist` (so its
+    /// log-probs are the bytes the array would have held).
+    Model(Box<(OrtModel, StatsGraph)>),
 }
 
 impl Job for KlJob {
@@ -142,7 +145,8 @@ impl Job for KlJob {
                 None => {
                     let path = c.model_path(ctx)?;
                     let (m, _) = self.set.open(&path, ctx.threads, ctx.gpu)?;
-                    sources.push(Source::Model(Box::new(m)));
+                    let g = StatsGraph::new(self.set.threads(ctx.threads));
+                    sources.push(Source::Model(Box::new((m, g))));
                     recomputed += 1;
                 }
             }
@@ -175,8 +179,8 @@ impl Job for KlJob {
                         );
                     }
                     Source::Model(m) => {
-                        blocks[s].resize(len * n, 0.0);
-                        plan.forward(m, batch, n, &mut blocks[s])?;
+                        let (model, graph) = &mut **m;
+                        blocks[s] = plan.forward_graph(model, graph, batch, n)?;
                     }
                 }
             }

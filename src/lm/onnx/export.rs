@@ -20,13 +20,13 @@ use crate::lm::model::{causal_mask_values, Shape, Weights, LN_EPS, MASK};
 pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
 
-struct Graph {
+pub(super) struct Graph {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     n: usize,
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Int as i32),
@@ -42,7 +42,7 @@ fn attr_float(name: &str, v: f32) -> AttributeProto {
         ..Default::default()
     }
 }
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+pub(super) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),
@@ -52,8 +52,18 @@ fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
 }
 
 impl Graph {
+    pub(super) fn new() -> Graph {
+        Graph {
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            n: 0,
+        }
+    }
+    pub(super) fn finish(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        (self.nodes, self.inits)
+    }
     /// Add a node with one output; returns the output name.
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub(super) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.n += 1;
         let out = format!("{}_{}", op.to_lowercase(), self.n);
         self.nodes.push(NodeProto {
@@ -66,7 +76,7 @@ impl Graph {
         });
         out
     }
-    fn op_outputs(
+    pub(super) fn op_outputs(
         &mut self,
         op: &str,
         inputs: &[&str],
@@ -83,7 +93,7 @@ impl Graph {
             ..Default::default()
         });
     }
-    fn f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+    pub(super) fn f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
         self.inits.push(TensorProto {
             name: Some(name.into()),
             dims: dims.iter().map(|&d| d as i64).collect(),
@@ -93,7 +103,7 @@ impl Graph {
         });
         name.to_string()
     }
-    fn i64(&mut self, name: &str, data: &[i64]) -> String {
+    pub(super) fn i64(&mut self, name: &str, data: &[i64]) -> String {
         self.inits.push(TensorProto {
             name: Some(name.into()),
             dims: vec![data.len() as i64],
@@ -116,7 +126,7 @@ impl Graph {
     }
 }
 
-fn io(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
+pub(super) fn io(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {

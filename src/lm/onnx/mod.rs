@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod runtime;
+pub mod stats;
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

@@ -50,6 +50,10 @@ impl OrtModel {
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(|e| err(e.to_string()))?
                 .with_intra_threads(threads.max(1))
+                .map_err(|e| err(e.to_string()))?
+                // Idle ORT threads would spin between runs and take the
+                // cores from the row statistics and the other sessions.
+                .with_intra_op_spinning(false)
                 .map_err(|e| err(e.to_string()))
         };
         if device != Device::Cpu {
@@ -145,15 +149,15 @@ impl OrtModel {
         self.logits_padded(ids, &vec![t; b], t)
     }
 
-    /// Logits for sequences right-padded to `t`: sequence i has `lens[i]`
-    /// real tokens (attention mask 1), the rest is padding (mask 0). In a
-    /// causal model the real positions do not see the padding.
-    pub fn logits_padded(
+    /// The model's `logits` output value for sequences right-padded to `t`
+    /// (see `logits_padded`), as ONNX Runtime returns it: the row
+    /// statistics graph reads it without a copy. Its shape is checked.
+    pub fn run(
         &mut self,
         ids: &[i64],
         lens: &[usize],
         t: usize,
-    ) -> Result<(Vec<f32>, usize), StageError> {
+    ) -> Result<ort::value::DynValue, StageError> {
         let b = lens.len();
         let err = |e: ort::Error| StageError::Other(format!("{}: {e}", self.name));
         let shape = vec![b as i64, t as i64];
@@ -172,34 +176,61 @@ impl OrtModel {
             feed.push((name.clone(), tensor.into()));
         }
         let name = self.name.clone();
-        let outputs = self.session.run(feed).map_err(|e| {
+        let mut outputs = self.session.run(feed).map_err(|e| {
             // ORT's messages can span lines; errors here are one line.
             let e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
             StageError::Other(format!(
                 "{name}: run failed on sequences of {t} tokens (is the window longer than the model's context?): {e}"
             ))
         })?;
-        // fp16 and bf16 exports emit float16 / bfloat16 logits: widened to
-        // f32 here (exactly), and to f64 per row for the statistics.
-        let logits = &outputs["logits"];
-        let (oshape, data): (Vec<i64>, Vec<f32>) =
-            if let Ok((s, d)) = logits.try_extract_tensor::<f32>() {
-                (s.to_vec(), d.to_vec())
-            } else if let Ok((s, d)) = logits.try_extract_tensor::<half::f16>() {
-                (s.to_vec(), d.iter().map(|x| x.to_f32()).collect())
-            } else {
-                let (s, d) = logits.try_extract_tensor::<half::bf16>().map_err(|e| {
-                    StageError::Other(format!(
-                        "{name}: logits are not float32, float16 or bfloat16: {e}"
-                    ))
-                })?;
-                (s.to_vec(), d.iter().map(|x| x.to_f32()).collect())
-            };
+        let logits = outputs.remove("logits").expect("checked at load");
+        let oshape: Vec<i64> = match logits.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape.to_vec(),
+            _ => Vec::new(),
+        };
         if oshape.len() != 3 || oshape[0] as usize != b || oshape[1] as usize != t {
             return Err(StageError::Other(format!(
                 "{name}: logits have shape {oshape:?}, expected [{b}, {t}, vocab]"
             )));
         }
-        Ok((data, oshape[2] as usize))
+        Ok(logits)
+    }
+
+    /// Logits for sequences right-padded to `t`: sequence i has `lens[i]`
+    /// real tokens (attention mask 1), the rest is padding (mask 0). In a
+    /// causal model the real positions do not see the padding.
+    pub fn logits_padded(
+        &mut self,
+        ids: &[i64],
+        lens: &[usize],
+        t: usize,
+    ) -> Result<(Vec<f32>, usize), StageError> {
+        let b = lens.len();
+        let name = self.name.clone();
+        let logits = self.run(ids, lens, t)?;
+        // fp16 and bf16 exports emit float16 / bfloat16 logits: widened to
+        // f32 here (exactly), and to f64 per row for the statistics.
+        let width = match logits.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape[2] as usize,
+            _ => 0,
+        };
+        let data = logits_f32(&logits).map_err(|e| StageError::Other(format!("{name}: {e}")))?;
+        debug_assert_eq!(data.len(), b * t * width);
+        Ok((data, width))
+    }
+}
+
+/// A logits value as f32: float16 / bfloat16 logits of fp16 and bf16
+/// exports are widened exactly.
+pub fn logits_f32(logits: &ort::value::DynValue) -> Result<Vec<f32>, String> {
+    if let Ok((_, d)) = logits.try_extract_tensor::<f32>() {
+        Ok(d.to_vec())
+    } else if let Ok((_, d)) = logits.try_extract_tensor::<half::f16>() {
+        Ok(d.iter().map(|x| x.to_f32()).collect())
+    } else {
+        let (_, d) = logits
+            .try_extract_tensor::<half::bf16>()
+            .map_err(|e| format!("logits are not float32, float16 or bfloat16: {e}"))?;
+        Ok(d.iter().map(|x| x.to_f32()).collect())
     }
 }
