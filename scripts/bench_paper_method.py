@@ -1,19 +1,28 @@
 #!/usr/bin/env python3
-"""The paper's own method on seedconv's suite, for comparison (a benchmark,
-not part of the pipeline): full-vocabulary log-probabilities of every
-checkpoint stored as float16 .npy arrays, then KL across ordered seed pairs
-in numpy. Reads the suite and windows from a finished `seedconv run` and
-prints time, disk and accuracy against seedconv's exact KL.
+"""seedconv's `run kl` against the paper's own method on the same suite and
+machine (a benchmark, not part of the pipeline), in one command.
+
+The paper's method: every checkpoint's full-vocabulary log-probabilities
+from an ONNX Runtime forward pass, stored as float16 .npy arrays, then KL
+across ordered seed pairs in numpy. seedconv: `run kl --force dist --force
+kl` (its upstream stages prepared once, untimed). Each is run as its own
+process, alternating, `--repeats` times; the table gives medians of wall
+time, CPU seconds (user + system) and peak resident memory (from wait4),
+durable disk, the accuracy of the paper's fp16 means against seedconv's
+exact KL, and the ratio of wall times.
 
 Needs: pip install numpy onnxruntime==1.31.1 pyarrow
-Usage: rm -rf stages/dist stages/kl && time seedconv run   # note the wall time T
-       python3 scripts/bench_paper_method.py --seedconv-seconds T [--store stages] [--out DIR]
+Usage: python3 scripts/bench_paper_method.py [--config scripts/bench_suite.toml]
+       [--seedconv PATH] [--repeats 3] [--out DIR]
 """
 import argparse
 import glob
 import json
 import os
 import shutil
+import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -21,16 +30,59 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 
 
+def timed(cmd):
+    """Run `cmd`; return (wall s, cpu s, peak RSS MB) of that process tree's leader."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.time() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+
+
 def main():
+    here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
-    ap.add_argument("--store", default="stages")
+    ap.add_argument("--config", default=os.path.join(here, "bench_suite.toml"))
+    ap.add_argument("--seedconv", default=shutil.which("seedconv") or "seedconv")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="/tmp/paper_method")
-    ap.add_argument("--seedconv-seconds", type=float, required=True,
-                    help="wall time of `seedconv run` computing the dist and kl stages")
+    ap.add_argument("--paper-only", metavar="STORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    store = args.store
-    shutil.rmtree(args.out, ignore_errors=True)
-    os.makedirs(args.out)
+    if args.paper_only:
+        paper(args.paper_only, args.out)
+        return
+    sc = [args.seedconv, "-q", "-c", args.config]
+    subprocess.run(sc + ["run", "kl"], check=True, stdout=subprocess.DEVNULL)
+    store = subprocess.run(sc + ["config", "--json"], check=True, capture_output=True, text=True)
+    store = json.loads(store.stdout)["config"]["store"]["dir"]
+    ours, theirs = [], []
+    for _ in range(args.repeats):
+        ours.append(timed(sc + ["run", "kl", "--force", "dist", "--force", "kl"]))
+        theirs.append(timed([sys.executable, os.path.abspath(__file__), "--paper-only", store, "--out", args.out]))
+    result = json.load(open(os.path.join(args.out, "result.json")))
+    dists, kls = current(store, "dist"), current(store, "kl")
+    sc_disk = sum(o["bytes"] for m in dists + kls for o in m["outputs"].values())
+    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    print("| method | wall (s) | CPU (s) | peak memory | durable disk | mean KL vs exact |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| paper: ORT → fp16 .npy → numpy KL | {med(theirs, 0):.1f} | {med(theirs, 1):.1f} | {med(theirs, 2):.0f} MB | {result['disk'] / 1e6:.0f} MB | max error {result['max_err'] * 100:.3f}%, median {result['median_err'] * 100:.3f}% |")
+    print(f"| seedconv run kl (dist + kl) | {med(ours, 0):.1f} | {med(ours, 1):.1f} | {med(ours, 2):.0f} MB | {sc_disk / 1e6:.0f} MB | exact (f64 sums) |")
+    print(f"seedconv / paper: wall {med(ours, 0) / med(theirs, 0):.2f}, CPU {med(ours, 1) / med(theirs, 1):.2f}, "
+          f"peak memory {med(ours, 2) / med(theirs, 2):.2f}, disk {sc_disk / result['disk']:.2f} "
+          f"({result['checkpoints']} checkpoints, {result['rows']} rows, vocab {result['vocab']}, "
+          f"median of {args.repeats} alternating runs, {os.cpu_count()} cores)")
+
+
+def current(store, stage):
+    index = json.load(open(f"{store}/{stage}/index.json"))
+    return [json.load(open(f"{store}/{stage}/{key}/manifest.json")) for key in index.values()]
+
+
+def paper(store, out):
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
 
     tokens = pq.read_table(f"{store}/corpus/current/tokens.parquet").column("token_id").to_numpy().astype(np.int64)
     rows_t = pq.read_table(f"{store}/corpus/current/rows.parquet")
@@ -41,12 +93,9 @@ def main():
         idx = np.nonzero(cstart == s)[0]
         windows.append((int(s), idx))
 
-    def current(stage):
-        index = json.load(open(f"{store}/{stage}/index.json"))
-        return [json.load(open(f"{store}/{stage}/{key}/manifest.json")) for key in index.values()]
-
-    dists = current("dist")
-    ckpts = sorted({(d["ingredients"]["params"]["size"], d["ingredients"]["params"]["seed"], d["ingredients"]["params"]["step"]) for d in dists})
+    dists = current(store, "dist")
+    model = {(d["ingredients"]["params"]["size"], d["ingredients"]["params"]["seed"], d["ingredients"]["params"]["step"]): d["extra"]["model"] for d in dists}
+    ckpts = sorted(model)
     sizes = sorted({c[0] for c in ckpts})
     seeds = sorted({c[1] for c in ckpts})
     steps = sorted({c[2] for c in ckpts})
@@ -56,7 +105,7 @@ def main():
     so.intra_op_num_threads = os.cpu_count()
     t0 = time.time()
     for size, seed, step in ckpts:
-        path = f"{store}/train/current/{size}-seed{seed}/step{step}/model.onnx"
+        path = model[(size, seed, step)]
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         out = np.zeros((len(rows), n), dtype=np.float16)
         for s, idx in windows:
@@ -66,14 +115,14 @@ def main():
             logits = logits.astype(np.float32)
             lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
             out[idx] = lp[rows[idx] - s].astype(np.float16)
-        np.save(f"{args.out}/{size}-seed{seed}-step{step}.npy", out)
+        np.save(f"{out}/{size}-seed{seed}-step{step}.npy", out)
     t_forward = time.time() - t0
 
     t0 = time.time()
     means = {}
     for size in sizes:
         for step in steps:
-            arr = [np.load(f"{args.out}/{size}-seed{seed}-step{step}.npy").astype(np.float32) for seed in seeds]
+            arr = [np.load(f"{out}/{size}-seed{seed}-step{step}.npy").astype(np.float32) for seed in seeds]
             kls = []
             for a in range(len(seeds)):
                 pa = np.exp(arr[a])
@@ -82,18 +131,13 @@ def main():
                         kls.append((pa * (arr[a] - arr[b])).sum(-1))
             means[(size, step)] = float(np.mean(kls))
     t_kl = time.time() - t0
-    disk = sum(os.path.getsize(f) for f in glob.glob(f"{args.out}/*.npy"))
+    disk = sum(os.path.getsize(f) for f in glob.glob(f"{out}/*.npy"))
 
-    kls = current("kl")
-    exact = {(k["ingredients"]["params"]["size"], k["ingredients"]["params"]["step"]): k["extra"]["mean_kl"] for k in kls}
-    sc_time = args.seedconv_seconds
-    sc_disk = sum(o["bytes"] for m in dists + kls for o in m["outputs"].values())
+    exact = {(k["ingredients"]["params"]["size"], k["ingredients"]["params"]["step"]): k["extra"]["mean_kl"] for k in current(store, "kl")}
     errs = [abs(means[k] - exact[k]) / exact[k] for k in means if k in exact]
-    print("| method | wall time (s) | durable disk | mean-KL error vs exact |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| paper: fp16 full arrays + numpy KL | {t_forward + t_kl:.1f} (forward+store {t_forward:.1f}, KL {t_kl:.1f}) | {disk / 1e6:.0f} MB | max {max(errs) * 100:.3f}%, median {np.median(errs) * 100:.3f}% |")
-    print(f"| seedconv: dist + kl stages | {sc_time:.1f} | {sc_disk / 1e6:.0f} MB | exact (f64 sums) |")
-    print(f"(ratios paper/seedconv: time {(t_forward + t_kl) / sc_time:.2f}, disk {disk / sc_disk:.2f}; {len(ckpts)} checkpoints, {len(rows)} rows, vocab {n})")
+    json.dump({"disk": disk, "max_err": max(errs), "median_err": float(np.median(errs)),
+               "checkpoints": len(ckpts), "rows": len(rows), "vocab": n,
+               "forward_s": t_forward, "kl_s": t_kl}, open(f"{out}/result.json", "w"))
 
 
 if __name__ == "__main__":
