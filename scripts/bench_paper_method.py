@@ -80,9 +80,9 @@ def current(store, stage):
     return [json.load(open(f"{store}/{stage}/{key}/manifest.json")) for key in index.values()]
 
 
-def paper(store, out):
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
+def paper(store, out_dir):
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
 
     tokens = pq.read_table(f"{store}/corpus/current/tokens.parquet").column("token_id").to_numpy().astype(np.int64)
     rows_t = pq.read_table(f"{store}/corpus/current/rows.parquet")
@@ -115,14 +115,14 @@ def paper(store, out):
             logits = logits.astype(np.float32)
             lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
             out[idx] = lp[rows[idx] - s].astype(np.float16)
-        np.save(f"{out}/{size}-seed{seed}-step{step}.npy", out)
+        np.save(f"{out_dir}/{size}-seed{seed}-step{step}.npy", out)
     t_forward = time.time() - t0
 
     t0 = time.time()
     means = {}
     for size in sizes:
         for step in steps:
-            arr = [np.load(f"{out}/{size}-seed{seed}-step{step}.npy").astype(np.float32) for seed in seeds]
+            arr = [np.load(f"{out_dir}/{size}-seed{seed}-step{step}.npy").astype(np.float32) for seed in seeds]
             kls = []
             for a in range(len(seeds)):
                 pa = np.exp(arr[a])
@@ -131,13 +131,13 @@ def paper(store, out):
                         kls.append((pa * (arr[a] - arr[b])).sum(-1))
             means[(size, step)] = float(np.mean(kls))
     t_kl = time.time() - t0
-    disk = sum(os.path.getsize(f) for f in glob.glob(f"{out}/*.npy"))
+    disk = sum(os.path.getsize(f) for f in glob.glob(f"{out_dir}/*.npy"))
 
     exact = {(k["ingredients"]["params"]["size"], k["ingredients"]["params"]["step"]): k["extra"]["mean_kl"] for k in current(store, "kl")}
     errs = [abs(means[k] - exact[k]) / exact[k] for k in means if k in exact]
     json.dump({"disk": disk, "max_err": max(errs), "median_err": float(np.median(errs)),
                "checkpoints": len(ckpts), "rows": len(rows), "vocab": n,
-               "forward_s": t_forward, "kl_s": t_kl}, open(f"{out}/result.json", "w"))
+               "forward_s": t_forward, "kl_s": t_kl}, open(f"{out_dir}/result.json", "w"))
 
 
 if __name__ == "__main__":

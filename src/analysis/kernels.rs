@@ -339,6 +339,16 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
         let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
         ((!asc as u64) << 32) | i as u64
     };
+    if n <= 16 * k {
+        // Short rows: one selection over every key beats the threshold scan.
+        let mut all: Vec<u64> = (0..n).map(key).collect();
+        if k < n {
+            all.select_nth_unstable(k - 1);
+            all.truncate(k);
+        }
+        all.sort_unstable();
+        return all.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect();
+    }
     let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
     cand.extend((0..k).map(key));
     let mut thr = x[..k].iter().copied().fold(f32::INFINITY, f32::min);

@@ -29,6 +29,8 @@ use crate::table;
 
 pub const NAME: &str = "kl";
 pub const VERSION: u32 = 2;
+/// Rows per step when every seed's log-probs come from an array.
+const ARRAY_SPAN: usize = 2048;
 /// Each instance's per-row KL table.
 pub const FILE: &str = "kl.parquet";
 
@@ -165,29 +167,43 @@ impl Job for KlJob {
 
         let mut kl = vec![0f64; rows * pairs.len()]; // [row][pair]
         let mut est_sum = vec![0f64; ks.len()];
-        let mut blocks: Vec<Vec<f32>> = vec![Vec::new(); seeds];
-        for batch in &plan.batches {
-            ctx.progress(batch.rows.start as u64, rows as u64, "rows");
+        // Arrays are read in place (memory-mapped); models run batch by
+        // batch. With every seed from an array, spans of many rows keep the
+        // pool busy instead of one small batch at a time.
+        let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
+        let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
+            (0..rows)
+                .step_by(ARRAY_SPAN)
+                .map(|a| (a..(a + ARRAY_SPAN).min(rows), 0))
+                .collect()
+        } else {
+            plan.batches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.rows.clone(), i))
+                .collect()
+        };
+        for (range, bi) in spans {
+            ctx.progress(range.start as u64, rows as u64, "rows");
             ctx.check_cancel()?;
-            let len = batch.rows.len();
+            let mut ran: Vec<Vec<f32>> = vec![Vec::new(); seeds];
             for (s, src) in sources.iter_mut().enumerate() {
-                match src {
-                    Source::Array(map) => {
-                        blocks[s].clear();
-                        blocks[s].extend_from_slice(
-                            &eval::full_values(map)[batch.rows.start * n..batch.rows.end * n],
-                        );
-                    }
-                    Source::Model(m) => {
-                        let (model, graph) = &mut **m;
-                        blocks[s] = plan.forward_graph(model, graph, batch, n)?;
-                    }
+                if let Source::Model(m) = src {
+                    let (model, graph) = &mut **m;
+                    ran[s] = plan.forward_graph(model, graph, &plan.batches[bi], n)?;
                 }
             }
-            let views: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
-            let per_row = block_kl(&views, len, n, &pairs, &ks);
+            let views: Vec<&[f32]> = sources
+                .iter()
+                .zip(&ran)
+                .map(|(src, r)| match src {
+                    Source::Array(map) => &eval::full_values(map)[range.start * n..range.end * n],
+                    Source::Model(_) => r.as_slice(),
+                })
+                .collect();
+            let per_row = block_kl(&views, range.len(), n, &pairs, &ks);
             for (j, (exact, est)) in per_row.into_iter().enumerate() {
-                let r = batch.rows.start + j;
+                let r = range.start + j;
                 kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
                 est_sum.iter_mut().zip(est).for_each(|(a, b)| *a += b);
             }
