@@ -180,10 +180,11 @@ pub fn kl_topk_with(a: TopK, lp_b: &[f32], mass_b: f64, in_b: &[bool]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn random_logits(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    /// Reproducible pseudo-random values in [0, scale) (other modules' tests use it too).
+    pub(crate) fn random_logits(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {

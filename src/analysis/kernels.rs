@@ -391,17 +391,7 @@ mod tests {
     use super::*;
     use crate::analysis::divergence;
 
-    fn rand(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) as f32 * scale
-            })
-            .collect()
-    }
+    use divergence::tests::random_logits as rand;
 
     #[test]
     fn exp_is_within_two_ulp_of_f64_and_sums_in_f64() {

@@ -9,10 +9,8 @@ use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::analysis::divergence;
 use crate::config::{Device, Loaded, MlmScoring, Objective};
 use crate::error::StageError;
 use crate::lm::onnx::runtime::OrtModel;
@@ -265,44 +263,6 @@ impl EvalPlan {
             ids.extend(std::iter::repeat_n(0i64, batch.t - w.len));
         }
         (ids, batch.windows.iter().map(|w| w.len).collect())
-    }
-
-    /// Run one batch and write the log-probs of its rows (each `n` wide,
-    /// truncated and renormalised) into `out`.
-    pub fn forward(
-        &self,
-        model: &mut OrtModel,
-        batch: &Batch,
-        n: usize,
-        out: &mut [f32],
-    ) -> Result<(), StageError> {
-        let t = batch.t;
-        let (ids, lens) = self.inputs(batch);
-        let (logits, width) = model.logits_padded(&ids, &lens, t)?;
-        self.width
-            .store(width, std::sync::atomic::Ordering::Relaxed);
-        if width < n {
-            return Err(StageError::Other(format!(
-                "{}: emits {width} logits, fewer than the {n} kept vocabulary entries",
-                model.name()
-            )));
-        }
-        let row_src: Vec<usize> = batch
-            .reads
-            .iter()
-            .map(|&(w, p)| (w * t + p) * width)
-            .collect();
-        let name = model.name().to_string();
-        out.par_chunks_mut(n)
-            .zip(row_src.par_iter().enumerate())
-            .try_for_each(|(dst, (k, &src))| {
-                divergence::log_softmax(&logits[src..src + width], dst).map_err(|i| {
-                    StageError::Other(format!(
-                        "{name}: non-finite logit (token {i}) at row {}",
-                        self.rows[batch.rows.start + k]
-                    ))
-                })
-            })
     }
 
     /// Run one batch through the model and the log-prob graph: the

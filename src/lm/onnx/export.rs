@@ -288,6 +288,11 @@ pub fn build_for(shape: &Shape, w: &Weights, objective: Objective) -> ModelProto
         )],
         ..Default::default()
     };
+    model_proto(graph)
+}
+
+/// A model of one graph at this module's opset, produced by seedconv.
+pub(super) fn model_proto(graph: GraphProto) -> ModelProto {
     ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![OperatorSetIdProto {

@@ -17,8 +17,8 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use prost::Message;
 
-use super::export::{attr_int, io, Graph, IR_VERSION, OPSET};
-use super::proto::{tensor_proto::DataType, GraphProto, ModelProto, OperatorSetIdProto};
+use super::export::{attr_int, io, model_proto, Graph};
+use super::proto::{tensor_proto::DataType, GraphProto, ModelProto};
 use crate::error::StageError;
 
 /// The graph for logits of element type `elem`.
@@ -55,16 +55,7 @@ fn model(elem: DataType) -> ModelProto {
         output: vec![io("logprobs", DataType::Float, &["rows", "n"])],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: Some(IR_VERSION),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(OPSET),
-        }],
-        producer_name: Some("seedconv".into()),
-        graph: Some(graph),
-        ..Default::default()
-    }
+    model_proto(graph)
 }
 
 /// A log-prob session for one model's logits (built on the first batch,
