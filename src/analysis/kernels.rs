@@ -349,38 +349,46 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
         all.sort_unstable();
         return all.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect();
     }
-    let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
-    cand.extend((0..k).map(key));
-    let mut thr = x[..k].iter().copied().fold(f32::INFINITY, f32::min);
-    let trim = |cand: &mut Vec<u64>| {
-        cand.select_nth_unstable(k - 1);
-        cand.truncate(k);
-        x[(cand[k - 1] & 0xffff_ffff) as usize]
+    // Long rows: the k-th largest of the maxima of 64-entry blocks is a
+    // lower bound of the k-th largest value (each of those k blocks holds
+    // a value at least that large), so only blocks whose maximum reaches
+    // it can hold the top k, and within them only values reaching it.
+    const B: usize = 64;
+    let maxima: Vec<f32> = x
+        .chunks(B)
+        .map(|c| {
+            // Lane-wise maxima (independent lanes vectorise), then 8 more.
+            let mut m = [f32::NEG_INFINITY; 8];
+            let n8 = c.len() / 8 * 8;
+            for ch in c[..n8].chunks_exact(8) {
+                for i in 0..8 {
+                    m[i] = m[i].max(ch[i]);
+                }
+            }
+            c[n8..].iter().chain(&m).copied().fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect();
+    let thr = if k <= maxima.len() {
+        let mut sorted = maxima.clone();
+        let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        *kth
+    } else {
+        f32::NEG_INFINITY
     };
-    // Blocks of 16 with nothing above the threshold are skipped after one
-    // vectorised comparison; once the threshold settles that is nearly all
-    // of them.
-    let mut i = k;
-    while i < n {
-        let end = (i + 16).min(n);
-        // An integer OR (associative, unlike a float max) vectorises.
-        let above = x[i..end].iter().fold(0u32, |a, &v| a | (v > thr) as u32);
-        if above != 0 {
-            for (j, &v) in x[i..end].iter().enumerate() {
-                // Equal to the threshold with a higher id ranks below every
-                // current candidate of that value: strictly greater is enough.
-                if v > thr {
-                    cand.push(key(i + j));
-                    if cand.len() == 4 * k {
-                        thr = trim(&mut cand);
-                    }
+    let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
+    for (bi, &m) in maxima.iter().enumerate() {
+        if m >= thr {
+            let start = bi * B;
+            for (j, &v) in x[start..(start + B).min(n)].iter().enumerate() {
+                if v >= thr {
+                    cand.push(key(start + j));
                 }
             }
         }
-        i = end;
     }
     if cand.len() > k {
-        trim(&mut cand);
+        cand.select_nth_unstable(k - 1);
+        cand.truncate(k);
     }
     cand.sort_unstable();
     cand.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect()
