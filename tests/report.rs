@@ -294,3 +294,32 @@ fn a_tagged_plain_text_corpus_gets_a_penn_tag_panel_and_no_empty_upos_panel() {
     let csv = std::fs::read_to_string(fig.join("conv_by_xpos_tiny.csv")).unwrap();
     assert!(!csv.contains("\nUNK "), "{csv}");
 }
+
+#[test]
+fn fixed_phase_lines_are_drawn_only_when_asked() {
+    let p = Project::micro();
+    let cfg = hf_suite_config(&common::hf_models(), "[0, 50, 300]");
+    p.write_config(&format!("{cfg}\n[aggregate]\nbootstrap = 20\n"));
+    p.ok(&["run"]);
+    let fig = p.store().join("report/current/figures");
+    let conv = |name: &str| std::fs::read_to_string(fig.join(name)).unwrap();
+    assert!(!conv("conv.svg").contains("step 16"));
+    // The report's key is unchanged by the default (an empty list is not
+    // serialised); asking for lines reruns only the report.
+    p.write_config(&format!(
+        "{cfg}\n[aggregate]\nbootstrap = 20\n\n[report]\nphase_lines = [16, 256]\n"
+    ));
+    let r = p.ok(&["run"]);
+    assert_eq!(r.computed_ids(), vec!["report"]);
+    for name in ["conv.svg", "spread_tiny.svg", "conv_by_freq_bin_tiny.svg"] {
+        let svg = conv(name);
+        for step in ["step 16", "step 256"] {
+            assert_eq!(svg.matches(step).count(), 1, "{name}: {step}");
+        }
+    }
+    // A duplicate step is a located config error.
+    p.write_config(&format!("{cfg}\n[report]\nphase_lines = [16, 16]\n"));
+    let r = p.run(&["run"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("report.phase_lines"), "{}", r.stderr);
+}

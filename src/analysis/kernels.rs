@@ -365,7 +365,11 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
                     m[i] = m[i].max(ch[i]);
                 }
             }
-            c[n8..].iter().chain(&m).copied().fold(f32::NEG_INFINITY, f32::max)
+            c[n8..]
+                .iter()
+                .chain(&m)
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
         })
         .collect();
     let thr = if k <= maxima.len() {

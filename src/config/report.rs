@@ -41,6 +41,11 @@ pub struct ReportConfig {
     /// Also render every figure as PNG (SVG is always written).
     #[serde(default = "default_true")]
     pub png: bool,
+    /// Fixed steps drawn as grey verticals beside the detected phase
+    /// boundaries, e.g. the paper's [16, 256, 2000] (empty: none; not in
+    /// the key then, so existing reports keep theirs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase_lines: Vec<u64>,
 }
 
 impl Default for ReportConfig {
@@ -53,6 +58,7 @@ impl Default for ReportConfig {
             width: default_fig_width(),
             height: default_fig_height(),
             png: true,
+            phase_lines: Vec::new(),
         }
     }
 }
@@ -79,6 +85,7 @@ fn default_true() -> bool {
 impl ReportConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
         super::no_duplicates(ck, "report.sizes", &self.sizes)?;
+        super::no_duplicates(ck, "report.phase_lines", &self.phase_lines)?;
         let sizes = super::suite_sizes(c);
         for s in &self.sizes {
             if !sizes.contains(s) {

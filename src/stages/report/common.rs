@@ -10,6 +10,9 @@ use polars::prelude::*;
 use crate::error::StageError;
 use crate::render::plot::{Chart, Mark};
 
+/// Palette index of grey (`render::plot::color`).
+const GREY: usize = 7;
+
 /// A Parquet table read with polars, with typed column access whose errors
 /// name the file and column.
 pub(super) struct Table {
@@ -148,6 +151,9 @@ impl Conv {
 pub(super) struct Phases {
     pub(super) marks: BTreeMap<String, Vec<(u64, String)>>,
     pub(super) rows: Vec<Vec<String>>,
+    /// `report.phase_lines`: fixed steps drawn beside the detected
+    /// boundaries (e.g. the paper's 16, 256, 2000).
+    fixed: Vec<u64>,
 }
 
 impl Phases {
@@ -180,19 +186,48 @@ impl Phases {
                     .push((s, short_phase(&phase[i]).to_string()));
             }
         }
-        Ok(Phases { marks, rows })
+        Ok(Phases {
+            marks,
+            rows,
+            fixed: Vec::new(),
+        })
     }
 
+    pub(super) fn with_fixed_lines(mut self, steps: &[u64]) -> Phases {
+        self.fixed = steps.to_vec();
+        self
+    }
+
+    /// A size's detected boundaries in its colour, then the fixed lines
+    /// (grey, labelled with their step).
     pub(super) fn marks(&self, size: &str, color: usize) -> Vec<Mark> {
-        self.marks.get(size).map_or(vec![], |v| {
-            v.iter()
-                .map(|(s, l)| Mark {
-                    x: *s as f64,
-                    color,
-                    label: l.clone(),
-                })
-                .collect()
-        })
+        let mut m = self.detected(size, color);
+        m.extend(self.fixed_marks());
+        m
+    }
+
+    /// A size's detected boundaries alone.
+    pub(super) fn detected(&self, size: &str, color: usize) -> Vec<Mark> {
+        let found = self.marks.get(size).into_iter().flatten();
+        found
+            .map(|(s, l)| Mark {
+                x: *s as f64,
+                color,
+                label: l.clone(),
+            })
+            .collect()
+    }
+
+    /// The fixed lines alone (for charts with several sizes).
+    pub(super) fn fixed_marks(&self) -> Vec<Mark> {
+        self.fixed
+            .iter()
+            .map(|&s| Mark {
+                x: s as f64,
+                color: GREY,
+                label: format!("step {s}"),
+            })
+            .collect()
     }
 }
 

@@ -52,7 +52,7 @@ pub(super) fn convergence(r: &Inputs) -> Result<Vec<Block>, StageError> {
         });
         chart
             .marks
-            .extend(phases.marks(size, color).into_iter().map(|mut m| {
+            .extend(phases.detected(size, color).into_iter().map(|mut m| {
                 m.label = format!("{size} {}", m.label);
                 m
             }));
@@ -73,13 +73,14 @@ pub(super) fn convergence(r: &Inputs) -> Result<Vec<Block>, StageError> {
             ));
         }
     }
+    chart.marks.extend(phases.fixed_marks());
     Ok(vec![
         Block::Heading("Convergence over training".into()),
         Block::Para(summary.join("; ") + "."),
         job.figure(
             ctx,
             "conv",
-            format!("E[conv] against training step, one line per model size; band: {band_label}; dashed verticals: phase boundaries (see the phase table)."),
+            format!("E[conv] against training step, one line per model size; band: {band_label}; dashed verticals: phase boundaries (see the phase table){}.", if job.cfg.phase_lines.is_empty() { "" } else { "; grey: the fixed steps of report.phase_lines" }),
             &chart,
             "conv",
         )?,

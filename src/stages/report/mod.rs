@@ -238,7 +238,8 @@ impl Job for ReportJob {
             job: self,
             ctx,
             agg,
-            phases: Phases::read(&agg.join("phases.parquet"))?,
+            phases: Phases::read(&agg.join("phases.parquet"))?
+                .with_fixed_lines(&self.cfg.phase_lines),
             conv: Conv::read(&agg.join("conv.parquet"))?,
         };
         let mut blocks = Vec::new();
