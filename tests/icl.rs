@@ -159,13 +159,13 @@ fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
     assert_eq!(pooled.num_rows(), 1);
     assert!((col::<Float64Array>(&pooled, "mean_icl").value(0) - m).abs() < 2e-4);
     assert!((col::<Float64Array>(&pooled, "se").value(0) - se).abs() < 2e-4);
-    // The report plots it.
+    // The report plots it with the paper's sign (short − long).
     p.ok(&["run"]);
     let html = std::fs::read_to_string(p.store().join("report/current/report.html")).unwrap();
     assert!(html.contains("<h2>In-context learning</h2>"));
     let csv = std::fs::read_to_string(p.store().join("report/current/figures/icl.csv")).unwrap();
     let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
-    assert!((row[2].parse::<f64>().unwrap() - m).abs() < 2e-4, "{csv}");
+    assert!((row[2].parse::<f64>().unwrap() + m).abs() < 2e-4, "{csv}");
 }
 
 #[test]

@@ -81,7 +81,9 @@ pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
 }
 
 /// The in-context-learning score per size: mean over seeds × documents
-/// ± 1 SE (icl_summary/pooled.parquet).
+/// ± 1 SE (icl_summary/pooled.parquet), plotted with the paper's sign:
+/// short-context loss minus long-context loss, positive when the longer
+/// context helps (the tables keep long − short).
 pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let job = r.job;
     let ctx = r.ctx;
@@ -95,7 +97,7 @@ pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
     );
     let mut chart = log_chart(
         "In-context-learning score".into(),
-        "loss(long context) − loss(short context) (nats)",
+        "loss(short context) − loss(long context) (nats)",
     );
     chart.band_label = Some("±1 SE".into());
     for s in &job.info.sizes {
@@ -105,17 +107,17 @@ pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
         chart.series.push(Line {
             name: s.clone(),
             color: job.size_color(s),
-            points: idx.iter().map(|&i| (x(i), m[i])).collect(),
+            points: idx.iter().map(|&i| (x(i), -m[i])).collect(),
             band: idx
                 .iter()
-                .map(|&i| (x(i), m[i] - se[i], m[i] + se[i]))
+                .map(|&i| (x(i), -m[i] - se[i], -m[i] + se[i]))
                 .collect(),
             ..Default::default()
         });
     }
     Ok(vec![
         Block::Heading("In-context learning".into()),
-        Block::Para("Per document long enough: the loss on one token given a long context minus the loss given a short one (settings in [icl]); negative values mean the model uses the longer context. icl_summary/by_seed.parquet has the mean and SE per seed.".into()),
+        Block::Para("Per document long enough: the loss on one token given a short context minus the loss given a long one (settings in [icl]), the paper's sign: positive values mean the model uses the longer context. The tables (icl/icl.parquet, icl_summary/*.parquet: mean and SE per seed and pooled) keep the opposite sign, long minus short.".into()),
         job.figure(ctx, "icl", "In-context-learning score, mean over seeds × documents ± 1 SE.".into(), &chart, "icl")?,
     ])
 }

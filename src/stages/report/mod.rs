@@ -33,7 +33,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
