@@ -384,7 +384,7 @@ pub fn dist(
     }
     let bare = t.elapsed().as_secs_f64();
     let lq = vec![-(vocab as f64).ln(); vocab];
-    let mut graph = crate::lm::onnx::stats::StatsGraph::new(threads);
+    let mut graph = crate::lm::onnx::logprobs::LogProbGraph::new(threads);
     let t = Instant::now();
     let (stats, ort) = dist::compute(
         &plan,

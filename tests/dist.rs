@@ -71,7 +71,7 @@ use common::col;
 #[test]
 fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
     use seedconv::analysis::{divergence, kernels};
-    use seedconv::lm::onnx::stats::StatsGraph;
+    use seedconv::lm::onnx::logprobs::LogProbGraph;
     let ids = probe_ids();
     let t = ids.len();
     let n = 700;
@@ -86,9 +86,9 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
         ("variants/dynamo-external-data", "neox-seed12/step300"),
     ] {
         let mut m = OrtModel::from_file(&causal().join(model).join("model.onnx"), 1).unwrap();
-        let logits = m.run(&ids, &[t], t).unwrap();
+        let (logits, _) = m.run(&ids, &[t], t).unwrap();
         let rows: Vec<i64> = (0..t as i64).collect();
-        let lp = StatsGraph::new(1).run(model, &logits, &rows, n).unwrap();
+        let lp = LogProbGraph::new(1).run(model, &logits, &rows, n).unwrap();
         let want = common::read_npy_f64(
             &causal()
                 .join(reference)

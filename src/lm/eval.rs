@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::config::{Device, Loaded, MlmScoring, Objective};
 use crate::error::StageError;
+use crate::lm::onnx::logprobs::LogProbGraph;
 use crate::lm::onnx::runtime::OrtModel;
-use crate::lm::onnx::stats::StatsGraph;
 
 /// File name of a retained full log-prob array in a scratch folder.
 pub const FULL: &str = "full.f32";
@@ -271,17 +271,13 @@ impl EvalPlan {
     pub fn forward_graph(
         &self,
         model: &mut OrtModel,
-        graph: &mut StatsGraph,
+        graph: &mut LogProbGraph,
         batch: &Batch,
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
         let t = batch.t;
         let (ids, lens) = self.inputs(batch);
-        let logits = model.run(&ids, &lens, t)?;
-        let width = match logits.dtype() {
-            ort::value::ValueType::Tensor { shape, .. } => shape[2] as usize,
-            _ => 0,
-        };
+        let (logits, width) = model.run(&ids, &lens, t)?;
         self.width
             .store(width, std::sync::atomic::Ordering::Relaxed);
         if width < n {

@@ -25,8 +25,8 @@ use crate::analysis::kernels;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, EvalPlan, RunSettings};
+use crate::lm::onnx::logprobs::LogProbGraph;
 use crate::lm::onnx::runtime::OrtModel;
-use crate::lm::onnx::stats::StatsGraph;
 use crate::stages::{corpus, tokenizer, unigram, PlanCtx, Stage};
 use crate::suite::Checkpoint;
 use crate::table;
@@ -128,7 +128,7 @@ impl Job for DistJob {
         let budget = (!self.retain_full).then_some(self.scratch_budget);
         let full = eval::FullWriter::create(&ctx.scratch, rows, n, budget)?;
         let wrote_full = full.is_some();
-        let mut graph = StatsGraph::new(self.set.threads(ctx.threads));
+        let mut graph = LogProbGraph::new(self.set.threads(ctx.threads));
         let (stats, ort_secs) = compute(
             &plan,
             &mut model,
@@ -163,7 +163,7 @@ impl Job for DistJob {
 pub fn compute(
     plan: &EvalPlan,
     model: &mut OrtModel,
-    graph: &mut StatsGraph,
+    graph: &mut LogProbGraph,
     (n, k): (usize, usize),
     lq: &[f64],
     full: Option<eval::FullWriter>,

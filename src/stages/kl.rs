@@ -21,8 +21,8 @@ use crate::analysis::{divergence, kernels};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, RunSettings};
+use crate::lm::onnx::logprobs::LogProbGraph;
 use crate::lm::onnx::runtime::OrtModel;
-use crate::lm::onnx::stats::StatsGraph;
 use crate::stages::{corpus, dist, tokenizer, PlanCtx, Stage};
 use crate::suite::Checkpoint;
 use crate::table;
@@ -113,7 +113,7 @@ enum Source {
     Array(memmap2::Mmap),
     /// The model again, through the same log-prob graph as `dist` (so its
     /// log-probs are the bytes the array would have held).
-    Model(Box<(OrtModel, StatsGraph)>),
+    Model(Box<(OrtModel, LogProbGraph)>),
 }
 
 impl Job for KlJob {
@@ -147,7 +147,7 @@ impl Job for KlJob {
                 None => {
                     let path = c.model_path(ctx)?;
                     let (m, _) = self.set.open(&path, ctx.threads, ctx.gpu)?;
-                    let g = StatsGraph::new(self.set.threads(ctx.threads));
+                    let g = LogProbGraph::new(self.set.threads(ctx.threads));
                     sources.push(Source::Model(Box::new((m, g))));
                     recomputed += 1;
                 }

@@ -1,10 +1,11 @@
 //! ONNX: the protobuf messages (generated from the vendored `proto/onnx.proto`
-//! at build time), the exporter for the built-in model, and the ONNX Runtime
-//! wrapper that runs any causal-LM export.
+//! at build time), the exporter for the built-in model, the ONNX Runtime
+//! wrapper that runs any causal-LM export, and the log-prob graph run on its
+//! logits.
 
 pub mod export;
+pub mod logprobs;
 pub mod runtime;
-pub mod stats;
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

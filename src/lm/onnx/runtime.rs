@@ -151,13 +151,14 @@ impl OrtModel {
 
     /// The model's `logits` output value for sequences right-padded to `t`
     /// (see `logits_padded`), as ONNX Runtime returns it: the row
-    /// statistics graph reads it without a copy. Its shape is checked.
+    /// log-prob graph reads it without a copy. Its shape is checked;
+    /// returned with its width (logit columns).
     pub fn run(
         &mut self,
         ids: &[i64],
         lens: &[usize],
         t: usize,
-    ) -> Result<ort::value::DynValue, StageError> {
+    ) -> Result<(ort::value::DynValue, usize), StageError> {
         let b = lens.len();
         let err = |e: ort::Error| StageError::Other(format!("{}: {e}", self.name));
         let shape = vec![b as i64, t as i64];
@@ -193,7 +194,7 @@ impl OrtModel {
                 "{name}: logits have shape {oshape:?}, expected [{b}, {t}, vocab]"
             )));
         }
-        Ok(logits)
+        Ok((logits, oshape[2] as usize))
     }
 
     /// Logits for sequences right-padded to `t`: sequence i has `lens[i]`
@@ -207,13 +208,9 @@ impl OrtModel {
     ) -> Result<(Vec<f32>, usize), StageError> {
         let b = lens.len();
         let name = self.name.clone();
-        let logits = self.run(ids, lens, t)?;
+        let (logits, width) = self.run(ids, lens, t)?;
         // fp16 and bf16 exports emit float16 / bfloat16 logits: widened to
-        // f32 here (exactly), and to f64 per row for the statistics.
-        let width = match logits.dtype() {
-            ort::value::ValueType::Tensor { shape, .. } => shape[2] as usize,
-            _ => 0,
-        };
+        // f32 here (exactly).
         let data = logits_f32(&logits).map_err(|e| StageError::Other(format!("{name}: {e}")))?;
         debug_assert_eq!(data.len(), b * t * width);
         Ok((data, width))

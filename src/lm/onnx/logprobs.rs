@@ -60,14 +60,14 @@ fn model(elem: DataType) -> ModelProto {
 
 /// A log-prob session for one model's logits (built on the first batch,
 /// when the logits' element type is known).
-pub struct StatsGraph {
+pub struct LogProbGraph {
     session: Option<(TensorElementType, Session)>,
     threads: usize,
 }
 
-impl StatsGraph {
-    pub fn new(threads: usize) -> StatsGraph {
-        StatsGraph {
+impl LogProbGraph {
+    pub fn new(threads: usize) -> LogProbGraph {
+        LogProbGraph {
             session: None,
             threads,
         }
