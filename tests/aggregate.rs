@@ -14,7 +14,7 @@ fn aggregates_match_an_independent_computation() {
     let p = Project::micro();
     let cfg = hf_suite_config(&common::hf_models(), "[0, 50, 300]");
     p.write_config(&format!(
-        "{cfg}\n[aggregate]\nbootstrap = 200\nmin_rows = 40\n"
+        "{cfg}\n[aggregate]\nbootstrap = 200\nmin_rows = 40\ntoken_table_pooled = true\n"
     ));
     p.ok(&["run"]);
     let s = p.store();
@@ -161,6 +161,48 @@ fn aggregates_match_an_independent_computation() {
             }
         }
 
+        // Cross-entropy by frequency bin: per seed the mean surprisal over
+        // the bin's rows, then the mean over seeds.
+        let ce_by = read("aggregate/current/ce_by.parquet");
+        let mut ce_cells: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for seed in ["11", "12"] {
+            let d = read(&format!(
+                "dist/current/tiny-seed{seed}-step{step}.dist.parquet"
+            ));
+            let mut per: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            for i in 0..d.num_rows() {
+                let r = col::<UInt32Array>(&d, "row").value(i);
+                let e = per.entry(bin_of_row[&r].clone()).or_default();
+                e.0 -= col::<Float32Array>(&d, "target_logprob").value(i) as f64;
+                e.1 += 1;
+            }
+            for (g, (sum, n)) in per {
+                ce_cells.entry(g).or_default().push(sum / n as f64);
+            }
+        }
+        for (g, m) in &ce_cells {
+            let j = (0..ce_by.num_rows())
+                .find(|&j| {
+                    col::<StringArray>(&ce_by, "variable").value(j) == "freq_bin"
+                        && col::<StringArray>(&ce_by, "level").value(j) == g
+                        && col::<UInt32Array>(&ce_by, "step").value(j) == step
+                })
+                .unwrap_or_else(|| panic!("no ce_by cell {g} at step {step}"));
+            let want = m.iter().sum::<f64>() / m.len() as f64;
+            let got = col::<Float64Array>(&ce_by, "cross_entropy").value(j);
+            assert!((got - want).abs() < 1e-9, "ce_by {g}: {got} vs {want}");
+            assert_eq!(col::<UInt32Array>(&ce_by, "n_seeds").value(j), 2);
+        }
+
+        // The regression at this step, solved here by Gauss–Jordan on the
+        // normal equations with the groups spelled out independently.
+        regression_matches(
+            &ann,
+            &pairs,
+            step,
+            &read("aggregate/current/regression.parquet"),
+        );
+
         // Baselines and cross-entropy: means over each seed's dist table.
         for seed in ["11", "12"] {
             let d = read(&format!(
@@ -232,6 +274,11 @@ fn aggregates_match_an_independent_computation() {
         .map(|i| mk.value(i))
         .fold(f64::MAX, f64::min);
     assert!(max_low <= min_high);
+    pooled_table_matches(
+        &ann,
+        &read("kl/current/tiny-step300.kl.parquet"),
+        &read("aggregate/current/token_table_pooled.parquet"),
+    );
 
     // Recomputed, every aggregate table is byte-identical (float sums run in
     // a fixed order), so downstream stages see an unchanged output.
@@ -248,4 +295,159 @@ fn aggregates_match_an_independent_computation() {
         !r.computed_ids().contains(&"report".to_string()),
         "early cutoff"
     );
+}
+
+/// Penn groups (noun, verb, function) of a tag, UPOS where Penn is missing.
+fn groups_of(xpos: Option<&str>, upos: Option<&str>) -> [f64; 3] {
+    let f = |b: bool| if b { 1.0 } else { 0.0 };
+    match (xpos, upos) {
+        (Some(x), _) if x != "UNK" && x != "_" => [
+            f(["NN", "NNS", "NNP", "NNPS"].contains(&x)),
+            f(["VB", "VBD", "VBG", "VBN", "VBP", "VBZ"].contains(&x)),
+            f(["DT", "IN", "MD", "PRP", "PRP$", "CC", "TO"].contains(&x)),
+        ],
+        (_, Some(u)) if u != "UNK" => [
+            f(["NOUN", "PROPN"].contains(&u)),
+            f(u == "VERB"),
+            f(["ADP", "AUX", "CCONJ", "DET", "PART", "PRON", "SCONJ"].contains(&u)),
+        ],
+        _ => [0.0; 3],
+    }
+}
+
+fn regression_matches(
+    ann: &arrow::array::RecordBatch,
+    pairs: &BTreeMap<String, Vec<(u32, f64)>>,
+    step: u32,
+    reg: &arrow::array::RecordBatch,
+) {
+    let opt = |c: &str, i: usize| {
+        let a = col::<StringArray>(ann, c);
+        (!a.is_null(i)).then(|| a.value(i))
+    };
+    let mut feat: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for i in 0..ann.num_rows() {
+        let mut x = vec![
+            1.0,
+            ((col::<arrow::array::UInt64Array>(ann, "count").value(i) + 1) as f64).log10(),
+        ];
+        x.extend(groups_of(opt("xpos", i), opt("upos", i)));
+        x.extend(groups_of(opt("context_xpos", i), opt("context_upos", i)));
+        feat.insert(col::<UInt32Array>(ann, "row").value(i), x);
+    }
+    let names = [
+        "size_tiny",
+        "log10_freq",
+        "target_noun",
+        "target_verb",
+        "target_function",
+        "context_noun",
+        "context_verb",
+        "context_function",
+    ];
+    let mut y: BTreeMap<u32, f64> = BTreeMap::new();
+    for v in pairs.values() {
+        for &(r, k) in v {
+            *y.entry(r).or_default() += k / pairs.len() as f64;
+        }
+    }
+    let rows: Vec<(Vec<f64>, f64)> = y.iter().map(|(r, v)| (feat[r].clone(), *v)).collect();
+    let keep: Vec<usize> = (0..names.len())
+        .filter(|&j| rows.iter().any(|r| r.0[j] != 0.0))
+        .collect();
+    let p = keep.len();
+    // [XᵀX | Xᵀy], reduced to [I | β].
+    let mut m = vec![vec![0.0; p + 1]; p];
+    for (x, yv) in &rows {
+        for (a, &ja) in keep.iter().enumerate() {
+            for (b, &jb) in keep.iter().enumerate() {
+                m[a][b] += x[ja] * x[jb];
+            }
+            m[a][p] += x[ja] * yv;
+        }
+    }
+    for c in 0..p {
+        let piv = (c..p)
+            .max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs()))
+            .unwrap();
+        m.swap(c, piv);
+        let d = m[c][c];
+        m[c].iter_mut().for_each(|v| *v /= d);
+        for i in (0..p).filter(|&i| i != c) {
+            let f = m[i][c];
+            let rc = m[c].clone();
+            m[i].iter_mut().zip(&rc).for_each(|(v, r)| *v -= f * r);
+        }
+    }
+    let terms: Vec<(&str, f64)> = (0..reg.num_rows())
+        .filter(|&i| col::<UInt32Array>(reg, "step").value(i) == step)
+        .map(|i| {
+            (
+                col::<StringArray>(reg, "term").value(i),
+                col::<Float64Array>(reg, "coef").value(i),
+            )
+        })
+        .collect();
+    assert_eq!(terms.len(), p, "terms at step {step}: {terms:?}");
+    for (a, &j) in keep.iter().enumerate() {
+        let got = terms
+            .iter()
+            .find(|t| t.0 == names[j])
+            .unwrap_or_else(|| panic!("{}", names[j]))
+            .1;
+        assert!(
+            (got - m[a][p]).abs() < 1e-8 * m[a][p].abs().max(1.0),
+            "step {step} {}: {got} vs {}",
+            names[j],
+            m[a][p]
+        );
+    }
+}
+
+/// The authors' token table: tagged targets only, mean KL per token over
+/// every pair and row, lowest / middle / highest 20.
+fn pooled_table_matches(
+    ann: &arrow::array::RecordBatch,
+    kl: &arrow::array::RecordBatch,
+    table: &arrow::array::RecordBatch,
+) {
+    let mut target: BTreeMap<u32, u32> = BTreeMap::new();
+    for i in 0..ann.num_rows() {
+        let x = col::<StringArray>(ann, "xpos");
+        if !x.is_null(i) && x.value(i) != "UNK" {
+            target.insert(
+                col::<UInt32Array>(ann, "row").value(i),
+                col::<UInt32Array>(ann, "target_id").value(i),
+            );
+        }
+    }
+    let mut per: BTreeMap<u32, (f64, usize)> = BTreeMap::new();
+    for i in 0..kl.num_rows() {
+        if let Some(&t) = target.get(&col::<UInt32Array>(kl, "row").value(i)) {
+            let e = per.entry(t).or_default();
+            e.0 += col::<Float64Array>(kl, "kl").value(i);
+            e.1 += 1;
+        }
+    }
+    let mut means: Vec<(f64, u32)> = per.iter().map(|(t, (s, n))| (s / *n as f64, *t)).collect();
+    means.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let n = means.len();
+    assert!(n > 60, "{n} tagged target tokens");
+    let mid = n / 2 - 10;
+    for (label, start) in [("lowest", 0), ("middle", mid), ("highest", n - 20)] {
+        let got: Vec<(f64, u32)> = (0..table.num_rows())
+            .filter(|&i| col::<StringArray>(table, "position").value(i) == label)
+            .map(|i| {
+                (
+                    col::<Float64Array>(table, "mean_kl").value(i),
+                    col::<UInt32Array>(table, "target_id").value(i),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), 20, "{label}");
+        for (g, w) in got.iter().zip(&means[start..start + 20]) {
+            assert_eq!(g.1, w.1, "{label}");
+            assert!((g.0 - w.0).abs() < 1e-12, "{label}");
+        }
+    }
 }

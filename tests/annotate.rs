@@ -136,3 +136,236 @@ fn frequency_counts_on_a_known_text() {
         assert!((lp.value(i) - ((c + 1) as f64 / 17.0).ln()).abs() < 1e-12);
     }
 }
+
+/// Runs `presets/polypythia.toml` as shipped up to `annotate` (its store in
+/// the project's temp folder), with extra `--set`s.
+fn polypythia(p: &Project, sets: &[String]) -> common::Run {
+    let preset = std::path::Path::new(common::REPO).join("presets/polypythia.toml");
+    let mut args: Vec<String> = vec!["-c".into(), preset.display().to_string()];
+    let mut all = vec![format!("store.dir={}", p.store().display())];
+    all.extend(sets.iter().cloned());
+    for s in all {
+        args.push("--set".into());
+        args.push(s);
+    }
+    args.extend(["run".into(), "annotate".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    p.run(&refs)
+}
+
+/// The authors' `[token, tag]` pairs of their sample.
+fn authors_tags() -> Vec<(String, String)> {
+    let f = common::data("paper_sample/pos_tagged_tokens.json");
+    serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()
+}
+
+/// The preset's PoS path: every row's target and context tag is the
+/// authors' file's, token for token; the same tags from a CSV and a Parquet
+/// `token_index, tag` table; a file that differs from the stream is a
+/// one-line error naming the first differing index.
+#[test]
+fn polypythia_preset_rows_carry_the_authors_tags_from_any_file_form() {
+    let p = Project::micro();
+    let r = polypythia(&p, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let authors = authors_tags();
+    let s = p.store();
+    let t = seedconv::table::read(&s.join("corpus/current/tokens.parquet")).unwrap();
+    let tok = col::<StringArray>(&t, "token");
+    assert_eq!(t.num_rows(), authors.len());
+    for (i, (token, _)) in authors.iter().enumerate() {
+        assert_eq!(tok.value(i), token, "stream token {i}");
+    }
+    let ann = s.join("annotate/current/annotations.parquet");
+    let a = seedconv::table::read(&ann).unwrap();
+    let (row, xpos, cxpos) = (
+        col::<UInt32Array>(&a, "row"),
+        col::<StringArray>(&a, "xpos"),
+        col::<StringArray>(&a, "context_xpos"),
+    );
+    assert_eq!(a.num_rows(), 4662);
+    for i in 0..a.num_rows() {
+        let r = row.value(i) as usize;
+        assert_eq!(xpos.value(i), authors[r + 1].1, "row {i} target");
+        assert_eq!(cxpos.value(i), authors[r].1, "row {i} context");
+    }
+    // Frequencies are the authors' Pile-validation counts, rounded (their
+    // never-seen ids hold uninitialised leftovers like 6e-312).
+    let want_counts: Vec<u64> =
+        common::read_npy_f64(&common::data("paper_sample/frequency_count.npy"))
+            .iter()
+            .map(|c| c.round() as u64)
+            .collect();
+    assert_eq!(want_counts.len(), 50277);
+    let u = seedconv::table::read(&s.join("unigram/current/unigram.parquet")).unwrap();
+    assert_eq!(
+        col::<UInt64Array>(&u, "count").values().to_vec(),
+        want_counts
+    );
+    let (count, target) = (
+        col::<UInt64Array>(&a, "count"),
+        col::<UInt32Array>(&a, "target_id"),
+    );
+    for i in 0..a.num_rows() {
+        assert_eq!(
+            count.value(i),
+            want_counts[target.value(i) as usize],
+            "row {i}"
+        );
+    }
+    assert!(want_counts[1] == 0 && want_counts.iter().filter(|&&c| c == 0).count() > 10);
+    let nouns = col::<arrow::array::BooleanArray>(&a, "is_noun");
+    let want_nouns = authors[1..]
+        .iter()
+        .filter(|(_, t)| matches!(t.as_str(), "NN" | "NNS" | "NNP" | "NNPS"))
+        .count();
+    assert_eq!(
+        nouns.iter().filter(|v| *v == Some(true)).count(),
+        want_nouns
+    );
+    let first = std::fs::read(&ann).unwrap();
+
+    // The same tags as CSV (tags like "," quoted) and as Parquet.
+    let csv = p.path().join("tags.csv");
+    let mut text = String::from("token_index,tag\n");
+    for (i, (_, tag)) in authors.iter().enumerate() {
+        text.push_str(&format!("{i},\"{}\"\n", tag.replace('"', "\"\"")));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let pq = p.path().join("tags.parquet");
+    let batch = arrow::array::RecordBatch::try_from_iter(vec![
+        (
+            "token_index",
+            std::sync::Arc::new(arrow::array::Int64Array::from_iter_values(
+                0..authors.len() as i64,
+            )) as arrow::array::ArrayRef,
+        ),
+        (
+            "token",
+            std::sync::Arc::new(StringArray::from_iter_values(
+                authors.iter().map(|a| a.0.as_str()),
+            )),
+        ),
+        (
+            "tag",
+            std::sync::Arc::new(StringArray::from_iter_values(
+                authors.iter().map(|a| a.1.as_str()),
+            )),
+        ),
+    ])
+    .unwrap();
+    seedconv::table::write(&pq, &batch, &[]).unwrap();
+    for f in [&csv, &pq] {
+        let r = polypythia(&p, &[format!("annotate.pos_file=\"{}\"", f.display())]);
+        assert_eq!(r.code, 0, "{}: {}", f.display(), r.stderr);
+        let a2 = seedconv::table::read(&ann).unwrap();
+        assert_eq!(
+            (0..a2.num_rows())
+                .map(|i| col::<StringArray>(&a2, "xpos").value(i).to_string())
+                .collect::<Vec<_>>(),
+            (0..a.num_rows())
+                .map(|i| xpos.value(i).to_string())
+                .collect::<Vec<_>>(),
+            "{}",
+            f.display()
+        );
+    }
+
+    // One token changed; the list cut short: one line each, naming the index.
+    let mut changed = authors.clone();
+    changed[100].0 = "xyz".into();
+    let mut short = authors.clone();
+    short.truncate(4000);
+    for (name, pairs, index) in [("changed.json", changed, 100), ("short.json", short, 4000)] {
+        let f = p.path().join(name);
+        std::fs::write(&f, serde_json::to_string(&pairs).unwrap()).unwrap();
+        let r = polypythia(&p, &[format!("annotate.pos_file=\"{}\"", f.display())]);
+        assert_eq!(r.code, 1, "{name}: {}", r.stderr);
+        let msg = r.stderr.trim();
+        assert!(
+            msg.contains(name) && msg.contains(&format!("first differing index {index}")),
+            "{msg}"
+        );
+    }
+    // Per-id counts of the wrong length: one line naming the file.
+    let npy = p.path().join("short_counts.npy");
+    let dict = "{'descr': '<f8', 'fortran_order': False, 'shape': (100,), }";
+    // Magic, version and length (10 bytes) + header end on a 64-byte boundary.
+    let pad = (64 - (10 + dict.len() + 1) % 64) % 64;
+    let mut header = format!("{dict}{}", " ".repeat(pad));
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend((0..100).flat_map(|i| (i as f64).to_le_bytes()));
+    std::fs::write(&npy, bytes).unwrap();
+    let r = polypythia(&p, &[format!("frequency.files=[\"{}\"]", npy.display())]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let errors: Vec<&str> = r.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("short_counts.npy")
+            && errors[0].contains("100 counts for a tokenizer of 50277 tokens"),
+        "{}",
+        r.stderr
+    );
+    // Nothing computed was lost: the current table is the authors' again
+    // once the file is.
+    let r = polypythia(&p, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&ann).unwrap(), first);
+}
+
+/// The built-in tagger path on the authors' sample with the Pythia
+/// tokenizer, their UNK rules (quotes, `<`/`>`, separators) and their
+/// erased code blocks (`annotate.exclude`): agreement with their NLTK tags,
+/// per tag, printed for the README.
+#[test]
+fn built_in_tagger_on_the_sample_agrees_with_the_authors_tags() {
+    let p = Project::micro();
+    let data = common::data("ud_english_ewt");
+    let r = polypythia(
+        &p,
+        &[
+            "annotate.pos=\"tagger\"".into(),
+            format!(
+                "annotate.tagger_train=\"{}\"",
+                data.join("en_ewt-ud-train.conllu").display()
+            ),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let authors = authors_tags();
+    let a = seedconv::table::read(&p.store().join("annotate/current/annotations.parquet")).unwrap();
+    let (row, xpos) = (
+        col::<UInt32Array>(&a, "row"),
+        col::<StringArray>(&a, "xpos"),
+    );
+    let mut per_tag: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut same = 0;
+    for i in 0..a.num_rows() {
+        let (token, want) = &authors[row.value(i) as usize + 1];
+        let got = xpos.value(i);
+        let e = per_tag.entry(want.clone()).or_default();
+        e.0 += 1;
+        if got == want {
+            e.1 += 1;
+            same += 1;
+        }
+        // Their UNK rules hold token for token.
+        if matches!(token.trim(), "\"" | "<" | ">" | "<|endoftext|>") {
+            assert_eq!(got, "UNK", "row {i}: {token:?}");
+        }
+    }
+    let n = a.num_rows();
+    println!("agreement with the authors' tags: {same} / {n} rows");
+    println!("| authors' tag | rows | same tag | differs |");
+    let mut rows: Vec<_> = per_tag.iter().collect();
+    rows.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+    for (tag, (n, s)) in rows {
+        println!("| {tag} | {n} | {s} | {} |", n - s);
+    }
+    let unk = &per_tag["UNK"];
+    assert!(unk.1 as f64 > 0.9 * unk.0 as f64, "UNK agreement {unk:?}");
+    assert!(same as f64 > 0.88 * n as f64, "{same} / {n}");
+}

@@ -12,7 +12,7 @@ use seedconv::lm::onnx::runtime::OrtModel;
 const VOCAB: usize = 600;
 const MASK_ID: i64 = 4;
 
-fn config(scoring: &str) -> String {
+fn config(scoring: &str, special: bool) -> String {
     let mlm = fixtures().join("hf_onnx_samples/mlm");
     format!(
         r#"[tokenizer]
@@ -23,6 +23,7 @@ eos_token = "[SEP]"
 path = "text/eval.conllu"
 mode = "mlm"
 window = 24
+mlm_special_rows = {special}
 
 [frequency]
 files = ["text/a.txt"]
@@ -61,10 +62,10 @@ fn reference(model: &mut OrtModel, seq: &[i64], read: usize, masked: bool) -> Ve
     row.iter().map(|x| x - lse).collect()
 }
 
-fn check(scoring: &str) {
+fn check(scoring: &str, special: bool) {
     let masked = scoring == "masked";
     let p = Project::micro();
-    p.write_config(&config(scoring));
+    p.write_config(&config(scoring, special));
     p.ok(&["run", "kl"]);
     let s = p.store();
     let tokens = seedconv::table::read(&s.join("corpus/current/tokens.parquet")).unwrap();
@@ -81,15 +82,32 @@ fn check(scoring: &str) {
         col::<UInt32Array>(&rows, "target_id"),
     );
     // Every sequence is [CLS] … [SEP] of at most the window, and every row's
-    // target is a document token inside it.
+    // target is a document token inside it — or, with the authors' special
+    // rows, also its [CLS] (but the first) or [SEP] (but the last).
+    let mut specials = [0, 0];
+    let mut seqs = std::collections::BTreeSet::new();
     for i in 0..rows.num_rows() {
         let (a, e) = (start.value(i) as usize, end.value(i) as usize);
         assert!(e - a <= 24);
         assert_eq!((tok_ids[a], tok_ids[e - 1]), (2, 3));
+        seqs.insert(a);
         let t = row.value(i) as usize + 1;
-        assert!(a < t && t < e - 1);
+        if special {
+            assert!(a <= t && t < e);
+        } else {
+            assert!(a < t && t < e - 1);
+        }
         assert_eq!(tok_ids[t], target.value(i) as i64);
+        if t == a {
+            specials[0] += 1;
+        } else if t == e - 1 {
+            specials[1] += 1;
+        }
     }
+    let n = seqs.len();
+    assert!(n > 2, "{n} sequences");
+    let want = if special { [n - 1, n - 1] } else { [0, 0] };
+    assert_eq!(specials, want, "[CLS] and [SEP] target rows");
     let models: Vec<OrtModel> = ["21", "22"]
         .iter()
         .map(|seed| {
@@ -168,25 +186,32 @@ fn check(scoring: &str) {
 
 #[test]
 fn unmasked_scoring_matches_a_float64_reference() {
-    check("unmasked");
+    check("unmasked", false);
 }
 
 #[test]
 fn masked_scoring_matches_a_float64_reference() {
-    check("masked");
+    check("masked", false);
+}
+
+/// `corpus.mlm_special_rows`: the [CLS] / [SEP] rows the authors keep, read
+/// at the special token's own position.
+#[test]
+fn the_authors_special_token_rows_match_a_float64_reference() {
+    check("unmasked", true);
 }
 
 #[test]
 fn the_scoring_mode_is_required_and_part_of_the_key() {
     let p = Project::micro();
-    let cfg = config("unmasked");
+    let cfg = config("unmasked", false);
     p.write_config(&cfg.replace("mlm_scoring = \"unmasked\"\n", ""));
     let r = p.run(&["run"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("dist.mlm_scoring"), "{}", r.stderr);
     p.write_config(&cfg);
     p.ok(&["run", "dist"]);
-    p.write_config(&config("masked"));
+    p.write_config(&config("masked", false));
     let r = p.ok(&["run", "dist"]);
     // Only the distributions rerun; the corpus and tokenizer are reused.
     let ids = r.computed_ids();
@@ -203,7 +228,7 @@ fn missing_masked_lm_special_tokens_are_named_where_the_user_can_fix_them() {
     let p = Project::micro();
     let causal_tok = common::causal().join("tokenizer.json");
     p.write_config(
-        &config("masked")
+        &config("masked", false)
             .replace(
                 &fixtures()
                     .join("hf_onnx_samples/mlm/tokenizer.json")

@@ -159,8 +159,40 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
         .filter_map(|n| n.strip_suffix(".svg").map(String::from))
         .collect();
     // conv, 5 conditional panels (frequency, PoS group, UPOS, XPOS,
-    // surprisal), spread, baselines, cross-entropy.
-    assert_eq!(figures.len(), 9, "{figures:?}");
+    // surprisal) of convergence and 5 of cross-entropy, 2 of the regression,
+    // spread, baselines, cross-entropy.
+    assert_eq!(figures.len(), 16, "{figures:?}");
+    // One cross-entropy curve and the regression's coefficients, as tabled.
+    let ce = read_table(&s.join("aggregate/current/ce_by.parquet"));
+    let ccsv = read_csv(&dir.join("figures/ce_by_freq_bin_tiny.csv"));
+    let mut checked = 0;
+    for i in 0..ce.num_rows() {
+        if col::<StringArray>(&ce, "variable").value(i) != "freq_bin" {
+            continue;
+        }
+        let level = col::<StringArray>(&ce, "level").value(i);
+        let step = col::<UInt32Array>(&ce, "step").value(i) as f64;
+        if let Some(r) = ccsv
+            .iter()
+            .find(|r| r.0.starts_with(&format!("{level} (n=")) && r.1 == step)
+        {
+            assert_eq!(r.2, col::<Float64Array>(&ce, "cross_entropy").value(i));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked}");
+    let reg = read_table(&s.join("aggregate/current/regression.parquet"));
+    let rcsv = read_csv(&dir.join("figures/regression_factors.csv"));
+    let mut checked = 0;
+    for i in 0..reg.num_rows() {
+        let term = col::<StringArray>(&reg, "term").value(i);
+        let step = col::<UInt32Array>(&reg, "step").value(i) as f64;
+        if let Some(r) = rcsv.iter().find(|r| r.0 == term && r.1 == step) {
+            assert_eq!(r.2, col::<Float64Array>(&reg, "coef").value(i));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "{checked}");
     for f in &figures {
         for ext in ["png", "csv"] {
             assert!(dir.join(format!("figures/{f}.{ext}")).exists(), "{f}.{ext}");
@@ -187,6 +219,8 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
         "Suite",
         "Training phases",
         "Most and least convergent target tokens",
+        "Conditional cross-entropy",
+        "Regression on frequency, part of speech and size",
         "Top-k KL estimator validation",
         "Compute time and disk use",
     ] {

@@ -190,6 +190,16 @@ pub struct CorpusConfig {
     /// Keep only the first N documents (0 = all).
     #[serde(default)]
     pub max_documents: usize,
+    /// What separates documents in a `raw` file (default: the tokenizer's
+    /// `eos_token`, e.g. `<|endoftext|>`; the authors' BERT samples use
+    /// `[SEP][CLS]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+    /// Masked LMs: also the rows whose target is a sequence's `[CLS]` or
+    /// `[SEP]`, as the authors' code keeps them (all but the first `[CLS]`,
+    /// which no row precedes, and the final `[SEP]`, which they drop).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mlm_special_rows: bool,
 }
 
 fn default_mode() -> CorpusMode {
@@ -229,6 +239,15 @@ impl CorpusConfig {
                 "corpus.window",
                 format!("must be an even number ≥ 2 (got {})", self.window),
             ));
+        }
+        if self.mlm_special_rows && self.mode != CorpusMode::Mlm {
+            return Err(ck.bad(
+                "corpus.mlm_special_rows",
+                "applies to mode = \"mlm\" only".into(),
+            ));
+        }
+        if self.separator.as_deref() == Some("") {
+            return Err(ck.bad("corpus.separator", "must not be empty".into()));
         }
         ck.file("corpus.path", &self.path)
     }

@@ -106,6 +106,8 @@ pub enum PosSource {
     Auto,
     Gold,
     Tagger,
+    /// Tags aligned to the corpus token stream, read from `annotate.pos_file`.
+    File,
 }
 
 /// Per-row annotations.
@@ -120,6 +122,16 @@ pub struct AnnotateConfig {
     /// …and is scored on.
     #[serde(default = "default_tagger_test")]
     pub tagger_test: PathBuf,
+    /// With `pos = "file"`: one Penn tag per stream token — a JSON list of
+    /// `[token, tag]` (the authors' `pos_tagged_tokens.json`), or a Parquet
+    /// / CSV table with `token_index, tag` (and optionally `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_file: Option<PathBuf>,
+    /// Regexes over each document's text whose matches are left untagged
+    /// (UNK), e.g. markup blocks that are not prose (the authors erased two
+    /// HTML/CSS blocks of their sample).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 impl Default for AnnotateConfig {
@@ -128,6 +140,8 @@ impl Default for AnnotateConfig {
             pos: default_pos(),
             tagger_train: default_tagger_train(),
             tagger_test: default_tagger_test(),
+            pos_file: None,
+            exclude: Vec::new(),
         }
     }
 }
@@ -160,6 +174,10 @@ pub struct AggregateConfig {
     /// Tokens in each of the lowest / middle / highest groups of the token table.
     #[serde(default = "default_token_n")]
     pub token_table_n: usize,
+    /// Also write `token_table_pooled.parquet`, the authors' table: pooled
+    /// over sizes, UNK-tagged targets left out.
+    #[serde(default)]
+    pub token_table_pooled: bool,
     /// Relative band around the step-0 E[KL] that counts as "unchanged" when
     /// locating the four phases.
     #[serde(default = "default_phase_tol")]
@@ -178,6 +196,7 @@ impl Default for AggregateConfig {
             min_rows: default_min_rows(),
             final_surprisal_seed: default_surprisal_seed(),
             token_table_n: default_token_n(),
+            token_table_pooled: false,
             phase_tolerance: default_phase_tol(),
         }
     }
@@ -206,6 +225,34 @@ impl AnnotateConfig {
             && !matches!(c.corpus.format, TextFormat::Conllu | TextFormat::Auto)
         {
             return Err(ck.bad("annotate.pos", "gold tags need a CoNLL-U corpus".into()));
+        }
+        match (&self.pos, &self.pos_file) {
+            (PosSource::File, None) => {
+                return Err(ck.bad(
+                    "annotate.pos_file",
+                    "pos = \"file\" needs annotate.pos_file (JSON [token, tag] list, or Parquet/CSV with token_index, tag)".into(),
+                ))
+            }
+            (PosSource::File, Some(f)) => {
+                ck.file("annotate.pos_file", f)?;
+                let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if !matches!(ext, "json" | "parquet" | "csv") {
+                    return Err(ck.bad(
+                        "annotate.pos_file",
+                        format!("{}: expected a .json, .parquet or .csv file", f.display()),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for (i, re) in self.exclude.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(re) {
+                let first = e.to_string().lines().last().unwrap_or_default().to_string();
+                return Err(ck.bad(
+                    &format!("annotate.exclude[{i}]"),
+                    format!("not a regex: {}", first.trim()),
+                ));
+            }
         }
         Ok(())
     }

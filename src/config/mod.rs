@@ -96,6 +96,7 @@ impl Config {
             PosSource::Tagger => true,
             PosSource::Gold => false,
             PosSource::Auto => !conllu,
+            PosSource::File => false,
         }
     }
 }
@@ -383,6 +384,9 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
         resolve(root, p);
     }
     resolve(root, &mut c.corpus.path);
+    if let Some(p) = c.annotate.pos_file.as_mut() {
+        resolve(root, p);
+    }
     // The tagger's defaults name the shipped EWT files: beside the config
     // if it has them, else in the source tree this binary was built from.
     for (p, default) in [

@@ -204,11 +204,12 @@ impl EvalPlan {
                         mask: None,
                     },
                     i..j,
-                    (i..j).map(|r| pos(r) + 1).collect(),
+                    // The target's own position (a [CLS] target's row is the one before its sequence).
+                    (i..j).map(|r| rows[r] as usize + 1 - s).collect(),
                 )),
                 Scoring::MlmMasked { mask } => {
-                    for r in i..j {
-                        let at = pos(r) + 1;
+                    for (r, &row) in rows.iter().enumerate().take(j).skip(i) {
+                        let at = row as usize + 1 - s;
                         units.push((
                             Window {
                                 start: s,

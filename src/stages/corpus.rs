@@ -52,6 +52,8 @@ impl Stage for Corpus {
                     eos_token: t.eos_token.clone(),
                     cls_token: mlm.then(|| t.cls_token.clone()),
                     sep_token: mlm.then(|| t.sep_token.clone()),
+                    separator: c.separator.clone().filter(|s| *s != t.eos_token),
+                    mlm_special_rows: mlm && c.mlm_special_rows,
                 },
             )
             .inputs(vec![("corpus.path".into(), c.path.clone())])
@@ -75,6 +77,11 @@ struct CorpusJob {
     cls_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sep_token: Option<String>,
+    /// Set only when it differs from `eos_token` (older keys lack it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    separator: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    mlm_special_rows: bool,
 }
 
 /// The corpus rows of an upstream `corpus` entry as windows and batches for
@@ -207,12 +214,28 @@ pub fn build_mlm(
 }
 
 /// Masked-LM rows as (position, sequence start, sequence end): as in the
-/// causal tables, row p's target is token p + 1 — here every document token
-/// of a sequence, read at its own position with the whole sequence visible.
-pub fn mlm_rows(seqs: &[(usize, usize)]) -> Vec<(usize, usize, usize)> {
-    seqs.iter()
-        .flat_map(|&(s, e)| (s..e - 2).map(move |p| (p, s, e)))
-        .collect()
+/// causal tables, row p's target is token p + 1 — every document token of a
+/// sequence, read at its own position with the whole sequence visible. With
+/// `special`, also each `[SEP]` and each
+/// `[CLS]` but the first (its row is the position before it, the previous
+/// `[SEP]`, read at offset 0 of its own sequence), and not the final
+/// `[SEP]` — the authors' rows, but for the first `[CLS]`.
+pub fn mlm_rows(seqs: &[(usize, usize)], special: bool) -> Vec<(usize, usize, usize)> {
+    if !special {
+        return seqs
+            .iter()
+            .flat_map(|&(s, e)| (s..e - 2).map(move |p| (p, s, e)))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for (k, &(s, e)) in seqs.iter().enumerate() {
+        if k > 0 {
+            out.push((s - 1, s, e));
+        }
+        let last = if k + 1 == seqs.len() { e - 2 } else { e - 1 };
+        out.extend((s..last).map(|p| (p, s, e)));
+    }
+    out
 }
 
 /// Where the context of the row at local position `r` (within its sequence)
@@ -243,8 +266,12 @@ impl Job for CorpusJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
         let eos = tokenizer::eos_id(&tok, &self.eos_token, &tok_path)?;
-        let mut docs: Vec<Document> =
-            text::read_documents(&self.path, self.format, &self.text_field, &self.eos_token)?;
+        let mut docs: Vec<Document> = text::read_documents(
+            &self.path,
+            self.format,
+            &self.text_field,
+            self.separator.as_deref().unwrap_or(&self.eos_token),
+        )?;
         if self.max_documents > 0 {
             docs.truncate(self.max_documents);
         }
@@ -266,7 +293,7 @@ impl Job for CorpusJob {
             let cls = tokenizer::special_id(&tok, cls, &tok_path, "tokenizer.cls_token")?;
             let sep = tokenizer::special_id(&tok, sep, &tok_path, "tokenizer.sep_token")?;
             let (toks, seqs) = build_mlm(&encoded, cls, sep, self.window);
-            let r = mlm_rows(&seqs);
+            let r = mlm_rows(&seqs, self.mlm_special_rows);
             let rows: Vec<(usize, usize)> = r.iter().map(|&(p, s, _)| (p, s)).collect();
             (
                 toks,

@@ -1,7 +1,8 @@
 //! `frequency`: token counts of a frequency corpus, once per file (so adding
 //! a file counts only that file), tokenized the way the evaluation text is
-//! tokenized: each document followed by the separator token. `unigram` sums
-//! them.
+//! tokenized: each document followed by the separator token. A `.npy` file
+//! is counts already made, one per token id (the authors' Pile-validation
+//! `frequency_count.npy`). `unigram` sums them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ impl Stage for Frequency {
             .map(|p| {
                 let job = CountJob {
                     path: p.clone(),
+                    per_id: p.extension().is_some_and(|e| e == "npy"),
                     format,
                     text_field: field.clone(),
                     eos_token: c.tokenizer.eos_token.clone(),
@@ -94,9 +96,58 @@ struct CountJob {
     /// unkeyed: its content is the input `file`.
     #[serde(skip)]
     path: PathBuf,
+    /// A `.npy` of counts per token id rather than text (older keys lack it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    per_id: bool,
     format: TextFormat,
     text_field: String,
     eos_token: String,
+}
+
+/// Counts per token id from a 1-D `.npy` (float64 or int64) of exactly the
+/// tokenizer's size. Floats are rounded: the authors' counts are float64
+/// from an uninitialised `np.ndarray`, so ids never seen hold leftovers
+/// such as 6e-312, which round to 0.
+fn read_counts(path: &std::path::Path, vocab: usize) -> Result<Vec<u64>, StageError> {
+    let bad = |m: String| StageError::input(path, m);
+    let open = || -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, StageError> {
+        let f = std::fs::File::open(path).map_err(|e| StageError::io(path, e))?;
+        npyz::NpyFile::new(std::io::BufReader::new(f))
+            .map_err(|e| bad(format!("not a .npy file: {e}")))
+    };
+    let npy = open()?;
+    if npy.shape().len() != 1 {
+        return Err(bad(format!(
+            "expected a 1-D array of counts per token id, got shape {:?}",
+            npy.shape()
+        )));
+    }
+    let values: Vec<f64> = match npy.into_vec::<f64>() {
+        Ok(v) => v,
+        Err(_) => open()?
+            .into_vec::<i64>()
+            .map_err(|e| bad(format!("expected float64 or int64 counts: {e}")))?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect(),
+    };
+    if values.len() != vocab {
+        return Err(bad(format!(
+            "{} counts for a tokenizer of {vocab} tokens (one count per token id)",
+            values.len()
+        )));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v.round() as u64)
+            } else {
+                Err(bad(format!("count of token {i} is {v}")))
+            }
+        })
+        .collect()
 }
 
 impl Job for CountJob {
@@ -104,6 +155,12 @@ impl Job for CountJob {
         let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
         let eos = tokenizer::eos_id(&tok, &self.eos_token, &tok_path)? as usize;
         let vocab = tok.get_vocab_size(true);
+        if self.per_id {
+            let counts = read_counts(&self.path, vocab)?;
+            let total: u64 = counts.iter().sum();
+            write_counts(ctx, &self.path, counts)?;
+            return Ok(json!({ "documents": 0, "tokens": total, "per_id_counts": true }));
+        }
         let docs =
             text::read_documents(&self.path, self.format, &self.text_field, &self.eos_token)?;
         ctx.check_cancel()?;
@@ -135,24 +192,34 @@ impl Job for CountJob {
             counts.iter_mut().zip(part).for_each(|(x, y)| *x += y);
         }
         let total: u64 = counts.iter().sum();
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("token_id", DataType::UInt32, false),
-                Field::new("count", DataType::UInt64, false),
-            ])),
-            vec![
-                Arc::new(UInt32Array::from((0..vocab as u32).collect::<Vec<_>>())),
-                Arc::new(UInt64Array::from(counts)),
-            ],
-        )?;
-        table::write(
-            &ctx.out.join(FILE),
-            &batch,
-            &[
-                ("stage", NAME.into()),
-                ("source", table::source_name(&self.path)),
-            ],
-        )?;
+        write_counts(ctx, &self.path, counts)?;
         Ok(json!({ "documents": docs.len(), "tokens": total }))
     }
+}
+
+/// The counts table of one source file.
+fn write_counts(
+    ctx: &JobCtx,
+    source: &std::path::Path,
+    counts: Vec<u64>,
+) -> Result<(), StageError> {
+    let vocab = counts.len();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("token_id", DataType::UInt32, false),
+            Field::new("count", DataType::UInt64, false),
+        ])),
+        vec![
+            Arc::new(UInt32Array::from((0..vocab as u32).collect::<Vec<_>>())),
+            Arc::new(UInt64Array::from(counts)),
+        ],
+    )?;
+    table::write(
+        &ctx.out.join(FILE),
+        &batch,
+        &[
+            ("stage", NAME.into()),
+            ("source", table::source_name(source)),
+        ],
+    )
 }

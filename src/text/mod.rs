@@ -1,11 +1,13 @@
 //! Text: reading documents from the formats seedconv accepts (here), part
-//! of speech on subword tokens (`pos`) and the built-in tagger (`tagger`).
+//! of speech on subword tokens (`pos`), tags read from a file (`pos_file`)
+//! and the built-in tagger (`tagger`).
 //!
 //! Offsets are in characters (not bytes) throughout, because the paper's
 //! part-of-speech mapping votes per character and the tokenizers crate reports
 //! character offsets with `encode_char_offsets`.
 
 pub mod pos;
+pub mod pos_file;
 pub mod tagger;
 
 use std::path::Path;

@@ -48,6 +48,22 @@ pub fn token_tag<'a>(tags: &[Option<&'a str>], s: usize, e: usize) -> &'a str {
     }
 }
 
+/// Where a token's span starts when its leading whitespace counts. Tokenizers
+/// with `trim_offsets: true` (Pythia's byte-level BPE) report the token
+/// `" us"` as the span of `us`; the paper counts the characters of the
+/// decoded token, space included. So a token whose text begins with
+/// whitespace grows back over that whitespace in the document — at most as
+/// many characters as the token's text has, never before `floor` (the end of
+/// the previous token of the document).
+pub fn leading_space_start(doc: &[char], start: usize, floor: usize, token: &str) -> usize {
+    let lead = token.chars().take_while(|c| c.is_whitespace()).count();
+    let mut s = start;
+    while start - s < lead && s > floor && doc.get(s - 1).is_some_and(|c| c.is_whitespace()) {
+        s -= 1;
+    }
+    s
+}
+
 /// Penn Treebank groups (PAPER.md; VBP included, which the authors dropped).
 pub fn penn_noun(t: &str) -> bool {
     matches!(t, "NN" | "NNS" | "NNP" | "NNPS")
@@ -60,6 +76,26 @@ pub fn penn_function(t: &str) -> bool {
 }
 pub fn penn_content(t: &str) -> bool {
     penn_noun(t) || penn_verb(t) || matches!(t, "JJ" | "RB")
+}
+
+/// The (noun, verb, function, content) groups of a token from its Penn tag
+/// where it has one, else its UPOS; None when neither is a tag.
+pub fn groups(xpos: Option<&str>, upos: Option<&str>) -> Option<[bool; 4]> {
+    match (xpos, upos) {
+        (Some(x), _) if x != UNK && x != "_" => Some([
+            penn_noun(x),
+            penn_verb(x),
+            penn_function(x),
+            penn_content(x),
+        ]),
+        (_, Some(u)) if u != UNK => Some([
+            upos_noun(u),
+            upos_verb(u),
+            upos_function(u),
+            upos_content(u),
+        ]),
+        _ => None,
+    }
 }
 
 /// Universal POS groups.
@@ -125,6 +161,32 @@ mod tests {
             tag("x  a", &[("x", "SYM"), ("a", "DT")], &["x", "  a"]),
             ["SYM", "UNK"]
         );
+    }
+
+    /// With the Pythia tokenizer (`trim_offsets: true`) on the authors'
+    /// sample, every token's widened span is exactly its decoded text.
+    #[test]
+    fn leading_space_spans_are_the_decoded_tokens_with_trimmed_offsets() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/paper_sample");
+        let tok = tokenizers::Tokenizer::from_file(root.join("tokenizer.json")).unwrap();
+        let text = std::fs::read_to_string(root.join("input_text.txt")).unwrap();
+        let doc = text.split("<|endoftext|>").next().unwrap();
+        let chars: Vec<char> = doc.chars().collect();
+        let enc = tok.encode_char_offsets(doc, false).unwrap();
+        let (mut floor, mut trimmed, mut checked) = (0, 0, 0);
+        for (&id, &(s, e)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            let t = tok.decode(&[id], false).unwrap();
+            let s2 = leading_space_start(&chars, s, floor, &t);
+            trimmed += usize::from(s2 < s);
+            if !t.contains('\u{fffd}') {
+                assert_eq!(chars[s2..e].iter().collect::<String>(), t, "token {id}");
+                checked += 1;
+            }
+            floor = e;
+        }
+        assert!(trimmed > 100 && checked > 250, "{trimmed} {checked}");
+        // Without whitespace in the token text (WordPiece) nothing moves.
+        assert_eq!(leading_space_start(&chars, 5, 0, "us"), 5);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! polars plumbing of the aggregate tables: scanning Parquet, writing a
-//! table, and the reproducible per-group means behind `conv_by` and the
-//! token table.
+//! table, and the reproducible per-group means behind `conv_by`, `ce_by`
+//! and the token tables.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -56,31 +56,65 @@ pub(super) fn seq_means(df: &DataFrame, list: &str) -> PolarsResult<Vec<f64>> {
         .collect()
 }
 
-/// Per pair the mean KL over the rows of each level of `variable`, then
-/// mean and SD over pairs; `n_rows` is the rows per level (the same for
-/// every pair). polars groups; the sums run here in a fixed order.
-/// (Columns are not named `by`/`group`: both are SQL keywords.)
+/// What a conditional table averages: a per-row value, the units it is
+/// averaged over (seed pairs, or seeds), and its output columns.
+pub(super) struct Measure {
+    pub value: &'static str,
+    pub units: &'static [&'static str],
+    /// Output value = sign × the mean over units.
+    pub sign: f64,
+    pub out: &'static str,
+    pub sd: &'static str,
+    pub n_units: &'static str,
+}
+
+/// Convergence: per ordered seed pair the mean KL; E[conv] = −its mean.
+pub(super) const CONV: Measure = Measure {
+    value: "kl",
+    units: &["seed_a", "seed_b"],
+    sign: -1.0,
+    out: "conv",
+    sd: "sd_pairs",
+    n_units: "n_pairs",
+};
+
+/// Cross-entropy: per seed the mean surprisal of the target (nats).
+pub(super) const CROSS_ENTROPY: Measure = Measure {
+    value: "surprisal",
+    units: &["seed"],
+    sign: 1.0,
+    out: "cross_entropy",
+    sd: "sd_seeds",
+    n_units: "n_seeds",
+};
+
+/// Per unit (seed pair or seed) the mean of `m.value` over the rows of each
+/// level of `variable`, then mean and SD over units; `n_rows` is the rows
+/// per level (the same for every unit). polars groups; the sums run here in
+/// a fixed order. (Columns are not named `by`/`group`: both are SQL keywords.)
 pub(super) fn conditional(
     lf: LazyFrame,
     level: Expr,
     variable: &str,
+    m: &Measure,
 ) -> Result<DataFrame, StageError> {
-    let keys = ["size", "step", "level", "seed_a", "seed_b"];
-    let per_pair = lf
+    let mut keys = vec!["size", "step", "level"];
+    keys.extend(m.units);
+    let per_unit = lf
         .with_column(level.alias("level"))
-        .group_by(keys.map(col))
+        .group_by(keys.iter().map(|k| col(*k)).collect::<Vec<_>>())
         .agg([
-            col("kl")
+            col(m.value)
                 .sort_by([col("row")], SortMultipleOptions::default())
-                .alias("kls"),
+                .alias("vals"),
             len().alias("n_rows"),
         ])
-        .sort(keys, SortMultipleOptions::default())
+        .sort(keys.clone(), SortMultipleOptions::default())
         .collect()
         .map_err(perr)?;
-    let pair_kl = seq_means(&per_pair, "kls").map_err(perr)?;
+    let unit_mean = seq_means(&per_unit, "vals").map_err(perr)?;
     let strs = |c: &str| -> Result<Vec<String>, StageError> {
-        Ok(per_pair
+        Ok(per_unit
             .column(c)
             .map_err(perr)?
             .str()
@@ -90,7 +124,7 @@ pub(super) fn conditional(
             .collect())
     };
     let u32s = |c: &str| -> Result<Vec<u32>, StageError> {
-        Ok(per_pair
+        Ok(per_unit
             .column(c)
             .map_err(perr)?
             .cast(&DataType::UInt32)
@@ -107,28 +141,37 @@ pub(super) fn conditional(
         u32s("n_rows")?,
     );
     let (mut o_size, mut o_step, mut o_level) = (vec![], vec![], vec![]);
-    let (mut o_conv, mut o_sd, mut o_rows, mut o_pairs) = (vec![], vec![], vec![], vec![]);
+    let (mut o_val, mut o_sd, mut o_rows, mut o_units) = (vec![], vec![], vec![], vec![]);
     let mut i = 0;
-    while i < pair_kl.len() {
+    while i < unit_mean.len() {
         let same = |j: usize| size[j] == size[i] && step[j] == step[i] && lvl[j] == lvl[i];
         let mut j = i;
-        while j < pair_kl.len() && same(j) {
+        while j < unit_mean.len() && same(j) {
             j += 1;
         }
-        let (m, sd) = mean_sd(&pair_kl[i..j]);
+        let (mean, sd) = mean_sd(&unit_mean[i..j]);
         o_size.push(size[i].clone());
         o_step.push(step[i]);
         o_level.push(lvl[i].clone());
-        o_conv.push(-m);
+        o_val.push(m.sign * mean);
         o_sd.push(sd);
         o_rows.push(rows[i..j].iter().copied().max().unwrap_or(0));
-        o_pairs.push((j - i) as u32);
+        o_units.push((j - i) as u32);
         i = j;
     }
     let n = o_size.len();
-    df!(
-        "size" => o_size, "step" => o_step, "variable" => vec![variable; n], "level" => o_level,
-        "conv" => o_conv, "sd_pairs" => o_sd, "n_rows" => o_rows, "n_pairs" => o_pairs
+    DataFrame::new(
+        n,
+        vec![
+            Column::new("size".into(), o_size),
+            Column::new("step".into(), o_step),
+            Column::new("variable".into(), vec![variable; n]),
+            Column::new("level".into(), o_level),
+            Column::new(m.out.into(), o_val),
+            Column::new(m.sd.into(), o_sd),
+            Column::new("n_rows".into(), o_rows),
+            Column::new(m.n_units.into(), o_units),
+        ],
     )
     .map_err(perr)
 }

@@ -5,10 +5,12 @@
 //! pair × row matrix.
 //!
 //! Estimators (PAPER.md): per ordered pair the mean KL over the rows (of a
-//! subset S), then mean and SD over pairs; E[conv] = −that mean.
+//! subset S), then mean and SD over pairs; E[conv] = −that mean. The same
+//! subsets condition the cross-entropy (per seed, then over seeds), and the
+//! per-row KL is regressed per step on frequency, part of speech and size.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use serde::Serialize;
@@ -19,12 +21,12 @@ use crate::analysis::stats::{conv_stats, SPREAD_QUANTILES};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::stages::{annotate, dist, kl, tokenizer, PlanCtx, Stage};
-use frames::{conditional, perr, scan, seq_means, write};
+use frames::{conditional, perr, scan, seq_means, write, Measure, CONV, CROSS_ENTROPY};
 
 mod frames;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// The `aggregate` stage: one instance over a suite of ≥ 2 seeds.
 pub struct Aggregate;
@@ -59,6 +61,7 @@ impl Stage for Aggregate {
             min_rows: a.min_rows,
             final_surprisal_seed: a.final_surprisal_seed.clone(),
             token_table_n: a.token_table_n,
+            token_table_pooled: a.token_table_pooled,
             phase_tolerance: a.phase_tolerance,
         };
         vec![self.instance("", job).deps(deps)]
@@ -78,6 +81,7 @@ struct AggregateJob {
     min_rows: usize,
     final_surprisal_seed: String,
     token_table_n: usize,
+    token_table_pooled: bool,
     phase_tolerance: f64,
 }
 
@@ -94,32 +98,70 @@ impl Job for AggregateJob {
             .map(|l| ctx.upstream(dist::NAME, l).map(|d| d.join(dist::FILE)))
             .collect::<Result<_, _>>()?;
         let ann = ctx.upstream(annotate::NAME, "")?.join(annotate::FILE);
-        let (conv, curves) = self.conv(ctx, &kl_files)?;
+        let (conv, curves, row_kl) = self.conv(ctx, &kl_files)?;
         self.phases(ctx, curves)?;
         let dists = scan(&dist_files)?;
         self.baselines(ctx, &dists)?;
-        let surprisal = self.surprisal(dists);
+        let surprisal = self.surprisal(dists.clone());
         let annotations = scan(std::slice::from_ref(&ann))?;
-        let conv_by = self.conv_by(ctx, &kl_files, annotations.clone(), surprisal.clone())?;
+        let conv_by = self.by_variables(
+            ctx,
+            "conv_by.parquet",
+            &CONV,
+            scan(&kl_files)?,
+            annotations.clone(),
+            surprisal.clone(),
+        )?;
+        let per_seed = dists.select([
+            col("size"),
+            col("step"),
+            col("seed"),
+            col("row"),
+            (lit(0.0) - col("target_logprob").cast(DataType::Float64)).alias("surprisal"),
+        ]);
+        let ce_by = self.by_variables(
+            ctx,
+            "ce_by.parquet",
+            &CROSS_ENTROPY,
+            per_seed,
+            annotations.clone(),
+            surprisal.clone(),
+        )?;
+        let regression = self.regression(ctx, &row_kl, &ann)?;
         self.final_surprisal(ctx, surprisal)?;
-        let token_table = self.token_table(ctx, &kl_files, annotations)?;
-        Ok(
-            json!({ "conv_rows": conv.height(), "conv_by_rows": conv_by.height(), "token_table_rows": token_table.height() }),
-        )
+        let token_table = self.token_table(ctx, &kl_files, annotations.clone())?;
+        if self.token_table_pooled {
+            self.token_table_pooled(ctx, &kl_files, annotations)?;
+        }
+        Ok(json!({
+            "conv_rows": conv.height(),
+            "conv_by_rows": conv_by.height(),
+            "ce_by_rows": ce_by.height(),
+            "regression_rows": regression,
+            "token_table_rows": token_table.height(),
+        }))
     }
 }
 
 /// Each size's E[KL] curve: (step, E[KL]) points.
 type Curves = BTreeMap<String, Vec<(u64, f64)>>;
 
+/// Per (size, step): each row and its KL averaged over ordered pairs.
+type RowKl = Vec<(String, u32, Vec<u32>, Vec<f64>)>;
+
 /// One function per output table, each writing its file.
 impl AggregateJob {
     /// `conv.parquet`: unconditional E[conv] with its bands, one (size, step)
     /// at a time; also each size's curve for the phases.
-    fn conv(&self, ctx: &JobCtx, kl_files: &[PathBuf]) -> Result<(DataFrame, Curves), StageError> {
+    fn conv(
+        &self,
+        ctx: &JobCtx,
+        kl_files: &[PathBuf],
+    ) -> Result<(DataFrame, Curves, RowKl), StageError> {
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 11];
         let (mut sizes, mut steps, mut n_rows, mut n_pairs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut row_kl: RowKl = Vec::new();
         for (i, f) in kl_files.iter().enumerate() {
             ctx.check_cancel()?;
             let df = scan(std::slice::from_ref(f))?
@@ -151,6 +193,18 @@ impl AggregateJob {
             let rows = df.column("row").map_err(perr)?.n_unique().map_err(perr)?;
             let pairs = klv.len() / rows.max(1);
             let matrix: Vec<Vec<f64>> = klv.chunks(rows).map(|c| c.to_vec()).collect();
+            let row_ids: Vec<u32> = df
+                .column("row")
+                .map_err(perr)?
+                .u32()
+                .map_err(perr)?
+                .into_no_null_iter()
+                .take(rows)
+                .collect();
+            let means: Vec<f64> = (0..rows)
+                .map(|r| matrix.iter().map(|m| m[r]).sum::<f64>() / matrix.len() as f64)
+                .collect();
+            row_kl.push((size.clone(), step, row_ids, means));
             let stats = conv_stats(
                 &matrix,
                 self.bootstrap,
@@ -181,7 +235,7 @@ impl AggregateJob {
                 .or_default()
                 .push((*step as u64, -c));
         }
-        Ok((conv, curves))
+        Ok((conv, curves, row_kl))
     }
 
     /// `phases.parquet`: the four phases of each size's E[KL] curve.
@@ -255,19 +309,21 @@ impl AggregateJob {
             .with_column(bin.alias("surprisal_bin"))
     }
 
-    /// `conv_by.parquet`: conditional convergence — every pair's per-row KL
-    /// joined with the row's annotations and final surprisal, grouped by
-    /// each conditioning variable.
-    fn conv_by(
+    /// `conv_by.parquet` (per pair KL) and `ce_by.parquet` (per seed
+    /// surprisal): every per-row value joined with the row's annotations and
+    /// final surprisal, grouped by each conditioning variable.
+    fn by_variables(
         &self,
         ctx: &JobCtx,
-        kl_files: &[PathBuf],
+        file: &str,
+        m: &Measure,
+        values: LazyFrame,
         annotations: LazyFrame,
         surprisal: LazyFrame,
     ) -> Result<DataFrame, StageError> {
-        let joined = scan(kl_files)?
+        let joined = values
             .join(
-                annotations.clone(),
+                annotations,
                 [col("row")],
                 [col("row")],
                 JoinArgs::new(JoinType::Left),
@@ -287,6 +343,7 @@ impl AggregateJob {
                         joined.clone().filter(col(v.name).is_not_null()),
                         col(v.name).cast(DataType::String),
                         v.name,
+                        m,
                     )?
                     .lazy(),
                 ),
@@ -297,6 +354,7 @@ impl AggregateJob {
                                 joined.clone().filter(col(flag).eq(lit(true))),
                                 lit(label),
                                 v.name,
+                                m,
                             )?
                             .lazy(),
                         );
@@ -304,7 +362,7 @@ impl AggregateJob {
                 }
             }
         }
-        let mut conv_by = concat(parts, UnionArgs::default())
+        let mut table = concat(parts, UnionArgs::default())
             .map_err(perr)?
             .with_column(
                 col("n_rows")
@@ -317,8 +375,122 @@ impl AggregateJob {
             )
             .collect()
             .map_err(perr)?;
-        write(ctx, "conv_by.parquet", &mut conv_by)?;
-        Ok(conv_by)
+        write(ctx, file, &mut table)?;
+        Ok(table)
+    }
+
+    /// `regression.parquet`: per step, least squares of each (size, row)'s
+    /// KL (mean over ordered pairs) on one indicator per size (no common
+    /// intercept), log10(count + 1) of the target, and noun / verb /
+    /// function indicators of the target and of the last context token
+    /// (other tags and UNK are the baseline). Terms that are constant zero
+    /// at a step (e.g. no tags) are left out. Returns the rows written.
+    fn regression(&self, ctx: &JobCtx, row_kl: &RowKl, ann: &Path) -> Result<usize, StageError> {
+        let a = crate::table::read(ann)?;
+        let tcol = |n: &str| crate::table::column::<arrow::array::StringArray>(&a, n, ann);
+        let rows = crate::table::column::<arrow::array::UInt32Array>(&a, "row", ann)?;
+        let count = crate::table::column::<arrow::array::UInt64Array>(&a, "count", ann)?;
+        let (tx, tu, cx, cu) = (
+            tcol("xpos")?,
+            tcol("upos")?,
+            tcol("context_xpos")?,
+            tcol("context_upos")?,
+        );
+        use arrow::array::Array;
+        let opt = |c: &arrow::array::StringArray, i: usize| {
+            (!c.is_null(i)).then(|| c.value(i).to_string())
+        };
+        // row → (log10 freq, target groups, context groups)
+        let mut features: BTreeMap<u32, [f64; 7]> = BTreeMap::new();
+        for i in 0..a.num_rows() {
+            let g = |x: Option<String>, u: Option<String>| {
+                crate::text::pos::groups(x.as_deref(), u.as_deref()).unwrap_or([false; 4])
+            };
+            let t = g(opt(tx, i), opt(tu, i));
+            let c = g(opt(cx, i), opt(cu, i));
+            let f = |b: bool| f64::from(u8::from(b));
+            features.insert(
+                rows.value(i),
+                [
+                    ((count.value(i) + 1) as f64).log10(),
+                    f(t[0]),
+                    f(t[1]),
+                    f(t[2]),
+                    f(c[0]),
+                    f(c[1]),
+                    f(c[2]),
+                ],
+            );
+        }
+        const TERMS: [&str; 7] = [
+            "log10_freq",
+            "target_noun",
+            "target_verb",
+            "target_function",
+            "context_noun",
+            "context_verb",
+            "context_function",
+        ];
+        let sizes: Vec<String> = {
+            let mut v: Vec<String> = Vec::new();
+            for (s, ..) in row_kl {
+                if !v.contains(s) {
+                    v.push(s.clone());
+                }
+            }
+            v
+        };
+        let mut steps: Vec<u32> = row_kl.iter().map(|r| r.1).collect();
+        steps.sort_unstable();
+        steps.dedup();
+        let (mut o_step, mut o_term, mut o_coef, mut o_se, mut o_n, mut o_r2) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for step in steps {
+            ctx.check_cancel()?;
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            for (size, _, rs, kl) in row_kl.iter().filter(|r| r.1 == step) {
+                let si = sizes.iter().position(|s| s == size).unwrap_or(0);
+                for (r, k) in rs.iter().zip(kl) {
+                    let Some(f) = features.get(r) else { continue };
+                    let mut row: Vec<f64> = (0..sizes.len())
+                        .map(|j| f64::from(u8::from(j == si)))
+                        .collect();
+                    row.extend_from_slice(f);
+                    x.push(row);
+                    y.push(*k);
+                }
+            }
+            let names: Vec<String> = sizes
+                .iter()
+                .map(|s| format!("size_{s}"))
+                .chain(TERMS.iter().map(|t| t.to_string()))
+                .collect();
+            // Keep the columns with any non-zero value.
+            let keep: Vec<usize> = (0..names.len())
+                .filter(|&j| x.iter().any(|r| r[j] != 0.0))
+                .collect();
+            let xk: Vec<Vec<f64>> = x
+                .iter()
+                .map(|r| keep.iter().map(|&j| r[j]).collect())
+                .collect();
+            let fit = crate::analysis::regression::ols(&xk, &y);
+            for (k, &j) in keep.iter().enumerate() {
+                o_step.push(step);
+                o_term.push(names[j].clone());
+                o_coef.push(fit.as_ref().map_or(f64::NAN, |f| f.coef[k]));
+                o_se.push(fit.as_ref().map_or(f64::NAN, |f| f.se[k]));
+                o_n.push(y.len() as u32);
+                o_r2.push(fit.as_ref().map_or(f64::NAN, |f| f.r2));
+            }
+        }
+        let n = o_step.len();
+        let mut table = df!(
+            "step" => o_step, "term" => o_term, "coef" => o_coef, "se" => o_se,
+            "n_obs" => o_n, "r2" => o_r2
+        )
+        .map_err(perr)?;
+        write(ctx, "regression.parquet", &mut table)?;
+        Ok(n)
     }
 
     /// `final_surprisal.parquet`: per row, for plotting and joins.
@@ -414,5 +586,78 @@ impl AggregateJob {
             .map_err(perr)?;
         write(ctx, "token_table.parquet", &mut token_table)?;
         Ok(token_table)
+    }
+
+    /// `token_table_pooled.parquet`: the table as the authors built it — at
+    /// the final step, every (size, pair, row) whose target has a tag (UNK
+    /// and untagged left out) pooled over sizes, mean KL per target token;
+    /// the `token_table_n` lowest, middle (around n/2, as their slice
+    /// `[n/2 − k/2, n/2 + k/2)`) and highest.
+    fn token_table_pooled(
+        &self,
+        ctx: &JobCtx,
+        kl_files: &[PathBuf],
+        annotations: LazyFrame,
+    ) -> Result<(), StageError> {
+        let vocab = scan(&[ctx.upstream(tokenizer::NAME, "")?.join("vocab.parquet")])?
+            .select([col("token_id"), col("text")]);
+        let per_token = scan(kl_files)?
+            .filter(col("step").eq(lit(self.final_step as u32)))
+            .join(
+                annotations.select([col("row"), col("target_id"), col("xpos"), col("upos")]),
+                [col("row")],
+                [col("row")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .filter(
+                (col("xpos")
+                    .is_not_null()
+                    .and(col("xpos").neq(lit(crate::text::pos::UNK))))
+                .or(col("upos")
+                    .is_not_null()
+                    .and(col("upos").neq(lit(crate::text::pos::UNK)))),
+            )
+            .group_by([col("target_id")])
+            .agg([
+                col("kl")
+                    .sort_by(
+                        [col("size"), col("row"), col("seed_a"), col("seed_b")],
+                        SortMultipleOptions::default(),
+                    )
+                    .alias("kls"),
+                len().alias("n"),
+            ])
+            .collect()
+            .map_err(perr)?;
+        let mean_kl = seq_means(&per_token, "kls").map_err(perr)?;
+        let t = per_token
+            .lazy()
+            .with_column(lit(Series::new("mean_kl".into(), mean_kl)).alias("mean_kl"))
+            .select([col("target_id"), col("mean_kl"), col("n")])
+            .join(
+                vocab,
+                [col("target_id")],
+                [col("token_id")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .sort(["mean_kl", "target_id"], SortMultipleOptions::default())
+            .collect()
+            .map_err(perr)?;
+        let n = t.height();
+        let k = self.token_table_n.min(n);
+        let mid = (n / 2).saturating_sub(k / 2).min(n - k);
+        let parts = [("lowest", 0), ("middle", mid), ("highest", n - k)]
+            .into_iter()
+            .map(|(label, offset)| {
+                t.slice(offset as i64, k)
+                    .lazy()
+                    .with_column(lit(label).alias("position"))
+            })
+            .collect::<Vec<_>>();
+        let mut table = concat(parts, UnionArgs::default())
+            .map_err(perr)?
+            .collect()
+            .map_err(perr)?;
+        write(ctx, "token_table_pooled.parquet", &mut table)
     }
 }

@@ -1,4 +1,5 @@
-//! Conditional convergence: one panel per conditioning variable and size.
+//! Conditional convergence and cross-entropy: one panel per conditioning
+//! variable and size.
 
 use std::collections::BTreeMap;
 
@@ -9,23 +10,58 @@ use crate::error::StageError;
 use crate::render::doc::Block;
 use crate::render::plot::Line;
 
-/// One panel per (variable, size): a line per group.
+/// Convergence by group (`conv_by.parquet`).
 pub(super) fn conditional(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    panels(r, &Panels {
+        heading: "Conditional convergence",
+        intro: "Per seed pair the mean KL over the rows of each group, then the mean over pairs (aggregate/conv_by.parquet).",
+        file: "conv_by",
+        value: "conv",
+        label: "E[conv]",
+        y_label: "E[conv] (nats)",
+    })
+}
+
+/// Cross-entropy by group (`ce_by.parquet`), as the paper conditions it.
+pub(super) fn cross_entropy(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    panels(r, &Panels {
+        heading: "Conditional cross-entropy",
+        intro: "Per seed the mean surprisal of the target over the rows of each group, then the mean over seeds (aggregate/ce_by.parquet).",
+        file: "ce_by",
+        value: "cross_entropy",
+        label: "cross-entropy",
+        y_label: "cross-entropy (nats/token)",
+    })
+}
+
+/// What one family of conditional panels plots.
+struct Panels {
+    heading: &'static str,
+    intro: &'static str,
+    /// The aggregate table (without `.parquet`), also the figures' prefix.
+    file: &'static str,
+    value: &'static str,
+    label: &'static str,
+    y_label: &'static str,
+}
+
+/// One panel per (variable, size): a line per group.
+fn panels(r: &Inputs, p: &Panels) -> Result<Vec<Block>, StageError> {
     let job = r.job;
     let ctx = r.ctx;
     let agg = r.agg;
     let phases = &r.phases;
     let mut blocks = vec![
-        Block::Heading("Conditional convergence".into()),
-        Block::Para(format!("Per seed pair the mean KL over the rows of each group, then the mean over pairs (aggregate/conv_by.parquet). Panels show the {} groups with most rows; \"few\" marks groups with fewer rows than aggregate.min_rows; UNK (no majority tag) is left out of the tag panels; every group is in conv_by.parquet.", job.cfg.max_levels)),
+        Block::Heading(p.heading.into()),
+        Block::Para(format!("{} Panels show the {} groups with most rows; \"few\" marks groups with fewer rows than aggregate.min_rows; UNK (no majority tag) is left out of the tag panels; every group is in {}.parquet.", p.intro, job.cfg.max_levels, p.file)),
     ];
-    let by = Table::read(&agg.join("conv_by.parquet"))?;
+    let by = Table::read(&agg.join(format!("{}.parquet", p.file)))?;
     let (size, step, var, level, conv, rows, few) = (
         by.str("size")?,
         by.u64("step")?,
         by.str("variable")?,
         by.str("level")?,
-        by.f64("conv")?,
+        by.f64(p.value)?,
         by.u64("n_rows")?,
         by.bool("few_rows")?,
     );
@@ -51,7 +87,7 @@ pub(super) fn conditional(r: &Inputs) -> Result<Vec<Block>, StageError> {
                 (Some(x), Some(y)) => x.total_cmp(&y),
                 _ => b.1.cmp(&a.1).then(a.0.cmp(b.0)),
             });
-            let mut chart = log_chart(format!("{s}: E[conv] by {title}"), "E[conv] (nats)");
+            let mut chart = log_chart(format!("{s}: {} by {title}", p.label), p.y_label);
             chart.marks = phases.marks(s, job.size_color(s));
             for (k, (l, n)) in chosen.iter().enumerate() {
                 let (_, is_few, pts) = &levels[l];
@@ -66,10 +102,10 @@ pub(super) fn conditional(r: &Inputs) -> Result<Vec<Block>, StageError> {
             }
             blocks.push(job.figure(
                 ctx,
-                &format!("conv_by_{variable}_{s}"),
-                format!("{s}: E[conv] by {title}; n = rows per group."),
+                &format!("{}_{variable}_{s}", p.file),
+                format!("{s}: {} by {title}; n = rows per group.", p.label),
                 &chart,
-                "conv",
+                p.value,
             )?);
         }
     }

@@ -14,6 +14,7 @@ mod common;
 mod conditional;
 mod convergence;
 mod downstream;
+mod regression;
 mod suite;
 mod tables;
 
@@ -33,7 +34,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -200,6 +201,14 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: None,
         write: conditional::conditional,
+    },
+    Section {
+        needs: None,
+        write: conditional::cross_entropy,
+    },
+    Section {
+        needs: None,
+        write: regression::regression,
     },
     Section {
         needs: None,

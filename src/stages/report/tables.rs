@@ -42,7 +42,7 @@ pub(super) fn tokens(r: &Inputs) -> Result<Vec<Block>, StageError> {
             }
         }
     }
-    Ok(vec![
+    let mut blocks = vec![
         Block::Heading("Most and least convergent target tokens".into()),
         Block::Para(format!("Mean KL over seed pairs and rows per target token at step {} (aggregate/token_table.parquet); rows = evaluation rows × seed pairs.", job.info.steps.iter().max().unwrap_or(&0))),
         Block::Table {
@@ -50,7 +50,36 @@ pub(super) fn tokens(r: &Inputs) -> Result<Vec<Block>, StageError> {
             rows,
             numeric: vec![false, false, false, true, true],
         },
-    ])
+    ];
+    let pooled = agg.join("token_table_pooled.parquet");
+    if pooled.exists() {
+        let t = Table::read(&pooled)?;
+        let (pos, text, kl, n) = (
+            t.str("position")?,
+            t.str("text")?,
+            t.f64("mean_kl")?,
+            t.u64("n")?,
+        );
+        let rows = (0..t.height())
+            .map(|i| {
+                vec![
+                    pos[i].clone(),
+                    format!("{:?}", text[i]),
+                    n[i].unwrap_or(0).to_string(),
+                    fmt(kl[i]),
+                ]
+            })
+            .collect();
+        blocks.push(Block::Para("Pooled over sizes as the authors built it, UNK-tagged targets left out (aggregate/token_table_pooled.parquet).".into()));
+        blocks.push(Block::Table {
+            header: ["group", "token", "rows", "mean KL"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            numeric: vec![false, false, true, true],
+        });
+    }
+    Ok(blocks)
 }
 
 /// Relative error of the top-k KL estimate per size, step and k.
