@@ -76,7 +76,7 @@ impl Stage for Annotate {
 struct AnnotateJob {
     /// How word tags map to subword tokens (`pos::token_tag`).
     pos_rule: &'static str,
-    /// The tag groups of `pos::group` (the paper's, plus VBP as a verb).
+    /// The tag groups of `pos::groups` (the paper's, plus VBP as a verb).
     groups: &'static str,
     pos: PosFrom,
     /// Regexes whose matches in a document's text stay untagged.

@@ -511,45 +511,15 @@ impl AggregateJob {
         kl_files: &[PathBuf],
         annotations: LazyFrame,
     ) -> Result<DataFrame, StageError> {
-        let vocab = scan(&[ctx.upstream(tokenizer::NAME, "")?.join("vocab.parquet")])?
-            .select([col("token_id"), col("text")]);
-        let per_token = scan(kl_files)?
+        let rows = scan(kl_files)?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id")]),
                 [col("row")],
                 [col("row")],
                 JoinArgs::new(JoinType::Left),
-            )
-            .group_by([col("size"), col("target_id")])
-            .agg([
-                col("kl")
-                    .sort_by(
-                        [col("row"), col("seed_a"), col("seed_b")],
-                        SortMultipleOptions::default(),
-                    )
-                    .alias("kls"),
-                len().alias("n"),
-            ])
-            .collect()
-            .map_err(perr)?;
-        let mean_kl = seq_means(&per_token, "kls").map_err(perr)?;
-        let per_token = per_token
-            .lazy()
-            .with_column(lit(Series::new("mean_kl".into(), mean_kl)).alias("mean_kl"))
-            .select([col("size"), col("target_id"), col("mean_kl"), col("n")])
-            .join(
-                vocab,
-                [col("target_id")],
-                [col("token_id")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .sort(
-                ["size", "mean_kl", "target_id"],
-                SortMultipleOptions::default(),
-            )
-            .collect()
-            .map_err(perr)?;
+            );
+        let per_token = token_means(ctx, rows, &["size"])?;
         let mut tables = Vec::new();
         let sizes_all = per_token
             .column("size")
@@ -599,9 +569,7 @@ impl AggregateJob {
         kl_files: &[PathBuf],
         annotations: LazyFrame,
     ) -> Result<(), StageError> {
-        let vocab = scan(&[ctx.upstream(tokenizer::NAME, "")?.join("vocab.parquet")])?
-            .select([col("token_id"), col("text")]);
-        let per_token = scan(kl_files)?
+        let rows = scan(kl_files)?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id"), col("xpos"), col("upos")]),
@@ -616,33 +584,8 @@ impl AggregateJob {
                 .or(col("upos")
                     .is_not_null()
                     .and(col("upos").neq(lit(crate::text::pos::UNK)))),
-            )
-            .group_by([col("target_id")])
-            .agg([
-                col("kl")
-                    .sort_by(
-                        [col("size"), col("row"), col("seed_a"), col("seed_b")],
-                        SortMultipleOptions::default(),
-                    )
-                    .alias("kls"),
-                len().alias("n"),
-            ])
-            .collect()
-            .map_err(perr)?;
-        let mean_kl = seq_means(&per_token, "kls").map_err(perr)?;
-        let t = per_token
-            .lazy()
-            .with_column(lit(Series::new("mean_kl".into(), mean_kl)).alias("mean_kl"))
-            .select([col("target_id"), col("mean_kl"), col("n")])
-            .join(
-                vocab,
-                [col("target_id")],
-                [col("token_id")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .sort(["mean_kl", "target_id"], SortMultipleOptions::default())
-            .collect()
-            .map_err(perr)?;
+            );
+        let t = token_means(ctx, rows, &[])?;
         let n = t.height();
         let k = self.token_table_n.min(n);
         let mid = (n / 2).saturating_sub(k / 2).min(n - k);
@@ -660,4 +603,45 @@ impl AggregateJob {
             .map_err(perr)?;
         write(ctx, "token_table_pooled.parquet", &mut table)
     }
+}
+
+/// Mean KL per target token (per `keys` group, e.g. size) of the rows given,
+/// summed in a fixed order (size, row, pair) for reproducible bits; with the
+/// token's text; sorted by `keys`, mean KL, token id.
+fn token_means(ctx: &JobCtx, rows: LazyFrame, keys: &[&str]) -> Result<DataFrame, StageError> {
+    let vocab = scan(&[ctx.upstream(tokenizer::NAME, "")?.join("vocab.parquet")])?
+        .select([col("token_id"), col("text")]);
+    let mut group: Vec<Expr> = keys.iter().map(|k| col(*k)).collect();
+    group.push(col("target_id"));
+    let per_token = rows
+        .group_by(group.clone())
+        .agg([
+            col("kl")
+                .sort_by(
+                    [col("size"), col("row"), col("seed_a"), col("seed_b")],
+                    SortMultipleOptions::default(),
+                )
+                .alias("kls"),
+            len().alias("n"),
+        ])
+        .collect()
+        .map_err(perr)?;
+    let mean_kl = seq_means(&per_token, "kls").map_err(perr)?;
+    let mut select = group;
+    select.extend([col("mean_kl"), col("n")]);
+    let mut order: Vec<&str> = keys.to_vec();
+    order.extend(["mean_kl", "target_id"]);
+    per_token
+        .lazy()
+        .with_column(lit(Series::new("mean_kl".into(), mean_kl)).alias("mean_kl"))
+        .select(select)
+        .join(
+            vocab,
+            [col("target_id")],
+            [col("token_id")],
+            JoinArgs::new(JoinType::Left),
+        )
+        .sort(order, SortMultipleOptions::default())
+        .collect()
+        .map_err(perr)
 }
