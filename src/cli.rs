@@ -61,6 +61,10 @@ pub enum Command {
     /// Compute one instance of a Slurm run (called by its batch scripts).
     #[command(hide = true)]
     SlurmTask(SlurmTaskArgs),
+    /// Train one model of a built-in suite (what a `train` instance runs in
+    /// its own process; the job spec arrives as JSON on stdin).
+    #[command(hide = true)]
+    TrainWorker,
 }
 
 #[derive(Debug, Args)]

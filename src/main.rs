@@ -7,6 +7,10 @@ use seedconv::cli::{BenchWhat, Cli, Command};
 use seedconv::commands::{self, Session};
 
 fn main() {
+    // Training runs in worker processes of this binary (their own thread pools).
+    if let Ok(exe) = std::env::current_exe() {
+        seedconv::stages::train::register_worker(exe);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -73,6 +77,7 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Config(args) => {
             commands::show_config(&seedconv::config::load_with(&cli.config, &cli.set)?, args)
         }
+        Command::TrainWorker => std::process::exit(seedconv::stages::train::worker_main()),
         Command::SlurmTask(args) => {
             commands::slurm_task(&Session::open(&cli.config, &cli.set, cancel)?, args)
         }

@@ -70,11 +70,13 @@ fn same_config_gives_identical_weights_on_any_thread_count_and_seeds_act_indepen
     let a = Project::micro();
     a.write_config(&suite_config(seeds, ""));
     a.ok(&["run", "train"]);
+    // `a` trains in worker processes, as many at once as cores, one thread
+    // each; `b` one at a time in the run's own process on every core.
     let b = Project::micro();
     b.write_config(&suite_config(seeds, ""));
     let out = b
         .cmd(&["run", "train", "-j", "1"])
-        .env("RAYON_NUM_THREADS", "1")
+        .env("SEEDCONV_TRAIN_IN_PROCESS", "1")
         .output()
         .unwrap();
     assert!(
@@ -86,8 +88,31 @@ fn same_config_gives_identical_weights_on_any_thread_count_and_seeds_act_indepen
     assert_eq!(ha.len(), 5 * 4);
     assert_eq!(
         ha, hb,
-        "weights differ between runs with 2 threads and 1 thread"
+        "weights differ between worker and in-process training (thread counts differ)"
     );
+    // With two or more cores, trainings of `a` overlapped in time.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let spans: Vec<(f64, f64)> = a
+            .find(|n| n == "manifest.json")
+            .iter()
+            .filter(|f| {
+                let f = f.to_string_lossy();
+                f.contains("/train/") && !f.contains("/current")
+            })
+            .map(|f| {
+                let m: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+                let t0 = m["started_unix"].as_f64().unwrap();
+                (t0, t0 + m["seconds"].as_f64().unwrap())
+            })
+            .collect();
+        assert_eq!(spans.len(), 5);
+        let overlap = spans
+            .iter()
+            .enumerate()
+            .any(|(i, x)| spans[i + 1..].iter().any(|y| x.0 < y.1 && y.0 < x.1));
+        assert!(overlap, "no two trainings ran at once: {spans:?}");
+    }
     // The ONNX files are byte-identical too.
     for (x, y) in a
         .find(|n| n == "model.onnx")
@@ -111,6 +136,67 @@ fn same_config_gives_identical_weights_on_any_thread_count_and_seeds_act_indepen
     // Initialisation alone: different start.
     assert_ne!(h("i2-d1", 0), h("1", 0));
     assert_ne!(h("i2-d1", 24), h("1", 24));
+}
+
+/// Pids of live (not zombie) processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // "pid (comm) state ppid …": fields after the last ')'.
+            let rest: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|r| r.1.split_whitespace().collect())
+                .unwrap_or_default();
+            rest.len() > 1 && rest[0] != "Z" && rest[1] == parent.to_string()
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|r| r.1.trim_start().starts_with('Z'))
+                == Some(false)
+        })
+        .unwrap_or(false)
+}
+
+/// kill -9 of a run leaves no training worker behind: each notices it lost
+/// its parent and stops; the next run trains to the end.
+#[test]
+fn training_workers_stop_when_their_run_is_killed() {
+    let p = Project::micro();
+    p.write_config(&suite_config("[1, 2]", "").replace("steps = 24", "steps = 100000"));
+    p.ok(&["run", "traindata"]);
+    let mut run = p.spawn(&["run", "train"]);
+    let t0 = std::time::Instant::now();
+    let workers = loop {
+        let w = children(run.id());
+        if !w.is_empty() {
+            break w;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "no training worker started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let t1 = std::time::Instant::now();
+    while workers.iter().any(|&w| alive(w)) {
+        assert!(
+            t1.elapsed().as_secs() < 20,
+            "workers {workers:?} outlived their run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    p.write_config(&suite_config("[1, 2]", ""));
+    p.ok(&["run", "train"]);
+    assert_eq!(hashes(&p).len(), 2 * 4);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::StageError;
 use crate::lm::model::{ids_tensor, Model, Shape};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Hyper {
     pub steps: usize,
     pub batch_size: usize,

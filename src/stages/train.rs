@@ -3,15 +3,24 @@
 //! layout is the suite path template `{size}-seed{seed}/step{step}/model.onnx`
 //! under `stages/train/current/` — and checks each export in ONNX Runtime
 //! against the training forward pass on fixed windows.
+//!
+//! Each training runs in a worker process of the `seedconv` binary with as
+//! many threads as the scheduler gave the instance: candle computes on one
+//! process-wide thread pool, so two trainings in one process queue on it,
+//! while two single-threaded processes on two cores each train as fast as
+//! one process on both. Trainings therefore share the machine like any
+//! other instance.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arrow::array::{
     ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{Objective, SizeConfig, TrainConfig};
@@ -85,8 +94,7 @@ impl Stage for Train {
                         .deps(vec![
                             (tokenizer::NAME, String::new()),
                             (traindata::NAME, String::new()),
-                        ])
-                        .exclusive(),
+                        ]),
                 );
             }
         }
@@ -94,7 +102,7 @@ impl Stage for Train {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct TrainJob {
     size: String,
     /// The seed's label (written into the tables).
@@ -122,13 +130,195 @@ struct Ckpt {
     max_dlogit: f64,
 }
 
+/// The executable train instances run as workers (`seedconv` registers
+/// itself at start-up). Unset — the library used from elsewhere — they
+/// train in process.
+static WORKER_EXE: OnceLock<PathBuf> = OnceLock::new();
+
+pub fn register_worker(exe: PathBuf) {
+    let _ = WORKER_EXE.set(exe);
+}
+
+/// What a worker process is given on stdin.
+#[derive(Serialize, Deserialize)]
+struct WorkerSpec {
+    job: TrainJob,
+    tokenizer: PathBuf,
+    traindata: PathBuf,
+    out: PathBuf,
+    threads: usize,
+}
+
+/// A worker's lines on stdout: `progress <step>`, then `ok <json>` or
+/// `error <message>`.
+const PROGRESS: &str = "progress ";
+const OK: &str = "ok ";
+const ERROR: &str = "error ";
+
+/// `seedconv train-worker`: train as the spec on stdin says; exit status 0
+/// with `ok`, 1 with `error`.
+pub fn worker_main() -> i32 {
+    let mut input = String::new();
+    let result = std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)
+        .map_err(|e| StageError::Other(format!("train worker: reading its spec: {e}")))
+        .and_then(|_| {
+            serde_json::from_str::<WorkerSpec>(&input)
+                .map_err(|e| StageError::Other(format!("train worker: bad spec: {e}")))
+        })
+        .and_then(|spec| {
+            let tok = tokenizer::load(&spec.tokenizer)?;
+            let tokens = traindata::read_file(&spec.traindata)?;
+            let out = std::io::stdout();
+            let parent = std::os::unix::process::parent_id();
+            let tick = |step: usize| -> Result<(), StageError> {
+                // Orphaned (the run was killed, so another process adopted
+                // this one): stop rather than train on.
+                if std::os::unix::process::parent_id() != parent {
+                    return Err(StageError::Cancelled);
+                }
+                if step.is_multiple_of(10) {
+                    let _ = writeln!(out.lock(), "{PROGRESS}{step}");
+                }
+                Ok(())
+            };
+            spec.job.train(
+                &tok,
+                &spec.tokenizer,
+                &tokens,
+                &spec.out,
+                spec.threads,
+                &tick,
+            )
+        });
+    let mut out = std::io::stdout().lock();
+    match result {
+        Ok(v) => {
+            let _ = writeln!(out, "{OK}{v}");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{ERROR}{}", e.to_string().replace('\n', " "));
+            1
+        }
+    }
+}
+
 impl Job for TrainJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
-        let (tok, tok_path) = tokenizer::load_upstream(ctx)?;
+        let tok_path = ctx.upstream(tokenizer::NAME, "")?.join(tokenizer::FILE);
+        let data = ctx.upstream(traindata::NAME, "")?.join(traindata::FILE);
+        // SEEDCONV_TRAIN_IN_PROCESS=1: the old way (one process, the cores'
+        // shared pool), kept to check the two agree bit for bit.
+        let in_process = std::env::var_os("SEEDCONV_TRAIN_IN_PROCESS").is_some();
+        if let Some(exe) = WORKER_EXE.get().filter(|_| !in_process) {
+            return self.in_worker(exe, ctx, tok_path, data);
+        }
+        let tok = tokenizer::load(&tok_path)?;
+        let tokens = traindata::read_file(&data)?;
+        let steps = self.hyper.steps as u64;
+        let tick = |step: usize| {
+            ctx.progress(step as u64, steps, "steps");
+            ctx.check_cancel()
+        };
+        self.train(&tok, &tok_path, &tokens, ctx.out, ctx.threads, &tick)
+    }
+}
+
+impl TrainJob {
+    /// Run this training in a worker process with `ctx.threads` threads,
+    /// relaying its progress; Ctrl-C (or a cancelled run) kills it.
+    fn in_worker(
+        &self,
+        exe: &Path,
+        ctx: &JobCtx,
+        tokenizer: PathBuf,
+        traindata: PathBuf,
+    ) -> Result<serde_json::Value, StageError> {
+        let spec = serde_json::to_string(&WorkerSpec {
+            job: self.clone(),
+            tokenizer,
+            traindata,
+            out: ctx.out.to_path_buf(),
+            threads: ctx.threads,
+        })
+        .expect("spec serialises");
+        let fail = |e: std::io::Error| {
+            StageError::Other(format!(
+                "starting the training worker {}: {e}",
+                exe.display()
+            ))
+        };
+        let mut child = std::process::Command::new(exe)
+            .arg("train-worker")
+            .env("RAYON_NUM_THREADS", ctx.threads.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(fail)?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(spec.as_bytes())
+            .map_err(fail)?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line.map(|l| tx.send(l)).is_err() {
+                    break;
+                }
+            }
+        });
+        let steps = self.hyper.steps as u64;
+        let mut result = None;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some(step) = line.strip_prefix(PROGRESS) {
+                        ctx.progress(step.parse().unwrap_or(0), steps, "steps");
+                    } else if let Some(v) = line.strip_prefix(OK) {
+                        result = Some(serde_json::from_str(v).map_err(|e| {
+                            StageError::Other(format!("training worker's result: {e}"))
+                        }));
+                    } else if let Some(m) = line.strip_prefix(ERROR) {
+                        result = Some(Err(StageError::Other(m.to_string())));
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if let Err(e) = ctx.check_cancel() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
+        let status = child.wait().map_err(fail)?;
+        ctx.check_cancel()?;
+        result.unwrap_or_else(|| {
+            Err(StageError::Other(format!(
+                "{}-seed{}: the training worker ended ({status}) without a result",
+                self.size, self.seed
+            )))
+        })
+    }
+
+    /// Train, export and check every checkpoint into `out`.
+    fn train(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        tok_path: &Path,
+        tokens: &[u32],
+        out: &Path,
+        threads: usize,
+        tick: &dyn Fn(usize) -> Result<(), StageError>,
+    ) -> Result<serde_json::Value, StageError> {
+        let tok_path = tok_path.to_path_buf();
         let (task, objective) = match &self.mlm_tokens {
             None => (Task::Causal, Objective::Causal),
             Some([cls, sep, mask]) => {
-                let id = |t: &str, key: &str| tokenizer::special_id(&tok, t, &tok_path, key);
+                let id = |t: &str, key: &str| tokenizer::special_id(tok, t, &tok_path, key);
                 (
                     Task::Mlm {
                         cls: id(cls, "tokenizer.cls_token")?,
@@ -140,7 +330,6 @@ impl Job for TrainJob {
             }
         };
         let vocab = tok.get_vocab_size(true);
-        let tokens = traindata::read(ctx)?;
         let shape = Shape {
             vocab,
             vocab_padded: vocab.div_ceil(self.pad_vocab_multiple) * self.pad_vocab_multiple,
@@ -163,7 +352,7 @@ impl Job for TrainJob {
         let check_i64: Vec<i64> = check_ids.iter().map(|&x| x as i64).collect();
 
         let mut ckpts: Vec<Ckpt> = Vec::new();
-        let out = ctx.out.to_path_buf();
+        let out = out.to_path_buf();
         let t0 = Instant::now();
         let mut export_secs = 0.0;
         let mut on_ckpt = |step: usize, model: &Model, seen: u64| -> Result<(), StageError> {
@@ -176,7 +365,7 @@ impl Job for TrainJob {
             std::fs::create_dir_all(path.parent().unwrap())
                 .map_err(|e| StageError::io(&path, e))?;
             std::fs::write(&path, &bytes).map_err(|e| StageError::io(&path, e))?;
-            let mut ort = OrtModel::from_bytes(&bytes, &format!("{id} step {step}"), ctx.threads)?;
+            let mut ort = OrtModel::from_bytes(&bytes, &format!("{id} step {step}"), threads)?;
             let (got, width) = ort.logits(&check_i64, k, t)?;
             let want = to_f32_vec(
                 &model
@@ -210,21 +399,16 @@ impl Job for TrainJob {
             export_secs += te.elapsed().as_secs_f64();
             Ok(())
         };
-        let steps = self.hyper.steps as u64;
-        let tick = |step: usize| {
-            ctx.progress(step as u64, steps, "steps");
-            ctx.check_cancel()
-        };
         let log = crate::lm::train::train(
             shape,
-            &tokens,
+            tokens,
             (self.init_seed, self.data_seed),
             &Hyper {
                 task,
                 ..self.hyper.clone()
             },
             &self.checkpoints,
-            &tick,
+            tick,
             &mut on_ckpt,
         )?;
         let total = t0.elapsed().as_secs_f64();
@@ -268,7 +452,7 @@ impl Job for TrainJob {
             ("size", self.size.clone()),
             ("seed", self.seed.clone()),
         ];
-        table::write(&ctx.out.join("loss.parquet"), &loss, &meta)?;
+        table::write(&out.join("loss.parquet"), &loss, &meta)?;
         let n = ckpts.len();
         let cp = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
@@ -303,7 +487,7 @@ impl Job for TrainJob {
                 )),
             ],
         )?;
-        table::write(&ctx.out.join("checkpoints.parquet"), &cp, &meta)?;
+        table::write(&out.join("checkpoints.parquet"), &cp, &meta)?;
         Ok(json!({
             "params": shape.n_params(),
             "vocab": shape.vocab,
