@@ -42,7 +42,7 @@ pub fn executor(s: &Session) -> Result<Slurm> {
         let mut a = Vec::new();
         match r.cpus {
             Some(n) => a.push(format!("--cpus-per-task={n}")),
-            // Training's exclusive-cores rule, as a request: a whole node.
+            // The exclusive-cores rule, as a request: a whole node.
             None if s
                 .plan
                 .instances

@@ -113,8 +113,9 @@ pub trait Executor {
 }
 
 /// This machine: `jobs` instances on the cores at once; an `exclusive`
-/// instance (training) runs while nothing else computes, since two such
-/// jobs sharing the cores are slower than one after the other. With
+/// instance runs while nothing else computes, for work that cannot share
+/// the cores (no built-in stage since training moved to worker processes
+/// with their own thread pools). With
 /// `gpus`, each `gpu` instance takes a device of its own (one per device at
 /// once) beside the instances on the cores.
 pub struct Local {
