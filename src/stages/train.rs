@@ -167,7 +167,7 @@ pub fn worker_main() -> i32 {
         })
         .and_then(|spec| {
             let tok = tokenizer::load(&spec.tokenizer)?;
-            let tokens = traindata::read_file(&spec.traindata)?;
+            let tokens = traindata::read(&spec.traindata)?;
             let out = std::io::stdout();
             let parent = std::os::unix::process::parent_id();
             let tick = |step: usize| -> Result<(), StageError> {
@@ -214,7 +214,7 @@ impl Job for TrainJob {
             return self.in_worker(exe, ctx, tok_path, data);
         }
         let tok = tokenizer::load(&tok_path)?;
-        let tokens = traindata::read_file(&data)?;
+        let tokens = traindata::read(&data)?;
         let steps = self.hyper.steps as u64;
         let tick = |step: usize| {
             ctx.progress(step as u64, steps, "steps");
@@ -314,11 +314,10 @@ impl TrainJob {
         threads: usize,
         tick: &dyn Fn(usize) -> Result<(), StageError>,
     ) -> Result<serde_json::Value, StageError> {
-        let tok_path = tok_path.to_path_buf();
         let (task, objective) = match &self.mlm_tokens {
             None => (Task::Causal, Objective::Causal),
             Some([cls, sep, mask]) => {
-                let id = |t: &str, key: &str| tokenizer::special_id(tok, t, &tok_path, key);
+                let id = |t: &str, key: &str| tokenizer::special_id(tok, t, tok_path, key);
                 (
                     Task::Mlm {
                         cls: id(cls, "tokenizer.cls_token")?,

@@ -99,16 +99,10 @@ impl Job for TrainDataJob {
     }
 }
 
-/// Read the token stream back.
-pub fn read(ctx: &JobCtx) -> Result<Vec<u32>, StageError> {
-    read_file(&ctx.upstream(NAME, "")?.join(FILE))
-}
-
-/// The training stream of a `traindata` entry's table.
-pub fn read_file(path: &std::path::Path) -> Result<Vec<u32>, StageError> {
-    let path = path.to_path_buf();
-    let batch = table::read(&path)?;
-    Ok(table::column::<UInt32Array>(&batch, "token_id", &path)?
+/// The training stream, read back from a `traindata` entry's table.
+pub fn read(path: &std::path::Path) -> Result<Vec<u32>, StageError> {
+    let batch = table::read(path)?;
+    Ok(table::column::<UInt32Array>(&batch, "token_id", path)?
         .values()
         .to_vec())
 }
