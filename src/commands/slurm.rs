@@ -40,18 +40,8 @@ pub fn executor(s: &Session) -> Result<Slurm> {
     for stage in &s.plan.stages {
         let r = c.stages.get(*stage).cloned().unwrap_or_default();
         let mut a = Vec::new();
-        match r.cpus {
-            Some(n) => a.push(format!("--cpus-per-task={n}")),
-            // The exclusive-cores rule, as a request: a whole node.
-            None if s
-                .plan
-                .instances
-                .iter()
-                .any(|i| i.stage == *stage && i.exclusive) =>
-            {
-                a.push("--exclusive".into())
-            }
-            None => {}
+        if let Some(n) = r.cpus {
+            a.push(format!("--cpus-per-task={n}"));
         }
         if let Some(m) = &r.mem {
             a.push(format!("--mem={m}"));

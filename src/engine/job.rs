@@ -95,10 +95,6 @@ pub struct Instance {
     pub inputs: Vec<(String, PathBuf)>,
     /// Upstream instances as (stage, label).
     pub deps: Vec<(&'static str, String)>,
-    /// Uses every core by itself (e.g. training): runs while nothing else
-    /// computes, since two such jobs sharing the cores are slower than one
-    /// after the other.
-    pub exclusive: bool,
     /// Runs models on a GPU when one is there: a local run with GPUs gives
     /// it a device of its own (one such instance per device at once).
     pub gpu: bool,
@@ -128,7 +124,7 @@ pub fn instance_id(stage: &str, label: &str) -> String {
 
 impl Instance {
     /// An instance whose key parameters are `params`, with no inputs or
-    /// upstream yet (see `inputs`, `deps`, `exclusive`).
+    /// upstream yet (see `inputs`, `deps`).
     pub fn new(
         stage: &'static str,
         version: u32,
@@ -143,7 +139,6 @@ impl Instance {
             params,
             inputs: vec![],
             deps: vec![],
-            exclusive: false,
             gpu: false,
             limit: None,
             evictable: false,
@@ -158,10 +153,6 @@ impl Instance {
     }
     pub fn deps(mut self, deps: Vec<(&'static str, String)>) -> Instance {
         self.deps = deps;
-        self
-    }
-    pub fn exclusive(mut self) -> Instance {
-        self.exclusive = true;
         self
     }
     /// Whether it runs models on a GPU when there is one.

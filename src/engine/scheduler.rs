@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use super::evict::{restore_upstream, Eviction};
@@ -112,10 +112,9 @@ pub trait Executor {
     ) -> Result<Vec<Option<Outcome>>, EngineError>;
 }
 
-/// This machine: `jobs` instances on the cores at once; an `exclusive`
-/// instance runs while nothing else computes, for work that cannot share
-/// the cores (no built-in stage since training moved to worker processes
-/// with their own thread pools). With
+/// This machine: `jobs` instances on the cores at once, each with its
+/// share of the threads (training too: it runs in a worker process with
+/// its own thread pool). With
 /// `gpus`, each `gpu` instance takes a device of its own (one per device at
 /// once) beside the instances on the cores.
 pub struct Local {
@@ -123,8 +122,6 @@ pub struct Local {
     pub gpus: Vec<u32>,
     /// Groups of evictable instances open at once (0: no bound).
     pub max_groups: usize,
-    /// Held shared while an instance computes, exclusively by `exclusive` ones.
-    cores: RwLock<()>,
 }
 
 /// What a running instance holds: a share of the cores, a GPU, or a place
@@ -227,7 +224,6 @@ impl Local {
             jobs: jobs.max(1),
             gpus: Vec::new(),
             max_groups: 0,
-            cores: RwLock::new(()),
         }
     }
 
@@ -279,23 +275,8 @@ impl Local {
             }
             Slot::Cores => {}
         }
-        let _cores = if inst.exclusive {
-            (
-                None,
-                Some(self.cores.write().unwrap_or_else(|e| e.into_inner())),
-            )
-        } else {
-            (
-                Some(self.cores.read().unwrap_or_else(|e| e.into_inner())),
-                None,
-            )
-        };
         reporter.begin(&inst.id());
-        let threads = if inst.exclusive {
-            rayon::current_num_threads()
-        } else {
-            rayon::current_num_threads().div_ceil(self.jobs).max(1)
-        };
+        let threads = rayon::current_num_threads().div_ceil(self.jobs).max(1);
         Some(engine.compute(inst, claim, upstream, threads, None, reporter))
     }
 }
