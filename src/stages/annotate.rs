@@ -168,18 +168,24 @@ fn map_to_tokens(
     sets: usize,
     exclude: &[Regex],
 ) -> Result<Vec<Vec<String>>, StageError> {
+    // Per document: its length in characters and the spans left untagged
+    // (the same for every tag set).
+    let docs: Vec<(usize, Vec<(usize, usize)>)> = texts
+        .iter()
+        .map(|t| (t.chars().count(), excluded_spans(t, exclude)))
+        .collect();
     // [set][doc][char]
     let chars: Vec<Vec<Vec<Option<&str>>>> = (0..sets)
         .map(|k| {
             words
                 .iter()
-                .zip(texts)
-                .map(|(ws, t)| {
+                .zip(&docs)
+                .map(|(ws, (len, excluded))| {
                     let mut c = pos::char_tags(
-                        t.chars().count(),
+                        *len,
                         ws.iter().map(|(s, e, tags)| (*s, *e, tags[k].as_str())),
                     );
-                    for (s, e) in excluded_spans(t, exclude) {
+                    for &(s, e) in excluded {
                         c[s..e].iter_mut().for_each(|x| *x = None);
                     }
                     c

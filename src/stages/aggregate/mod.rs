@@ -397,17 +397,19 @@ impl AggregateJob {
             tcol("context_upos")?,
         );
         use arrow::array::Array;
-        let opt = |c: &arrow::array::StringArray, i: usize| {
-            (!c.is_null(i)).then(|| c.value(i).to_string())
+        // The (noun, verb, function, content) groups of row i's tags in
+        // the given Penn and UPOS columns; none for untagged tokens.
+        fn tag(c: &arrow::array::StringArray, i: usize) -> Option<&str> {
+            (!c.is_null(i)).then(|| c.value(i))
+        }
+        let groups = |x: &arrow::array::StringArray, u: &arrow::array::StringArray, i: usize| {
+            crate::text::pos::groups(tag(x, i), tag(u, i)).unwrap_or([false; 4])
         };
         // row → (log10 freq, target groups, context groups)
         let mut features: BTreeMap<u32, [f64; 7]> = BTreeMap::new();
         for i in 0..a.num_rows() {
-            let g = |x: Option<String>, u: Option<String>| {
-                crate::text::pos::groups(x.as_deref(), u.as_deref()).unwrap_or([false; 4])
-            };
-            let t = g(opt(tx, i), opt(tu, i));
-            let c = g(opt(cx, i), opt(cu, i));
+            let t = groups(tx, tu, i);
+            let c = groups(cx, cu, i);
             let f = |b: bool| f64::from(u8::from(b));
             features.insert(
                 rows.value(i),
