@@ -21,31 +21,75 @@ use crate::error::StageError;
 /// The metadata goes both into the Parquet footer (DuckDB, `parquet-tools`)
 /// and into the Arrow schema (pyarrow's and polars' `schema.metadata`).
 pub fn write(path: &Path, batch: &RecordBatch, meta: &[(&str, String)]) -> Result<(), StageError> {
-    let kv: Vec<(String, String)> = meta
-        .iter()
-        .map(|(k, v)| (format!("seedconv.{k}"), v.clone()))
-        .collect();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_key_value_metadata(Some(
-            kv.iter()
-                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-                .collect(),
-        ))
-        .build();
-    let schema = Arc::new(
-        batch
-            .schema()
-            .as_ref()
-            .clone()
-            .with_metadata(kv.into_iter().collect::<std::collections::HashMap<_, _>>()),
-    );
-    let batch = batch.clone().with_schema(schema.clone())?;
-    let file = File::create(path).map_err(|e| StageError::io(path, e))?;
-    let mut w = ArrowWriter::try_new(file, schema, Some(props))?;
-    w.write(&batch)?;
-    w.close()?;
-    Ok(())
+    let mut w = Writer::create(path, batch.schema().as_ref(), meta)?;
+    w.write(batch)?;
+    w.close()
+}
+
+/// A table written batch by batch (a stage that streams its rows out as it
+/// computes them); the same file as [`write`] for the same batches.
+pub struct Writer {
+    inner: ArrowWriter<File>,
+    schema: Arc<Schema>,
+}
+
+impl Writer {
+    pub fn create(
+        path: &Path,
+        schema: &Schema,
+        meta: &[(&str, String)],
+    ) -> Result<Writer, StageError> {
+        let kv: Vec<(String, String)> = meta
+            .iter()
+            .map(|(k, v)| (format!("seedconv.{k}"), v.clone()))
+            .collect();
+        // No dictionary for float columns (values seldom repeat: building
+        // one and falling back to plain pages cost CPU and a few bytes).
+        let mut props = WriterProperties::builder();
+        for f in schema.fields() {
+            let floats = |t: &arrow::datatypes::DataType| t.is_floating();
+            let path = match f.data_type() {
+                t if floats(t) => Some(vec![f.name().clone()]),
+                arrow::datatypes::DataType::List(item) if floats(item.data_type()) => {
+                    Some(vec![f.name().clone(), "list".into(), item.name().clone()])
+                }
+                _ => None,
+            };
+            if let Some(p) = path {
+                props = props.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::new(p),
+                    false,
+                );
+            }
+        }
+        let props = props
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_key_value_metadata(Some(
+                kv.iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                    .collect(),
+            ))
+            .build();
+        let schema = Arc::new(
+            schema
+                .clone()
+                .with_metadata(kv.into_iter().collect::<std::collections::HashMap<_, _>>()),
+        );
+        let file = File::create(path).map_err(|e| StageError::io(path, e))?;
+        let inner = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        Ok(Writer { inner, schema })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StageError> {
+        let batch = batch.clone().with_schema(self.schema.clone())?;
+        self.inner.write(&batch)?;
+        Ok(())
+    }
+
+    pub fn close(self) -> Result<(), StageError> {
+        self.inner.close()?;
+        Ok(())
+    }
 }
 
 /// Read a whole Parquet file into one batch.

@@ -105,7 +105,12 @@ pub fn sum(x: &[f32]) -> f64 {
 const BLOCK: usize = 512;
 
 #[inline(always)]
-fn kl_row_body(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
+fn kl_row_body(
+    lp: &[&[f32]],
+    p64: &mut [f64],
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
     let seeds = lp.len();
     let n = lp.first().map_or(0, |l| l.len());
     let n16 = n / LANES * LANES;
@@ -125,6 +130,12 @@ fn kl_row_body(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<
             let mut p32 = [0f32; BLOCK];
             for (d, &x) in p32.iter_mut().zip(&l[start..end]) {
                 *d = exp_f32(x);
+            }
+            // The top-k's block maxima while the block is in cache.
+            if let Some(m) = maxima.get_mut(s) {
+                for (c, x) in l[start..end].chunks_exact(MAX_BLOCK).enumerate() {
+                    m[start / MAX_BLOCK + c] = block_max(x);
+                }
             }
             let p = &mut p64[s * BLOCK..s * BLOCK + len];
             for (d, &x) in p.iter_mut().zip(&p32) {
@@ -162,6 +173,13 @@ fn kl_row_body(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<
         }
         start = end;
     }
+    // Maxima of the blocks after the last whole one the loop saw.
+    let whole = n16 / MAX_BLOCK * MAX_BLOCK;
+    for (m, l) in maxima.iter_mut().zip(lp) {
+        for (c, x) in l[whole..].chunks(MAX_BLOCK).enumerate() {
+            m[whole / MAX_BLOCK + c] = block_max(x);
+        }
+    }
     // The last n mod LANES entries, one at a time.
     let tail_p: Vec<Vec<f64>> = lp
         .iter()
@@ -185,8 +203,13 @@ fn kl_row_body(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn kl_row_avx2(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
-    kl_row_body(lp, p64, pairs)
+unsafe fn kl_row_avx2(
+    lp: &[&[f32]],
+    p64: &mut [f64],
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
+    kl_row_body(lp, p64, pairs, maxima)
 }
 
 /// Exact KL(a ‖ b) in nats for each of `pairs` of one row, given each
@@ -196,14 +219,29 @@ unsafe fn kl_row_avx2(lp: &[&[f32]], p64: &mut [f64], pairs: &[(usize, usize)]) 
 /// the distributions they describe are measured exactly:
 /// KL = Σ p_a(lp_a − lp_b)/Z_a − ln Z_a + ln Z_b with p = exp(lp), Z = Σ p.
 pub fn kl_row(lp: &[&[f32]], buf: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
+    kl_row_maxima(lp, buf, pairs, &mut [])
+}
+
+/// [`kl_row`], also filling `maxima[s]` (when given: one per seed, each of
+/// [`max_blocks`] entries) with the block maxima [`top_k_with`] selects
+/// from, read while each block is in cache.
+pub fn kl_row_maxima(
+    lp: &[&[f32]],
+    buf: &mut [f64],
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
     assert!(buf.len() >= lp.len() * BLOCK);
     assert!(lp.windows(2).all(|w| w[0].len() == w[1].len()));
+    let n = lp.first().map_or(0, |l| l.len());
+    assert!(maxima.is_empty() || maxima.len() == lp.len());
+    assert!(maxima.iter().all(|m| m.len() == max_blocks(n)));
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked above).
-        return unsafe { kl_row_avx2(lp, buf, pairs) };
+        return unsafe { kl_row_avx2(lp, buf, pairs, maxima) };
     }
-    kl_row_body(lp, buf, pairs)
+    kl_row_body(lp, buf, pairs, maxima)
 }
 
 /// The buffer [`kl_row`] needs for `seeds` seeds.
@@ -287,13 +325,7 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     if k == 0 {
         return Vec::new();
     }
-    // Candidates as one u64 each: value descending, then id ascending, so
-    // selection and sorting compare integers instead of chasing indices.
-    let key = |i: usize| -> u64 {
-        let b = x[i].to_bits();
-        let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
-        ((!asc as u64) << 32) | i as u64
-    };
+    let key = |i: usize| rank_key(x[i], i);
     if n <= 16 * k {
         // Short rows: one selection over every key beats the threshold scan.
         let mut all: Vec<u64> = (0..n).map(key).collect();
@@ -304,31 +336,53 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
         all.sort_unstable();
         return all.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect();
     }
-    // Long rows: the k-th largest of the maxima of 64-entry blocks is a
-    // lower bound of the k-th largest value (each of those k blocks holds
-    // a value at least that large), so only blocks whose maximum reaches
-    // it can hold the top k, and within them only values reaching it.
-    const B: usize = 64;
-    let maxima: Vec<f32> = x
-        .chunks(B)
-        .map(|c| {
-            // Lane-wise maxima (independent lanes vectorise), then 8 more.
-            let mut m = [f32::NEG_INFINITY; 8];
-            let n8 = c.len() / 8 * 8;
-            for ch in c[..n8].chunks_exact(8) {
-                for i in 0..8 {
-                    m[i] = m[i].max(ch[i]);
-                }
-            }
-            c[n8..]
-                .iter()
-                .chain(&m)
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max)
-        })
-        .collect();
+    let maxima: Vec<f32> = x.chunks(MAX_BLOCK).map(block_max).collect();
+    top_k_with(x, k, &maxima)
+}
+
+/// Entries per block of the maxima [`top_k`] selects from (a divisor of
+/// [`kl_row`]'s blocks).
+const MAX_BLOCK: usize = 64;
+const _: () = assert!(BLOCK.is_multiple_of(MAX_BLOCK));
+
+/// The number of block maxima of a row of `n`.
+pub fn max_blocks(n: usize) -> usize {
+    n.div_ceil(MAX_BLOCK)
+}
+
+#[inline(always)]
+fn block_max(c: &[f32]) -> f32 {
+    // Lane-wise maxima (independent lanes, a plain compare: one vmaxps per
+    // eight, as log-probs are never NaN), then the eight lanes.
+    let mut m = [f32::NEG_INFINITY; 8];
+    let n8 = c.len() / 8 * 8;
+    for ch in c[..n8].chunks_exact(8) {
+        for i in 0..8 {
+            m[i] = if ch[i] > m[i] { ch[i] } else { m[i] };
+        }
+    }
+    let mut best = f32::NEG_INFINITY;
+    for &v in c[n8..].iter().chain(&m) {
+        best = if v > best { v } else { best };
+    }
+    best
+}
+
+/// [`top_k`] of a long row given the maxima of its 64-entry blocks (as
+/// [`kl_row_maxima`] leaves them).
+pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
+    let n = x.len();
+    let k = k.min(n);
+    if k == 0 {
+        return Vec::new();
+    }
+    let key = |i: usize| rank_key(x[i], i);
+    // The k-th largest of the block maxima is a lower bound of the k-th
+    // largest value (each of those k blocks holds a value at least that
+    // large), so only blocks whose maximum reaches it can hold the top k,
+    // and within them only values reaching it.
     let thr = if k <= maxima.len() {
-        let mut sorted = maxima.clone();
+        let mut sorted = maxima.to_vec();
         let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         *kth
     } else {
@@ -337,10 +391,16 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
     for (bi, &m) in maxima.iter().enumerate() {
         if m >= thr {
-            let start = bi * B;
-            for (j, &v) in x[start..(start + B).min(n)].iter().enumerate() {
-                if v >= thr {
-                    cand.push(key(start + j));
+            // Eight at a time: one vector compare finds the (usually
+            // no) values reaching the threshold.
+            let start = bi * MAX_BLOCK;
+            for (c, ch) in x[start..(start + MAX_BLOCK).min(n)].chunks(8).enumerate() {
+                if ch.iter().fold(false, |a, &v| a | (v >= thr)) {
+                    for (j, &v) in ch.iter().enumerate() {
+                        if v >= thr {
+                            cand.push(key(start + 8 * c + j));
+                        }
+                    }
                 }
             }
         }
@@ -351,6 +411,15 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     }
     cand.sort_unstable();
     cand.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect()
+}
+
+/// The order [`top_k`] ranks entries by, as one integer: value descending,
+/// then id ascending, so selection and sorting compare integers.
+#[inline(always)]
+fn rank_key(v: f32, i: usize) -> u64 {
+    let b = v.to_bits();
+    let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+    ((!asc as u64) << 32) | i as u64
 }
 
 #[cfg(test)]
@@ -439,7 +508,7 @@ mod tests {
         let lp: [&[f32]; 3] = [&a, &b, &p];
         let pairs = [(0, 1), (1, 0), (2, 1), (0, 2)];
         let x = kl_row(&lp, &mut buf, &pairs);
-        let y = kl_row_body(&lp, &mut buf, &pairs);
+        let y = kl_row_body(&lp, &mut buf, &pairs, &mut []);
         assert_eq!(x, y);
         // Blocked or not, the lanes see the same sums: as the plain dot.
         let mut p0 = vec![0f32; a.len()];
@@ -471,6 +540,50 @@ mod tests {
                 (got.log_mass_outside, want.log_mass_outside),
             ] {
                 assert!((g - w).abs() <= 1e-6 * w.abs().max(1e-3), "{g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn block_maxima_from_the_exact_pass_give_the_same_kl_and_top_k() {
+        // Lengths around the block sizes (8, 64, 512), values with ties.
+        for (seed, n) in [
+            (1u64, 4103usize),
+            (2, 4096),
+            (3, 5000),
+            (4, 6151),
+            (5, 9000),
+        ] {
+            let rows: Vec<Vec<f32>> = (0..3)
+                .map(|s| {
+                    let x: Vec<f32> = rand(seed * 10 + s, n, 30.0)
+                        .iter()
+                        .map(|v| (v * 4.0).floor() / 4.0)
+                        .collect();
+                    let mut lp = vec![0f32; n];
+                    divergence::log_softmax(&x, &mut lp).unwrap();
+                    lp
+                })
+                .collect();
+            let lp: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+            let pairs = [(0, 1), (1, 0), (2, 0), (1, 2)];
+            let mut buf = row_buffer(3);
+            let plain = kl_row(&lp, &mut buf, &pairs);
+            let mut maxima = vec![vec![f32::NAN; max_blocks(n)]; 3];
+            let fused = kl_row_maxima(&lp, &mut buf, &pairs, &mut maxima);
+            assert_eq!(
+                plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            for (r, m) in rows.iter().zip(&maxima) {
+                let want: Vec<f32> = r
+                    .chunks(64)
+                    .map(|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+                    .collect();
+                assert_eq!(m, &want, "n {n}");
+                for k in [1, 16, 64, 256] {
+                    assert_eq!(top_k_with(r, k, m), divergence::top_k(r, k), "n {n} k {k}");
+                }
             }
         }
     }

@@ -276,6 +276,20 @@ impl EvalPlan {
         batch: &Batch,
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
+        let f = self.forward(model, batch, n)?;
+        self.log_probs(graph, f, batch, n)
+    }
+
+    /// The first half of [`forward_graph`](Self::forward_graph): the model's
+    /// forward pass alone, its logits left as ORT's value (on the device
+    /// under CUDA) for [`log_probs`](Self::log_probs), which another thread
+    /// may run while this one starts the next batch.
+    pub fn forward(
+        &self,
+        model: &mut OrtModel,
+        batch: &Batch,
+        n: usize,
+    ) -> Result<Forwarded, StageError> {
         let t = batch.t;
         let (ids, lens) = self.inputs(batch);
         let (logits, width) = model.run(&ids, &lens, t)?;
@@ -287,12 +301,34 @@ impl EvalPlan {
                 model.name()
             )));
         }
+        Ok(Forwarded {
+            logits,
+            width,
+            name: model.name().to_string(),
+        })
+    }
+
+    /// The second half of [`forward_graph`](Self::forward_graph): the rows
+    /// read of a forwarded batch through the log-prob graph.
+    pub fn log_probs(
+        &self,
+        graph: &mut LogProbGraph,
+        f: Forwarded,
+        batch: &Batch,
+        n: usize,
+    ) -> Result<Vec<f32>, StageError> {
+        let Forwarded {
+            logits,
+            width,
+            name,
+        } = f;
+        let t = batch.t;
         let rows: Vec<i64> = batch
             .reads
             .iter()
             .map(|&(w, p)| (w * t + p) as i64)
             .collect();
-        let lp = graph.run(model.name(), &logits, &rows, n)?;
+        let lp = graph.run(&name, &logits, &rows, n)?;
         // A non-finite logit leaves its row NaN (or −∞): name it. One
         // vectorisable OR over the batch finds whether to look.
         let bad = lp.iter().fold(0u32, |a, v| a | (!v.is_finite()) as u32);
@@ -306,14 +342,20 @@ impl EvalPlan {
                 .ok()
                 .and_then(|l| l[at..at + n].iter().position(|v| !v.is_finite()));
             return Err(StageError::Other(format!(
-                "{}: non-finite logit (token {}) at row {}",
-                model.name(),
+                "{name}: non-finite logit (token {}) at row {}",
                 token.map_or("?".into(), |i| i.to_string()),
                 self.rows[batch.rows.start + j]
             )));
         }
         Ok(lp)
     }
+}
+
+/// One batch's logits as the model emitted them (see [`EvalPlan::forward`]).
+pub struct Forwarded {
+    logits: ort::value::DynValue,
+    width: usize,
+    name: String,
 }
 
 /// Writes a full log-prob array as its rows arrive, batch by batch:

@@ -129,18 +129,22 @@ impl Job for DistJob {
         let full = eval::FullWriter::create(&ctx.scratch, rows, n, budget)?;
         let wrote_full = full.is_some();
         let mut graph = LogProbGraph::new(self.set.threads(ctx.threads));
-        let (stats, ort_secs) = compute(
+        let model_hash = self.ckpt.model_hash(ctx, &path)?;
+        let out = TableOut {
+            dir: ctx.out,
+            ckpt: &self.ckpt,
+            model_hash: &model_hash,
+        };
+        let ort_secs = compute(
             &plan,
             &mut model,
             &mut graph,
             (n, self.top_k),
             &lq,
             full,
+            &out,
             &tick,
         )?;
-        let model_hash = self.ckpt.model_hash(ctx, &path)?;
-        let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
-        write_table(ctx.out, &self.ckpt, &plan, &stats, (n, width), &model_hash)?;
         Ok(json!({
             "rows": rows,
             "vocab_kept": n,
@@ -156,10 +160,23 @@ impl Job for DistJob {
     }
 }
 
-/// Forward passes over every batch, each followed by the log-prob graph
-/// (both in ONNX Runtime); each batch's row statistics computed on the pool
-/// and its log-probs streamed to `full` (when given) by a writer thread
-/// while the next batch runs. Returns the statistics and the seconds in ORT.
+/// Where [`compute`] writes the instance's table.
+pub struct TableOut<'a> {
+    pub dir: &'a Path,
+    pub ckpt: &'a Checkpoint,
+    pub model_hash: &'a str,
+}
+
+/// Forward passes over every batch on this thread, pipelined with a
+/// second thread that runs each batch's logits through the log-prob graph,
+/// computes its row statistics (on the pool) and appends them to the table
+/// while the next batch runs, and a third that streams the log-probs to
+/// `full` (when given). A small model's forward pass keeps about one core
+/// busy whatever ORT's thread count, so on the others the log-softmax, the
+/// statistics and the Parquet encoding cost little wall time; the numbers
+/// are the same as one thread doing it all. Returns the seconds in ORT
+/// (forward passes and log-prob graph).
+#[allow(clippy::too_many_arguments)]
 pub fn compute(
     plan: &EvalPlan,
     model: &mut OrtModel,
@@ -167,40 +184,101 @@ pub fn compute(
     (n, k): (usize, usize),
     lq: &[f64],
     full: Option<eval::FullWriter>,
+    out: &TableOut,
     tick: &dyn Fn(usize) -> Result<(), StageError>,
-) -> Result<(Vec<RowStats>, f64), StageError> {
-    let mut stats = Vec::with_capacity(plan.rows.len());
+) -> Result<f64, StageError> {
     let mut ort_secs = 0.0;
     std::thread::scope(|scope| -> Result<(), StageError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+        let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
         let writer = full.map(|mut w| {
             scope.spawn(move || -> Result<eval::FullWriter, StageError> {
-                for block in rx {
+                for block in rx_full {
                     w.write(&block)?;
                 }
                 Ok(w)
             })
         });
-        for batch in &plan.batches {
-            tick(batch.rows.start)?;
+        let to_full = writer.is_some().then_some(tx_full);
+        // A rendezvous: at most two batches' logits exist at once (the one
+        // being read, the next being computed).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
+        let stats = scope.spawn(move || -> Result<f64, StageError> {
+            let mut table: Option<table::Writer> = None;
+            let mut graph_secs = 0.0;
+            for (bi, fwd) in rx {
+                let batch = &plan.batches[bi];
+                let tg = std::time::Instant::now();
+                let lp = plan.log_probs(graph, fwd, batch, n)?;
+                graph_secs += tg.elapsed().as_secs_f64();
+                let rows = batch.rows.clone();
+                let targets = &plan.targets[rows.clone()];
+                let mut st = Vec::with_capacity(rows.len());
+                lp.par_chunks(n)
+                    .zip(targets.par_iter())
+                    .map_init(
+                        || vec![0f32; n],
+                        |p, (row, &t)| kernels::row_stats(row, t as usize, k, lq, p),
+                    )
+                    .collect_into_vec(&mut st);
+                let part = table_batch(out.ckpt, &plan.rows[rows.clone()], targets, &st)?;
+                if table.is_none() {
+                    // The logits' width is known once the first batch ran.
+                    let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
+                    let meta = table_meta(out, n, width);
+                    let meta: Vec<(&str, String)> =
+                        meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    table = Some(table::Writer::create(
+                        &out.dir.join(FILE),
+                        &part.schema(),
+                        &meta,
+                    )?);
+                }
+                table.as_mut().expect("created above").write(&part)?;
+                if let Some(tx) = &to_full {
+                    if tx.send(lp).is_err() {
+                        break; // the writer failed: its error is returned below
+                    }
+                }
+            }
+            match table {
+                Some(t) => t.close()?,
+                None => {
+                    // No rows: an empty table all the same.
+                    let part = table_batch(out.ckpt, &[], &[], &[])?;
+                    let meta = table_meta(out, n, 0);
+                    let meta: Vec<(&str, String)> =
+                        meta.iter().map(|(k, v)| (*k, v.clone())).collect();
+                    table::write(&out.dir.join(FILE), &part, &meta)?
+                }
+            }
+            Ok(graph_secs)
+        });
+        let mut result = Ok(());
+        for (bi, batch) in plan.batches.iter().enumerate() {
+            if let Err(e) = tick(batch.rows.start) {
+                result = Err(e);
+                break;
+            }
             let tb = std::time::Instant::now();
-            let lp = plan.forward_graph(model, graph, batch, n)?;
-            ort_secs += tb.elapsed().as_secs_f64();
-            let targets = &plan.targets[batch.rows.clone()];
-            let mut out = Vec::with_capacity(batch.rows.len());
-            lp.par_chunks(n)
-                .zip(targets.par_iter())
-                .map_init(
-                    || vec![0f32; n],
-                    |p, (row, &t)| kernels::row_stats(row, t as usize, k, lq, p),
-                )
-                .collect_into_vec(&mut out);
-            stats.extend(out);
-            if writer.is_some() && tx.send(lp).is_err() {
-                break; // the writer failed: its error is returned below
+            match plan.forward(model, batch, n) {
+                Ok(f) => {
+                    ort_secs += tb.elapsed().as_secs_f64();
+                    if tx.send((bi, f)).is_err() {
+                        break; // the statistics failed: their error is below
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         drop(tx);
+        let stats = stats
+            .join()
+            .map_err(|_| StageError::Other("row statistics panicked".into()))?;
+        result?;
+        ort_secs += stats?;
         if let Some(w) = writer {
             w.join()
                 .map_err(|_| StageError::Other("scratch writer panicked".into()))??
@@ -208,17 +286,30 @@ pub fn compute(
         }
         Ok(())
     })?;
-    Ok((stats, ort_secs))
+    Ok(ort_secs)
 }
 
-pub fn write_table(
-    out: &Path,
+/// The table's key-value metadata.
+fn table_meta(out: &TableOut, n: usize, width: usize) -> Vec<(&'static str, String)> {
+    let c = out.ckpt;
+    vec![
+        ("stage", NAME.into()),
+        ("size", c.size.clone()),
+        ("seed", c.seed.clone()),
+        ("step", c.step.to_string()),
+        ("vocab_kept", n.to_string()),
+        ("logits_width", width.to_string()),
+        ("model_blake3", out.model_hash.to_string()),
+    ]
+}
+
+/// The table's rows `row_ids` (with their targets and statistics).
+fn table_batch(
     c: &Checkpoint,
-    plan: &EvalPlan,
+    row_ids: &[u32],
+    targets: &[u32],
     stats: &[RowStats],
-    (n, width): (usize, usize),
-    model_hash: &str,
-) -> Result<(), StageError> {
+) -> Result<RecordBatch, StageError> {
     let rows = stats.len();
     let k = stats.first().map_or(0, |s| s.topk_ids.len());
     let f32col = |f: &dyn Fn(&RowStats) -> f32| {
@@ -261,14 +352,14 @@ pub fn write_table(
         Field::new("topk_ids", ids.data_type().clone(), false),
         Field::new("topk_logprobs", lps.data_type().clone(), false),
     ]);
-    let batch = RecordBatch::try_new(
+    Ok(RecordBatch::try_new(
         Arc::new(schema),
         vec![
             Arc::new(StringArray::from(vec![c.size.as_str(); rows])),
             Arc::new(StringArray::from(vec![c.seed.as_str(); rows])),
             Arc::new(UInt32Array::from(vec![c.step as u32; rows])),
-            Arc::new(UInt32Array::from(plan.rows.clone())),
-            Arc::new(UInt32Array::from(plan.targets.clone())),
+            Arc::new(UInt32Array::from(row_ids.to_vec())),
+            Arc::new(UInt32Array::from(targets.to_vec())),
             f32col(&|s| s.target_logprob),
             f32col(&|s| s.entropy as f32),
             f32col(&|s| s.log_mass_outside as f32),
@@ -277,20 +368,7 @@ pub fn write_table(
             Arc::new(ids),
             Arc::new(lps),
         ],
-    )?;
-    table::write(
-        &out.join(FILE),
-        &batch,
-        &[
-            ("stage", NAME.into()),
-            ("size", c.size.clone()),
-            ("seed", c.seed.clone()),
-            ("step", c.step.to_string()),
-            ("vocab_kept", n.to_string()),
-            ("logits_width", width.to_string()),
-            ("model_blake3", model_hash.to_string()),
-        ],
-    )
+    )?)
 }
 
 /// The number of logits the model of the upstream `dist` instance `label`

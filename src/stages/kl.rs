@@ -339,39 +339,73 @@ pub fn block_kl(
     (0..len)
         .into_par_iter()
         .map_init(
-            || (kernels::row_buffer(seeds), vec![false; n]),
-            |(pbuf, in_top), j| {
+            || {
+                // Long rows take their top-k from block maxima found in
+                // the exact pass (no second full read of the row); short
+                // ones select directly.
+                let fused = kmax > 0 && n > 16 * kmax;
+                let maxima =
+                    vec![vec![0f32; kernels::max_blocks(n)]; if fused { seeds } else { 0 }];
+                (kernels::row_buffer(seeds), vec![0u32; n], maxima)
+            },
+            |(pbuf, rank, maxima), j| {
                 let lp: Vec<&[f32]> = blocks.iter().map(|b| &b[j * n..(j + 1) * n]).collect();
-                let exact = kernels::kl_row(&lp, pbuf, pairs);
+                let exact = kernels::kl_row_maxima(&lp, pbuf, pairs, maxima);
                 let mut est = vec![0f64; ks.len()];
                 if kmax > 0 {
                     // Per seed: its top ids, their probabilities and the
                     // running top mass (prefix sums, in rank order).
-                    let tops: Vec<Vec<u32>> = lp.iter().map(|l| kernels::top_k(l, kmax)).collect();
+                    let tops: Vec<Vec<u32>> = if maxima.is_empty() {
+                        lp.iter().map(|l| kernels::top_k(l, kmax)).collect()
+                    } else {
+                        lp.iter()
+                            .zip(maxima.iter())
+                            .map(|(l, m)| kernels::top_k_with(l, kmax, m))
+                            .collect()
+                    };
                     let ptop: Vec<Vec<f64>> = tops
                         .iter()
                         .zip(&lp)
                         .map(|(t, l)| t.iter().map(|&i| (l[i as usize] as f64).exp()).collect())
                         .collect();
-                    let mass = |s: usize, k: usize| ptop[s][..k].iter().sum::<f64>();
-                    for (ki, &k) in ks.iter().enumerate() {
-                        let masses: Vec<f64> = (0..seeds).map(|s| mass(s, k)).collect();
-                        for &(a, b) in pairs {
-                            tops[b][..k].iter().for_each(|&v| in_top[v as usize] = true);
-                            est[ki] += divergence::kl_topk_with(
-                                divergence::TopK::new(
-                                    lp[a],
-                                    &tops[a][..k],
-                                    &ptop[a][..k],
-                                    masses[a],
-                                ),
-                                lp[b],
-                                masses[b],
-                                in_top,
-                            );
-                            tops[b][..k]
-                                .iter()
-                                .for_each(|&v| in_top[v as usize] = false);
+                    let tlp: Vec<Vec<f32>> = tops
+                        .iter()
+                        .zip(&lp)
+                        .map(|(t, l)| t.iter().map(|&i| l[i as usize]).collect())
+                        .collect();
+                    let masses: Vec<Vec<f64>> = ks
+                        .iter()
+                        .map(|&k| (0..seeds).map(|s| ptop[s][..k].iter().sum()).collect())
+                        .collect();
+                    // Each seed b's top ranks marked once, read by every
+                    // pair (a, b); the estimates then summed in pair order.
+                    let mut per_pair = vec![0f64; pairs.len() * ks.len()];
+                    for b in 0..seeds {
+                        for (r, &v) in tops[b].iter().enumerate() {
+                            rank[v as usize] = r as u32 + 1;
+                        }
+                        for (pi, &(a, _)) in pairs.iter().enumerate().filter(|(_, p)| p.1 == b) {
+                            for (ki, &k) in ks.iter().enumerate() {
+                                per_pair[pi * ks.len() + ki] = divergence::kl_topk_ranked(
+                                    divergence::TopK::new(
+                                        lp[a],
+                                        &tops[a][..k],
+                                        &ptop[a][..k],
+                                        masses[ki][a],
+                                    ),
+                                    &tlp[a][..k],
+                                    &tlp[b],
+                                    k,
+                                    rank,
+                                    masses[ki][b],
+                                );
+                            }
+                        }
+                        tops[b].iter().for_each(|&v| rank[v as usize] = 0);
+                    }
+                    for (ki, e) in est.iter_mut().enumerate() {
+                        for pi in 0..pairs.len() {
+                            *e += per_pair[pi * ks.len() + ki];
                         }
                     }
                 }
