@@ -72,9 +72,61 @@ fn sum_body(x: &[f32]) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use std::arch::x86_64::*;
+
     #[target_feature(enable = "avx2")]
     pub unsafe fn sum(x: &[f32]) -> f64 {
         super::sum_body(x)
+    }
+
+    /// [`super::block_maxima`]: eight vector maxima per block, then one
+    /// horizontal maximum (the compiler leaves the plain loop scalar).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_maxima(x: &[f32], out: &mut [f32]) {
+        for (c, o) in x.chunks_exact(super::MAX_BLOCK).zip(out) {
+            let p = c.as_ptr();
+            let v = |i: usize| _mm256_loadu_ps(p.add(8 * i));
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_max_ps(v(0), v(1)), _mm256_max_ps(v(2), v(3))),
+                _mm256_max_ps(_mm256_max_ps(v(4), v(5)), _mm256_max_ps(v(6), v(7))),
+            );
+            let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+            *o = _mm_cvtss_f32(h);
+        }
+    }
+
+    /// [`super::candidates`]: eight entries per compare and bit mask.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn candidates(x: &[f32], maxima: &[f32], thr: f32, cand: &mut Vec<u64>) {
+        let t = _mm256_set1_ps(thr);
+        for (bi, &m) in maxima.iter().enumerate() {
+            if m < thr {
+                continue;
+            }
+            let start = bi * super::MAX_BLOCK;
+            let end = (start + super::MAX_BLOCK).min(x.len());
+            if end - start < super::MAX_BLOCK {
+                // The row's last, partial block.
+                for (j, &v) in x[start..end].iter().enumerate() {
+                    if v >= thr {
+                        cand.push(super::rank_key(v, start + j));
+                    }
+                }
+                continue;
+            }
+            for e in 0..super::MAX_BLOCK / 8 {
+                let at = start + 8 * e;
+                let v = _mm256_loadu_ps(x.as_ptr().add(at));
+                let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u32;
+                while mask != 0 {
+                    let j = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    cand.push(super::rank_key(x[at + j], at + j));
+                }
+            }
+        }
     }
 }
 
@@ -105,7 +157,7 @@ pub fn sum(x: &[f32]) -> f64 {
 const BLOCK: usize = 512;
 
 #[inline(always)]
-fn kl_row_body(
+fn kl_row_body<const AVX2: bool>(
     lp: &[&[f32]],
     p64: &mut [f64],
     pairs: &[(usize, usize)],
@@ -133,9 +185,9 @@ fn kl_row_body(
             }
             // The top-k's block maxima while the block is in cache.
             if let Some(m) = maxima.get_mut(s) {
-                for (c, x) in l[start..end].chunks_exact(MAX_BLOCK).enumerate() {
-                    m[start / MAX_BLOCK + c] = block_max(x);
-                }
+                let whole = len / MAX_BLOCK;
+                let out = &mut m[start / MAX_BLOCK..start / MAX_BLOCK + whole];
+                block_maxima::<AVX2>(&l[start..start + whole * MAX_BLOCK], out);
             }
             let p = &mut p64[s * BLOCK..s * BLOCK + len];
             for (d, &x) in p.iter_mut().zip(&p32) {
@@ -209,7 +261,7 @@ unsafe fn kl_row_avx2(
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
 ) -> Vec<f64> {
-    kl_row_body(lp, p64, pairs, maxima)
+    kl_row_body::<true>(lp, p64, pairs, maxima)
 }
 
 /// Exact KL(a ‖ b) in nats for each of `pairs` of one row, given each
@@ -241,7 +293,7 @@ pub fn kl_row_maxima(
         // SAFETY: the CPU has AVX2 (checked above).
         return unsafe { kl_row_avx2(lp, buf, pairs, maxima) };
     }
-    kl_row_body(lp, buf, pairs, maxima)
+    kl_row_body::<false>(lp, buf, pairs, maxima)
 }
 
 /// The buffer [`kl_row`] needs for `seeds` seeds.
@@ -368,6 +420,20 @@ fn block_max(c: &[f32]) -> f32 {
     best
 }
 
+/// The maxima of `x`'s 64-entry blocks (`x` a whole number of them), with
+/// explicit AVX2 when `AVX2` (only inside an AVX2 kernel).
+#[inline(always)]
+fn block_maxima<const AVX2: bool>(x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: AVX2 is true only in code the dispatch runs on AVX2 CPUs.
+        return unsafe { avx2::block_maxima(x, out) };
+    }
+    for (c, o) in x.chunks_exact(MAX_BLOCK).zip(out) {
+        *o = block_max(c);
+    }
+}
+
 /// [`top_k`] of a long row given the maxima of its 64-entry blocks (as
 /// [`kl_row_maxima`] leaves them).
 pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
@@ -376,41 +442,60 @@ pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
     if k == 0 {
         return Vec::new();
     }
-    let key = |i: usize| rank_key(x[i], i);
     // The k-th largest of the block maxima is a lower bound of the k-th
     // largest value (each of those k blocks holds a value at least that
     // large), so only blocks whose maximum reaches it can hold the top k,
     // and within them only values reaching it.
     let thr = if k <= maxima.len() {
-        let mut sorted = maxima.to_vec();
-        let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-        *kth
+        // Selected as integers (rank_key's order without the id).
+        let mut keys: Vec<u32> = maxima
+            .iter()
+            .map(|&m| (rank_key(m, 0) >> 32) as u32)
+            .collect();
+        let (_, kth, _) = keys.select_nth_unstable(k - 1);
+        let asc = !*kth;
+        f32::from_bits(if asc >> 31 == 1 {
+            asc & 0x7fff_ffff
+        } else {
+            !asc
+        })
     } else {
         f32::NEG_INFINITY
     };
     let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
-    for (bi, &m) in maxima.iter().enumerate() {
-        if m >= thr {
-            // Eight at a time: one vector compare finds the (usually
-            // no) values reaching the threshold.
-            let start = bi * MAX_BLOCK;
-            for (c, ch) in x[start..(start + MAX_BLOCK).min(n)].chunks(8).enumerate() {
-                if ch.iter().fold(false, |a, &v| a | (v >= thr)) {
-                    for (j, &v) in ch.iter().enumerate() {
-                        if v >= thr {
-                            cand.push(key(start + 8 * c + j));
-                        }
-                    }
-                }
-            }
-        }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { avx2::candidates(x, maxima, thr, &mut cand) };
+    } else {
+        candidates(x, maxima, thr, &mut cand);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    candidates(x, maxima, thr, &mut cand);
     if cand.len() > k {
         cand.select_nth_unstable(k - 1);
         cand.truncate(k);
     }
     cand.sort_unstable();
     cand.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect()
+}
+
+/// The keys of the entries of `x` reaching `thr` in blocks whose maximum
+/// does.
+fn candidates(x: &[f32], maxima: &[f32], thr: f32, cand: &mut Vec<u64>) {
+    for (bi, &m) in maxima.iter().enumerate() {
+        if m >= thr {
+            let start = bi * MAX_BLOCK;
+            for (j, &v) in x[start..(start + MAX_BLOCK).min(x.len())]
+                .iter()
+                .enumerate()
+            {
+                if v >= thr {
+                    cand.push(rank_key(v, start + j));
+                }
+            }
+        }
+    }
 }
 
 /// The order [`top_k`] ranks entries by, as one integer: value descending,
@@ -508,7 +593,7 @@ mod tests {
         let lp: [&[f32]; 3] = [&a, &b, &p];
         let pairs = [(0, 1), (1, 0), (2, 1), (0, 2)];
         let x = kl_row(&lp, &mut buf, &pairs);
-        let y = kl_row_body(&lp, &mut buf, &pairs, &mut []);
+        let y = kl_row_body::<false>(&lp, &mut buf, &pairs, &mut []);
         assert_eq!(x, y);
         // Blocked or not, the lanes see the same sums: as the plain dot.
         let mut p0 = vec![0f32; a.len()];
@@ -583,6 +668,25 @@ mod tests {
                 assert_eq!(m, &want, "n {n}");
                 for k in [1, 16, 64, 256] {
                     assert_eq!(top_k_with(r, k, m), divergence::top_k(r, k), "n {n} k {k}");
+                }
+                // The portable and the AVX2 pieces agree.
+                let whole = n / 64 * 64;
+                let mut plain = vec![0f32; whole / 64];
+                block_maxima::<false>(&r[..whole], &mut plain);
+                assert_eq!(plain, want[..whole / 64]);
+                let thr = r[n / 2];
+                let mut c0 = Vec::new();
+                candidates(r, m, thr, &mut c0);
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    let mut fast = vec![0f32; whole / 64];
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    unsafe { avx2::block_maxima(&r[..whole], &mut fast) };
+                    assert_eq!(fast, plain);
+                    let mut c1 = Vec::new();
+                    // SAFETY: as above.
+                    unsafe { avx2::candidates(r, m, thr, &mut c1) };
+                    assert_eq!(c0, c1, "n {n}");
                 }
             }
         }
