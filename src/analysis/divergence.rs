@@ -161,20 +161,25 @@ impl<'a> TopK<'a> {
 /// stage computes them once per seed and row, not once per pair), with
 /// k < N. `mass_b` is the top-k mass of b for the same k.
 pub fn kl_topk_with(a: TopK, lp_b: &[f32], mass_b: f64, in_b: &[bool]) -> f64 {
+    let terms = a.ids.iter().zip(a.p).map(|(&v, &pa)| {
+        let v = v as usize;
+        (pa, a.lp[v] as f64, in_b[v].then(|| lp_b[v] as f64))
+    });
+    flat_tail(&a, mass_b, terms)
+}
+
+/// The estimate from a's top entries as (p, log-prob, b's log-prob when
+/// b's top list has the entry), each distribution's remaining mass spread
+/// evenly over the other N − k tokens.
+fn flat_tail(a: &TopK, mass_b: f64, terms: impl Iterator<Item = (f64, f64, Option<f64>)>) -> f64 {
     let n = a.lp.len();
     let k = a.ids.len();
     let tail_a = (1.0 - a.mass).max(1e-300);
     let tail_b = (1.0 - mass_b).max(1e-300);
     let flat_b = (tail_b / (n - k) as f64).ln();
     let mut est = 0.0;
-    for (&v, &pa) in a.ids.iter().zip(a.p) {
-        let la = a.lp[v as usize] as f64;
-        let lb = if in_b[v as usize] {
-            lp_b[v as usize] as f64
-        } else {
-            flat_b
-        };
-        est += pa * (la - lb);
+    for (pa, la, lb) in terms {
+        est += pa * (la - lb.unwrap_or(flat_b));
     }
     est + tail_a * (tail_a / tail_b).ln()
 }
@@ -193,22 +198,15 @@ pub fn kl_topk_ranked(
     rank_b: &[u32],
     mass_b: f64,
 ) -> f64 {
-    let n = a.lp.len();
-    let k = a.ids.len();
-    let tail_a = (1.0 - a.mass).max(1e-300);
-    let tail_b = (1.0 - mass_b).max(1e-300);
-    let flat_b = (tail_b / (n - k) as f64).ln();
-    let mut est = 0.0;
-    for ((&v, &pa), &la) in a.ids.iter().zip(a.p).zip(a_lp) {
+    let terms = a.ids.iter().zip(a.p).zip(a_lp).map(|((&v, &pa), &la)| {
         let r = rank_b[v as usize] as usize;
-        let lb = if r != 0 && r <= k_b {
-            b_lp[r - 1] as f64
-        } else {
-            flat_b
-        };
-        est += pa * (la as f64 - lb);
-    }
-    est + tail_a * (tail_a / tail_b).ln()
+        (
+            pa,
+            la as f64,
+            (r != 0 && r <= k_b).then(|| b_lp[r - 1] as f64),
+        )
+    });
+    flat_tail(&a, mass_b, terms)
 }
 
 #[cfg(test)]
