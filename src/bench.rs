@@ -506,7 +506,7 @@ pub fn dist(
 }
 
 /// Exact KL over synthetic log-prob arrays, against reading them once.
-pub fn kl(seeds: usize, rows: usize, vocab: usize) -> Result<()> {
+pub fn kl(seeds: usize, rows: usize, vocab: usize, zipf: bool) -> Result<()> {
     use rayon::prelude::*;
     anyhow::ensure!(seeds >= 2, "need at least two seeds");
     let t = Instant::now();
@@ -520,7 +520,12 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize) -> Result<()> {
                         x ^= x << 13;
                         x ^= x >> 7;
                         x ^= x << 17;
-                        (x >> 40) as f32 / (1u64 << 24) as f32 * 12.0
+                        let u = (x >> 40) as f32 / (1u64 << 24) as f32;
+                        if zipf {
+                            -2.0 * (u + 1e-7).ln()
+                        } else {
+                            u * 12.0
+                        }
                     })
                     .collect();
                 crate::analysis::divergence::log_softmax(&logits, row).expect("finite");
@@ -565,7 +570,11 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize) -> Result<()> {
         exact.iter().flat_map(|(e, _)| e.iter()).sum::<f64>() / (rows * pairs.len()) as f64;
     println!("| measurement | value |");
     println!("| --- | ---: |");
-    println!("| arrays | {seeds} seeds × {rows} rows × {vocab} vocab, f32 ({:.2} GB; made in {gen:.1} s) |", bytes / 1e9);
+    println!(
+        "| arrays | {seeds} seeds × {rows} rows × {vocab} vocab, f32 ({:.2} GB; {}; made in {gen:.1} s) |",
+        bytes / 1e9,
+        if zipf { "power-law logits" } else { "logits uniform on [0, 12)" }
+    );
     println!(
         "| one read of all arrays (bandwidth bound) | {read:.3} s = {:.1} GB/s |",
         bytes / 1e9 / read

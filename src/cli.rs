@@ -248,6 +248,10 @@ pub enum BenchWhat {
         rows: usize,
         #[arg(long, default_value_t = 50_277)]
         vocab: usize,
+        /// Power-law (Zipf-like) distributions, as a trained LM's, instead of
+        /// logits uniform on [0, 12): logit = −2 ln u, so p ∝ u^−2.
+        #[arg(long)]
+        zipf: bool,
     },
     /// BLiMP scoring throughput (sentences/s) by batch size: the shipped
     /// BLiMP pairs, Pythia-tokenized, on a random model of the given shape.

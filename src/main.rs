@@ -95,7 +95,12 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 window,
                 batch,
             } => seedconv::bench::dist(*rows, m.vocab, m.d_model, m.layers, *window, *batch),
-            BenchWhat::Kl { seeds, rows, vocab } => seedconv::bench::kl(*seeds, *rows, *vocab),
+            BenchWhat::Kl {
+                seeds,
+                rows,
+                vocab,
+                zipf,
+            } => seedconv::bench::kl(*seeds, *rows, *vocab, *zipf),
             BenchWhat::Blimp { pairs, model: m } => {
                 seedconv::bench::blimp(*pairs, m.vocab, m.d_model, m.layers)
             }
