@@ -390,8 +390,8 @@ pub fn dist(
     let mut model = crate::lm::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
     let lq = vec![-(vocab as f64).ln(); vocab];
     let mut graph = crate::lm::onnx::logprobs::LogProbGraph::new(threads);
-    // Best of three for each: this machine's other load only slows a run.
-    // Wall and CPU seconds of the fastest run.
+    // Wall and CPU seconds of the fastest of three runs: this machine's
+    // other load only slows a run.
     let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<(f64, f64)> {
         let mut b = (f64::INFINITY, 0.0);
         for _ in 0..3 {
@@ -446,15 +446,8 @@ pub fn dist(
         lps.push(plan.forward_graph(&mut model, &mut graph, b, vocab)?);
     }
     let row_stats = best(&mut || {
-        use rayon::prelude::*;
-        for lp in &lps {
-            let _: Vec<_> = lp
-                .par_chunks(vocab)
-                .map_init(
-                    || vec![0f32; vocab],
-                    |p, row| crate::analysis::kernels::row_stats(row, 0, 64, &lq, p),
-                )
-                .collect();
+        for (lp, b) in lps.iter().zip(&plan.batches) {
+            dist::batch_stats(lp, &plan.targets[b.rows.clone()], (vocab, 64), &lq);
         }
         Ok(())
     })?;

@@ -109,11 +109,7 @@ mod avx2 {
             let end = (start + super::MAX_BLOCK).min(x.len());
             if end - start < super::MAX_BLOCK {
                 // The row's last, partial block.
-                for (j, &v) in x[start..end].iter().enumerate() {
-                    if v >= thr {
-                        cand.push(super::rank_key(v, start + j));
-                    }
-                }
+                super::scan(x, start..end, thr, cand);
                 continue;
             }
             for e in 0..super::MAX_BLOCK / 8 {
@@ -434,8 +430,9 @@ fn block_maxima<const AVX2: bool>(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// [`top_k`] of a long row given the maxima of its 64-entry blocks (as
-/// [`kl_row_maxima`] leaves them).
+/// [`top_k`] of a row given the maxima of its 64-entry blocks (as
+/// [`kl_row_maxima`] leaves them). A row of fewer than k blocks has every
+/// entry as a candidate: one selection, as [`top_k`] does for short rows.
 pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
     let n = x.len();
     let k = k.min(n);
@@ -447,18 +444,10 @@ pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
     // large), so only blocks whose maximum reaches it can hold the top k,
     // and within them only values reaching it.
     let thr = if k <= maxima.len() {
-        // Selected as integers (rank_key's order without the id).
-        let mut keys: Vec<u32> = maxima
-            .iter()
-            .map(|&m| (rank_key(m, 0) >> 32) as u32)
-            .collect();
+        // Selected as integers.
+        let mut keys: Vec<u32> = maxima.iter().map(|&m| value_key(m)).collect();
         let (_, kth, _) = keys.select_nth_unstable(k - 1);
-        let asc = !*kth;
-        f32::from_bits(if asc >> 31 == 1 {
-            asc & 0x7fff_ffff
-        } else {
-            !asc
-        })
+        key_value(*kth)
     } else {
         f32::NEG_INFINITY
     };
@@ -486,14 +475,18 @@ fn candidates(x: &[f32], maxima: &[f32], thr: f32, cand: &mut Vec<u64>) {
     for (bi, &m) in maxima.iter().enumerate() {
         if m >= thr {
             let start = bi * MAX_BLOCK;
-            for (j, &v) in x[start..(start + MAX_BLOCK).min(x.len())]
-                .iter()
-                .enumerate()
-            {
-                if v >= thr {
-                    cand.push(rank_key(v, start + j));
-                }
-            }
+            scan(x, start..(start + MAX_BLOCK).min(x.len()), thr, cand);
+        }
+    }
+}
+
+/// The keys of the entries of `x[range]` reaching `thr`, one at a time.
+#[inline(always)]
+fn scan(x: &[f32], range: std::ops::Range<usize>, thr: f32, cand: &mut Vec<u64>) {
+    let start = range.start;
+    for (j, &v) in x[range].iter().enumerate() {
+        if v >= thr {
+            cand.push(rank_key(v, start + j));
         }
     }
 }
@@ -502,9 +495,25 @@ fn candidates(x: &[f32], maxima: &[f32], thr: f32, cand: &mut Vec<u64>) {
 /// then id ascending, so selection and sorting compare integers.
 #[inline(always)]
 fn rank_key(v: f32, i: usize) -> u64 {
+    ((value_key(v) as u64) << 32) | i as u64
+}
+
+/// A value as an integer that sorts it descending (finite values).
+#[inline(always)]
+fn value_key(v: f32) -> u32 {
     let b = v.to_bits();
     let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
-    ((!asc as u64) << 32) | i as u64
+    !asc
+}
+
+/// The value [`value_key`] made `key` of.
+fn key_value(key: u32) -> f32 {
+    let asc = !key;
+    f32::from_bits(if asc >> 31 == 1 {
+        asc & 0x7fff_ffff
+    } else {
+        !asc
+    })
 }
 
 #[cfg(test)]
@@ -638,6 +647,8 @@ mod tests {
             (3, 5000),
             (4, 6151),
             (5, 9000),
+            (6, 1000),
+            (7, 300),
         ] {
             let rows: Vec<Vec<f32>> = (0..3)
                 .map(|s| {

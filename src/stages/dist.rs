@@ -203,6 +203,13 @@ pub fn compute(
         // being read, the next being computed).
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
         let stats = scope.spawn(move || -> Result<f64, StageError> {
+            let create = |part: &RecordBatch, width: usize| {
+                table::Writer::create(
+                    &out.dir.join(FILE),
+                    &part.schema(),
+                    &table_meta(out, n, width),
+                )
+            };
             let mut table: Option<table::Writer> = None;
             let mut graph_secs = 0.0;
             for (bi, fwd) in rx {
@@ -212,26 +219,12 @@ pub fn compute(
                 graph_secs += tg.elapsed().as_secs_f64();
                 let rows = batch.rows.clone();
                 let targets = &plan.targets[rows.clone()];
-                let mut st = Vec::with_capacity(rows.len());
-                lp.par_chunks(n)
-                    .zip(targets.par_iter())
-                    .map_init(
-                        || vec![0f32; n],
-                        |p, (row, &t)| kernels::row_stats(row, t as usize, k, lq, p),
-                    )
-                    .collect_into_vec(&mut st);
-                let part = table_batch(out.ckpt, &plan.rows[rows.clone()], targets, &st)?;
+                let st = batch_stats(&lp, targets, (n, k), lq);
+                let part = table_batch(out.ckpt, &plan.rows[rows], targets, &st)?;
                 if table.is_none() {
                     // The logits' width is known once the first batch ran.
                     let width = plan.width.load(std::sync::atomic::Ordering::Relaxed);
-                    let meta = table_meta(out, n, width);
-                    let meta: Vec<(&str, String)> =
-                        meta.iter().map(|(k, v)| (*k, v.clone())).collect();
-                    table = Some(table::Writer::create(
-                        &out.dir.join(FILE),
-                        &part.schema(),
-                        &meta,
-                    )?);
+                    table = Some(create(&part, width)?);
                 }
                 table.as_mut().expect("created above").write(&part)?;
                 if let Some(tx) = &to_full {
@@ -245,10 +238,9 @@ pub fn compute(
                 None => {
                     // No rows: an empty table all the same.
                     let part = table_batch(out.ckpt, &[], &[], &[])?;
-                    let meta = table_meta(out, n, 0);
-                    let meta: Vec<(&str, String)> =
-                        meta.iter().map(|(k, v)| (*k, v.clone())).collect();
-                    table::write(&out.dir.join(FILE), &part, &meta)?
+                    let mut t = create(&part, 0)?;
+                    t.write(&part)?;
+                    t.close()?
                 }
             }
             Ok(graph_secs)
@@ -287,6 +279,24 @@ pub fn compute(
         Ok(())
     })?;
     Ok(ort_secs)
+}
+
+/// The statistics of a batch's rows (`lp`: rows × n log-probs), on the pool.
+pub fn batch_stats(
+    lp: &[f32],
+    targets: &[u32],
+    (n, k): (usize, usize),
+    lq: &[f64],
+) -> Vec<RowStats> {
+    let mut st = Vec::with_capacity(targets.len());
+    lp.par_chunks(n)
+        .zip(targets.par_iter())
+        .map_init(
+            || vec![0f32; n],
+            |p, (row, &t)| kernels::row_stats(row, t as usize, k, lq, p),
+        )
+        .collect_into_vec(&mut st);
+    st
 }
 
 /// The table's key-value metadata.

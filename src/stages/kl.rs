@@ -340,12 +340,10 @@ pub fn block_kl(
         .into_par_iter()
         .map_init(
             || {
-                // Long rows take their top-k from block maxima found in
-                // the exact pass (no second full read of the row); short
-                // ones select directly.
-                let fused = kmax > 0 && n > 16 * kmax;
+                // Each seed's top-k from block maxima found in the exact
+                // pass (no second full read of the row).
                 let maxima =
-                    vec![vec![0f32; kernels::max_blocks(n)]; if fused { seeds } else { 0 }];
+                    vec![vec![0f32; kernels::max_blocks(n)]; if kmax > 0 { seeds } else { 0 }];
                 (kernels::row_buffer(seeds), vec![0u32; n], maxima)
             },
             |(pbuf, rank, maxima), j| {
@@ -355,14 +353,11 @@ pub fn block_kl(
                 if kmax > 0 {
                     // Per seed: its top ids, their probabilities and the
                     // running top mass (prefix sums, in rank order).
-                    let tops: Vec<Vec<u32>> = if maxima.is_empty() {
-                        lp.iter().map(|l| kernels::top_k(l, kmax)).collect()
-                    } else {
-                        lp.iter()
-                            .zip(maxima.iter())
-                            .map(|(l, m)| kernels::top_k_with(l, kmax, m))
-                            .collect()
-                    };
+                    let tops: Vec<Vec<u32>> = lp
+                        .iter()
+                        .zip(maxima.iter())
+                        .map(|(l, m)| kernels::top_k_with(l, kmax, m))
+                        .collect();
                     let ptop: Vec<Vec<f64>> = tops
                         .iter()
                         .zip(&lp)
