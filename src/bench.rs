@@ -365,6 +365,7 @@ pub fn dist(
     layers: usize,
     window: usize,
     batch: usize,
+    rounds: usize,
 ) -> Result<()> {
     use crate::stages::{corpus, dist};
     let shape = bench_shape(vocab, d_model, layers, window);
@@ -390,30 +391,6 @@ pub fn dist(
     let mut model = crate::lm::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
     let lq = vec![-(vocab as f64).ln(); vocab];
     let mut graph = crate::lm::onnx::logprobs::LogProbGraph::new(threads);
-    // Wall and CPU seconds of the fastest of three runs: this machine's
-    // other load only slows a run.
-    let best = |f: &mut dyn FnMut() -> Result<()>| -> Result<(f64, f64)> {
-        let mut b = (f64::INFINITY, 0.0);
-        for _ in 0..3 {
-            let (t, c) = (Instant::now(), cpu_seconds());
-            f()?;
-            let w = t.elapsed().as_secs_f64();
-            if w < b.0 {
-                b = (w, cpu_seconds() - c);
-            }
-        }
-        Ok(b)
-    };
-    // Warm-up, then bare session runs over the same batches.
-    let (ids, lens) = plan.inputs(&plan.batches[0]);
-    model.logits_padded(&ids, &lens, plan.batches[0].t)?;
-    let bare = best(&mut || {
-        for b in &plan.batches {
-            let (ids, lens) = plan.inputs(b);
-            model.logits_padded(&ids, &lens, b.t)?;
-        }
-        Ok(())
-    })?;
     let ckpt = crate::suite::Checkpoint {
         size: "bench".into(),
         seed: "1".into(),
@@ -425,51 +402,86 @@ pub fn dist(
         ckpt: &ckpt,
         model_hash: "-",
     };
-    let mut ort = f64::INFINITY;
-    let computed = best(&mut || {
-        let o = dist::compute(
-            &plan,
-            &mut model,
-            &mut graph,
-            (vocab, 64),
-            &lq,
-            None,
-            &out,
-            &|_| Ok(()),
-        )?;
-        ort = ort.min(o);
-        Ok(())
-    })?;
+    let scratch = dir.path().join("scratch").join("entry");
+    // Warm-up, then rounds of bare session runs, dist, and dist with the
+    // full array, alternating: this machine's other load (a VM's neighbours)
+    // comes and goes over seconds, so ratios are taken within each round
+    // and their median reported.
+    let (ids, lens) = plan.inputs(&plan.batches[0]);
+    model.logits_padded(&ids, &lens, plan.batches[0].t)?;
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<(f64, f64)> {
+        let (t, c) = (Instant::now(), cpu_seconds());
+        f()?;
+        Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c))
+    };
+    let mut runs: [Vec<(f64, f64)>; 3] = Default::default();
+    let mut ort = Vec::new();
+    for _ in 0..rounds.max(1) {
+        runs[0].push(timed(&mut || {
+            for b in &plan.batches {
+                let (ids, lens) = plan.inputs(b);
+                model.logits_padded(&ids, &lens, b.t)?;
+            }
+            Ok(())
+        })?);
+        runs[1].push(timed(&mut || {
+            ort.push(dist::compute(
+                &plan,
+                &mut model,
+                &mut graph,
+                (vocab, 64),
+                &lq,
+                None,
+                &out,
+                &|_| Ok(()),
+            )?);
+            Ok(())
+        })?);
+        runs[2].push(timed(&mut || {
+            let full = crate::lm::eval::FullWriter::create(&scratch, plan.rows.len(), vocab, None)?;
+            dist::compute(
+                &plan,
+                &mut model,
+                &mut graph,
+                (vocab, 64),
+                &lq,
+                full,
+                &out,
+                &|_| Ok(()),
+            )?;
+            Ok(())
+        })?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let summary = |i: usize| {
+        let r = &runs[i];
+        (
+            median(r.iter().map(|x| x.0).collect()),
+            median(r.iter().zip(&runs[0]).map(|(x, b)| x.0 / b.0).collect()),
+            median(r.iter().map(|x| x.1).collect()),
+        )
+    };
     // The row statistics alone, on log-probs already computed.
     let mut lps = Vec::new();
     for b in &plan.batches {
         lps.push(plan.forward_graph(&mut model, &mut graph, b, vocab)?);
     }
-    let row_stats = best(&mut || {
-        for (lp, b) in lps.iter().zip(&plan.batches) {
-            dist::batch_stats(lp, &plan.targets[b.rows.clone()], (vocab, 64), &lq);
-        }
-        Ok(())
-    })?;
-    // Again with the full array streamed to scratch (the kl stage's input).
-    let scratch = dir.path().join("scratch").join("entry");
-    let with_full = best(&mut || {
-        let full = crate::lm::eval::FullWriter::create(&scratch, plan.rows.len(), vocab, None)?;
-        dist::compute(
-            &plan,
-            &mut model,
-            &mut graph,
-            (vocab, 64),
-            &lq,
-            full,
-            &out,
-            &|_| Ok(()),
-        )?;
-        Ok(())
-    })?;
+    let mut stats = Vec::new();
+    for _ in 0..rounds.max(1) {
+        stats.push(timed(&mut || {
+            for (lp, b) in lps.iter().zip(&plan.batches) {
+                dist::batch_stats(lp, &plan.targets[b.rows.clone()], (vocab, 64), &lq);
+            }
+            Ok(())
+        })?);
+    }
     let bytes = std::fs::metadata(dir.path().join(dist::FILE))?.len();
-    let line = |what: &str, (w, c): (f64, f64)| {
-        println!("| {what} | {w:.3} | {:.2} | {c:.3} |", w / bare.0);
+    let bare = summary(0);
+    let line = |what: &str, (w, ratio, c): (f64, f64, f64)| {
+        println!("| {what} | {w:.3} | {ratio:.2} | {c:.3} |");
     };
     println!("| measurement | wall s | vs bare ORT | CPU s |");
     println!("| --- | ---: | ---: | ---: |");
@@ -482,17 +494,30 @@ pub fn dist(
         bare,
     );
     line(
-        "dist: forward + log-prob graph + row statistics + Parquet table",
-        computed,
+        "dist: forward + log-probs + row statistics + Parquet table",
+        summary(1),
     );
+    let ort = median(ort);
     println!(
-        "|   of which in ORT (forward + log-prob graph) | {ort:.3} | {:.2} | |",
+        "|   of which in ORT and log-probs (forward + log-softmax) | {ort:.3} | {:.2} | |",
         ort / bare.0
     );
-    line("  row statistics alone (overlapped in dist)", row_stats);
-    line("dist + full array streamed to scratch", with_full);
+    let st = (
+        median(stats.iter().map(|x| x.0).collect()),
+        median(
+            stats
+                .iter()
+                .map(|x| x.0)
+                .zip(&runs[0])
+                .map(|(x, b)| x / b.0)
+                .collect(),
+        ),
+        median(stats.iter().map(|x| x.1).collect()),
+    );
+    line("  row statistics alone (overlapped in dist)", st);
+    line("dist + full array streamed to scratch", summary(2));
     println!(
-        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; cores: {threads}; best of 3 runs each)",
+        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; cores: {threads}; medians of {rounds} alternating rounds, ratios within a round)",
         bytes as f64 / plan.rows.len() as f64
     );
     Ok(())

@@ -239,6 +239,9 @@ pub enum BenchWhat {
         window: usize,
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Alternating rounds (bare ORT, dist, dist with the full array).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
     },
     /// Exact KL throughput on synthetic log-prob arrays (default: a Pythia group).
     Kl {

@@ -94,7 +94,10 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 model: m,
                 window,
                 batch,
-            } => seedconv::bench::dist(*rows, m.vocab, m.d_model, m.layers, *window, *batch),
+                rounds,
+            } => seedconv::bench::dist(
+                *rows, m.vocab, m.d_model, m.layers, *window, *batch, *rounds,
+            ),
             BenchWhat::Kl {
                 seeds,
                 rows,

@@ -64,7 +64,7 @@ fn real_world_exports_match_their_float64_reference_logits() {
 }
 
 use common::col;
-/// The log-prob graph (ONNX Runtime) and the vectorised row statistics
+/// The log-probs (the host kernel and the ONNX Runtime graph) and the vectorised row statistics
 /// that replace the per-element f64 path, against float64 computed here
 /// from the torch reference logits, on every shipped export: padded logits
 /// (768 for 700), external data, an extra position_ids input.
@@ -88,50 +88,64 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
         let mut m = OrtModel::from_file(&causal().join(model).join("model.onnx"), 1).unwrap();
         let (logits, _) = m.run(&ids, &[t], t).unwrap();
         let rows: Vec<i64> = (0..t as i64).collect();
-        let lp = LogProbGraph::new(1).run(model, &logits, &rows, n).unwrap();
-        let want = common::read_npy_f64(
-            &causal()
-                .join(reference)
-                .join("reference_logits_float64.npy"),
-        );
-        let mut p = vec![0f32; n];
-        for r in 0..t {
-            let w: Vec<f32> = want[r * 768..r * 768 + 768]
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            let ref64 = lsm64(&w, n);
-            let got = &lp[r * n..(r + 1) * n];
-            for (g, w) in got.iter().zip(&ref64) {
-                assert!((*g as f64 - w).abs() < 2e-4, "{model} row {r}: {g} vs {w}");
+        // The host kernel (what the CPU runs) and the ONNX graph (what a
+        // device runs) both against float64, and within an ulp or two of
+        // each other.
+        let host = LogProbGraph::new(1).run(model, &logits, &rows, n).unwrap();
+        let graph = LogProbGraph::graph_only(1)
+            .run(model, &logits, &rows, n)
+            .unwrap();
+        for (h, g) in host.iter().zip(&graph) {
+            assert!(
+                (h - g).abs() <= 4.0 * h.abs().max(1.0) * f32::EPSILON,
+                "{model}: {h} vs {g}"
+            );
+        }
+        for lp in [graph, host] {
+            let want = common::read_npy_f64(
+                &causal()
+                    .join(reference)
+                    .join("reference_logits_float64.npy"),
+            );
+            let mut p = vec![0f32; n];
+            for r in 0..t {
+                let w: Vec<f32> = want[r * 768..r * 768 + 768]
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                let ref64 = lsm64(&w, n);
+                let got = &lp[r * n..(r + 1) * n];
+                for (g, w) in got.iter().zip(&ref64) {
+                    assert!((*g as f64 - w).abs() < 2e-4, "{model} row {r}: {g} vs {w}");
+                }
+                // Row statistics: the vectorised pass against f64 sums over the
+                // f64 reference distribution.
+                let s = kernels::row_stats(got, 3, 16, &lq, &mut p);
+                let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
+                let h = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
+                let kq: f64 = pr
+                    .iter()
+                    .zip(&ref64)
+                    .zip(&lq)
+                    .map(|((p, l), q)| p * (l - q))
+                    .sum();
+                assert!(
+                    (s.entropy - h).abs() < 1e-4,
+                    "{model}: entropy {} vs {h}",
+                    s.entropy
+                );
+                assert!((s.kl_uniform - ((n as f64).ln() - h)).abs() < 1e-4);
+                assert!(
+                    (s.kl_unigram - kq).abs() < 1e-4,
+                    "{model}: {} vs {kq}",
+                    s.kl_unigram
+                );
+                // And exactly what the f64 reference code makes of the same
+                // f32 log-probs, to f32 rounding of p.
+                let f = divergence::row_stats(got, 3, 16, &lq);
+                assert_eq!(s.topk_ids, f.topk_ids);
+                assert!((s.log_mass_outside - f.log_mass_outside).abs() < 1e-5);
             }
-            // Row statistics: the vectorised pass against f64 sums over the
-            // f64 reference distribution.
-            let s = kernels::row_stats(got, 3, 16, &lq, &mut p);
-            let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
-            let h = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
-            let kq: f64 = pr
-                .iter()
-                .zip(&ref64)
-                .zip(&lq)
-                .map(|((p, l), q)| p * (l - q))
-                .sum();
-            assert!(
-                (s.entropy - h).abs() < 1e-4,
-                "{model}: entropy {} vs {h}",
-                s.entropy
-            );
-            assert!((s.kl_uniform - ((n as f64).ln() - h)).abs() < 1e-4);
-            assert!(
-                (s.kl_unigram - kq).abs() < 1e-4,
-                "{model}: {} vs {kq}",
-                s.kl_unigram
-            );
-            // And exactly what the f64 reference code makes of the same
-            // f32 log-probs, to f32 rounding of p.
-            let f = divergence::row_stats(got, 3, 16, &lq);
-            assert_eq!(s.topk_ids, f.topk_ids);
-            assert!((s.log_mass_outside - f.log_mass_outside).abs() < 1e-5);
         }
     }
 }

@@ -244,6 +244,18 @@ fn float16_and_bfloat16_logits_match_the_float64_reference_within_their_precisio
                 );
             }
             assert!(h != f, "type {to}: the logits were not rounded at all");
+            // Half-precision logits to log-probs: the host kernel (widening
+            // each row) agrees with the ONNX graph (a Cast node).
+            use seedconv::lm::onnx::logprobs::LogProbGraph;
+            let (v, _) = half.run(&ids, &[ids.len()], ids.len()).unwrap();
+            let rows: Vec<i64> = (0..ids.len() as i64).collect();
+            let a = LogProbGraph::new(1).run("h", &v, &rows, 700).unwrap();
+            let b = LogProbGraph::graph_only(1)
+                .run("h", &v, &rows, 700)
+                .unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 4.0 * x.abs().max(1.0) * f32::EPSILON);
+            }
         }
     }
 }

@@ -328,6 +328,71 @@ unsafe fn row_sums_avx2(lp: &[f32], lq: &[f64], p: &mut [f32]) -> (f64, f64) {
     row_sums_body(lp, lq, p)
 }
 
+/// In place, a row of logits to log-probs: `divergence::log_softmax` (the
+/// f64 reference) with its exponentials in f32 (`exp_f32`, ≤ 2 ulp) summed
+/// in f64, and each x − lse rounded once from f64. Replaces ORT's
+/// LogSoftmax kernel on the CPU, which with a gather in front cost 30–60%
+/// of a small model's forward pass. Returns false, the row left as it was,
+/// where a value is not finite (the caller names it).
+pub fn log_softmax(x: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { log_softmax_avx2(x) };
+    }
+    log_softmax_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn log_softmax_avx2(x: &mut [f32]) -> bool {
+    log_softmax_body(x)
+}
+
+#[inline(always)]
+fn log_softmax_body(x: &mut [f32]) -> bool {
+    if x.is_empty() {
+        return true;
+    }
+    // The maximum and finiteness in one lane-wise pass (|v| < ∞ is false
+    // for NaN and ±∞), so that exp_f32 only ever sees finite values.
+    let n8 = x.len() / LANES * LANES;
+    let (mut m, mut ok) = ([f32::NEG_INFINITY; LANES], [1u32; LANES]);
+    for c in x[..n8].chunks_exact(LANES) {
+        for i in 0..LANES {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+            ok[i] &= (c[i].abs() < f32::INFINITY) as u32;
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in x[n8..].iter().chain(&m) {
+        max = if v > max { v } else { max };
+    }
+    if ok.contains(&0) || x[n8..].iter().any(|v| !v.is_finite()) {
+        return false;
+    }
+    // The exponentials of 64 entries at a time into a buffer, then summed:
+    // as two loops both vectorise (one loop of exp and f64 sums did not).
+    let mut acc = [0f64; LANES];
+    let mut e = [0f32; MAX_BLOCK];
+    for c in x[..n8].chunks(MAX_BLOCK) {
+        for (d, &v) in e.iter_mut().zip(c) {
+            *d = exp_f32(v - max);
+        }
+        for ch in e[..c.len()].chunks_exact(LANES) {
+            for i in 0..LANES {
+                acc[i] += ch[i] as f64;
+            }
+        }
+    }
+    let tail = x[n8..].iter().map(|&v| exp_f32(v - max) as f64).sum();
+    let lse = max as f64 + combine(acc, tail).ln();
+    for v in x.iter_mut() {
+        *v = (*v as f64 - lse) as f32;
+    }
+    true
+}
+
 /// One row's statistics from its log-probs (as `divergence::row_stats`, the
 /// f64 reference, to f32 rounding of p): one vectorised pass for p =
 /// exp(lp), Σ p·lp and Σ p·log q, then the top-k and the mass outside it
@@ -365,18 +430,18 @@ pub fn row_stats(lp: &[f32], target: usize, k: usize, lq: &[f64], p: &mut [f32])
 }
 
 /// Indices of the `k` largest values, largest first, ties to the lower id
-/// (as `divergence::top_k`), in one pass that compares each value with a
-/// running threshold and sorts only the few candidates above it.
+/// (as `divergence::top_k`): the k-th largest maximum of groups of eight
+/// entries is a lower bound of the k-th largest value, so one vectorised
+/// compare against it leaves a few candidates to select and sort.
 pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     let n = x.len();
     let k = k.min(n);
     if k == 0 {
         return Vec::new();
     }
-    let key = |i: usize| rank_key(x[i], i);
-    if n <= 16 * k {
-        // Short rows: one selection over every key beats the threshold scan.
-        let mut all: Vec<u64> = (0..n).map(key).collect();
+    if n < 8 * k {
+        // Fewer groups than k: one selection over every key.
+        let mut all: Vec<u64> = (0..n).map(|i| rank_key(x[i], i)).collect();
         if k < n {
             all.select_nth_unstable(k - 1);
             all.truncate(k);
@@ -384,8 +449,31 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
         all.sort_unstable();
         return all.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect();
     }
-    let maxima: Vec<f32> = x.chunks(MAX_BLOCK).map(block_max).collect();
-    top_k_with(x, k, &maxima)
+    // Groups: within each 64-entry block the eight entries of one vector
+    // lane (lane-wise maxima, no horizontal step); in a partial last block,
+    // runs of eight. The blocks' maxima let the scan skip whole blocks.
+    let mut groups: Vec<u32> = Vec::with_capacity(n.div_ceil(8));
+    let mut blocks: Vec<f32> = Vec::with_capacity(max_blocks(n));
+    let top = |a: f32, b: f32| if b > a { b } else { a };
+    for c in x.chunks(MAX_BLOCK) {
+        let mut m = [f32::NEG_INFINITY; 8];
+        if c.len() == MAX_BLOCK {
+            for ch in c.chunks_exact(8) {
+                for i in 0..8 {
+                    m[i] = top(m[i], ch[i]);
+                }
+            }
+        } else {
+            for (mi, ch) in m.iter_mut().zip(c.chunks(8)) {
+                *mi = ch.iter().copied().fold(f32::NEG_INFINITY, top);
+            }
+        }
+        let used = c.len().div_ceil(8).min(8);
+        groups.extend(m[..used].iter().map(|&v| value_key(v)));
+        blocks.push(m.iter().copied().fold(f32::NEG_INFINITY, top));
+    }
+    let (_, kth, _) = groups.select_nth_unstable(k - 1);
+    top_k_above(x, k, &blocks, key_value(*kth))
 }
 
 /// Entries per block of the maxima [`top_k`] selects from (a divisor of
@@ -451,6 +539,12 @@ pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
     } else {
         f32::NEG_INFINITY
     };
+    top_k_above(x, k, maxima, thr)
+}
+
+/// The top `k` of `x` given its blocks' `maxima` and a lower bound `thr`
+/// of its k-th largest value.
+fn top_k_above(x: &[f32], k: usize, maxima: &[f32], thr: f32) -> Vec<u32> {
     let mut cand: Vec<u64> = Vec::with_capacity(4 * k);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -614,6 +708,39 @@ mod tests {
     }
 
     #[test]
+    fn log_softmax_matches_the_float64_reference_and_refuses_non_finite_rows() {
+        for (seed, n) in [(1u64, 1024usize), (2, 1003), (3, 50), (4, 7), (5, 1)] {
+            let x = rand(seed, n, 25.0);
+            let mut want = vec![0f32; n];
+            divergence::log_softmax(&x, &mut want).unwrap();
+            let mut got = x.clone();
+            assert!(log_softmax(&mut got));
+            for (g, w) in got.iter().zip(&want) {
+                // The f64 reference rounds once; the f32 exponentials move
+                // lse by ≤ 2.4e-7 relative to the sum, so at most an ulp.
+                assert!(
+                    (g - w).abs() <= 2.0 * w.abs().max(1.0) * f32::EPSILON,
+                    "{g} vs {w}"
+                );
+            }
+            let mut plain = x.clone();
+            assert!(log_softmax_body(&mut plain));
+            assert_eq!(plain, got, "portable and dispatched paths");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut y = x.clone();
+                y[n / 2] = bad;
+                let before = y.clone();
+                assert!(!log_softmax(&mut y));
+                assert_eq!(
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    before.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
+            }
+        }
+        assert!(log_softmax(&mut []));
+    }
+
+    #[test]
     fn row_stats_match_the_float64_reference() {
         for seed in 0..10 {
             let n = 1003;
@@ -705,11 +832,21 @@ mod tests {
 
     #[test]
     fn top_k_equals_the_sorting_definition_with_ties() {
-        for seed in 0..30 {
+        // Lengths on and off the 8- and 64-entry groups; k on both sides of
+        // n / 8 (the selection over every key below it).
+        for (seed, n) in
+            (0..30)
+                .map(|s| (s, 3000))
+                .chain([(31, 1024), (32, 1003), (33, 130), (34, 64), (35, 9)])
+        {
             // Coarse values force many ties.
-            let x: Vec<f32> = rand(seed, 3000, 40.0).iter().map(|v| v.floor()).collect();
-            for k in [1, 5, 64, 256, 2999, 3000, 4000] {
-                assert_eq!(top_k(&x, k), divergence::top_k(&x, k), "seed {seed} k {k}");
+            let x: Vec<f32> = rand(seed, n, 40.0).iter().map(|v| v.floor()).collect();
+            for k in [1, 5, 16, 64, 128, 256, n - 1, n, n + 1000] {
+                assert_eq!(
+                    top_k(&x, k),
+                    divergence::top_k(&x, k),
+                    "seed {seed} n {n} k {k}"
+                );
             }
         }
     }

@@ -32,7 +32,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "dist";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Each instance's output table.
 pub const FILE: &str = "dist.parquet";
 
