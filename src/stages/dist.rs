@@ -168,14 +168,13 @@ pub struct TableOut<'a> {
 }
 
 /// Forward passes over every batch on this thread, pipelined with a
-/// second thread that runs each batch's logits through the log-prob graph,
-/// computes its row statistics (on the pool) and appends them to the table
-/// while the next batch runs, and a third that streams the log-probs to
-/// `full` (when given). A small model's forward pass keeps about one core
-/// busy whatever ORT's thread count, so on the others the log-softmax, the
-/// statistics and the Parquet encoding cost little wall time; the numbers
-/// are the same as one thread doing it all. Returns the seconds in ORT
-/// (forward passes and log-prob graph).
+/// second thread that turns each batch's logits into log-probs and row
+/// statistics (on the pool) while the next batch runs, a third that
+/// appends the statistics to the table (zstd level 1), and a fourth that
+/// streams the log-probs to `full` (when given). A small model's forward
+/// pass keeps about one core busy whatever ORT's thread count, so on the
+/// others the rest costs little wall time; the numbers are the same as one
+/// thread doing it all. Returns the seconds in ORT and the log-probs.
 #[allow(clippy::too_many_arguments)]
 pub fn compute(
     plan: &EvalPlan,
@@ -199,27 +198,23 @@ pub fn compute(
             })
         });
         let to_full = writer.is_some().then_some(tx_full);
-        // A rendezvous: at most two batches' logits exist at once (the one
-        // being read, the next being computed).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
-        let stats = scope.spawn(move || -> Result<f64, StageError> {
+        // The table on a thread of its own: Parquet encoding costs about as
+        // much as the row statistics, and serial behind them it held back
+        // the forward passes.
+        let (tx_table, rx_table) = std::sync::mpsc::sync_channel::<(usize, Vec<RowStats>)>(1);
+        let table = scope.spawn(move || -> Result<(), StageError> {
             let create = |part: &RecordBatch, width: usize| {
-                table::Writer::create(
+                table::Writer::with_level(
                     &out.dir.join(FILE),
                     &part.schema(),
                     &table_meta(out, n, width),
+                    1,
                 )
             };
             let mut table: Option<table::Writer> = None;
-            let mut graph_secs = 0.0;
-            for (bi, fwd) in rx {
-                let batch = &plan.batches[bi];
-                let tg = std::time::Instant::now();
-                let lp = plan.log_probs(graph, fwd, batch, n)?;
-                graph_secs += tg.elapsed().as_secs_f64();
-                let rows = batch.rows.clone();
+            for (bi, st) in rx_table {
+                let rows = plan.batches[bi].rows.clone();
                 let targets = &plan.targets[rows.clone()];
-                let st = batch_stats(&lp, targets, (n, k), lq);
                 let part = table_batch(out.ckpt, &plan.rows[rows], targets, &st)?;
                 if table.is_none() {
                     // The logits' width is known once the first batch ran.
@@ -227,20 +222,37 @@ pub fn compute(
                     table = Some(create(&part, width)?);
                 }
                 table.as_mut().expect("created above").write(&part)?;
-                if let Some(tx) = &to_full {
-                    if tx.send(lp).is_err() {
-                        break; // the writer failed: its error is returned below
-                    }
-                }
             }
             match table {
-                Some(t) => t.close()?,
+                Some(t) => t.close(),
                 None => {
                     // No rows: an empty table all the same.
                     let part = table_batch(out.ckpt, &[], &[], &[])?;
                     let mut t = create(&part, 0)?;
                     t.write(&part)?;
-                    t.close()?
+                    t.close()
+                }
+            }
+        });
+        // A rendezvous: at most two batches' logits exist at once (the one
+        // being read, the next being computed).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
+        let stats = scope.spawn(move || -> Result<f64, StageError> {
+            let mut graph_secs = 0.0;
+            for (bi, fwd) in rx {
+                let batch = &plan.batches[bi];
+                let tg = std::time::Instant::now();
+                let lp = plan.log_probs(graph, fwd, batch, n)?;
+                graph_secs += tg.elapsed().as_secs_f64();
+                let targets = &plan.targets[batch.rows.clone()];
+                let st = batch_stats(&lp, targets, (n, k), lq);
+                if tx_table.send((bi, st)).is_err() {
+                    break; // the table failed: its error is returned below
+                }
+                if let Some(tx) = &to_full {
+                    if tx.send(lp).is_err() {
+                        break; // the writer failed: its error is returned below
+                    }
                 }
             }
             Ok(graph_secs)
@@ -269,8 +281,12 @@ pub fn compute(
         let stats = stats
             .join()
             .map_err(|_| StageError::Other("row statistics panicked".into()))?;
+        let table = table
+            .join()
+            .map_err(|_| StageError::Other("table writer panicked".into()))?;
         result?;
         ort_secs += stats?;
+        table?;
         if let Some(w) = writer {
             w.join()
                 .map_err(|_| StageError::Other("scratch writer panicked".into()))??
