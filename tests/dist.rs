@@ -101,7 +101,7 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
                 "{model}: {h} vs {g}"
             );
         }
-        for lp in [graph, host] {
+        for lp in [graph, host.clone()] {
             let want = common::read_npy_f64(
                 &causal()
                     .join(reference)
@@ -121,6 +121,21 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
                 // Row statistics: the vectorised pass against f64 sums over the
                 // f64 reference distribution.
                 let s = kernels::row_stats(got, 3, 16, &lq, &mut p);
+                // The one-pass kernel the CPU runs, from the model's logits:
+                // the same log-probs and (to f32 rounding of p) statistics.
+                let raw = seedconv::lm::onnx::runtime::logits_f32(&logits).unwrap();
+                let mut row = raw[r * 768..r * 768 + n].to_vec();
+                let one = kernels::row_stats_logits(&mut row, 3, 16, &lq, &mut p).unwrap();
+                assert_eq!(row, &host[r * n..(r + 1) * n], "{model} row {r}");
+                assert_eq!(one.topk_ids, divergence::top_k(&row, 16));
+                for (a, b) in [
+                    (one.entropy, s.entropy),
+                    (one.kl_uniform, s.kl_uniform),
+                    (one.kl_unigram, s.kl_unigram),
+                    (one.log_mass_outside, s.log_mass_outside),
+                ] {
+                    assert!((a - b).abs() < 1e-5, "{model} row {r}: {a} vs {b}");
+                }
                 let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
                 let h = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
                 let kq: f64 = pr

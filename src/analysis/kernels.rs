@@ -97,10 +97,17 @@ mod avx2 {
         }
     }
 
-    /// [`super::candidates`]: eight entries per compare and bit mask.
+    /// [`super::candidates`]: eight entries per compare, the indices of
+    /// those reaching `thr` packed to the front of a vector by a permutation
+    /// looked up from the compare's bit mask (no branch per entry: which
+    /// entries pass is data, and a branch on it mispredicted about half the
+    /// time), then keyed.
     #[target_feature(enable = "avx2")]
     pub unsafe fn candidates(x: &[f32], maxima: &[f32], thr: f32, cand: &mut Vec<u64>) {
         let t = _mm256_set1_ps(thr);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // One block's passing indices; eight spare for the last store.
+        let mut idx = [0u32; super::MAX_BLOCK + 8];
         for (bi, &m) in maxima.iter().enumerate() {
             if m < thr {
                 continue;
@@ -112,18 +119,42 @@ mod avx2 {
                 super::scan(x, start..end, thr, cand);
                 continue;
             }
+            let mut len = 0;
             for e in 0..super::MAX_BLOCK / 8 {
                 let at = start + 8 * e;
                 let v = _mm256_loadu_ps(x.as_ptr().add(at));
-                let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u32;
-                while mask != 0 {
-                    let j = mask.trailing_zeros() as usize;
-                    mask &= mask - 1;
-                    cand.push(super::rank_key(x[at + j], at + j));
-                }
+                let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as usize;
+                let ids = _mm256_add_epi32(_mm256_set1_epi32(at as i32), lanes);
+                let perm = _mm256_loadu_si256(PACK[mask].as_ptr() as *const __m256i);
+                let packed = _mm256_permutevar8x32_epi32(ids, perm);
+                _mm256_storeu_si256(idx.as_mut_ptr().add(len) as *mut __m256i, packed);
+                len += mask.count_ones() as usize;
             }
+            cand.extend(
+                idx[..len]
+                    .iter()
+                    .map(|&i| super::rank_key(x[i as usize], i as usize)),
+            );
         }
     }
+
+    /// For each 8-bit mask, the lanes whose bit is set, in order, first.
+    static PACK: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut j, mut n) = (0, 0);
+            while j < 8 {
+                if m >> j & 1 == 1 {
+                    t[m][n] = j as u32;
+                    n += 1;
+                }
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    };
 }
 
 fn has_avx2() -> bool {
@@ -354,23 +385,10 @@ fn log_softmax_body(x: &mut [f32]) -> bool {
     if x.is_empty() {
         return true;
     }
-    // The maximum and finiteness in one lane-wise pass (|v| < ∞ is false
-    // for NaN and ±∞), so that exp_f32 only ever sees finite values.
-    let n8 = x.len() / LANES * LANES;
-    let (mut m, mut ok) = ([f32::NEG_INFINITY; LANES], [1u32; LANES]);
-    for c in x[..n8].chunks_exact(LANES) {
-        for i in 0..LANES {
-            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
-            ok[i] &= (c[i].abs() < f32::INFINITY) as u32;
-        }
-    }
-    let mut max = f32::NEG_INFINITY;
-    for &v in x[n8..].iter().chain(&m) {
-        max = if v > max { v } else { max };
-    }
-    if ok.contains(&0) || x[n8..].iter().any(|v| !v.is_finite()) {
+    let Some(max) = finite_max(x) else {
         return false;
-    }
+    };
+    let n8 = x.len() / LANES * LANES;
     // The exponentials of 64 entries at a time into a buffer, then summed:
     // as two loops both vectorise (one loop of exp and f64 sums did not).
     let mut acc = [0f64; LANES];
@@ -391,6 +409,121 @@ fn log_softmax_body(x: &mut [f32]) -> bool {
         *v = (*v as f64 - lse) as f32;
     }
     true
+}
+
+/// One row's statistics from its logits `x`, left as log-probs in place:
+/// [`log_softmax`] and [`row_stats`] in one pass over a row in the cache,
+/// with p = e / Σ e from the normaliser's exponentials `e` (a buffer of the
+/// row's length) instead of a second exp(lp). As the f64 reference
+/// (`divergence::log_softmax`, then `divergence::row_stats`) to f32
+/// rounding of p. `None`, the row untouched, where a logit is not finite.
+pub fn row_stats_logits(
+    x: &mut [f32],
+    target: usize,
+    k: usize,
+    lq: &[f64],
+    e: &mut [f32],
+) -> Option<RowStats> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { row_stats_logits_avx2(x, target, k, lq, e) };
+    }
+    row_stats_logits_body(x, target, k, lq, e)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_stats_logits_avx2(
+    x: &mut [f32],
+    target: usize,
+    k: usize,
+    lq: &[f64],
+    e: &mut [f32],
+) -> Option<RowStats> {
+    row_stats_logits_body(x, target, k, lq, e)
+}
+
+#[inline(always)]
+fn row_stats_logits_body(
+    x: &mut [f32],
+    target: usize,
+    k: usize,
+    lq: &[f64],
+    e: &mut [f32],
+) -> Option<RowStats> {
+    let n = x.len();
+    assert!(n > 0 && lq.len() == n && e.len() == n && target < n);
+    let max = finite_max(x)?;
+    // e = exp(x − max) and Σ e, in two loops that both vectorise.
+    for (d, &v) in e.iter_mut().zip(x.iter()) {
+        *d = exp_f32(v - max);
+    }
+    let s = sum_body(e);
+    let lse = max as f64 + s.ln();
+    // lp = x − lse in place, with Σ e·lp and Σ e·log q.
+    let n8 = n / LANES * LANES;
+    let (mut pl, mut pq) = ([0f64; LANES], [0f64; LANES]);
+    for ((xc, ec), qc) in x[..n8]
+        .chunks_exact_mut(LANES)
+        .zip(e[..n8].chunks_exact(LANES))
+        .zip(lq[..n8].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            let l = (xc[i] as f64 - lse) as f32;
+            xc[i] = l;
+            pl[i] += ec[i] as f64 * l as f64;
+            pq[i] += ec[i] as f64 * qc[i];
+        }
+    }
+    let (mut tl, mut tq) = (0f64, 0f64);
+    for i in n8..n {
+        let l = (x[i] as f64 - lse) as f32;
+        x[i] = l;
+        tl += e[i] as f64 * l as f64;
+        tq += e[i] as f64 * lq[i];
+    }
+    let (pl, pq) = (combine(pl, tl) / s, combine(pq, tq) / s);
+    let lp: &[f32] = x;
+    let ids = top_k(lp, k);
+    let rest = if ids.len() >= n {
+        0.0
+    } else {
+        ids.iter().for_each(|&i| e[i as usize] = 0.0);
+        sum_body(e) / s
+    };
+    Some(RowStats {
+        target_logprob: lp[target],
+        entropy: -pl,
+        log_mass_outside: rest.ln(),
+        kl_uniform: pl + (n as f64).ln(),
+        kl_unigram: pl - pq,
+        topk_logprobs: ids.iter().map(|&i| lp[i as usize]).collect(),
+        topk_ids: ids,
+    })
+}
+
+/// The maximum of `x`, or `None` where a value is not finite: one
+/// lane-wise pass (|v| < ∞ is false for NaN and ±∞), so that `exp_f32`
+/// only ever sees finite values.
+#[inline(always)]
+fn finite_max(x: &[f32]) -> Option<f32> {
+    let n8 = x.len() / LANES * LANES;
+    let (mut m, mut ok) = ([f32::NEG_INFINITY; LANES], [1u32; LANES]);
+    for c in x[..n8].chunks_exact(LANES) {
+        for i in 0..LANES {
+            m[i] = if c[i] > m[i] { c[i] } else { m[i] };
+            ok[i] &= (c[i].abs() < f32::INFINITY) as u32;
+        }
+    }
+    if ok.contains(&0) || x[n8..].iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in x[n8..].iter().chain(&m) {
+        max = if v > max { v } else { max };
+    }
+    Some(max)
 }
 
 /// One row's statistics from its log-probs (as `divergence::row_stats`, the
@@ -738,6 +871,66 @@ mod tests {
             }
         }
         assert!(log_softmax(&mut []));
+    }
+
+    #[test]
+    fn row_stats_from_logits_match_the_float64_reference() {
+        for (seed, n) in [(0u64, 1003usize), (1, 1024), (2, 64), (3, 9), (4, 5000)] {
+            for scale in [3.0, 14.0, 40.0] {
+                let x = rand(seed, n, scale);
+                let mut lq = vec![0f32; n];
+                divergence::log_softmax(&rand(seed + 7, n, 3.0), &mut lq).unwrap();
+                let lq: Vec<f64> = lq.iter().map(|&x| x as f64).collect();
+                let mut got_lp = x.clone();
+                let (t, k) = (n / 3, 16.min(n));
+                let got = row_stats_logits(&mut got_lp, t, k, &lq, &mut vec![0f32; n]).unwrap();
+                // The log-probs: as log_softmax gives them.
+                let mut lp = x.clone();
+                assert!(log_softmax(&mut lp));
+                for (g, w) in got_lp.iter().zip(&lp) {
+                    assert!((g - w).abs() <= 2.0 * w.abs().max(1.0) * f32::EPSILON);
+                }
+                // Ids, their log-probs and the target's: exactly the
+                // reference's on the row's own log-probs.
+                let want = divergence::row_stats(&got_lp, t, k, &lq);
+                assert_eq!(got.topk_ids, want.topk_ids);
+                assert_eq!(got.topk_logprobs, want.topk_logprobs);
+                assert_eq!(got.target_logprob, want.target_logprob);
+                // The sums: against float64 from the logits themselves.
+                let mut l64 = vec![0f64; n];
+                let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let z = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+                l64.iter_mut().zip(&x).for_each(|(d, &v)| *d = v as f64 - z);
+                let h = -l64.iter().map(|l| l.exp() * l).sum::<f64>();
+                let kq: f64 = l64.iter().zip(&lq).map(|(l, q)| l.exp() * (l - q)).sum();
+                let mut top: Vec<f64> = l64.clone();
+                top.sort_by(|a, b| b.total_cmp(a));
+                let rest: f64 = top[k..].iter().map(|l| l.exp()).sum();
+                for (what, g, w) in [
+                    ("entropy", got.entropy, h),
+                    ("kl_uniform", got.kl_uniform, (n as f64).ln() - h),
+                    ("kl_unigram", got.kl_unigram, kq),
+                    ("log_mass_outside", got.log_mass_outside, rest.ln()),
+                ] {
+                    assert!(
+                        g == w || (g - w).abs() <= 2e-6 * w.abs().max(1e-2),
+                        "n {n} scale {scale} {what}: {g} vs {w}"
+                    );
+                }
+                // The portable path gives the same bits.
+                let mut plain_lp = x.clone();
+                let plain =
+                    row_stats_logits_body(&mut plain_lp, t, k, &lq, &mut vec![0f32; n]).unwrap();
+                assert_eq!(plain, got);
+                assert_eq!(plain_lp, got_lp);
+            }
+        }
+        // A non-finite logit: None, the row untouched.
+        let mut x = rand(9, 100, 5.0);
+        x[40] = f32::NAN;
+        let before: Vec<u32> = x.iter().map(|v| v.to_bits()).collect();
+        assert!(row_stats_logits(&mut x, 0, 5, &[0.0; 100], &mut [0.0; 100]).is_none());
+        assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), before);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::{Device, Loaded, MlmScoring, Objective};
 use crate::error::StageError;
-use crate::lm::onnx::logprobs::LogProbGraph;
+use crate::lm::onnx::logprobs::{LogProbGraph, PerRow};
 use crate::lm::onnx::runtime::OrtModel;
 
 /// File name of a retained full log-prob array in a scratch folder.
@@ -277,7 +277,7 @@ impl EvalPlan {
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
         let f = self.forward(model, batch, n)?;
-        self.log_probs(graph, f, batch, n)
+        self.log_probs(graph, &f, batch, n)
     }
 
     /// The first half of [`forward_graph`](Self::forward_graph): the model's
@@ -309,36 +309,49 @@ impl EvalPlan {
     }
 
     /// The second half of [`forward_graph`](Self::forward_graph): the rows
-    /// read of a forwarded batch through the log-prob graph.
+    /// read of a forwarded batch to log-probs.
     pub fn log_probs(
         &self,
         graph: &mut LogProbGraph,
-        f: Forwarded,
+        f: &Forwarded,
         batch: &Batch,
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
+        let plain: &PerRow<'_, ()> = &|_, row, normalised, _| {
+            (normalised || crate::analysis::kernels::log_softmax(row)).then_some(())
+        };
+        Ok(self.log_probs_with(graph, f, batch, n, plain)?.0)
+    }
+
+    /// [`log_probs`](Self::log_probs) with `per_row` applied to each row in
+    /// the cache ([`LogProbGraph::run_rows`]), and its results: one per row,
+    /// every row's finite (a non-finite logit is an error naming it).
+    pub fn log_probs_with<T: Send>(
+        &self,
+        graph: &mut LogProbGraph,
+        f: &Forwarded,
+        batch: &Batch,
+        n: usize,
+        per_row: &PerRow<'_, T>,
+    ) -> Result<(Vec<f32>, Vec<T>), StageError> {
         let Forwarded {
             logits,
             width,
             name,
         } = f;
+        let width = *width;
         let t = batch.t;
         let rows: Vec<i64> = batch
             .reads
             .iter()
             .map(|&(w, p)| (w * t + p) as i64)
             .collect();
-        let lp = graph.run(&name, &logits, &rows, n)?;
-        // A non-finite logit leaves its row NaN (or −∞): name it. One
-        // vectorisable OR over the batch finds whether to look.
-        let bad = lp.iter().fold(0u32, |a, v| a | (!v.is_finite()) as u32);
-        if bad != 0 {
-            let j = lp
-                .chunks(n)
-                .position(|r| r.iter().any(|v| !v.is_finite()))
-                .unwrap_or(0);
+        let (lp, results) = graph.run_rows(name, logits, &rows, n, per_row)?;
+        // A non-finite logit leaves its row NaN (or −∞) and without a
+        // result: name it.
+        if let Some(j) = results.iter().position(|r| r.is_none()) {
             let at = rows[j] as usize * width;
-            let token = crate::lm::onnx::runtime::logits_f32(&logits)
+            let token = crate::lm::onnx::runtime::logits_f32(logits)
                 .ok()
                 .and_then(|l| l[at..at + n].iter().position(|v| !v.is_finite()));
             return Err(StageError::Other(format!(
@@ -347,7 +360,7 @@ impl EvalPlan {
                 self.rows[batch.rows.start + j]
             )));
         }
-        Ok(lp)
+        Ok((lp, results.into_iter().flatten().collect()))
     }
 }
 

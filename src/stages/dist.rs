@@ -18,8 +18,6 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::Serialize;
 use serde_json::json;
 
-use rayon::prelude::*;
-
 use crate::analysis::divergence::RowStats;
 use crate::analysis::kernels;
 use crate::engine::{Instance, Job, JobCtx};
@@ -135,7 +133,7 @@ impl Job for DistJob {
             ckpt: &self.ckpt,
             model_hash: &model_hash,
         };
-        let ort_secs = compute(
+        let (ort_secs, rows_secs) = compute(
             &plan,
             &mut model,
             &mut graph,
@@ -153,7 +151,10 @@ impl Job for DistJob {
             "cuda": cuda,
             "onnxruntime": crate::lm::ortlib::info(),
             "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
+            // Forward passes (this thread) and log-probs + row statistics
+            // (the thread beside it): they overlap.
             "seconds_ort": ort_secs,
+            "seconds_rows": rows_secs,
             "full_array": wrote_full,
             "seconds_total": t0.elapsed().as_secs_f64(),
         }))
@@ -174,7 +175,8 @@ pub struct TableOut<'a> {
 /// streams the log-probs to `full` (when given). A small model's forward
 /// pass keeps about one core busy whatever ORT's thread count, so on the
 /// others the rest costs little wall time; the numbers are the same as one
-/// thread doing it all. Returns the seconds in ORT and the log-probs.
+/// thread doing it all. Returns the seconds of the forward passes and of
+/// the log-probs with row statistics (overlapping).
 #[allow(clippy::too_many_arguments)]
 pub fn compute(
     plan: &EvalPlan,
@@ -185,8 +187,8 @@ pub fn compute(
     full: Option<eval::FullWriter>,
     out: &TableOut,
     tick: &dyn Fn(usize) -> Result<(), StageError>,
-) -> Result<f64, StageError> {
-    let mut ort_secs = 0.0;
+) -> Result<(f64, f64), StageError> {
+    let mut secs = (0.0, 0.0);
     std::thread::scope(|scope| -> Result<(), StageError> {
         let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
         let writer = full.map(|mut w| {
@@ -238,14 +240,11 @@ pub fn compute(
         // being read, the next being computed).
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
         let stats = scope.spawn(move || -> Result<f64, StageError> {
-            let mut graph_secs = 0.0;
+            let mut rows_secs = 0.0;
             for (bi, fwd) in rx {
-                let batch = &plan.batches[bi];
                 let tg = std::time::Instant::now();
-                let lp = plan.log_probs(graph, fwd, batch, n)?;
-                graph_secs += tg.elapsed().as_secs_f64();
-                let targets = &plan.targets[batch.rows.clone()];
-                let st = batch_stats(&lp, targets, (n, k), lq);
+                let (lp, st) = batch_stats(plan, graph, &fwd, bi, (n, k), lq)?;
+                rows_secs += tg.elapsed().as_secs_f64();
                 if tx_table.send((bi, st)).is_err() {
                     break; // the table failed: its error is returned below
                 }
@@ -255,7 +254,7 @@ pub fn compute(
                     }
                 }
             }
-            Ok(graph_secs)
+            Ok(rows_secs)
         });
         let mut result = Ok(());
         for (bi, batch) in plan.batches.iter().enumerate() {
@@ -266,7 +265,7 @@ pub fn compute(
             let tb = std::time::Instant::now();
             match plan.forward(model, batch, n) {
                 Ok(f) => {
-                    ort_secs += tb.elapsed().as_secs_f64();
+                    secs.0 += tb.elapsed().as_secs_f64();
                     if tx.send((bi, f)).is_err() {
                         break; // the statistics failed: their error is below
                     }
@@ -285,7 +284,7 @@ pub fn compute(
             .join()
             .map_err(|_| StageError::Other("table writer panicked".into()))?;
         result?;
-        ort_secs += stats?;
+        secs.1 = stats?;
         table?;
         if let Some(w) = writer {
             w.join()
@@ -294,25 +293,30 @@ pub fn compute(
         }
         Ok(())
     })?;
-    Ok(ort_secs)
+    Ok(secs)
 }
 
-/// The statistics of a batch's rows (`lp`: rows × n log-probs), on the pool.
+/// The log-probs (rows × n) and statistics of batch `bi`'s rows, from its
+/// logits in one pass per row on the pool (`kernels::row_stats_logits`), or
+/// from the graph's log-probs for logits on a device.
 pub fn batch_stats(
-    lp: &[f32],
-    targets: &[u32],
+    plan: &EvalPlan,
+    graph: &mut LogProbGraph,
+    fwd: &eval::Forwarded,
+    bi: usize,
     (n, k): (usize, usize),
     lq: &[f64],
-) -> Vec<RowStats> {
-    let mut st = Vec::with_capacity(targets.len());
-    lp.par_chunks(n)
-        .zip(targets.par_iter())
-        .map_init(
-            || vec![0f32; n],
-            |p, (row, &t)| kernels::row_stats(row, t as usize, k, lq, p),
-        )
-        .collect_into_vec(&mut st);
-    st
+) -> Result<(Vec<f32>, Vec<RowStats>), StageError> {
+    let batch = &plan.batches[bi];
+    let targets = &plan.targets[batch.rows.clone()];
+    plan.log_probs_with(graph, fwd, batch, n, &|i, row, lps, e| {
+        let t = targets[i] as usize;
+        if lps {
+            Some(kernels::row_stats(row, t, k, lq, e))
+        } else {
+            kernels::row_stats_logits(row, t, k, lq, e)
+        }
+    })
 }
 
 /// The table's key-value metadata.

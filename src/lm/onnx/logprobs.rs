@@ -91,7 +91,8 @@ impl LogProbGraph {
 
     /// Log-probs over the first `n` columns (R × n, row-major) of the rows
     /// at flat positions `rows` (batch index × sequence length + position)
-    /// of `logits` [batch, sequence, width].
+    /// of `logits` [batch, sequence, width]. A row with a non-finite logit
+    /// comes out NaN.
     pub fn run(
         &mut self,
         name: &str,
@@ -99,11 +100,54 @@ impl LogProbGraph {
         rows: &[i64],
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
+        let plain: &PerRow<'_, ()> = &|_, row, normalised, _| {
+            (normalised || crate::analysis::kernels::log_softmax(row)).then_some(())
+        };
+        Ok(self.run_rows(name, logits, rows, n, plain)?.0)
+    }
+
+    /// [`run`](Self::run) with `per_row` applied to each row while it is in
+    /// the cache, and its results. Host logits reach it as logits, which it
+    /// must turn into log-probs in place (`None` for a non-finite row,
+    /// which then reads NaN); device logits reach it as the graph's
+    /// log-probs (`normalised`).
+    pub fn run_rows<T: Send>(
+        &mut self,
+        name: &str,
+        logits: &DynValue,
+        rows: &[i64],
+        n: usize,
+        per_row: &PerRow<'_, T>,
+    ) -> Result<(Vec<f32>, Vec<Option<T>>), StageError> {
         if !self.graph_only {
-            if let Some(lp) = host_log_probs(logits, rows, n) {
-                return Ok(lp);
+            if let Some(r) = host_rows(logits, rows, n, per_row) {
+                return Ok(r);
             }
         }
+        let mut lp = self.graph(name, logits, rows, n)?;
+        let mut out = Vec::with_capacity(rows.len());
+        lp.par_chunks_mut(n.max(1))
+            .enumerate()
+            .map_init(
+                || vec![0f32; n],
+                // A NaN row (from a non-finite logit) is left to the caller.
+                |buf, (i, row)| {
+                    let finite = row.iter().all(|v| v.is_finite());
+                    finite.then(|| per_row(i, row, true, buf)).flatten()
+                },
+            )
+            .collect_into_vec(&mut out);
+        Ok((lp, out))
+    }
+
+    /// The ONNX graph's log-probs (see [`run`](Self::run)).
+    fn graph(
+        &mut self,
+        name: &str,
+        logits: &DynValue,
+        rows: &[i64],
+        n: usize,
+    ) -> Result<Vec<f32>, StageError> {
         let err = |e: ort::Error| StageError::Other(format!("{name}: log-probs: {e}"));
         let ty = match logits.dtype() {
             ValueType::Tensor { ty, .. } => *ty,
@@ -152,10 +196,20 @@ impl LogProbGraph {
     }
 }
 
-/// [`LogProbGraph::run`] for logits ORT left in host memory, on the rayon
-/// pool (`None` for logits on a device). A row with a non-finite logit
-/// comes out NaN, as from the graph.
-fn host_log_probs(logits: &DynValue, rows: &[i64], n: usize) -> Option<Vec<f32>> {
+/// What [`LogProbGraph::run_rows`] applies to each row: (row index, the
+/// row, whether it already holds log-probs, a scratch buffer of its length).
+pub type PerRow<'a, T> = dyn Fn(usize, &mut [f32], bool, &mut [f32]) -> Option<T> + Sync + 'a;
+
+/// [`LogProbGraph::run_rows`] for logits ORT left in host memory, on the
+/// rayon pool (`None` for logits on a device): each row is gathered
+/// (widened from half precision) into its place in the output and handed
+/// to `per_row` there.
+fn host_rows<T: Send>(
+    logits: &DynValue,
+    rows: &[i64],
+    n: usize,
+    per_row: &PerRow<'_, T>,
+) -> Option<(Vec<f32>, Vec<Option<T>>)> {
     use half::slice::HalfFloatSliceExt;
     enum Src<'a> {
         F32(&'a [f32]),
@@ -172,18 +226,26 @@ fn host_log_probs(logits: &DynValue, rows: &[i64], n: usize) -> Option<Vec<f32>>
     };
     let width = *shape.last()? as usize;
     let mut lp = vec![0f32; rows.len() * n];
+    let mut out = Vec::with_capacity(rows.len());
     lp.par_chunks_mut(n.max(1))
         .zip(rows.par_iter())
-        .for_each(|(out, &r)| {
-            let at = r as usize * width..r as usize * width + n;
-            match &src {
-                Src::F32(d) => out.copy_from_slice(&d[at]),
-                Src::F16(d) => d[at].convert_to_f32_slice(out),
-                Src::Bf16(d) => d[at].convert_to_f32_slice(out),
-            }
-            if !crate::analysis::kernels::log_softmax(out) {
-                out.fill(f32::NAN);
-            }
-        });
-    Some(lp)
+        .enumerate()
+        .map_init(
+            || vec![0f32; n],
+            |buf, (i, (row, &r))| {
+                let at = r as usize * width..r as usize * width + n;
+                match &src {
+                    Src::F32(d) => row.copy_from_slice(&d[at]),
+                    Src::F16(d) => d[at].convert_to_f32_slice(row),
+                    Src::Bf16(d) => d[at].convert_to_f32_slice(row),
+                }
+                let r = per_row(i, row, false, buf);
+                if r.is_none() {
+                    row.fill(f32::NAN);
+                }
+                r
+            },
+        )
+        .collect_into_vec(&mut out);
+    Some((lp, out))
 }
