@@ -688,11 +688,13 @@ fn top_k_above(x: &[f32], k: usize, maxima: &[f32], thr: f32) -> Vec<u32> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     candidates(x, maxima, thr, &mut cand);
-    if cand.len() > k {
+    if cand.len() > 2 * k {
         cand.select_nth_unstable(k - 1);
         cand.truncate(k);
     }
+    // A few more than k: one sort beats a selection and a sort.
     cand.sort_unstable();
+    cand.truncate(k);
     cand.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect()
 }
 
