@@ -414,6 +414,13 @@ pub fn dist(
         f()?;
         Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c))
     };
+    let run_dist = |model: &mut crate::lm::onnx::runtime::OrtModel,
+                    graph: &mut crate::lm::onnx::logprobs::LogProbGraph,
+                    full| {
+        dist::compute(&plan, model, graph, (vocab, 64), &lq, full, &out, &|_| {
+            Ok(())
+        })
+    };
     let mut runs: [Vec<(f64, f64)>; 3] = Default::default();
     let mut ort = Vec::new();
     for _ in 0..rounds.max(1) {
@@ -425,33 +432,12 @@ pub fn dist(
             Ok(())
         })?);
         runs[1].push(timed(&mut || {
-            ort.push(
-                dist::compute(
-                    &plan,
-                    &mut model,
-                    &mut graph,
-                    (vocab, 64),
-                    &lq,
-                    None,
-                    &out,
-                    &|_| Ok(()),
-                )?
-                .0,
-            );
+            ort.push(run_dist(&mut model, &mut graph, None)?.0);
             Ok(())
         })?);
         runs[2].push(timed(&mut || {
             let full = crate::lm::eval::FullWriter::create(&scratch, plan.rows.len(), vocab, None)?;
-            dist::compute(
-                &plan,
-                &mut model,
-                &mut graph,
-                (vocab, 64),
-                &lq,
-                full,
-                &out,
-                &|_| Ok(()),
-            )?;
+            run_dist(&mut model, &mut graph, full)?;
             Ok(())
         })?);
     }
