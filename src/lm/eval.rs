@@ -317,10 +317,9 @@ impl EvalPlan {
         batch: &Batch,
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
-        let plain: &PerRow<'_, ()> = &|_, row, normalised, _| {
-            (normalised || crate::analysis::kernels::log_softmax(row)).then_some(())
-        };
-        Ok(self.log_probs_with(graph, f, batch, n, plain)?.0)
+        Ok(self
+            .log_probs_with(graph, f, batch, n, &crate::lm::onnx::logprobs::normalise)?
+            .0)
     }
 
     /// [`log_probs`](Self::log_probs) with `per_row` applied to each row in

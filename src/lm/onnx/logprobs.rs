@@ -1,19 +1,19 @@
 //! The model's logits to log-probs: the rows read are gathered, truncated
-//! to the kept vocabulary and renormalised. Logits in host memory go through
-//! `analysis::kernels::log_softmax` on the rayon pool (one gather-and-
-//! normalise pass per row, in the cache; ORT's Gather + LogSoftmax graph
-//! cost 30–60% of a small model's forward pass on the CPU). Logits on a
-//! device (CUDA) go through a small ONNX graph run on the model's output
-//! value, so that only the rows read leave the device, not every padded
-//! position.
+//! to the kept vocabulary and renormalised. Logits in host memory are
+//! handled row by row on the rayon pool, in place in the output while each
+//! row is in the cache: `kernels::log_softmax`, or what the caller passes
+//! (the dist stage: `kernels::row_stats_logits`, log-probs and statistics
+//! in one pass). ORT's Gather + LogSoftmax graph cost 30–60% of a small
+//! model's forward pass on the CPU. Logits on a device (CUDA) go through a
+//! small ONNX graph run on the model's output value, so that only the rows
+//! read leave the device, not every padded position; the caller's per-row
+//! work then runs on its log-probs.
 //!
 //! The graph is a second session fed the model's output value rather than
 //! nodes appended to the model: any export (external data, fp16, extra
 //! inputs) loads unchanged, and a 1 GB checkpoint is never re-serialised.
-//! The row statistics (entropy, top-k, baselines) are then one vectorised
-//! f64 pass in `analysis::kernels::row_stats` — measured faster on the CPU
-//! than ORT's own TopK and ReduceLogSumExp kernels, which took 3× the
-//! forward.
+//! ORT's own TopK and ReduceLogSumExp kernels, tried in it for the row
+//! statistics, took 3× the forward pass on the CPU.
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -100,10 +100,7 @@ impl LogProbGraph {
         rows: &[i64],
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
-        let plain: &PerRow<'_, ()> = &|_, row, normalised, _| {
-            (normalised || crate::analysis::kernels::log_softmax(row)).then_some(())
-        };
-        Ok(self.run_rows(name, logits, rows, n, plain)?.0)
+        Ok(self.run_rows(name, logits, rows, n, &normalise)?.0)
     }
 
     /// [`run`](Self::run) with `per_row` applied to each row while it is in
@@ -199,6 +196,11 @@ impl LogProbGraph {
 /// What [`LogProbGraph::run_rows`] applies to each row: (row index, the
 /// row, whether it already holds log-probs, a scratch buffer of its length).
 pub type PerRow<'a, T> = dyn Fn(usize, &mut [f32], bool, &mut [f32]) -> Option<T> + Sync + 'a;
+
+/// The plain [`PerRow`]: logits to log-probs, nothing else.
+pub fn normalise(_: usize, row: &mut [f32], normalised: bool, _: &mut [f32]) -> Option<()> {
+    (normalised || crate::analysis::kernels::log_softmax(row)).then_some(())
+}
 
 /// [`LogProbGraph::run_rows`] for logits ORT left in host memory, on the
 /// rayon pool (`None` for logits on a device): each row is gathered
