@@ -7,7 +7,8 @@
 //! model's forward pass on the CPU. Logits on a device (CUDA) go through a
 //! small ONNX graph run on the model's output value, so that only the rows
 //! read leave the device, not every padded position; the caller's per-row
-//! work then runs on its log-probs.
+//! work then runs on its log-probs. (ORT's plain `Run` returns outputs in
+//! host memory, CUDA included: device-resident logits need I/O binding.)
 //!
 //! The graph is a second session fed the model's output value rather than
 //! nodes appended to the model: any export (external data, fp16, extra
