@@ -363,52 +363,51 @@ unsafe fn row_sums_avx2(lp: &[f32], lq: &[f64], p: &mut [f32]) -> (f64, f64) {
 /// f64 reference) with its exponentials in f32 (`exp_f32`, ≤ 2 ulp) summed
 /// in f64, and each x − lse rounded once from f64. Replaces ORT's
 /// LogSoftmax kernel on the CPU, which with a gather in front cost 30–60%
-/// of a small model's forward pass. Returns false, the row left as it was,
-/// where a value is not finite (the caller names it).
-pub fn log_softmax(x: &mut [f32]) -> bool {
+/// of a small model's forward pass. `e`: a buffer of the row's length.
+/// Returns false, the row left as it was, where a value is not finite (the
+/// caller names it).
+pub fn log_softmax(x: &mut [f32], e: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked above).
-        return unsafe { log_softmax_avx2(x) };
+        return unsafe { log_softmax_avx2(x, e) };
     }
-    log_softmax_body(x)
+    log_softmax_body(x, e)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn log_softmax_avx2(x: &mut [f32]) -> bool {
-    log_softmax_body(x)
+unsafe fn log_softmax_avx2(x: &mut [f32], e: &mut [f32]) -> bool {
+    log_softmax_body(x, e)
 }
 
 #[inline(always)]
-fn log_softmax_body(x: &mut [f32]) -> bool {
+fn log_softmax_body(x: &mut [f32], e: &mut [f32]) -> bool {
     if x.is_empty() {
         return true;
     }
-    let Some(max) = finite_max(x) else {
+    let Some((lse, _)) = normaliser(x, e) else {
         return false;
     };
-    let n8 = x.len() / LANES * LANES;
-    // The exponentials of 64 entries at a time into a buffer, then summed:
-    // as two loops both vectorise (one loop of exp and f64 sums did not).
-    let mut acc = [0f64; LANES];
-    let mut e = [0f32; MAX_BLOCK];
-    for c in x[..n8].chunks(MAX_BLOCK) {
-        for (d, &v) in e.iter_mut().zip(c) {
-            *d = exp_f32(v - max);
-        }
-        for ch in e[..c.len()].chunks_exact(LANES) {
-            for i in 0..LANES {
-                acc[i] += ch[i] as f64;
-            }
-        }
-    }
-    let tail = x[n8..].iter().map(|&v| exp_f32(v - max) as f64).sum();
-    let lse = max as f64 + combine(acc, tail).ln();
     for v in x.iter_mut() {
         *v = (*v as f64 - lse) as f32;
     }
     true
+}
+
+/// log Σ exp(x) of a row and Σ exp(x − max), leaving exp(x − max) in `e`
+/// (the row's length); `None` where a value is not finite. Shared by
+/// [`log_softmax`] and [`row_stats_logits`], so both give the same bits.
+#[inline(always)]
+fn normaliser(x: &[f32], e: &mut [f32]) -> Option<(f64, f64)> {
+    let max = finite_max(x)?;
+    // Two loops (exp into a buffer, then the f64 sum) both vectorise; one
+    // loop of exp and f64 sums did not.
+    for (d, &v) in e.iter_mut().zip(x) {
+        *d = exp_f32(v - max);
+    }
+    let s = sum_body(&e[..x.len()]);
+    Some((max as f64 + s.ln(), s))
 }
 
 /// One row's statistics from its logits `x`, left as log-probs in place:
@@ -454,13 +453,7 @@ fn row_stats_logits_body(
 ) -> Option<RowStats> {
     let n = x.len();
     assert!(n > 0 && lq.len() == n && e.len() == n && target < n);
-    let max = finite_max(x)?;
-    // e = exp(x − max) and Σ e, in two loops that both vectorise.
-    for (d, &v) in e.iter_mut().zip(x.iter()) {
-        *d = exp_f32(v - max);
-    }
-    let s = sum_body(e);
-    let lse = max as f64 + s.ln();
+    let (lse, s) = normaliser(x, e)?;
     // lp = x − lse in place, with Σ e·lp and Σ e·log q.
     let n8 = n / LANES * LANES;
     let (mut pl, mut pq) = ([0f64; LANES], [0f64; LANES]);
@@ -849,7 +842,7 @@ mod tests {
             let mut want = vec![0f32; n];
             divergence::log_softmax(&x, &mut want).unwrap();
             let mut got = x.clone();
-            assert!(log_softmax(&mut got));
+            assert!(log_softmax(&mut got, &mut vec![0f32; n]));
             for (g, w) in got.iter().zip(&want) {
                 // The f64 reference rounds once; the f32 exponentials move
                 // lse by ≤ 2.4e-7 relative to the sum, so at most an ulp.
@@ -859,20 +852,20 @@ mod tests {
                 );
             }
             let mut plain = x.clone();
-            assert!(log_softmax_body(&mut plain));
+            assert!(log_softmax_body(&mut plain, &mut vec![0f32; n]));
             assert_eq!(plain, got, "portable and dispatched paths");
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 let mut y = x.clone();
                 y[n / 2] = bad;
                 let before = y.clone();
-                assert!(!log_softmax(&mut y));
+                assert!(!log_softmax(&mut y, &mut vec![0f32; n]));
                 assert_eq!(
                     y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     before.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 );
             }
         }
-        assert!(log_softmax(&mut []));
+        assert!(log_softmax(&mut [], &mut []));
     }
 
     #[test]
@@ -888,7 +881,7 @@ mod tests {
                 let got = row_stats_logits(&mut got_lp, t, k, &lq, &mut vec![0f32; n]).unwrap();
                 // The log-probs: as log_softmax gives them.
                 let mut lp = x.clone();
-                assert!(log_softmax(&mut lp));
+                assert!(log_softmax(&mut lp, &mut vec![0f32; n]));
                 for (g, w) in got_lp.iter().zip(&lp) {
                     assert!((g - w).abs() <= 2.0 * w.abs().max(1.0) * f32::EPSILON);
                 }

@@ -199,8 +199,8 @@ impl LogProbGraph {
 pub type PerRow<'a, T> = dyn Fn(usize, &mut [f32], bool, &mut [f32]) -> Option<T> + Sync + 'a;
 
 /// The plain [`PerRow`]: logits to log-probs, nothing else.
-pub fn normalise(_: usize, row: &mut [f32], normalised: bool, _: &mut [f32]) -> Option<()> {
-    (normalised || crate::analysis::kernels::log_softmax(row)).then_some(())
+pub fn normalise(_: usize, row: &mut [f32], normalised: bool, e: &mut [f32]) -> Option<()> {
+    (normalised || crate::analysis::kernels::log_softmax(row, e)).then_some(())
 }
 
 /// [`LogProbGraph::run_rows`] for logits ORT left in host memory, on the
