@@ -445,8 +445,8 @@ pub fn dist(
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let summary = |i: usize| {
-        let r = &runs[i];
+    // Median wall, median ratio to the same round's bare runs, median CPU.
+    let summary = |r: &[(f64, f64)]| {
         (
             median(r.iter().map(|x| x.0).collect()),
             median(r.iter().zip(&runs[0]).map(|(x, b)| x.0 / b.0).collect()),
@@ -468,7 +468,7 @@ pub fn dist(
         })?);
     }
     let bytes = std::fs::metadata(dir.path().join(dist::FILE))?.len();
-    let bare = summary(0);
+    let bare = summary(&runs[0]);
     let line = |what: &str, (w, ratio, c): (f64, f64, f64)| {
         println!("| {what} | {w:.3} | {ratio:.2} | {c:.3} |");
     };
@@ -484,30 +484,18 @@ pub fn dist(
     );
     line(
         "dist: forward + log-probs + row statistics + Parquet table",
-        summary(1),
+        summary(&runs[1]),
     );
     let ort = median(ort);
     println!(
         "|   of which ORT forward passes (the log-probs and statistics overlap them) | {ort:.3} | {:.2} | |",
         ort / bare.0
     );
-    let st = (
-        median(stats.iter().map(|x| x.0).collect()),
-        median(
-            stats
-                .iter()
-                .map(|x| x.0)
-                .zip(&runs[0])
-                .map(|(x, b)| x / b.0)
-                .collect(),
-        ),
-        median(stats.iter().map(|x| x.1).collect()),
-    );
     line(
         "  log-probs + row statistics alone (overlapped in dist)",
-        st,
+        summary(&stats),
     );
-    line("dist + full array streamed to scratch", summary(2));
+    line("dist + full array streamed to scratch", summary(&runs[2]));
     println!(
         "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; cores: {threads}; medians of {rounds} alternating rounds, ratios within a round)",
         bytes as f64 / plan.rows.len() as f64
