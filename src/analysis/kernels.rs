@@ -584,11 +584,7 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
     for c in x.chunks(MAX_BLOCK) {
         let mut m = [f32::NEG_INFINITY; 8];
         if c.len() == MAX_BLOCK {
-            for ch in c.chunks_exact(8) {
-                for i in 0..8 {
-                    m[i] = top(m[i], ch[i]);
-                }
-            }
+            m = lane_maxima(c);
         } else {
             for (mi, ch) in m.iter_mut().zip(c.chunks(8)) {
                 *mi = ch.iter().copied().fold(f32::NEG_INFINITY, top);
@@ -614,20 +610,28 @@ pub fn max_blocks(n: usize) -> usize {
 
 #[inline(always)]
 fn block_max(c: &[f32]) -> f32 {
-    // Lane-wise maxima (independent lanes, a plain compare: one vmaxps per
-    // eight, as log-probs are never NaN), then the eight lanes.
-    let mut m = [f32::NEG_INFINITY; 8];
+    // Lane-wise maxima, then the eight lanes and the rest.
     let n8 = c.len() / 8 * 8;
-    for ch in c[..n8].chunks_exact(8) {
-        for i in 0..8 {
-            m[i] = if ch[i] > m[i] { ch[i] } else { m[i] };
-        }
-    }
+    let m = lane_maxima(&c[..n8]);
     let mut best = f32::NEG_INFINITY;
     for &v in c[n8..].iter().chain(&m) {
         best = if v > best { v } else { best };
     }
     best
+}
+
+/// The maxima of each of eight lanes over `c` (a whole number of eights):
+/// independent lanes and a plain compare, one vmaxps per eight, as
+/// log-probs are never NaN.
+#[inline(always)]
+fn lane_maxima(c: &[f32]) -> [f32; 8] {
+    let mut m = [f32::NEG_INFINITY; 8];
+    for ch in c.chunks_exact(8) {
+        for i in 0..8 {
+            m[i] = if ch[i] > m[i] { ch[i] } else { m[i] };
+        }
+    }
+    m
 }
 
 /// The maxima of `x`'s 64-entry blocks (`x` a whole number of them), with
