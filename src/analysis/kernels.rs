@@ -1,8 +1,9 @@
 //! Vectorised row kernels for exact KL over full vocabularies: the kl stage
 //! streams seeds × rows × vocabulary through these, so they decide whether it
 //! runs at memory bandwidth. Every sum keeps eight f64 lanes combined in a
-//! fixed order, and no multiply-add is fused, so the AVX2 and the portable
-//! paths give the same bits on every machine.
+//! fixed order, and each multiply-add is fused on every path or on none
+//! (`mul_add` is fused in software where the CPU lacks FMA), so the AVX-512,
+//! AVX2 and portable paths give the same bits on every machine.
 
 use crate::analysis::divergence::RowStats;
 
@@ -15,21 +16,39 @@ use crate::analysis::divergence::RowStats;
 /// f32 leaves normal numbers) it returns 0.
 #[inline(always)]
 fn exp_f32(x: f32) -> f32 {
+    exp_f32_with::<false>(x)
+}
+
+/// `a·b + c`, fused when `FUSED` (then the same bits on every path:
+/// `mul_add` is fused in software where the CPU cannot).
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// [`exp_f32`] with its multiply-adds fused when `FUSED` (a third fewer
+/// instructions; the kl stage's kernels, built for CPUs with FMA, use it).
+#[inline(always)]
+fn exp_f32_with<const FUSED: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     let under = x < -87.3;
     let x = x.clamp(-87.3, 88.0);
-    let fx = (x * LOG2E + ROUND) - ROUND;
-    let r = x - fx * C1 - fx * C2;
+    let fx = madd::<FUSED>(x, LOG2E, ROUND) - ROUND;
+    let r = madd::<FUSED>(-fx, C2, madd::<FUSED>(-fx, C1, x));
     let mut y = 1.987_569_1e-4;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 1.666_666_5e-1;
-    y = y * r + 0.5;
-    y = y * (r * r) + r + 1.0;
+    y = madd::<FUSED>(y, r, 1.398_199_9e-3);
+    y = madd::<FUSED>(y, r, 8.333_452e-3);
+    y = madd::<FUSED>(y, r, 4.166_579_6e-2);
+    y = madd::<FUSED>(y, r, 1.666_666_5e-1);
+    y = madd::<FUSED>(y, r, 0.5);
+    y = madd::<FUSED>(y, r * r, r) + 1.0;
     // SAFETY: fx is an integer in [-126, 127] (x was clamped), so the
     // conversion is exact; unchecked, it vectorises (no saturation logic).
     let k = unsafe { fx.to_int_unchecked::<i32>() };
@@ -157,6 +176,30 @@ mod avx2 {
     };
 }
 
+/// The widest vector code the multiply-add kernels may run here. All of
+/// them give the same bits: lanes are independent and fused either way
+/// (`mul_add` is fused on every path).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Simd {
+    Avx512,
+    Avx2,
+    None,
+}
+
+fn simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx2") && has!("fma") {
+            return Simd::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::None
+}
+
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -178,37 +221,90 @@ pub fn sum(x: &[f32]) -> f64 {
     sum_body(x)
 }
 
-/// Vocabulary entries per block of [`kl_row`]: every seed's log-probs and
-/// p of one block (seeds × 512 × 12 B) stay in the L1/L2 cache while all
-/// pairs read them, so each row is read from memory once.
+/// Vocabulary entries per block of [`kl_row`]: every seed's p and
+/// differences of one block (seeds × 512 × 16 B) stay in the L1/L2 cache
+/// while every pair reads them, so each row is read from memory once.
 const BLOCK: usize = 512;
+
+/// Σ_i p[i]·d_j[i] for each of `G` arrays `d_j`, added into `acc[j]` lane by
+/// lane with one fused multiply-add each. `G` ≤ 4 sums at once: each chunk
+/// of p is loaded once for all of them, and their lanes stay in registers.
+/// How far ahead of the exp loop a row is fetched into the cache, in
+/// entries: the hardware's own prefetch of the seeds' five streams falls
+/// behind, and the first read of each block then waits on memory.
+const AHEAD: usize = 4096;
+
+#[inline(always)]
+fn prefetch(x: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < x.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch of an address inside the slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(at) as *const i8) };
+    }
+}
+
+#[inline(always)]
+fn gram<const G: usize>(p: &[f32], d: [&[f64]; G], acc: &mut [[f64; LANES]]) {
+    assert!(d.iter().all(|x| x.len() == p.len()) && acc.len() == G);
+    let mut loc = [[0f64; LANES]; G];
+    loc.copy_from_slice(acc);
+    for (c, pc) in p.chunks_exact(LANES).enumerate() {
+        for j in 0..G {
+            let dc = &d[j][c * LANES..c * LANES + LANES];
+            for i in 0..LANES {
+                loc[j][i] = (pc[i] as f64).mul_add(dc[i], loc[j][i]);
+            }
+        }
+    }
+    acc.copy_from_slice(&loc);
+}
 
 #[inline(always)]
 fn kl_row_body<const AVX2: bool>(
     lp: &[&[f32]],
-    p64: &mut [f64],
+    buf: &mut RowBuffer,
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
 ) -> Vec<f64> {
     let seeds = lp.len();
     let n = lp.first().map_or(0, |l| l.len());
-    let n16 = n / LANES * LANES;
-    // Each unordered pair once: KL(a‖b) = Σ p_a·d and KL(b‖a) = −Σ p_b·d
-    // share d = lp_a − lp_b (exactly the bits of summing p_b·(lp_b − lp_a)).
-    let mut und: Vec<(usize, usize)> = pairs.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
-    und.sort_unstable();
-    und.dedup();
+    let n8 = n / LANES * LANES;
+    // KL(a‖b) = Σ p_a·(lp_a − lp_b) = g[a][a] − g[a][b] with the Gram sums
+    // g[a][b] = Σ p_a·δ_b against seed 0, δ_b = lp_b − lp_0 (δ_0 = 0): one
+    // multiply-add per (seed, other seed) and entry serves every ordered
+    // pair (20 for five seeds, against 20 multiplies and 20 adds over the
+    // pairs' own differences). δ is taken in f64, where the difference of
+    // two f32 is exact, and the products are fused, so the only rounding is
+    // the sums' (≈ 1e-16 of Σ p|δ|, small where the seeds are close).
+    let others = seeds.saturating_sub(1);
+    assert!(buf.p.len() >= seeds * BLOCK && buf.d.len() >= others * BLOCK);
+    let RowBuffer { p: p32, d: d64 } = buf;
     let mut acc_z = vec![[0f64; LANES]; seeds];
-    let mut acc = vec![([0f64; LANES], [0f64; LANES]); und.len()];
+    let mut acc_g = vec![[0f64; LANES]; seeds * others];
     let mut start = 0;
-    while start < n16 {
-        let end = (start + BLOCK).min(n16);
+    while start < n8 {
+        let end = (start + BLOCK).min(n8);
         let len = end - start;
         for (s, l) in lp.iter().enumerate() {
-            // exp in f32 lanes first (eight per instruction), then widened.
-            let mut p32 = [0f32; BLOCK];
-            for (d, &x) in p32.iter_mut().zip(&l[start..end]) {
-                *d = exp_f32(x);
+            // exp in f32 lanes (sixteen or eight per instruction); the sums
+            // widen p to f64 as they read it.
+            let p = &mut p32[s * BLOCK..s * BLOCK + len];
+            for (c, (d, x)) in p
+                .chunks_exact_mut(16)
+                .zip(l[start..end].chunks_exact(16))
+                .enumerate()
+            {
+                prefetch(l, start + c * 16 + AHEAD);
+                for i in 0..16 {
+                    d[i] = exp_f32_with::<true>(x[i]);
+                }
+            }
+            for (d, &x) in p[len / 16 * 16..]
+                .iter_mut()
+                .zip(&l[start + len / 16 * 16..end])
+            {
+                *d = exp_f32_with::<true>(x);
             }
             // The top-k's block maxima while the block is in cache.
             if let Some(m) = maxima.get_mut(s) {
@@ -216,79 +312,99 @@ fn kl_row_body<const AVX2: bool>(
                 let out = &mut m[start / MAX_BLOCK..start / MAX_BLOCK + whole];
                 block_maxima::<AVX2>(&l[start..start + whole * MAX_BLOCK], out);
             }
-            let p = &mut p64[s * BLOCK..s * BLOCK + len];
-            for (d, &x) in p.iter_mut().zip(&p32) {
-                *d = x as f64;
-            }
             // A local copy keeps the lanes in registers.
             let mut az = acc_z[s];
             for c in p.chunks_exact(LANES) {
                 for i in 0..LANES {
-                    az[i] += c[i];
+                    az[i] += c[i] as f64;
                 }
             }
             acc_z[s] = az;
         }
-        for (k, &(a, b)) in und.iter().enumerate() {
-            let pa = &p64[a * BLOCK..a * BLOCK + len];
-            let pb = &p64[b * BLOCK..b * BLOCK + len];
-            let (la, lb) = (&lp[a][start..end], &lp[b][start..end]);
-            let (mut ab, mut ba) = acc[k];
-            for (((pa, pb), la), lb) in pa
-                .chunks_exact(LANES)
-                .zip(pb.chunks_exact(LANES))
-                .zip(la.chunks_exact(LANES))
-                .zip(lb.chunks_exact(LANES))
-            {
-                for i in 0..LANES {
-                    // The difference in f32 is exact when the seeds are
-                    // close (Sterbenz), which is where KL is small.
-                    let d = (la[i] - lb[i]) as f64;
-                    ab[i] += pa[i] * d;
-                    ba[i] -= pb[i] * d;
+        let l0 = &lp[0][start..end];
+        for b in 1..seeds {
+            let d = &mut d64[(b - 1) * BLOCK..(b - 1) * BLOCK + len];
+            for ((d, &x), &y) in d.iter_mut().zip(&lp[b][start..end]).zip(l0) {
+                *d = x as f64 - y as f64;
+            }
+        }
+        let d: Vec<&[f64]> = (0..others)
+            .map(|b| &d64[b * BLOCK..b * BLOCK + len])
+            .collect();
+        for a in 0..seeds {
+            let p = &p32[a * BLOCK..a * BLOCK + len];
+            let g = &mut acc_g[a * others..(a + 1) * others];
+            for (dj, gj) in d.chunks(4).zip(g.chunks_mut(4)) {
+                match *dj {
+                    [d0, d1, d2, d3] => gram(p, [d0, d1, d2, d3], gj),
+                    [d0, d1, d2] => gram(p, [d0, d1, d2], gj),
+                    [d0, d1] => gram(p, [d0, d1], gj),
+                    [d0] => gram(p, [d0], gj),
+                    _ => unreachable!("chunks of one to four"),
                 }
             }
-            acc[k] = (ab, ba);
         }
         start = end;
     }
     // Maxima of the blocks after the last whole one the loop saw.
-    let whole = n16 / MAX_BLOCK * MAX_BLOCK;
+    let whole = n8 / MAX_BLOCK * MAX_BLOCK;
     for (m, l) in maxima.iter_mut().zip(lp) {
         for (c, x) in l[whole..].chunks(MAX_BLOCK).enumerate() {
             m[whole / MAX_BLOCK + c] = block_max(x);
         }
     }
-    // The last n mod LANES entries, one at a time.
+    // The last n mod LANES entries, one at a time, in the same operations.
     let tail_p: Vec<Vec<f64>> = lp
         .iter()
-        .map(|l| l[n16..].iter().map(|&v| exp_f32(v) as f64).collect())
+        .map(|l| {
+            l[n8..]
+                .iter()
+                .map(|&v| exp_f32_with::<true>(v) as f64)
+                .collect()
+        })
         .collect();
     let z: Vec<f64> = (0..seeds)
         .map(|s| combine(acc_z[s], tail_p[s].iter().sum()))
         .collect();
+    // g[a][b] whole; seed 0's column is zero.
+    let g = |a: usize, b: usize| -> f64 {
+        if b == 0 {
+            return 0.0;
+        }
+        let tail = (n8..n).fold(0.0, |t: f64, i| {
+            let d = lp[b][i] as f64 - lp[0][i] as f64;
+            tail_p[a][i - n8].mul_add(d, t)
+        });
+        combine(acc_g[a * others + b - 1], tail)
+    };
     pairs
         .iter()
-        .map(|&(a, b)| {
-            let k = und.binary_search(&(a.min(b), a.max(b))).expect("listed");
-            let lanes = if a < b { acc[k].0 } else { acc[k].1 };
-            let tail: f64 = (n16..n)
-                .map(|i| tail_p[a][i - n16] * (lp[a][i] - lp[b][i]) as f64)
-                .sum();
-            combine(lanes, tail) / z[a] - z[a].ln() + z[b].ln()
-        })
+        .map(|&(a, b)| (g(a, a) - g(a, b)) / z[a] - z[a].ln() + z[b].ln())
         .collect()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn kl_row_avx2(
     lp: &[&[f32]],
-    p64: &mut [f64],
+    buf: &mut RowBuffer,
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
 ) -> Vec<f64> {
-    kl_row_body::<true>(lp, p64, pairs, maxima)
+    kl_row_body::<true>(lp, buf, pairs, maxima)
+}
+
+/// [`kl_row_avx2`] in 512-bit registers: half the instructions, and 32
+/// registers hold every Gram lane of a chunk.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kl_row_avx512(
+    lp: &[&[f32]],
+    buf: &mut RowBuffer,
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
+    kl_row_body::<true>(lp, buf, pairs, maxima)
 }
 
 /// Exact KL(a ‖ b) in nats for each of `pairs` of one row, given each
@@ -297,7 +413,7 @@ unsafe fn kl_row_avx2(
 /// off by ~1e-7: a shift of the whole row that would bias a small KL), so
 /// the distributions they describe are measured exactly:
 /// KL = Σ p_a(lp_a − lp_b)/Z_a − ln Z_a + ln Z_b with p = exp(lp), Z = Σ p.
-pub fn kl_row(lp: &[&[f32]], buf: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f64> {
+pub fn kl_row(lp: &[&[f32]], buf: &mut RowBuffer, pairs: &[(usize, usize)]) -> Vec<f64> {
     kl_row_maxima(lp, buf, pairs, &mut [])
 }
 
@@ -306,26 +422,37 @@ pub fn kl_row(lp: &[&[f32]], buf: &mut [f64], pairs: &[(usize, usize)]) -> Vec<f
 /// from, read while each block is in cache.
 pub fn kl_row_maxima(
     lp: &[&[f32]],
-    buf: &mut [f64],
+    buf: &mut RowBuffer,
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
 ) -> Vec<f64> {
-    assert!(buf.len() >= lp.len() * BLOCK);
     assert!(lp.windows(2).all(|w| w[0].len() == w[1].len()));
     let n = lp.first().map_or(0, |l| l.len());
     assert!(maxima.is_empty() || maxima.len() == lp.len());
     assert!(maxima.iter().all(|m| m.len() == max_blocks(n)));
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked above).
-        return unsafe { kl_row_avx2(lp, buf, pairs, maxima) };
+    match simd() {
+        // SAFETY: the CPU has the features (checked by `simd`).
+        Simd::Avx512 => return unsafe { kl_row_avx512(lp, buf, pairs, maxima) },
+        Simd::Avx2 => return unsafe { kl_row_avx2(lp, buf, pairs, maxima) },
+        Simd::None => {}
     }
     kl_row_body::<false>(lp, buf, pairs, maxima)
 }
 
+/// What [`kl_row`] works in, for one block: each seed's p, and each but
+/// the first one's difference to the first.
+pub struct RowBuffer {
+    p: Vec<f32>,
+    d: Vec<f64>,
+}
+
 /// The buffer [`kl_row`] needs for `seeds` seeds.
-pub fn row_buffer(seeds: usize) -> Vec<f64> {
-    vec![0f64; seeds * BLOCK]
+pub fn row_buffer(seeds: usize) -> RowBuffer {
+    RowBuffer {
+        p: vec![0f32; seeds * BLOCK],
+        d: vec![0f64; seeds.saturating_sub(1) * BLOCK],
+    }
 }
 
 #[inline(always)]
@@ -749,52 +876,57 @@ mod tests {
 
     use divergence::tests::random_logits as rand;
 
-    /// p = exp(lp) and Σ p, unblocked (the reference for `kl_row`).
+    /// p = exp(lp) (fused, as `kl_row` takes it) and Σ p, unblocked.
     fn exp_into(lp: &[f32], p: &mut [f32]) -> f64 {
         for (d, &l) in p.iter_mut().zip(lp) {
-            *d = exp_f32(l);
+            *d = exp_f32_with::<true>(l);
         }
         sum(p)
     }
 
-    /// Σ p·(a − b) unblocked, in the same lanes as `kl_row`.
+    /// Σ p·(b − a) with the difference in f64, unblocked, in the same lanes
+    /// and multiply-adds as `kl_row`'s Gram sums.
     fn dot_diff(p: &[f32], a: &[f32], b: &[f32]) -> f64 {
         let n8 = p.len() / LANES * LANES;
         let mut acc = [0f64; LANES];
-        for ((pc, ac), bc) in p[..n8]
-            .chunks_exact(LANES)
-            .zip(a[..n8].chunks_exact(LANES))
-            .zip(b[..n8].chunks_exact(LANES))
-        {
-            for i in 0..LANES {
-                // The difference in f32 is exact when a and b are close
-                // (Sterbenz), which is where KL is small and precision matters.
-                acc[i] += pc[i] as f64 * (ac[i] - bc[i]) as f64;
-            }
+        for i in 0..n8 {
+            let d = b[i] as f64 - a[i] as f64;
+            acc[i % LANES] = (p[i] as f64).mul_add(d, acc[i % LANES]);
         }
-        let tail = (n8..p.len())
-            .map(|i| p[i] as f64 * (a[i] - b[i]) as f64)
-            .sum();
+        let tail = (n8..p.len()).fold(0.0, |t: f64, i| {
+            (p[i] as f64).mul_add(b[i] as f64 - a[i] as f64, t)
+        });
         combine(acc, tail)
     }
 
     #[test]
     fn exp_is_within_two_ulp_of_f64_and_sums_in_f64() {
         let lp: Vec<f32> = rand(1, 1003, 87.0).iter().map(|v| 0.01 - v).collect();
-        let mut p = vec![0f32; lp.len()];
-        let z = exp_into(&lp, &mut p);
-        let mut want = 0.0;
-        for (&l, &q) in lp.iter().zip(&p) {
-            let e = (l as f64).exp();
-            want += q as f64;
-            if e > 1e-37 {
-                assert!(
-                    ((q as f64) - e).abs() <= 2.5 * e * f32::EPSILON as f64,
-                    "{l}"
-                );
+        for fused in [false, true] {
+            let p: Vec<f32> = lp
+                .iter()
+                .map(|&l| {
+                    if fused {
+                        exp_f32_with::<true>(l)
+                    } else {
+                        exp_f32(l)
+                    }
+                })
+                .collect();
+            let z = sum(&p);
+            let mut want = 0.0;
+            for (&l, &q) in lp.iter().zip(&p) {
+                let e = (l as f64).exp();
+                want += q as f64;
+                if e > 1e-37 {
+                    assert!(
+                        ((q as f64) - e).abs() <= 2.5 * e * f32::EPSILON as f64,
+                        "{l} fused {fused}"
+                    );
+                }
             }
+            assert!((z - want).abs() <= 1e-15 * want);
         }
-        assert!((z - want).abs() <= 1e-15 * want);
     }
 
     #[test]
@@ -830,13 +962,78 @@ mod tests {
         let x = kl_row(&lp, &mut buf, &pairs);
         let y = kl_row_body::<false>(&lp, &mut buf, &pairs, &mut []);
         assert_eq!(x, y);
-        // Blocked or not, the lanes see the same sums: as the plain dot.
+        // Every vector width this CPU has gives the same bits.
+        #[cfg(target_arch = "x86_64")]
+        for level in [Simd::Avx2, Simd::Avx512] {
+            let has = match level {
+                Simd::Avx512 => simd() == Simd::Avx512,
+                _ => simd() != Simd::None,
+            };
+            if has {
+                // SAFETY: the CPU has the level's features (checked above).
+                let z = unsafe {
+                    match level {
+                        Simd::Avx512 => kl_row_avx512(&lp, &mut buf, &pairs, &mut []),
+                        _ => kl_row_avx2(&lp, &mut buf, &pairs, &mut []),
+                    }
+                };
+                assert_eq!(x, z, "{level:?}");
+            }
+        }
+        // Blocked or not, the lanes see the same sums: KL(0‖1) is
+        // (g[0][0] − g[0][1])/Z_0 − ln Z_0 + ln Z_1 with g[0][0] = 0.
         let mut p0 = vec![0f32; a.len()];
         let z0 = exp_into(&a, &mut p0);
         let mut p1 = vec![0f32; b.len()];
         let z1 = exp_into(&b, &mut p1);
-        let want = dot_diff(&p0, &a, &b) / z0 - z0.ln() + z1.ln();
+        let want = (0.0 - dot_diff(&p0, &a, &b)) / z0 - z0.ln() + z1.ln();
         assert_eq!(x[0].to_bits(), want.to_bits());
+    }
+
+    #[test]
+    fn gram_sums_are_exact_for_identical_seeds_and_close_seeds_far_from_the_first() {
+        // Seed 0 far from seeds 1 and 2, which are close to each other: the
+        // differences to seed 0 are large, KL(1‖2) tiny. Its error must be
+        // relative to it, not to the differences (f64 differences, fused
+        // products).
+        let n = 50_000;
+        let mut far = vec![0f32; n];
+        let mut a = vec![0f32; n];
+        divergence::log_softmax(&rand(7, n, 12.0), &mut far).unwrap();
+        divergence::log_softmax(&rand(8, n, 12.0), &mut a).unwrap();
+        let nudge = rand(9, n, 1e-3);
+        let mut b = vec![0f32; n];
+        let xb: Vec<f32> = a.iter().zip(&nudge).map(|(x, e)| x + e).collect();
+        divergence::log_softmax(&xb, &mut b).unwrap();
+        let lp: [&[f32]; 4] = [&far, &a, &b, &a];
+        let pairs = [(1, 2), (2, 1), (1, 3), (3, 1), (0, 1), (1, 0)];
+        let got = kl_row(&lp, &mut row_buffer(4), &pairs);
+        // The reference in f64 over the same stored log-probs, with p from
+        // the same f32 exponentials (their ≤ 2 ulp alone move a KL of 4e-8
+        // by ~1e-3 of itself). The Gram sums round at ~1e-16 of Σ p|δ| ≈ 5
+        // here, ~1e-7 of this KL; differences to seed 0 taken in f32 would
+        // cost ~1e-2.
+        let reference = |x: &[f32], y: &[f32]| -> f64 {
+            let p = |v: f32| exp_f32_with::<true>(v) as f64;
+            let z: f64 = x.iter().map(|&v| p(v)).sum();
+            let zy: f64 = y.iter().map(|&v| p(v)).sum();
+            x.iter()
+                .zip(y)
+                .map(|(&u, &v)| p(u) * (u as f64 - v as f64))
+                .sum::<f64>()
+                / z
+                - z.ln()
+                + zy.ln()
+        };
+        for (&(i, j), &g) in pairs.iter().zip(&got) {
+            let want = reference(lp[i], lp[j]);
+            if i == 1 && j == 3 || i == 3 && j == 1 {
+                assert_eq!(g, 0.0, "identical seeds {i} {j}");
+            } else {
+                assert!((g - want).abs() <= 1e-6 * want, "KL({i}‖{j}) {g} vs {want}");
+            }
+        }
+        assert!(got[0] < 1e-6 && got[0] > 0.0, "{}", got[0]);
     }
 
     #[test]

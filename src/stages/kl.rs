@@ -28,7 +28,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "kl";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Rows per step when every seed's log-probs come from an array.
 const ARRAY_SPAN: usize = 2048;
 /// Each instance's per-row KL table.
