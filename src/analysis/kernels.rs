@@ -267,9 +267,9 @@ const TILE_B: usize = TILE_A - 1;
 
 /// Every Gram sum of five seeds in one pass over a block, in AVX-512
 /// registers: per chunk of eight entries the four differences to seed 0
-/// are taken once and stay in registers with the twenty sums, so neither
-/// goes through memory. Same lanes and the same fused operations in the
-/// same order as [`gram`]: the same bits.
+/// are taken once and stay in registers with the twenty sums and the five
+/// Z (`z`), so neither goes through memory. Same lanes and the same
+/// operations in the same order as [`gram`] and the Z loop: the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gram_tile(
@@ -277,21 +277,24 @@ unsafe fn gram_tile(
     lb: [&[f32]; TILE_B],
     l0: &[f32],
     acc: &mut [[f64; LANES]],
+    z: &mut [[f64; LANES]],
 ) {
     use std::arch::x86_64::*;
     const _: () = assert!(LANES == 8);
     let len = l0.len() / LANES * LANES;
     assert!(p.iter().all(|x| x.len() >= len) && lb.iter().all(|x| x.len() >= len));
-    assert!(acc.len() == TILE_A * TILE_B);
+    assert!(acc.len() == TILE_A * TILE_B && z.len() == TILE_A);
     let wide = |x: &[f32], c: usize| _mm512_cvtps_pd(_mm256_loadu_ps(x.as_ptr().add(c)));
     let mut g: [[__m512d; TILE_B]; TILE_A] = std::array::from_fn(|a| {
         std::array::from_fn(|j| _mm512_loadu_pd(acc[a * TILE_B + j].as_ptr()))
     });
+    let mut zs: [__m512d; TILE_A] = std::array::from_fn(|a| _mm512_loadu_pd(z[a].as_ptr()));
     for c in (0..len).step_by(LANES) {
-        let z = wide(l0, c);
-        let d: [__m512d; TILE_B] = std::array::from_fn(|j| _mm512_sub_pd(wide(lb[j], c), z));
-        for (a, ga) in g.iter_mut().enumerate() {
-            let pa = wide(p[a], c);
+        let first = wide(l0, c);
+        let d: [__m512d; TILE_B] = std::array::from_fn(|j| _mm512_sub_pd(wide(lb[j], c), first));
+        for ((ga, za), pa) in g.iter_mut().zip(&mut zs).zip(&p) {
+            let pa = wide(pa, c);
+            *za = _mm512_add_pd(*za, pa);
             for (gj, dj) in ga.iter_mut().zip(&d) {
                 *gj = _mm512_fmadd_pd(pa, *dj, *gj);
             }
@@ -301,6 +304,9 @@ unsafe fn gram_tile(
         for (j, gj) in ga.iter().enumerate() {
             _mm512_storeu_pd(acc[a * TILE_B + j].as_mut_ptr(), *gj);
         }
+    }
+    for (za, zs) in z.iter_mut().zip(&zs) {
+        _mm512_storeu_pd(za.as_mut_ptr(), *zs);
     }
 }
 
@@ -325,6 +331,7 @@ fn kl_row_body<const AVX2: bool, const TILE: bool>(
     assert!(buf.p.len() >= seeds * BLOCK && buf.d.len() >= others * BLOCK);
     let RowBuffer { p: p32, d: d64 } = buf;
     let mut acc_z = vec![[0f64; LANES]; seeds];
+    let tile = TILE && seeds == TILE_A;
     let mut acc_g = vec![[0f64; LANES]; seeds * others];
     let mut start = 0;
     while start < n8 {
@@ -356,6 +363,10 @@ fn kl_row_body<const AVX2: bool, const TILE: bool>(
                 let out = &mut m[start / MAX_BLOCK..start / MAX_BLOCK + whole];
                 block_maxima::<AVX2>(&l[start..start + whole * MAX_BLOCK], out);
             }
+            if tile {
+                // The tile sums Z with the Gram sums.
+                continue;
+            }
             // A local copy keeps the lanes in registers.
             let mut az = acc_z[s];
             for c in p.chunks_exact(LANES) {
@@ -366,13 +377,13 @@ fn kl_row_body<const AVX2: bool, const TILE: bool>(
             acc_z[s] = az;
         }
         let l0 = &lp[0][start..end];
-        if TILE && seeds == TILE_A && others == TILE_B {
+        if tile {
             let p: [&[f32]; TILE_A] = std::array::from_fn(|a| &p32[a * BLOCK..a * BLOCK + len]);
             let lb: [&[f32]; TILE_B] = std::array::from_fn(|j| &lp[j + 1][start..end]);
             // SAFETY: TILE is true only in the AVX-512 kernel.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                gram_tile(p, lb, l0, &mut acc_g)
+                gram_tile(p, lb, l0, &mut acc_g, &mut acc_z)
             };
             start = end;
             continue;
