@@ -226,9 +226,6 @@ pub fn sum(x: &[f32]) -> f64 {
 /// while every pair reads them, so each row is read from memory once.
 const BLOCK: usize = 512;
 
-/// Σ_i p[i]·d_j[i] for each of `G` arrays `d_j`, added into `acc[j]` lane by
-/// lane with one fused multiply-add each. `G` ≤ 4 sums at once: each chunk
-/// of p is loaded once for all of them, and their lanes stay in registers.
 /// How far ahead of the exp loop a row is fetched into the cache, in
 /// entries: the hardware's own prefetch of the seeds' five streams falls
 /// behind, and the first read of each block then waits on memory.
@@ -244,6 +241,9 @@ fn prefetch(x: &[f32], at: usize) {
     }
 }
 
+/// Σ_i p[i]·d_j[i] for each of `G` arrays `d_j`, added into `acc[j]` lane by
+/// lane with one fused multiply-add each. `G` ≤ 4 sums at once: each chunk
+/// of p is loaded once for all of them, and their lanes stay in registers.
 #[inline(always)]
 fn gram<const G: usize>(p: &[f32], d: [&[f64]; G], acc: &mut [[f64; LANES]]) {
     assert!(d.iter().all(|x| x.len() == p.len()) && acc.len() == G);
