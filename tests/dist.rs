@@ -356,6 +356,29 @@ fn external_suite_dist_and_kl_match_an_independent_float64_computation() {
         col::<UInt32Array>(&v, "k").values().to_vec(),
         vec![16, 64, 256]
     );
+    // More rows than the default sample of 512: every stride-th row is
+    // validated, against the exact mean KL of those rows.
+    let stride = row_pos.len().div_ceil(512);
+    assert!(stride > 1);
+    let sampled: Vec<usize> = (0..row_pos.len()).filter(|r| r % stride == 0).collect();
+    assert!(col::<UInt32Array>(&v, "rows")
+        .values()
+        .iter()
+        .all(|&r| r as usize == sampled.len()));
+    let kl = seedconv::table::read(&store.join("kl/current/tiny-step300.kl.parquet")).unwrap();
+    let kl = col::<Float64Array>(&kl, "kl");
+    let mean = sampled
+        .iter()
+        .map(|&r| kl.value(2 * r) + kl.value(2 * r + 1))
+        .sum::<f64>()
+        / (2 * sampled.len()) as f64;
+    let exact = col::<Float64Array>(&v, "kl_exact");
+    assert!(exact
+        .values()
+        .iter()
+        .all(|&e| (e - mean).abs() <= 1e-12 * mean));
+    let se = col::<Float64Array>(&v, "rel_error_se");
+    assert!(se.values().iter().all(|s| s.is_finite() && *s > 0.0));
 }
 
 #[test]

@@ -28,7 +28,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "kl";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Rows per step when every seed's log-probs come from an array.
 const ARRAY_SPAN: usize = 2048;
 /// Each instance's per-row KL table.
@@ -74,6 +74,7 @@ impl Stage for Kl {
                     ckpts,
                     vocab: suite.vocab,
                     validation_k: cx.config().kl.validation_k.clone(),
+                    validation_rows: cx.config().kl.validation_rows,
                     set: set.clone(),
                     retain_full: cx.config().dist.retain_full,
                 };
@@ -100,6 +101,7 @@ struct KlJob {
     ckpts: Vec<Checkpoint>,
     vocab: Option<usize>,
     validation_k: Vec<usize>,
+    validation_rows: usize,
     #[serde(flatten)]
     set: RunSettings,
     /// unkeyed: reading dist's retained arrays or rerunning the models
@@ -165,11 +167,12 @@ impl Job for KlJob {
             .flat_map(|a| (0..seeds).filter(move |&b| b != a).map(move |b| (a, b)))
             .collect();
 
+        let every = validation_stride(rows, self.validation_rows);
         let mut kl = vec![0f64; rows * pairs.len()]; // [row][pair]
-        let mut est_sum = vec![0f64; ks.len()];
-        // Arrays are read in place (memory-mapped); models run batch by
-        // batch. With every seed from an array, spans of many rows keep the
-        // pool busy instead of one small batch at a time.
+        let mut est_rows: Vec<Vec<f64>> = Vec::new(); // [validated row][k]
+                                                      // Arrays are read in place (memory-mapped); models run batch by
+                                                      // batch. With every seed from an array, spans of many rows keep the
+                                                      // pool busy instead of one small batch at a time.
         let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
         let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
             (0..rows)
@@ -201,11 +204,11 @@ impl Job for KlJob {
                     Source::Model(_) => r.as_slice(),
                 })
                 .collect();
-            let per_row = block_kl(&views, range.len(), n, &pairs, &ks);
+            let per_row = block_kl(&views, range.clone(), n, &pairs, &ks, every);
             for (j, (exact, est)) in per_row.into_iter().enumerate() {
                 let r = range.start + j;
                 kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
-                est_sum.iter_mut().zip(est).for_each(|(a, b)| *a += b);
+                est_rows.extend(est);
             }
         }
 
@@ -274,16 +277,19 @@ impl Job for KlJob {
         table::write(&ctx.out.join("conv.parquet"), &batch, &meta)?;
 
         let nk = ks.len();
-        let est_means: Vec<f64> = est_sum.iter().map(|s| s / (rows * np) as f64).collect();
+        let checked = est_rows.len();
+        let v = validation_summary(&kl, np, every, &est_rows, nk);
         let batch = RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("size", DataType::Utf8, false),
                 Field::new("step", DataType::UInt32, false),
                 Field::new("k", DataType::UInt32, false),
                 Field::new("vocab", DataType::UInt32, false),
+                Field::new("rows", DataType::UInt32, false),
                 Field::new("kl_exact", DataType::Float64, false),
                 Field::new("kl_topk", DataType::Float64, false),
                 Field::new("rel_error", DataType::Float64, false),
+                Field::new("rel_error_se", DataType::Float64, false),
             ])),
             vec![
                 Arc::new(StringArray::from(vec![self.size.as_str(); nk])),
@@ -292,14 +298,11 @@ impl Job for KlJob {
                     ks.iter().map(|&k| k as u32).collect::<Vec<_>>(),
                 )),
                 Arc::new(UInt32Array::from(vec![n as u32; nk])),
-                Arc::new(Float64Array::from(vec![mean; nk])),
-                Arc::new(Float64Array::from(est_means.clone())),
-                Arc::new(Float64Array::from(
-                    est_means
-                        .iter()
-                        .map(|e| (e - mean) / mean)
-                        .collect::<Vec<_>>(),
-                )),
+                Arc::new(UInt32Array::from(vec![checked as u32; nk])),
+                Arc::new(Float64Array::from(vec![v.exact; nk])),
+                Arc::new(Float64Array::from(v.estimate.clone())),
+                Arc::new(Float64Array::from(v.rel_error.clone())),
+                Arc::new(Float64Array::from(v.rel_error_se.clone())),
             ],
         )?;
         table::write(&ctx.out.join("topk_validation.parquet"), &batch, &meta)?;
@@ -318,25 +321,100 @@ impl Job for KlJob {
             "pairs": np,
             "vocab_kept": n,
             "mean_kl": mean,
+            "validated_rows": checked,
             "seeds_recomputed": recomputed,
         }))
     }
 }
 
-/// Exact KL of every ordered pair and the top-k estimates (one sum over the
-/// pairs per k in `ks`, ascending) for each of `len` rows, given each seed's
-/// log-probs for those rows (`len × n`, row-major). Rows run in parallel,
+/// The top-k validation of one (size, step), per k: means over the
+/// validated rows and the pairs.
+#[derive(Debug)]
+pub struct Validation {
+    /// Exact mean KL of the validated rows (with every row, the same sum as
+    /// the stage's mean).
+    pub exact: f64,
+    pub estimate: Vec<f64>,
+    /// (estimate − exact) / exact.
+    pub rel_error: Vec<f64>,
+    /// Standard error of `rel_error` over the validated rows (paired: each
+    /// row's estimate minus its exact KL; NaN for fewer than two rows).
+    pub rel_error_se: Vec<f64>,
+}
+
+/// [`Validation`] from the per-row KLs (`kl`, `np` pairs per row) and the
+/// estimates (`est_rows`: per validated row, every `every`-th, one sum over
+/// the pairs per k).
+pub fn validation_summary(
+    kl: &[f64],
+    np: usize,
+    every: usize,
+    est_rows: &[Vec<f64>],
+    nk: usize,
+) -> Validation {
+    let m = est_rows.len();
+    let exact_rows: Vec<f64> = kl
+        .chunks(np)
+        .step_by(every)
+        .map(|c| c.iter().sum::<f64>())
+        .collect();
+    assert_eq!(exact_rows.len(), m, "one estimate per validated row");
+    let exact = kl.chunks(np).step_by(every).flatten().sum::<f64>() / (m * np) as f64;
+    let mut v = Validation {
+        exact,
+        estimate: Vec::with_capacity(nk),
+        rel_error: Vec::with_capacity(nk),
+        rel_error_se: Vec::with_capacity(nk),
+    };
+    for k in 0..nk {
+        let est = est_rows.iter().map(|e| e[k]).sum::<f64>() / (m * np) as f64;
+        // Per row, the mean over pairs of estimate − exact.
+        let d: Vec<f64> = est_rows
+            .iter()
+            .zip(&exact_rows)
+            .map(|(e, x)| (e[k] - x) / np as f64)
+            .collect();
+        let dm = d.iter().sum::<f64>() / m as f64;
+        let var = d.iter().map(|x| (x - dm).powi(2)).sum::<f64>() / (m as f64 - 1.0);
+        let se = if m < 2 {
+            f64::NAN
+        } else {
+            (var / m as f64).sqrt()
+        };
+        v.estimate.push(est);
+        v.rel_error.push((est - exact) / exact);
+        v.rel_error_se.push(se / exact.abs());
+    }
+    v
+}
+
+/// The stride of the rows the top-k validation measures: every row when
+/// `target` is 0 or at least `rows`, else every ⌈rows / target⌉-th.
+pub fn validation_stride(rows: usize, target: usize) -> usize {
+    if target == 0 {
+        1
+    } else {
+        rows.div_ceil(target).max(1)
+    }
+}
+
+/// Exact KL of every ordered pair for each of the rows `range`, given each
+/// seed's log-probs for those rows (`range.len() × n`, row-major), and for
+/// the rows whose index is a multiple of `every` the top-k estimates (one
+/// sum over the pairs per k in `ks`, ascending). Rows run in parallel,
 /// each thread reusing its own buffers for p = exp(lp).
 pub fn block_kl(
     blocks: &[&[f32]],
-    len: usize,
+    range: std::ops::Range<usize>,
     n: usize,
     pairs: &[(usize, usize)],
     ks: &[usize],
-) -> Vec<(Vec<f64>, Vec<f64>)> {
+    every: usize,
+) -> Vec<(Vec<f64>, Option<Vec<f64>>)> {
     let kmax = ks.last().copied().unwrap_or(0);
     let seeds = blocks.len();
-    (0..len)
+    let first = range.start;
+    (0..range.len())
         .into_par_iter()
         .map_init(
             || {
@@ -348,6 +426,9 @@ pub fn block_kl(
             },
             |(pbuf, rank, maxima), j| {
                 let lp: Vec<&[f32]> = blocks.iter().map(|b| &b[j * n..(j + 1) * n]).collect();
+                if !(first + j).is_multiple_of(every) {
+                    return (kernels::kl_row(&lp, pbuf, pairs), None);
+                }
                 let exact = kernels::kl_row_maxima(&lp, pbuf, pairs, maxima);
                 let mut est = vec![0f64; ks.len()];
                 if kmax > 0 {
@@ -404,8 +485,74 @@ pub fn block_kl(
                         }
                     }
                 }
-                (exact, est)
+                (exact, Some(est))
             },
         )
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::divergence::tests::random_logits;
+
+    /// `rows` rows of `n` log-probs per seed, row-major.
+    fn seeds(count: usize, rows: usize, n: usize) -> Vec<Vec<f32>> {
+        (0..count)
+            .map(|s| {
+                let mut out = vec![0f32; rows * n];
+                for (r, row) in out.chunks_mut(n).enumerate() {
+                    let x = random_logits((s * 1000 + r) as u64, n, 9.0);
+                    divergence::log_softmax(&x, row).unwrap();
+                }
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn validation_measures_every_nth_row_and_leaves_the_exact_kl_alone() {
+        let (rows, n) = (11, 300);
+        let data = seeds(3, rows, n);
+        let views: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
+        let pairs = [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)];
+        let ks = [4, 16];
+        let all = block_kl(&views, 0..rows, n, &pairs, &ks, 1);
+        // A span that starts mid-way keeps the rows' own indices.
+        let part: Vec<&[f32]> = views.iter().map(|v| &v[4 * n..]).collect();
+        let some = block_kl(&part, 4..rows, n, &pairs, &ks, 3);
+        for (j, (exact, est)) in some.iter().enumerate() {
+            let r = 4 + j;
+            assert_eq!(exact, &all[r].0, "row {r}: exact KL bits");
+            assert_eq!(est.is_some(), r % 3 == 0, "row {r}");
+            if let Some(e) = est {
+                assert_eq!(Some(e), all[r].1.as_ref());
+            }
+        }
+        assert_eq!(validation_stride(4662, 512), 10);
+        assert_eq!(validation_stride(300, 512), 1);
+        assert_eq!(validation_stride(4662, 0), 1);
+    }
+
+    #[test]
+    fn validation_summary_is_a_paired_mean_with_its_standard_error() {
+        // Four rows of two pairs; rows 0 and 2 validated.
+        let kl = [1.0, 3.0, 10.0, 10.0, 2.0, 6.0, 10.0, 10.0];
+        let est = vec![vec![5.0, 2.0], vec![12.0, 8.0]];
+        let v = validation_summary(&kl, 2, 2, &est, 2);
+        // Exact mean of the validated rows: (1 + 3 + 2 + 6) / 4.
+        assert_eq!(v.exact, 3.0);
+        // k 0: estimates (5 + 12) / 4 = 4.25; per-row differences of the
+        // pair means: (5 − 4)/2 = 0.5 and (12 − 8)/2 = 2, mean 1.25, sample
+        // variance 1.125, SE √(1.125/2) = 0.75.
+        assert_eq!(v.estimate, vec![4.25, 2.5]);
+        assert!((v.rel_error[0] - 1.25 / 3.0).abs() < 1e-15);
+        assert!((v.rel_error_se[0] - 0.75 / 3.0).abs() < 1e-15);
+        // k 1: differences −1 and 0: mean −0.5, variance 0.5, SE 0.5.
+        assert!((v.rel_error[1] + 0.5 / 3.0).abs() < 1e-15);
+        assert!((v.rel_error_se[1] - 0.5 / 3.0).abs() < 1e-15);
+        // One row: no standard error.
+        let one = validation_summary(&kl[..2], 2, 1, &est[..1], 2);
+        assert!(one.rel_error_se[0].is_nan());
+    }
 }

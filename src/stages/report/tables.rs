@@ -86,38 +86,52 @@ pub(super) fn tokens(r: &Inputs) -> Result<Vec<Block>, StageError> {
 pub(super) fn validation(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let job = r.job;
     let ctx = r.ctx;
-    // (size, step) → (exact E[KL], k → relative error)
-    let mut cells: BTreeMap<(usize, u64), (f64, BTreeMap<u64, f64>)> = BTreeMap::new();
+    // (size, step) → (rows validated, their exact E[KL], k → relative error and its SE)
+    type Cell = (u64, f64, BTreeMap<u64, (f64, f64)>);
+    let mut cells: BTreeMap<(usize, u64), Cell> = BTreeMap::new();
     for label in &job.kls {
         let t = Table::read(
             &ctx.upstream(kl::NAME, label)?
                 .join("topk_validation.parquet"),
         )?;
-        let (size, step, k, exact, rel) = (
+        let (size, step, k, rows, exact, rel, se) = (
             t.str("size")?,
             t.u64("step")?,
             t.u64("k")?,
+            t.u64("rows")?,
             t.f64("kl_exact")?,
             t.f64("rel_error")?,
+            t.f64("rel_error_se")?,
         );
         for i in 0..t.height() {
             let e = cells
                 .entry((job.size_color(&size[i]), step[i].unwrap_or(0)))
-                .or_insert_with(|| (exact[i], BTreeMap::new()));
-            e.1.insert(k[i].unwrap_or(0), rel[i]);
+                .or_insert_with(|| (rows[i].unwrap_or(0), exact[i], BTreeMap::new()));
+            e.2.insert(k[i].unwrap_or(0), (rel[i], se[i]));
         }
     }
     let ks: std::collections::BTreeSet<u64> =
-        cells.values().flat_map(|c| c.1.keys().copied()).collect();
-    let mut header = vec!["size".to_string(), "step".into(), "exact E[KL]".into()];
+        cells.values().flat_map(|c| c.2.keys().copied()).collect();
+    let mut header = vec![
+        "size".to_string(),
+        "step".into(),
+        "rows".into(),
+        "exact E[KL]".into(),
+    ];
     header.extend(ks.iter().map(|k| format!("rel. error k={k}")));
     let rows: Vec<Vec<String>> = cells
         .iter()
-        .map(|((size, step), (exact, rel))| {
-            let mut r = vec![job.info.sizes[*size].clone(), step.to_string(), fmt(*exact)];
+        .map(|((size, step), (n, exact, rel))| {
+            let mut r = vec![
+                job.info.sizes[*size].clone(),
+                step.to_string(),
+                n.to_string(),
+                fmt(*exact),
+            ];
             r.extend(ks.iter().map(|k| {
-                rel.get(k)
-                    .map_or("–".into(), |v| format!("{:+.1}%", v * 100.0))
+                rel.get(k).map_or("–".into(), |(v, se)| {
+                    format!("{:+.1}% ± {:.1}", v * 100.0, se * 100.0)
+                })
             }));
             r
         })
@@ -125,7 +139,7 @@ pub(super) fn validation(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let n = header.len();
     Ok(vec![
         Block::Heading("Top-k KL estimator validation".into()),
-        Block::Para("Every KL in this report is exact (full vocabulary). The table shows how far the estimate that top-k distributions alone would give (the mass beyond k spread flat) is from it: relative error of E[KL] per checkpoint step.".into()),
+        Block::Para("Every KL in this report is exact (full vocabulary). The table shows how far the estimate that top-k distributions alone would give (the mass beyond k spread flat) is from it: relative error of E[KL] per checkpoint step, measured on `rows` evenly spaced rows (`kl.validation_rows`) against their exact E[KL], ± its standard error over those rows.".into()),
         Block::Table {
             header,
             rows,
