@@ -439,15 +439,18 @@ pub fn block_kl(
                         .zip(maxima.iter())
                         .map(|(l, m)| kernels::top_k_with(l, kmax, m))
                         .collect();
-                    let ptop: Vec<Vec<f64>> = tops
-                        .iter()
-                        .zip(&lp)
-                        .map(|(t, l)| t.iter().map(|&i| (l[i as usize] as f64).exp()).collect())
-                        .collect();
                     let tlp: Vec<Vec<f32>> = tops
                         .iter()
                         .zip(&lp)
                         .map(|(t, l)| t.iter().map(|&i| l[i as usize]).collect())
+                        .collect();
+                    let ptop: Vec<Vec<f64>> = tlp
+                        .iter()
+                        .map(|t| {
+                            let mut p = vec![0f64; t.len()];
+                            kernels::exp_wide(t, &mut p);
+                            p
+                        })
                         .collect();
                     let masses: Vec<Vec<f64>> = ks
                         .iter()
@@ -529,6 +532,7 @@ mod tests {
                 assert_eq!(Some(e), all[r].1.as_ref());
             }
         }
+        assert_eq!(validation_stride(4662, 256), 19);
         assert_eq!(validation_stride(4662, 512), 10);
         assert_eq!(validation_stride(300, 512), 1);
         assert_eq!(validation_stride(4662, 0), 1);
