@@ -169,10 +169,11 @@ impl Job for KlJob {
 
         let every = validation_stride(rows, self.validation_rows);
         let mut kl = vec![0f64; rows * pairs.len()]; // [row][pair]
-        let mut est_rows: Vec<Vec<f64>> = Vec::new(); // [validated row][k]
-                                                      // Arrays are read in place (memory-mapped); models run batch by
-                                                      // batch. With every seed from an array, spans of many rows keep the
-                                                      // pool busy instead of one small batch at a time.
+                                                     // The validated rows' estimates: [validated row][k].
+        let mut est_rows: Vec<Vec<f64>> = Vec::new();
+        // Arrays are read in place (memory-mapped); models run batch by
+        // batch. With every seed from an array, spans of many rows keep the
+        // pool busy instead of one small batch at a time.
         let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
         let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
             (0..rows)
