@@ -441,10 +441,6 @@ pub fn dist(
             Ok(())
         })?);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     // Median wall, median ratio to the same round's bare runs, median CPU.
     let summary = |r: &[(f64, f64)]| {
         (
@@ -582,10 +578,6 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize, zipf: bool) -> Result<()> {
         all_secs = all_secs.min(a);
         extra.push((v / e - 1.0, a / e - 1.0));
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let ratio = median(ratios);
     let val_extra = median(extra.iter().map(|e| e.0).collect());
     let all_extra = median(extra.iter().map(|e| e.1).collect());
@@ -609,7 +601,7 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize, zipf: bool) -> Result<()> {
         100.0 / ratio
     );
     println!(
-        "| exact KL + top-k validation (k = {ks:?}) of every {every}th row ({} rows, the default `kl.validation_rows = {sample}`) | {val_secs:.3} s (+{:.0}% best to best; +{:.0}% median within a round) |",
+        "| exact KL + top-k validation (k = {ks:?}) of 1 row in {every} ({} rows, the default `kl.validation_rows = {sample}`) | {val_secs:.3} s (+{:.0}% best to best; +{:.0}% median within a round) |",
         rows.div_ceil(every),
         100.0 * (val_secs / kl_secs - 1.0),
         100.0 * val_extra
@@ -674,4 +666,10 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
         println!("| {batch} | {s:.2} | {:.0} |", seqs.len() as f64 / s);
     }
     Ok(())
+}
+
+/// The middle value of a run's rounds (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::analysis::{divergence, kernels};
+use crate::analysis::{divergence, kernels, stats};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, RunSettings};
@@ -168,8 +168,9 @@ impl Job for KlJob {
             .collect();
 
         let every = validation_stride(rows, self.validation_rows);
-        let mut kl = vec![0f64; rows * pairs.len()]; // [row][pair]
-                                                     // The validated rows' estimates: [validated row][k].
+        // Per row and pair: [row][pair].
+        let mut kl = vec![0f64; rows * pairs.len()];
+        // The validated rows' estimates: [validated row][k].
         let mut est_rows: Vec<Vec<f64>> = Vec::new();
         // Arrays are read in place (memory-mapped); models run batch by
         // batch. With every seed from an array, spans of many rows keep the
@@ -375,13 +376,9 @@ pub fn validation_summary(
             .zip(&exact_rows)
             .map(|(e, x)| (e[k] - x) / np as f64)
             .collect();
-        let dm = d.iter().sum::<f64>() / m as f64;
-        let var = d.iter().map(|x| (x - dm).powi(2)).sum::<f64>() / (m as f64 - 1.0);
-        let se = if m < 2 {
-            f64::NAN
-        } else {
-            (var / m as f64).sqrt()
-        };
+        let (_, se, _) = stats::mean_se(&d);
+        // One row has no spread to measure (mean_se would say 0).
+        let se = if m < 2 { f64::NAN } else { se };
         v.estimate.push(est);
         v.rel_error.push((est - exact) / exact);
         v.rel_error_se.push(se / exact.abs());
