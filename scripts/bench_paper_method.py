@@ -72,7 +72,20 @@ def main():
     print(f"seedconv / paper: wall {med(ours, 0) / med(theirs, 0):.2f}, CPU {med(ours, 1) / med(theirs, 1):.2f}, "
           f"peak memory {med(ours, 2) / med(theirs, 2):.2f}, disk {sc_disk / result['disk']:.2f} "
           f"({result['checkpoints']} checkpoints, {result['rows']} rows, vocab {result['vocab']}, "
-          f"median of {args.repeats} alternating runs, {os.cpu_count()} cores)")
+          f"median of {args.repeats} alternating runs; CPU: {cpu_name()}, {os.cpu_count()} cores)")
+
+
+def cpu_name():
+    """The CPU's model name, as /proc/cpuinfo gives it (timings mean little without it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.machine()
 
 
 def current(store, stage):

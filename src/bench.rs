@@ -134,7 +134,7 @@ pub fn engine(n: usize, hash_mib: usize, dir: Option<&Path>) -> Result<()> {
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
-    println!("(cores: {jobs})");
+    println!("({})", machine());
     Ok(())
 }
 
@@ -321,10 +321,7 @@ pub fn train(l: &crate::config::Loaded, steps: usize) -> Result<()> {
             export_secs
         );
     }
-    println!(
-        "(vocabulary {vocab}; cores: {})",
-        crate::commands::default_jobs()
-    );
+    println!("(vocabulary {vocab}; {})", machine());
     Ok(())
 }
 
@@ -499,8 +496,9 @@ pub fn dist(
     );
     line("dist + full array streamed to scratch", summary(&runs[2]));
     println!(
-        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; cores: {threads}; medians of {rounds} alternating rounds, ratios within a round)",
-        bytes as f64 / plan.rows.len() as f64
+        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; {}; medians of {rounds} alternating rounds, ratios within a round)",
+        bytes as f64 / plan.rows.len() as f64,
+        machine()
     );
     Ok(())
 }
@@ -618,8 +616,8 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize, zipf: bool) -> Result<()> {
         100.0 * all_extra
     );
     println!(
-        "(mean KL {mean:.4} nats; checksum {sum:.1}; cores: {}; best of 5 alternating runs each)",
-        crate::commands::default_jobs()
+        "(mean KL {mean:.4} nats; checksum {sum:.1}; {}; best of 5 alternating runs each)",
+        machine()
     );
     Ok(())
 }
@@ -655,10 +653,11 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
     let mut model = crate::lm::onnx::runtime::OrtModel::from_bytes(&bytes, "random", threads)?;
     let tokens: usize = seqs.iter().map(Vec::len).sum();
     println!(
-        "{} sentences ({} pairs × {} paradigms), {tokens} tokens, longest {longest}; d_model {d_model}, {layers} layers, vocab {vocab}, {threads} threads",
+        "{} sentences ({} pairs × {} paradigms), {tokens} tokens, longest {longest}; d_model {d_model}, {layers} layers, vocab {vocab}, {threads} threads; {}",
         seqs.len(),
         pairs,
-        files.len()
+        files.len(),
+        machine()
     );
     println!("| batch | seconds | sentences/s |");
     println!("| ---: | ---: | ---: |");
@@ -672,6 +671,13 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
         println!("| {batch} | {s:.2} | {:.0} |", seqs.len() as f64 / s);
     }
     Ok(())
+}
+
+/// The machine a table was measured on, for its footer: timings mean
+/// little without the CPU (the manifests' provenance names it the same way).
+fn machine() -> String {
+    let cpu = crate::engine::store::Provenance::here(0, None).cpu;
+    format!("CPU: {cpu}, {} cores", crate::commands::default_jobs())
 }
 
 /// The middle value of a run's rounds (the upper one of an even count).
