@@ -355,6 +355,7 @@ fn bench_shape(
 }
 
 /// The dist stage's work against bare ONNX Runtime calls on the same batches.
+#[allow(clippy::too_many_arguments)]
 pub fn dist(
     rows: usize,
     vocab: usize,
@@ -363,6 +364,7 @@ pub fn dist(
     window: usize,
     batch: usize,
     rounds: usize,
+    top_k: usize,
 ) -> Result<()> {
     use crate::stages::{corpus, dist};
     let shape = bench_shape(vocab, d_model, layers, window);
@@ -414,9 +416,16 @@ pub fn dist(
     let run_dist = |model: &mut crate::lm::onnx::runtime::OrtModel,
                     graph: &mut crate::lm::onnx::logprobs::LogProbGraph,
                     full| {
-        dist::compute(&plan, model, graph, (vocab, 64), &lq, full, &out, &|_| {
-            Ok(())
-        })
+        dist::compute(
+            &plan,
+            model,
+            graph,
+            (vocab, top_k),
+            &lq,
+            full,
+            &out,
+            &|_| Ok(()),
+        )
     };
     let mut runs: [Vec<(f64, f64)>; 3] = Default::default();
     let mut ort = Vec::new();
@@ -461,7 +470,7 @@ pub fn dist(
     for _ in 0..rounds.max(1) {
         stats.push(timed(&mut || {
             for (bi, f) in fwds.iter().enumerate() {
-                dist::batch_stats(&plan, &mut graph, f, bi, (vocab, 64), &lq)?;
+                dist::batch_stats(&plan, &mut graph, f, bi, (vocab, top_k), &lq)?;
             }
             Ok(())
         })?);
@@ -496,7 +505,7 @@ pub fn dist(
     );
     line("dist + full array streamed to scratch", summary(&runs[2]));
     println!(
-        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = 64; {}; medians of {rounds} alternating rounds, ratios within a round)",
+        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = {top_k}; {}; medians of {rounds} alternating rounds, ratios within a round)",
         bytes as f64 / plan.rows.len() as f64,
         machine()
     );

@@ -242,6 +242,9 @@ pub enum BenchWhat {
         /// Alternating rounds (bare ORT, dist, dist with the full array).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
+        /// Entries of each row's top list in the table (`dist.top_k`).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        top_k: u64,
     },
     /// Exact KL throughput on synthetic log-prob arrays (default: a Pythia group).
     Kl {

@@ -95,8 +95,16 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 window,
                 batch,
                 rounds,
+                top_k,
             } => seedconv::bench::dist(
-                *rows, m.vocab, m.d_model, m.layers, *window, *batch, *rounds,
+                *rows,
+                m.vocab,
+                m.d_model,
+                m.layers,
+                *window,
+                *batch,
+                *rounds,
+                *top_k as usize,
             ),
             BenchWhat::Kl {
                 seeds,
