@@ -683,10 +683,13 @@ pub fn blimp(pairs: usize, vocab: usize, d_model: usize, layers: usize) -> Resul
 }
 
 /// The machine a table was measured on, for its footer: timings mean
-/// little without the CPU (the manifests' provenance names it the same way).
+/// little without the CPU (named as the manifests' provenance names it).
 fn machine() -> String {
-    let cpu = crate::engine::store::Provenance::here(0, None).cpu;
-    format!("CPU: {cpu}, {} cores", crate::commands::default_jobs())
+    format!(
+        "CPU: {}, {} cores",
+        crate::engine::store::cpu_model(),
+        crate::commands::default_jobs()
+    )
 }
 
 /// The middle value of a run's rounds (the upper one of an even count).

@@ -127,21 +127,27 @@ impl Provenance {
     /// This process on this machine, running a job with `threads` (and
     /// CUDA device `gpu`).
     pub fn here(threads: usize, gpu: Option<u32>) -> Provenance {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-        let cpu = read("/proc/cpuinfo")
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Provenance {
             build: build(),
-            host: read("/proc/sys/kernel/hostname").trim().to_string(),
-            cpu,
+            host: host.trim().to_string(),
+            cpu: cpu_model(),
             threads,
             gpu,
         }
     }
+}
+
+/// This machine's CPU: its model name in /proc/cpuinfo, else the
+/// architecture.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 /// This binary's build: version, git commit, and whether the checkout was
