@@ -563,8 +563,10 @@ pub fn kl(seeds: usize, rows: usize, vocab: usize, zipf: bool) -> Result<()> {
     // the read itself swings by half from one run to the next, so the ratio
     // is also taken within each round (read, then exact pass).
     use crate::stages::kl::{block_kl, validation_stride};
-    let ks = crate::config::KlConfig::default().validation_k;
-    let sample = crate::config::KlConfig::default().validation_rows;
+    let crate::config::KlConfig {
+        validation_k: ks,
+        validation_rows: sample,
+    } = crate::config::KlConfig::default();
     let every = validation_stride(rows, sample);
     let (mut kl_secs, mut val_secs, mut all_secs) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     let mut exact = Vec::new();
