@@ -13,7 +13,11 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
     let fds = protox::compile(["onnx.proto"], ["proto"]).expect("proto/onnx.proto compiles");
+    // `bytes` fields as `bytes::Bytes`: a model decoded from a memory map
+    // then holds its weights without copying them (the runtime edits the
+    // graph of exports that may be gigabytes).
     prost_build::Config::new()
+        .bytes(["."])
         .compile_fds(fds)
         .expect("prost generates the ONNX messages");
     // A new commit or a staged change reruns this script; edits to the work

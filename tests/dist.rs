@@ -63,6 +63,60 @@ fn real_world_exports_match_their_float64_reference_logits() {
     );
 }
 
+/// The unembedding pruned to the rows read (`head::prune`, how every stage
+/// loads a model) gives those rows' logits bit for bit as the graph as
+/// exported does, on every shipped export: padded logits, position_ids,
+/// external data (found from memory through ORT's folder setting), a
+/// masked LM with token_type_ids; rows in any order, padded sequences.
+#[test]
+fn pruned_unembedding_gives_the_exported_graphs_logits_bit_for_bit() {
+    use seedconv::lm::onnx::runtime::logits_f32;
+    let ids = probe_ids();
+    let t = ids.len();
+    let models = [
+        causal().join("neox-seed11/step50/model.onnx"),
+        causal().join("variants/with-position-ids/model.onnx"),
+        causal().join("variants/dynamo-external-data/model.onnx"),
+        fixtures().join("hf_onnx_samples/mlm/bert-seed21/step0/model.onnx"),
+    ];
+    // Two sequences, the second padded after 20 tokens; ids < 600 fit both vocabularies.
+    let mut batch: Vec<i64> = ids.iter().map(|&i| i % 600).collect();
+    batch.extend(ids.iter().rev().map(|&i| i % 600));
+    let lens = [t, 20];
+    let rows: Vec<i64> = vec![(t + 19) as i64, 3, 0, (t - 1) as i64, t as i64, 7];
+    for path in &models {
+        let mut plain = OrtModel::plain_from_file(path, 1).unwrap();
+        let mut pruned = OrtModel::from_file(path, 1).unwrap();
+        assert!(!plain.prunes_rows());
+        assert!(pruned.prunes_rows(), "{}", path.display());
+        assert_eq!(plain.input_names(), pruned.input_names());
+        let (all, w) = plain.run(&batch, &lens, t, None).unwrap();
+        let all = logits_f32(&all).unwrap();
+        let (got, w2) = pruned.run(&batch, &lens, t, Some(&rows)).unwrap();
+        let got = logits_f32(&got).unwrap();
+        assert_eq!(w, w2);
+        assert_eq!(got.len(), rows.len() * w);
+        for (j, &r) in rows.iter().enumerate() {
+            let want = &all[r as usize * w..(r as usize + 1) * w];
+            let have = &got[j * w..(j + 1) * w];
+            assert!(
+                want.iter()
+                    .zip(have)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}: row {r} differs",
+                path.display()
+            );
+        }
+        // Asked for every row (no `rows`), it computes them all: [b, t, width].
+        let (full, _) = pruned.logits_padded(&batch, &lens, t).unwrap();
+        assert_eq!(full.len(), all.len());
+        assert!(full
+            .iter()
+            .zip(&all)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
 use common::col;
 /// The log-probs (the host kernel and the ONNX Runtime graph) and the vectorised row statistics
 /// that replace the per-element f64 path, against float64 computed here
@@ -86,7 +140,7 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
         ("variants/dynamo-external-data", "neox-seed12/step300"),
     ] {
         let mut m = OrtModel::from_file(&causal().join(model).join("model.onnx"), 1).unwrap();
-        let (logits, _) = m.run(&ids, &[t], t).unwrap();
+        let (logits, _) = m.run(&ids, &[t], t, None).unwrap();
         let rows: Vec<i64> = (0..t as i64).collect();
         // The host kernel (what the CPU runs) and the ONNX graph (what a
         // device runs) both against float64, and within an ulp or two of

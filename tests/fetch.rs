@@ -247,7 +247,7 @@ fn float16_and_bfloat16_logits_match_the_float64_reference_within_their_precisio
             // Half-precision logits to log-probs: the host kernel (widening
             // each row) agrees with the ONNX graph (a Cast node).
             use seedconv::lm::onnx::logprobs::LogProbGraph;
-            let (v, _) = half.run(&ids, &[ids.len()], ids.len()).unwrap();
+            let (v, _) = half.run(&ids, &[ids.len()], ids.len(), None).unwrap();
             let rows: Vec<i64> = (0..ids.len() as i64).collect();
             let a = LogProbGraph::new(1).run("h", &v, &rows, 700).unwrap();
             let b = LogProbGraph::graph_only(1)

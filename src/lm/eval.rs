@@ -292,7 +292,10 @@ impl EvalPlan {
     ) -> Result<Forwarded, StageError> {
         let t = batch.t;
         let (ids, lens) = self.inputs(batch);
-        let (logits, width) = model.run(&ids, &lens, t)?;
+        // A pruned model computes the rows read only, in their order.
+        let gathered = model.prunes_rows();
+        let rows = gathered.then(|| flat_rows(batch));
+        let (logits, width) = model.run(&ids, &lens, t, rows.as_deref())?;
         self.width
             .store(width, std::sync::atomic::Ordering::Relaxed);
         if width < n {
@@ -305,6 +308,7 @@ impl EvalPlan {
             logits,
             width,
             name: model.name().to_string(),
+            gathered,
         })
     }
 
@@ -337,14 +341,14 @@ impl EvalPlan {
             logits,
             width,
             name,
+            gathered,
         } = f;
         let width = *width;
-        let t = batch.t;
-        let rows: Vec<i64> = batch
-            .reads
-            .iter()
-            .map(|&(w, p)| (w * t + p) as i64)
-            .collect();
+        let rows: Vec<i64> = if *gathered {
+            (0..batch.reads.len() as i64).collect()
+        } else {
+            flat_rows(batch)
+        };
         let (lp, results) = graph.run_rows(name, logits, &rows, n, per_row)?;
         // A non-finite logit leaves its row NaN (or −∞) and without a
         // result: name it.
@@ -368,6 +372,19 @@ pub struct Forwarded {
     logits: ort::value::DynValue,
     width: usize,
     name: String,
+    /// The logits are the rows read, in order ([1, R, width]), not every
+    /// position ([b, t, width]).
+    gathered: bool,
+}
+
+/// The flat positions (window index × t + position) of a batch's reads.
+fn flat_rows(batch: &Batch) -> Vec<i64> {
+    let t = batch.t;
+    batch
+        .reads
+        .iter()
+        .map(|&(w, p)| (w * t + p) as i64)
+        .collect()
 }
 
 /// Writes a full log-prob array as its rows arrive, batch by batch:

@@ -98,7 +98,12 @@ impl Graph {
             name: Some(name.into()),
             dims: dims.iter().map(|&d| d as i64).collect(),
             data_type: Some(DataType::Float as i32),
-            raw_data: Some(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            raw_data: Some(
+                data.iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
             ..Default::default()
         });
         name.to_string()
@@ -108,7 +113,12 @@ impl Graph {
             name: Some(name.into()),
             dims: vec![data.len() as i64],
             data_type: Some(DataType::Int64 as i32),
-            raw_data: Some(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            raw_data: Some(
+                data.iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
             ..Default::default()
         });
         name.to_string()

@@ -4,6 +4,7 @@
 //! logits.
 
 pub mod export;
+pub mod head;
 pub mod logprobs;
 pub mod runtime;
 

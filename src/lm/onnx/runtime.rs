@@ -18,6 +18,24 @@ pub struct OrtModel {
     session: Session,
     inputs: Vec<String>,
     name: String,
+    /// Takes `head::ROWS`: logits at the rows read only ([1, R, width]).
+    rows_input: bool,
+}
+
+/// Where ONNX Runtime finds external data of a model loaded from memory.
+const EXTERNAL_DATA_DIR: &str = "session.model_external_initializers_file_folder_path";
+
+/// The model at `path` with its unembedding pruned to the rows read
+/// (`head::prune`), serialised; `None` where its tail is not recognised or
+/// it does not decode (ORT then loads the file itself and names any
+/// problem). Decoded from a memory map, so the weights are not copied.
+fn pruned_bytes(path: &Path) -> Option<Vec<u8>> {
+    use prost::Message;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: read-only map of a checkpoint file that a run does not modify.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let mut model = super::proto::ModelProto::decode(bytes::Bytes::from_owner(map)).ok()?;
+    super::head::prune(&mut model).then(|| model.encode_to_vec())
 }
 
 const KNOWN: [&str; 4] = [
@@ -33,17 +51,46 @@ impl OrtModel {
         Self::on_device(path, threads, Device::Cpu, None).map(|(m, _)| m)
     }
 
+    /// [`from_file`](Self::from_file) without pruning the unembedding: the
+    /// graph exactly as exported (benchmarks' baseline, tests).
+    pub fn plain_from_file(path: &Path, threads: usize) -> Result<OrtModel, StageError> {
+        Self::load(path, threads, Device::Cpu, None, false).map(|(m, _)| m)
+    }
+
     /// Load a model file on `device` (CUDA device `gpu` when given, else
     /// device 0); returns whether CUDA is in use. With `Auto` a CUDA failure
     /// falls back to the CPU with a warning; with `Cuda` it is an error.
+    /// The unembedding is pruned to the rows read where the graph's tail
+    /// allows (`head::prune`).
     pub fn on_device(
         path: &Path,
         threads: usize,
         device: Device,
         gpu: Option<u32>,
     ) -> Result<(OrtModel, bool), StageError> {
+        Self::load(path, threads, device, gpu, true)
+    }
+
+    fn load(
+        path: &Path,
+        threads: usize,
+        device: Device,
+        gpu: Option<u32>,
+        prune: bool,
+    ) -> Result<(OrtModel, bool), StageError> {
         let env = crate::lm::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
         let err = |e: String| StageError::input(path, format!("ONNX Runtime: {e}"));
+        let pruned = if prune { pruned_bytes(path) } else { None };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let commit = |mut b: ort::session::builder::SessionBuilder| match &pruned {
+            Some(bytes) => b
+                .with_config_entry(EXTERNAL_DATA_DIR, dir.to_string_lossy())
+                .map_err(|e| err(e.to_string()))?
+                .commit_from_memory(bytes)
+                .map_err(|e| err(e.to_string())),
+            None => b.commit_from_file(path).map_err(|e| err(e.to_string())),
+        };
+        let rows_input = pruned.is_some();
         let builder = || {
             Session::builder(env)
                 .map_err(|e| err(e.to_string()))?
@@ -63,10 +110,11 @@ impl OrtModel {
                     .build()
                     .error_on_failure()])
                 .map_err(|e| err(e.to_string()))
-                .and_then(|mut b| b.commit_from_file(path).map_err(|e| err(e.to_string())));
+                .and_then(commit);
             match cuda {
                 Ok(session) => {
-                    return Ok((Self::check(session, path.display().to_string())?, true))
+                    let m = Self::check(session, path.display().to_string(), rows_input)?;
+                    return Ok((m, true));
                 }
                 Err(e) if device == Device::Cuda => {
                     return Err(StageError::input(
@@ -82,10 +130,9 @@ impl OrtModel {
                 }
             }
         }
-        let session = builder()?
-            .commit_from_file(path)
-            .map_err(|e| err(e.to_string()))?;
-        Ok((Self::check(session, path.display().to_string())?, false))
+        let session = commit(builder()?)?;
+        let m = Self::check(session, path.display().to_string(), rows_input)?;
+        Ok((m, false))
     }
 
     /// Load a model from bytes (name used in messages).
@@ -98,14 +145,16 @@ impl OrtModel {
             .map_err(|e| err(e.to_string()))?
             .commit_from_memory(bytes)
             .map_err(|e| err(e.to_string()))?;
-        Self::check(session, name.to_string())
+        Self::check(session, name.to_string(), false)
     }
 
-    fn check(session: Session, name: String) -> Result<OrtModel, StageError> {
+    fn check(session: Session, name: String, rows_input: bool) -> Result<OrtModel, StageError> {
+        // The export's own inputs (the pruned graph's rows are fed apart).
         let inputs: Vec<String> = session
             .inputs()
             .iter()
             .map(|o| o.name().to_string())
+            .filter(|i| !(rows_input && i == super::head::ROWS))
             .collect();
         let outputs: Vec<String> = session
             .outputs()
@@ -127,6 +176,7 @@ impl OrtModel {
             session,
             inputs,
             name,
+            rows_input,
         })
     }
 
@@ -149,15 +199,24 @@ impl OrtModel {
         self.logits_padded(ids, &vec![t; b], t)
     }
 
+    /// Whether [`run`](Self::run) computes logits at the rows asked for only.
+    pub fn prunes_rows(&self) -> bool {
+        self.rows_input
+    }
+
     /// The model's `logits` output value for sequences right-padded to `t`
     /// (see `logits_padded`), as ONNX Runtime returns it: the row
     /// log-prob graph reads it without a copy. Its shape is checked;
-    /// returned with its width (logit columns).
+    /// returned with its width (logit columns). With `rows` (flat
+    /// positions, batch index × t + position) a pruned model
+    /// ([`prunes_rows`](Self::prunes_rows)) computes those rows only, as
+    /// [1, R, width]; otherwise logits are [b, t, width].
     pub fn run(
         &mut self,
         ids: &[i64],
         lens: &[usize],
         t: usize,
+        rows: Option<&[i64]>,
     ) -> Result<(ort::value::DynValue, usize), StageError> {
         let b = lens.len();
         let err = |e: ort::Error| StageError::Other(format!("{}: {e}", self.name));
@@ -176,6 +235,16 @@ impl OrtModel {
             let tensor = Tensor::from_array((shape.clone(), data)).map_err(err)?;
             feed.push((name.clone(), tensor.into()));
         }
+        // A pruned model asked for every row computes them all ([1, b·t,
+        // width] is [b, t, width] in memory).
+        let rows = self.rows_input.then(|| match rows {
+            Some(r) => r.to_vec(),
+            None => (0..(b * t) as i64).collect(),
+        });
+        if let Some(r) = &rows {
+            let tensor = Tensor::from_array((vec![1, r.len() as i64], r.clone())).map_err(err)?;
+            feed.push((super::head::ROWS.to_string(), tensor.into()));
+        }
         let name = self.name.clone();
         let mut outputs = self.session.run(feed).map_err(|e| {
             // ORT's messages can span lines; errors here are one line.
@@ -189,9 +258,10 @@ impl OrtModel {
             ort::value::ValueType::Tensor { shape, .. } => shape.to_vec(),
             _ => Vec::new(),
         };
-        if oshape.len() != 3 || oshape[0] as usize != b || oshape[1] as usize != t {
+        let (eb, et) = rows.map_or((b, t), |r| (1, r.len()));
+        if oshape.len() != 3 || oshape[0] as usize != eb || oshape[1] as usize != et {
             return Err(StageError::Other(format!(
-                "{name}: logits have shape {oshape:?}, expected [{b}, {t}, vocab]"
+                "{name}: logits have shape {oshape:?}, expected [{eb}, {et}, vocab]"
             )));
         }
         Ok((logits, oshape[2] as usize))
@@ -208,7 +278,7 @@ impl OrtModel {
     ) -> Result<(Vec<f32>, usize), StageError> {
         let b = lens.len();
         let name = self.name.clone();
-        let (logits, width) = self.run(ids, lens, t)?;
+        let (logits, width) = self.run(ids, lens, t, None)?;
         // fp16 and bf16 exports emit float16 / bfloat16 logits: widened to
         // f32 here (exactly).
         let data = logits_f32(&logits).map_err(|e| StageError::Other(format!("{name}: {e}")))?;
