@@ -3,8 +3,8 @@
 //! dist and kl stages read only the second half of each window (a masked LM
 //! one position per copy), and the unembedding (d × vocabulary) is most of
 //! a small model's arithmetic at a 50k vocabulary. At load time the graph
-//! gets an input [`ROWS`] of flat positions (batch index × sequence length
-//! + position, shape [1, R]) and its last hidden states are gathered to
+//! gets an input [`ROWS`] of flat positions (shape [1, R]; batch index ×
+//! sequence length plus position) and its last hidden states are gathered to
 //! them before the unembedding's MatMul: `logits` becomes [1, R, width],
 //! the same rows as gathering the full output, computed the same way.
 //!
