@@ -479,7 +479,7 @@ pub fn dist(
     let mut stats = Vec::new();
     for _ in 0..rounds.max(1) {
         stats.push(timed(&mut || {
-            for (bi, f) in fwds.iter().enumerate() {
+            for (bi, f) in fwds.iter_mut().enumerate() {
                 dist::batch_stats(&plan, &mut graph, f, bi, (vocab, top_k), &lq)?;
             }
             Ok(())

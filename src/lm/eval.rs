@@ -337,33 +337,62 @@ impl EvalPlan {
         n: usize,
         per_row: &PerRow<'_, T>,
     ) -> Result<(Vec<f32>, Vec<T>), StageError> {
-        let Forwarded {
-            logits,
-            width,
-            name,
-            gathered,
-        } = f;
-        let width = *width;
-        let rows: Vec<i64> = if *gathered {
+        let rows: Vec<i64> = if f.gathered {
             (0..batch.reads.len() as i64).collect()
         } else {
             flat_rows(batch)
         };
-        let (lp, results) = graph.run_rows(name, logits, &rows, n, per_row)?;
-        // A non-finite logit leaves its row NaN (or −∞) and without a
-        // result: name it.
+        let (lp, results) = graph.run_rows(&f.name, &f.logits, &rows, n, per_row)?;
+        let results = self.all_finite(f, batch, n, &rows, results)?;
+        Ok((lp, results))
+    }
+
+    /// [`log_probs_with`](Self::log_probs_with) in place: where the logits
+    /// are the rows read in host memory as f32 (a pruned model's), `f` is
+    /// left holding the log-probs in each row's first `n` entries
+    /// ([`Forwarded::write_rows`]) and the results are returned; `None`
+    /// (`f` untouched) where that does not apply.
+    pub fn log_probs_in_place<T: Send>(
+        &self,
+        f: &mut Forwarded,
+        batch: &Batch,
+        n: usize,
+        per_row: &PerRow<'_, T>,
+    ) -> Result<Option<Vec<T>>, StageError> {
+        if !f.gathered {
+            return Ok(None);
+        }
+        let Some(results) = crate::lm::onnx::logprobs::rows_in_place(&mut f.logits, n, per_row)
+        else {
+            return Ok(None);
+        };
+        let rows: Vec<i64> = (0..batch.reads.len() as i64).collect();
+        self.all_finite(f, batch, n, &rows, results).map(Some)
+    }
+
+    /// Every row's result, or an error naming the first row without one
+    /// (a non-finite logit leaves its row without a result) and its token.
+    fn all_finite<T>(
+        &self,
+        f: &Forwarded,
+        batch: &Batch,
+        n: usize,
+        rows: &[i64],
+        results: Vec<Option<T>>,
+    ) -> Result<Vec<T>, StageError> {
         if let Some(j) = results.iter().position(|r| r.is_none()) {
-            let at = rows[j] as usize * width;
-            let token = crate::lm::onnx::runtime::logits_f32(logits)
+            let at = rows[j] as usize * f.width;
+            let token = crate::lm::onnx::runtime::logits_f32(&f.logits)
                 .ok()
                 .and_then(|l| l[at..at + n].iter().position(|v| !v.is_finite()));
             return Err(StageError::Other(format!(
-                "{name}: non-finite logit (token {}) at row {}",
+                "{}: non-finite logit (token {}) at row {}",
+                f.name,
                 token.map_or("?".into(), |i| i.to_string()),
                 self.rows[batch.rows.start + j]
             )));
         }
-        Ok((lp, results.into_iter().flatten().collect()))
+        Ok(results.into_iter().flatten().collect())
     }
 }
 
@@ -375,6 +404,21 @@ pub struct Forwarded {
     /// The logits are the rows read, in order ([1, R, width]), not every
     /// position ([b, t, width]).
     gathered: bool,
+}
+
+impl Forwarded {
+    /// Append the first `n` entries of each row (after
+    /// [`EvalPlan::log_probs_in_place`], the log-probs) to `w`.
+    pub fn write_rows(&self, n: usize, w: &mut FullWriter) -> Result<(), StageError> {
+        let d = match self.logits.try_extract_tensor::<f32>() {
+            Ok((_, d)) => d,
+            Err(e) => return Err(StageError::Other(format!("{}: {e}", self.name))),
+        };
+        if self.width == n {
+            return w.write(d);
+        }
+        d.chunks(self.width).try_for_each(|row| w.write(&row[..n]))
+    }
 }
 
 /// The flat positions (window index × t + position) of a batch's reads.

@@ -190,11 +190,19 @@ pub fn compute(
 ) -> Result<(f64, f64), StageError> {
     let mut secs = (0.0, 0.0);
     std::thread::scope(|scope| -> Result<(), StageError> {
-        let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+        let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<(LogProbs, eval::Forwarded)>(2);
+        // Written arrays go back to the statistics thread for reuse.
+        let (tx_back, rx_back) = std::sync::mpsc::channel::<Vec<f32>>();
         let writer = full.map(|mut w| {
             scope.spawn(move || -> Result<eval::FullWriter, StageError> {
-                for block in rx_full {
-                    w.write(&block)?;
+                for (lp, fwd) in rx_full {
+                    match lp {
+                        LogProbs::Array(a) => {
+                            w.write(&a)?;
+                            let _ = tx_back.send(a);
+                        }
+                        LogProbs::InPlace => fwd.write_rows(n, &mut w)?,
+                    }
                 }
                 Ok(w)
             })
@@ -241,17 +249,24 @@ pub fn compute(
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
         let stats = scope.spawn(move || -> Result<f64, StageError> {
             let mut rows_secs = 0.0;
-            for (bi, fwd) in rx {
+            for (bi, mut fwd) in rx {
+                while let Ok(lp) = rx_back.try_recv() {
+                    graph.recycle(lp);
+                }
                 let tg = std::time::Instant::now();
-                let (lp, st) = batch_stats(plan, graph, &fwd, bi, (n, k), lq)?;
+                let (lp, st) = batch_stats(plan, graph, &mut fwd, bi, (n, k), lq)?;
                 rows_secs += tg.elapsed().as_secs_f64();
                 if tx_table.send((bi, st)).is_err() {
                     break; // the table failed: its error is returned below
                 }
-                if let Some(tx) = &to_full {
-                    if tx.send(lp).is_err() {
-                        break; // the writer failed: its error is returned below
+                match (&to_full, lp) {
+                    (Some(tx), lp) => {
+                        if tx.send((lp, fwd)).is_err() {
+                            break; // the writer failed: its error is returned below
+                        }
                     }
+                    (None, LogProbs::Array(a)) => graph.recycle(a),
+                    (None, LogProbs::InPlace) => {}
                 }
             }
             Ok(rows_secs)
@@ -296,27 +311,41 @@ pub fn compute(
     Ok(secs)
 }
 
-/// The log-probs (rows × n) and statistics of batch `bi`'s rows, from its
-/// logits in one pass per row on the pool (`kernels::row_stats_logits`), or
-/// from the graph's log-probs for logits on a device.
+/// Where [`batch_stats`] left a batch's log-probs.
+pub enum LogProbs {
+    /// Rows × n.
+    Array(Vec<f32>),
+    /// In the batch's logits, each row's first n ([`eval::Forwarded::write_rows`]).
+    InPlace,
+}
+
+/// The log-probs and statistics of batch `bi`'s rows, from its logits in
+/// one pass per row on the pool (`kernels::row_stats_logits`), in place in
+/// the model's output where it holds just the rows read, or from the
+/// graph's log-probs for logits on a device.
 pub fn batch_stats(
     plan: &EvalPlan,
     graph: &mut LogProbGraph,
-    fwd: &eval::Forwarded,
+    fwd: &mut eval::Forwarded,
     bi: usize,
     (n, k): (usize, usize),
     lq: &[f64],
-) -> Result<(Vec<f32>, Vec<RowStats>), StageError> {
+) -> Result<(LogProbs, Vec<RowStats>), StageError> {
     let batch = &plan.batches[bi];
     let targets = &plan.targets[batch.rows.clone()];
-    plan.log_probs_with(graph, fwd, batch, n, &|i, row, lps, e| {
+    let per_row = |i: usize, row: &mut [f32], lps: bool, e: &mut [f32]| {
         let t = targets[i] as usize;
         if lps {
             Some(kernels::row_stats(row, t, k, lq, e))
         } else {
             kernels::row_stats_logits(row, t, k, lq, e)
         }
-    })
+    };
+    if let Some(st) = plan.log_probs_in_place(fwd, batch, n, &per_row)? {
+        return Ok((LogProbs::InPlace, st));
+    }
+    let (lp, st) = plan.log_probs_with(graph, fwd, batch, n, &per_row)?;
+    Ok((LogProbs::Array(lp), st))
 }
 
 /// The table's key-value metadata.
