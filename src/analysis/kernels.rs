@@ -847,6 +847,13 @@ pub fn top_k(x: &[f32], k: usize) -> Vec<u32> {
         all.sort_unstable();
         return all.into_iter().map(|c| (c & 0xffff_ffff) as u32).collect();
     }
+    if max_blocks(n) >= 4 * k {
+        // A long row (a 50k vocabulary): the 64-entry blocks' maxima alone
+        // bound the k-th value closely enough, from a selection over an
+        // eighth of the keys the groups below would give (786 against
+        // 6,285: 11 µs against 19 per row).
+        return top_k_with(x, k, &row_block_maxima(x));
+    }
     // Groups: within each 64-entry block the eight entries of one vector
     // lane (lane-wise maxima, no horizontal step); in a partial last block,
     // runs of eight. The blocks' maxima let the scan skip whole blocks.
@@ -902,6 +909,25 @@ fn lane_maxima(c: &[f32]) -> [f32; 8] {
         for i in 0..8 {
             m[i] = if ch[i] > m[i] { ch[i] } else { m[i] };
         }
+    }
+    m
+}
+
+/// The maxima of each 64-entry block of a row, the last one partial.
+fn row_block_maxima(x: &[f32]) -> Vec<f32> {
+    let full = x.len() / MAX_BLOCK * MAX_BLOCK;
+    let mut m = vec![0f32; max_blocks(x.len())];
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe { avx2::block_maxima(&x[..full], &mut m) };
+    } else {
+        block_maxima::<false>(&x[..full], &mut m);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    block_maxima::<false>(&x[..full], &mut m);
+    if full < x.len() {
+        m[full / MAX_BLOCK] = block_max(&x[full..]);
     }
     m
 }
@@ -1393,11 +1419,12 @@ mod tests {
     #[test]
     fn top_k_equals_the_sorting_definition_with_ties() {
         // Lengths on and off the 8- and 64-entry groups; k on both sides of
-        // n / 8 (the selection over every key below it).
-        for (seed, n) in
-            (0..30)
-                .map(|s| (s, 3000))
-                .chain([(31, 1024), (32, 1003), (33, 130), (34, 64), (35, 9)])
+        // n / 8 (the selection over every key below it) and of n / 256 (the
+        // blocks' maxima alone above it).
+        for (seed, n) in (0..30)
+            .map(|s| (s, 3000))
+            .chain([(31, 1024), (32, 1003), (33, 130), (34, 64), (35, 9)])
+            .chain([(36, 50_277), (37, 40_000)])
         {
             // Coarse values force many ties.
             let x: Vec<f32> = rand(seed, n, 40.0).iter().map(|v| v.floor()).collect();
