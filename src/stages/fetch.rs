@@ -194,7 +194,7 @@ impl FetchJob {
                 )
             }));
         }
-        let m = OrtModel::from_file(&model, 1)
+        let m = OrtModel::plain_from_file(&model, 1)
             .map_err(|e| lie(format!("{FETCHED_MODEL} does not load: {e}")))?;
         let masked = m.input_names().iter().any(|i| i == "token_type_ids");
         match (self.objective, masked) {

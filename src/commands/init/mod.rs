@@ -33,7 +33,8 @@ struct Signature {
 }
 
 fn read_signature(path: &Path) -> Result<Signature> {
-    let mut m = OrtModel::from_file(path, rayon::current_num_threads())?;
+    // As exported: this probes the signature and context, not the rows read.
+    let mut m = OrtModel::plain_from_file(path, rayon::current_num_threads())?;
     let mlm = m.input_names().iter().any(|i| i == "token_type_ids");
     let mut found = None;
     for &t in &PROBE {

@@ -52,7 +52,8 @@ impl OrtModel {
     }
 
     /// [`from_file`](Self::from_file) without pruning the unembedding: the
-    /// graph exactly as exported (benchmarks' baseline, tests).
+    /// graph exactly as exported (signature checks, benchmarks' baseline,
+    /// tests), loaded without decoding it here.
     pub fn plain_from_file(path: &Path, threads: usize) -> Result<OrtModel, StageError> {
         Self::load(path, threads, Device::Cpu, None, false).map(|(m, _)| m)
     }
