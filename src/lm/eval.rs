@@ -472,7 +472,16 @@ impl FullWriter {
         let path = dir.join(FULL);
         let tmp = dir.join(format!(".{FULL}.tmp-{}", std::process::id()));
         let f = std::fs::File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-        f.set_len(size).map_err(|e| StageError::io(&tmp, e))?;
+        // Its blocks reserved at once where the file system can (ext4's
+        // delayed allocation otherwise reserved each page as it was written:
+        // ≈ 4% of dist for d64 with the array), else sized sparse.
+        #[cfg(target_os = "linux")]
+        let sized = rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, size).is_ok();
+        #[cfg(not(target_os = "linux"))]
+        let sized = false;
+        if !sized {
+            f.set_len(size).map_err(|e| StageError::io(&tmp, e))?;
+        }
         drop(lock);
         let mut file = std::io::BufWriter::with_capacity(1 << 20, f);
         file.write_all(&[0u8; HEADER])
