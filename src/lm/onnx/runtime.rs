@@ -83,15 +83,24 @@ impl OrtModel {
         let err = |e: String| StageError::input(path, format!("ONNX Runtime: {e}"));
         let pruned = if prune { pruned_bytes(path) } else { None };
         let dir = path.parent().unwrap_or(Path::new("."));
-        let commit = |mut b: ort::session::builder::SessionBuilder| match &pruned {
-            Some(bytes) => b
-                .with_config_entry(EXTERNAL_DATA_DIR, dir.to_string_lossy())
-                .map_err(|e| err(e.to_string()))?
-                .commit_from_memory(bytes)
-                .map_err(|e| err(e.to_string())),
-            None => b.commit_from_file(path).map_err(|e| err(e.to_string())),
+        // The session, and whether it is the pruned graph's.
+        let commit = |b: ort::session::builder::SessionBuilder| {
+            let mut b = b;
+            if let Some(bytes) = &pruned {
+                b = b
+                    .with_config_entry(EXTERNAL_DATA_DIR, dir.to_string_lossy())
+                    .map_err(|e| err(e.to_string()))?;
+                match b.commit_from_memory(bytes) {
+                    Ok(s) => return Ok((s, true)),
+                    // An edit ORT refuses: the graph as exported, which
+                    // names its own problems.
+                    Err(e) => tracing::debug!("{}: pruned graph refused: {e}", path.display()),
+                }
+            }
+            b.commit_from_file(path)
+                .map(|s| (s, false))
+                .map_err(|e| err(e.to_string()))
         };
-        let rows_input = pruned.is_some();
         let builder = || {
             Session::builder(env)
                 .map_err(|e| err(e.to_string()))?
@@ -113,7 +122,7 @@ impl OrtModel {
                 .map_err(|e| err(e.to_string()))
                 .and_then(commit);
             match cuda {
-                Ok(session) => {
+                Ok((session, rows_input)) => {
                     let m = Self::check(session, path.display().to_string(), rows_input)?;
                     return Ok((m, true));
                 }
@@ -131,7 +140,7 @@ impl OrtModel {
                 }
             }
         }
-        let session = commit(builder()?)?;
+        let (session, rows_input) = commit(builder()?)?;
         let m = Self::check(session, path.display().to_string(), rows_input)?;
         Ok((m, false))
     }
