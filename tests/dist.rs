@@ -262,6 +262,7 @@ fn one_forward_pass_per_checkpoint_and_the_budget_fallback_give_identical_tables
         assert_eq!(m["extra"]["seeds_recomputed"], 2, "step {step}");
         let d = p.manifest_of("dist", &format!("tiny-seed11-step{step}.dist.parquet"));
         assert_eq!(d["extra"]["full_array"], false);
+        assert_eq!(d["extra"]["unembedding_pruned"], true);
     }
     let second = tables(&p);
     assert_eq!(first.len(), second.len());

@@ -115,6 +115,7 @@ impl Job for DistJob {
             )));
         }
         let rows = plan.rows.len();
+        let pruned = model.prunes_rows();
         let t0 = std::time::Instant::now();
         let tick = |done: usize| {
             ctx.progress(done as u64, rows as u64, "rows");
@@ -149,6 +150,9 @@ impl Job for DistJob {
             "model": path.display().to_string(),
             "model_blake3": model_hash,
             "cuda": cuda,
+            // Whether the graph's unembedding was pruned to the rows read
+            // (`head::prune`; the same values either way).
+            "unembedding_pruned": pruned,
             "onnxruntime": crate::lm::ortlib::info(),
             "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
             // Forward passes (this thread) and log-probs + row statistics
