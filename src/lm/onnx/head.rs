@@ -147,7 +147,15 @@ fn find_head(g: &GraphProto) -> Option<(usize, HashSet<String>)> {
             .filter(|v| *v != x)
             .all(|v| matches!(rank.get(v.as_str()), Some(Some(r)) if *r <= 1));
         match n.op_type.as_deref().unwrap_or("") {
-            "MatMul" if n.input.len() == 2 && &n.input[0] == x => return Some((i, chain)),
+            // A 2-D weight (or one computed from constants, e.g. a tied
+            // embedding transposed): the hidden states then are [B, T, d].
+            "MatMul"
+                if n.input.len() == 2
+                    && &n.input[0] == x
+                    && matches!(rank.get(n.input[1].as_str()), Some(Some(2) | None)) =>
+            {
+                return Some((i, chain))
+            }
             "Add" | "Sub" | "Mul" | "Div" if small => cur = x,
             "Cast" | "Identity" | "Tanh" if n.input.len() == 1 => cur = x,
             _ => return None,
@@ -216,5 +224,22 @@ mod tests {
         let before = m.clone();
         assert!(!prune(&mut m));
         assert_eq!(m, before);
+        // A weight of rank 3 (MatMul broadcasting over a batch of weights).
+        let mut m = load("tests/fixtures/hf_onnx_samples/causal/neox-seed11/step0/model.onnx");
+        let g = m.graph.as_mut().unwrap();
+        let w = g
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == "logits"))
+            .unwrap()
+            .input[1]
+            .clone();
+        let t = g
+            .initializer
+            .iter_mut()
+            .find(|t| t.name.as_deref() == Some(w.as_str()))
+            .unwrap();
+        t.dims.insert(0, 1);
+        assert!(!prune(&mut m));
     }
 }
