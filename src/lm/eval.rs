@@ -18,7 +18,7 @@ use crate::lm::onnx::runtime::OrtModel;
 
 /// File name of a retained full log-prob array in a scratch folder.
 pub const FULL: &str = "full.f32";
-const MAGIC: &[u8; 8] = b"SCVFULL1";
+const MAGIC: &[u8; 8] = b"SCVFULL2";
 const HEADER: usize = 64;
 
 /// How a stage runs checkpoints, as part of its job: serialised into the
@@ -431,10 +431,33 @@ fn flat_rows(batch: &Batch) -> Vec<i64> {
         .collect()
 }
 
+/// This boot of this machine as a nonzero tag (0 where unknown). An array
+/// is renamed into place only once complete, and until the machine stops
+/// its contents are what was written (the page cache, or the disk after
+/// writeback); an unsynced file that outlived a reboot (a power loss may
+/// leave pages unwritten) or comes from another node is what the hash is
+/// for. So [`read_full`] hashes only arrays whose tag is not this one: at
+/// Pythia scale the hash of a group's five arrays (4.7 GB) took longer than
+/// the exact KL over them.
+fn boot_tag() -> u64 {
+    static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TAG.get_or_init(|| {
+        std::fs::read("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .filter(|b| b.len() >= 16)
+            .map(|b| {
+                let h = blake3::hash(&b);
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) | 1
+            })
+            .unwrap_or(0)
+    })
+}
+
 /// Writes a full log-prob array as its rows arrive, batch by batch:
-/// header (magic, rows, width, blake3 of the payload) then row-major f32,
-/// under a temporary name renamed into place by `finish`. Not synced: the
-/// array is transient, and a reader checks the hash before trusting it.
+/// header (magic, rows, width, blake3 of the payload, the writer's
+/// [`boot_tag`]) then row-major f32, under a temporary name renamed into
+/// place by `finish`. Not synced: the array is transient, and a reader in
+/// another boot or on another node checks the hash before trusting it.
 pub struct FullWriter {
     tmp: PathBuf,
     path: PathBuf,
@@ -515,6 +538,7 @@ impl FullWriter {
         header.extend_from_slice(&(self.rows as u64).to_le_bytes());
         header.extend_from_slice(&(self.width as u64).to_le_bytes());
         header.extend_from_slice(self.hasher.finalize().as_bytes());
+        header.extend_from_slice(&boot_tag().to_le_bytes());
         header.resize(HEADER, 0);
         let mut f = self.file.take().expect("open until finish");
         let res = (|| {
@@ -551,21 +575,25 @@ pub fn scratch_bytes(root: &Path) -> u64 {
         .sum()
 }
 
-/// A verified full array, memory-mapped; `None` if absent, incomplete or
-/// not matching (rows, width).
+/// A full array, memory-mapped; `None` if absent, incomplete, not matching
+/// (rows, width), or written in another boot or on another node and not
+/// matching its hash ([`boot_tag`]).
 pub fn read_full(dir: &Path, rows: usize, width: usize) -> Option<memmap2::Mmap> {
     let f = std::fs::File::open(dir.join(FULL)).ok()?;
     // SAFETY: the file is written once under a temp name and renamed into
-    // place; nothing modifies it in place, and the hash check below rejects
-    // any file that does not match its header.
+    // place; nothing modifies it in place, and one from another boot is
+    // checked against its hash below.
     let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
     if map.len() != HEADER + rows * width * 4 || &map[..8] != MAGIC {
         return None;
     }
-    let r = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
-    let w = u64::from_le_bytes(map[16..24].try_into().ok()?) as usize;
-    if r != rows || w != width {
+    let word = |at: usize| u64::from_le_bytes(map[at..at + 8].try_into().expect("8 bytes"));
+    if word(8) as usize != rows || word(16) as usize != width {
         return None;
+    }
+    let tag = word(56);
+    if tag != 0 && tag == boot_tag() {
+        return Some(map);
     }
     let mut h = blake3::Hasher::new();
     h.update_rayon(&map[HEADER..]);
@@ -575,4 +603,64 @@ pub fn read_full(dir: &Path, rows: usize, width: usize) -> Option<memmap2::Mmap>
 /// The f32 payload of a mapped full array.
 pub fn full_values(map: &memmap2::Mmap) -> &[f32] {
     bytemuck::cast_slice(&map[HEADER..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rows × width array written through [`FullWriter`] in `dir`.
+    fn write(dir: &Path, rows: usize, width: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..rows * width).map(|i| -(i as f32) / 7.0).collect();
+        let mut w = FullWriter::create(dir, rows, width, None).unwrap().unwrap();
+        for block in v.chunks(width * 3) {
+            w.write(block).unwrap();
+        }
+        w.finish().unwrap();
+        v
+    }
+
+    fn patch(path: &Path, at: usize, bytes: &[u8]) {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn arrays_from_this_boot_are_read_and_others_only_when_their_hash_matches() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let dir = tmp.path().join("scratch").join("entry");
+        let (rows, width) = (10, 7);
+        let v = write(&dir, rows, width);
+        let path = dir.join(FULL);
+        let values = |m: &memmap2::Mmap| full_values(m).to_vec();
+        assert_eq!(values(&read_full(&dir, rows, width).unwrap()), v);
+        // Another shape, or a truncated file: refused.
+        assert!(read_full(&dir, rows + 1, width).is_none());
+        assert!(read_full(&dir, rows, width + 1).is_none());
+        // A flipped byte in this boot is trusted: the file was renamed only
+        // once complete (what the tag stands for; the hash is not read).
+        if boot_tag() != 0 {
+            patch(&path, HEADER + 5, &[0x55]);
+            assert!(read_full(&dir, rows, width).is_some());
+            let _ = write(&dir, rows, width);
+        }
+        // From another boot (or unknown): read only if the hash matches.
+        for tag in [0u64, boot_tag() ^ 2] {
+            patch(&path, 56, &tag.to_le_bytes());
+            assert_eq!(
+                values(&read_full(&dir, rows, width).unwrap()),
+                v,
+                "tag {tag}"
+            );
+            patch(&path, HEADER + 5, &[0x55]);
+            assert!(read_full(&dir, rows, width).is_none(), "tag {tag}");
+            let _ = write(&dir, rows, width);
+            patch(&path, 56, &tag.to_le_bytes());
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len((HEADER + rows * width * 4 - 4) as u64).unwrap();
+        assert!(read_full(&dir, rows, width).is_none());
+    }
 }
