@@ -212,6 +212,13 @@ impl Job for KlJob {
                 kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
                 est_rows.extend(est);
             }
+            // Each recomputed seed's array back to its graph for the next
+            // batch (a fresh one faults every page: 100 MB at 50k).
+            for (src, r) in sources.iter_mut().zip(ran) {
+                if let Source::Model(m) = src {
+                    m.1.recycle(r);
+                }
+            }
         }
 
         let np = pairs.len();
