@@ -194,18 +194,24 @@ pub fn compute(
 ) -> Result<(f64, f64), StageError> {
     let mut secs = (0.0, 0.0);
     std::thread::scope(|scope| -> Result<(), StageError> {
-        let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<(LogProbs, eval::Forwarded)>(2);
+        // A batch's log-probs for the writer: an array, or the model's
+        // output holding them in place.
+        enum Block {
+            Array(Vec<f32>),
+            Output(eval::Forwarded),
+        }
+        let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<Block>(2);
         // Written arrays go back to the statistics thread for reuse.
         let (tx_back, rx_back) = std::sync::mpsc::channel::<Vec<f32>>();
         let writer = full.map(|mut w| {
             scope.spawn(move || -> Result<eval::FullWriter, StageError> {
-                for (lp, fwd) in rx_full {
-                    match lp {
-                        LogProbs::Array(a) => {
+                for block in rx_full {
+                    match block {
+                        Block::Array(a) => {
                             w.write(&a)?;
                             let _ = tx_back.send(a);
                         }
-                        LogProbs::InPlace => fwd.write_rows(n, &mut w)?,
+                        Block::Output(fwd) => fwd.write_rows(n, &mut w)?,
                     }
                 }
                 Ok(w)
@@ -263,14 +269,18 @@ pub fn compute(
                 if tx_table.send((bi, st)).is_err() {
                     break; // the table failed: its error is returned below
                 }
-                match (&to_full, lp) {
-                    (Some(tx), lp) => {
-                        if tx.send((lp, fwd)).is_err() {
+                let block = match lp {
+                    LogProbs::Array(a) => Block::Array(a),
+                    LogProbs::InPlace => Block::Output(fwd),
+                };
+                match (&to_full, block) {
+                    (Some(tx), block) => {
+                        if tx.send(block).is_err() {
                             break; // the writer failed: its error is returned below
                         }
                     }
-                    (None, LogProbs::Array(a)) => graph.recycle(a),
-                    (None, LogProbs::InPlace) => {}
+                    (None, Block::Array(a)) => graph.recycle(a),
+                    (None, Block::Output(_)) => {}
                 }
             }
             Ok(rows_secs)
