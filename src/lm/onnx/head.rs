@@ -204,16 +204,21 @@ mod tests {
         assert!(prune(&mut m));
     }
 
+    /// The neox export and the index of the node producing its logits.
+    fn neox() -> (ModelProto, usize) {
+        let m = load("tests/fixtures/hf_onnx_samples/causal/neox-seed11/step0/model.onnx");
+        let nodes = &m.graph.as_ref().unwrap().node;
+        let i = nodes
+            .iter()
+            .position(|n| n.output.iter().any(|o| o == "logits"));
+        (m, i.unwrap())
+    }
+
     #[test]
     fn leaves_an_unrecognised_tail_alone() {
         // logits = Softmax(MatMul(x, w)): not row-wise-with-constants.
-        let mut m = load("tests/fixtures/hf_onnx_samples/causal/neox-seed11/step0/model.onnx");
+        let (mut m, i) = neox();
         let g = m.graph.as_mut().unwrap();
-        let i = g
-            .node
-            .iter()
-            .position(|n| n.output.iter().any(|o| o == "logits"))
-            .unwrap();
         g.node[i].output[0] = "pre".into();
         g.node.push(NodeProto {
             op_type: Some("Softmax".into()),
@@ -225,15 +230,9 @@ mod tests {
         assert!(!prune(&mut m));
         assert_eq!(m, before);
         // A weight of rank 3 (MatMul broadcasting over a batch of weights).
-        let mut m = load("tests/fixtures/hf_onnx_samples/causal/neox-seed11/step0/model.onnx");
+        let (mut m, i) = neox();
         let g = m.graph.as_mut().unwrap();
-        let w = g
-            .node
-            .iter()
-            .find(|n| n.output.iter().any(|o| o == "logits"))
-            .unwrap()
-            .input[1]
-            .clone();
+        let w = g.node[i].input[1].clone();
         let t = g
             .initializer
             .iter_mut()
