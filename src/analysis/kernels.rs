@@ -917,15 +917,11 @@ fn lane_maxima(c: &[f32]) -> [f32; 8] {
 fn row_block_maxima(x: &[f32]) -> Vec<f32> {
     let full = x.len() / MAX_BLOCK * MAX_BLOCK;
     let mut m = vec![0f32; max_blocks(x.len())];
-    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe { avx2::block_maxima(&x[..full], &mut m) };
+        block_maxima::<true>(&x[..full], &mut m);
     } else {
         block_maxima::<false>(&x[..full], &mut m);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    block_maxima::<false>(&x[..full], &mut m);
     if full < x.len() {
         m[full / MAX_BLOCK] = block_max(&x[full..]);
     }

@@ -343,8 +343,7 @@ impl EvalPlan {
             flat_rows(batch)
         };
         let (lp, results) = graph.run_rows(&f.name, &f.logits, &rows, n, per_row)?;
-        let results = self.all_finite(f, batch, n, &rows, results)?;
-        Ok((lp, results))
+        Ok((lp, self.all_finite(f, batch, n, results)?))
     }
 
     /// [`log_probs_with`](Self::log_probs_with) in place: where the logits
@@ -366,8 +365,7 @@ impl EvalPlan {
         else {
             return Ok(None);
         };
-        let rows: Vec<i64> = (0..batch.reads.len() as i64).collect();
-        self.all_finite(f, batch, n, &rows, results).map(Some)
+        self.all_finite(f, batch, n, results).map(Some)
     }
 
     /// Every row's result, or an error naming the first row without one
@@ -377,11 +375,12 @@ impl EvalPlan {
         f: &Forwarded,
         batch: &Batch,
         n: usize,
-        rows: &[i64],
         results: Vec<Option<T>>,
     ) -> Result<Vec<T>, StageError> {
         if let Some(j) = results.iter().position(|r| r.is_none()) {
-            let at = rows[j] as usize * f.width;
+            // Row j of the logits: the j-th read, or its flat position.
+            let (w, p) = batch.reads[j];
+            let at = if f.gathered { j } else { w * batch.t + p } * f.width;
             let token = crate::lm::onnx::runtime::logits_f32(&f.logits)
                 .ok()
                 .and_then(|l| l[at..at + n].iter().position(|v| !v.is_finite()));

@@ -251,8 +251,9 @@ impl OrtModel {
             Some(r) => r.to_vec(),
             None => (0..(b * t) as i64).collect(),
         });
-        if let Some(r) = &rows {
-            let tensor = Tensor::from_array((vec![1, r.len() as i64], r.clone())).map_err(err)?;
+        let (eb, et) = rows.as_ref().map_or((b, t), |r| (1, r.len()));
+        if let Some(r) = rows {
+            let tensor = Tensor::from_array((vec![1, et as i64], r)).map_err(err)?;
             feed.push((super::head::ROWS.to_string(), tensor.into()));
         }
         let name = self.name.clone();
@@ -268,7 +269,6 @@ impl OrtModel {
             ort::value::ValueType::Tensor { shape, .. } => shape.to_vec(),
             _ => Vec::new(),
         };
-        let (eb, et) = rows.map_or((b, t), |r| (1, r.len()));
         if oshape.len() != 3 || oshape[0] as usize != eb || oshape[1] as usize != et {
             return Err(StageError::Other(format!(
                 "{name}: logits have shape {oshape:?}, expected [{eb}, {et}, vocab]"
