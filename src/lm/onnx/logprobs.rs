@@ -29,18 +29,7 @@ use crate::error::StageError;
 /// The graph for logits of element type `elem`.
 fn model(elem: DataType) -> ModelProto {
     let mut g = Graph::new();
-    let zero = g.i64("zero", &[0]);
-    let one = g.i64("one", &[1]);
-    let flat = g.op("Flatten", &["logits"], vec![attr_int("axis", 2)]);
-    let mut rows = g.op("Gather", &[&flat, "rows"], vec![attr_int("axis", 0)]);
-    if elem != DataType::Float {
-        rows = g.op(
-            "Cast",
-            &[&rows],
-            vec![attr_int("to", DataType::Float as i64)],
-        );
-    }
-    let kept = g.op("Slice", &[&rows, &zero, "n", &one], vec![]);
+    let kept = kept_rows(&mut g, elem);
     g.op_outputs(
         "LogSoftmax",
         &[&kept],
@@ -52,15 +41,39 @@ fn model(elem: DataType) -> ModelProto {
         name: Some("seedconv_logprobs".into()),
         node: nodes,
         initializer: inits,
-        input: vec![
-            io("logits", elem, &["batch", "sequence", "width"]),
-            io("rows", DataType::Int64, &["rows"]),
-            io("n", DataType::Int64, &["1"]),
-        ],
+        input: log_prob_inputs(elem),
         output: vec![io("logprobs", DataType::Float, &["rows", "n"])],
         ..Default::default()
     };
     model_proto(graph)
+}
+
+/// Nodes from the inputs `logits` [batch, sequence, width] (`elem`), `rows`
+/// (flat positions) and `n` to the rows read, widened to f32 and truncated
+/// to the kept vocabulary ([rows, n]; the name returned). Adds
+/// initializers `zero` and `one` (int64 [1]).
+pub(super) fn kept_rows(g: &mut Graph, elem: DataType) -> String {
+    let zero = g.i64("zero", &[0]);
+    let one = g.i64("one", &[1]);
+    let flat = g.op("Flatten", &["logits"], vec![attr_int("axis", 2)]);
+    let mut rows = g.op("Gather", &[&flat, "rows"], vec![attr_int("axis", 0)]);
+    if elem != DataType::Float {
+        rows = g.op(
+            "Cast",
+            &[&rows],
+            vec![attr_int("to", DataType::Float as i64)],
+        );
+    }
+    g.op("Slice", &[&rows, &zero, "n", &one], vec![])
+}
+
+/// The inputs [`kept_rows`] reads.
+pub(super) fn log_prob_inputs(elem: DataType) -> Vec<super::proto::ValueInfoProto> {
+    vec![
+        io("logits", elem, &["batch", "sequence", "width"]),
+        io("rows", DataType::Int64, &["rows"]),
+        io("n", DataType::Int64, &["1"]),
+    ]
 }
 
 /// A log-prob session for one model's logits (built on the first batch,
@@ -162,37 +175,10 @@ impl LogProbGraph {
         n: usize,
     ) -> Result<Vec<f32>, StageError> {
         let err = |e: ort::Error| StageError::Other(format!("{name}: log-probs: {e}"));
-        let ty = match logits.dtype() {
-            ValueType::Tensor { ty, .. } => *ty,
-            other => {
-                return Err(StageError::Other(format!(
-                    "{name}: logits are not a tensor ({other:?})"
-                )))
-            }
-        };
+        let (ty, elem) = logits_type(name, logits)?;
         if self.session.as_ref().is_none_or(|(t, _)| *t != ty) {
-            let elem = match ty {
-                TensorElementType::Float32 => DataType::Float,
-                TensorElementType::Float16 => DataType::Float16,
-                TensorElementType::Bfloat16 => DataType::Bfloat16,
-                other => {
-                    return Err(StageError::Other(format!(
-                        "{name}: logits are {other:?}, not float32, float16 or bfloat16"
-                    )))
-                }
-            };
-            let env = crate::lm::ortlib::env().map_err(|e| StageError::Other(e.to_string()))?;
-            let e = |e: String| StageError::Other(format!("log-prob graph: {e}"));
-            let session = Session::builder(env)
-                .map_err(|x| e(x.to_string()))?
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|x| e(x.to_string()))?
-                .with_intra_threads(self.threads.max(1))
-                .map_err(|x| e(x.to_string()))?
-                .with_intra_op_spinning(false)
-                .map_err(|x| e(x.to_string()))?
-                .commit_from_memory(&model(elem).encode_to_vec())
-                .map_err(|x| e(x.to_string()))?;
+            let session = small_session(&model(elem), self.threads, None)
+                .map_err(|e| StageError::Other(format!("log-prob graph: {e}")))?;
             self.session = Some((ty, session));
         }
         let (_, session) = self.session.as_mut().expect("built above");
@@ -207,6 +193,61 @@ impl LogProbGraph {
         let v = out.remove("logprobs").expect("declared output");
         Ok(v.try_extract_tensor::<f32>().map_err(err)?.1.to_vec())
     }
+}
+
+/// The element type of a model's logits value, as ORT and ONNX name it:
+/// float32, float16 or bfloat16, else an error naming the model.
+pub(super) fn logits_type(
+    name: &str,
+    logits: &DynValue,
+) -> Result<(TensorElementType, DataType), StageError> {
+    let ty = match logits.dtype() {
+        ValueType::Tensor { ty, .. } => *ty,
+        other => {
+            return Err(StageError::Other(format!(
+                "{name}: logits are not a tensor ({other:?})"
+            )))
+        }
+    };
+    let elem = match ty {
+        TensorElementType::Float32 => DataType::Float,
+        TensorElementType::Float16 => DataType::Float16,
+        TensorElementType::Bfloat16 => DataType::Bfloat16,
+        other => {
+            return Err(StageError::Other(format!(
+                "{name}: logits are {other:?}, not float32, float16 or bfloat16"
+            )))
+        }
+    };
+    Ok((ty, elem))
+}
+
+/// A session for one of seedconv's own small graphs run on a model's
+/// output: on CUDA device `cuda` when given (where that output lives), else
+/// on the CPU with `threads` threads.
+pub(super) fn small_session(
+    model: &ModelProto,
+    threads: usize,
+    cuda: Option<i32>,
+) -> Result<Session, String> {
+    let env = crate::lm::ortlib::env().map_err(|e| e.to_string())?;
+    let mut b = Session::builder(env)
+        .map_err(|x| x.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|x| x.to_string())?
+        .with_intra_threads(threads.max(1))
+        .map_err(|x| x.to_string())?
+        .with_intra_op_spinning(false)
+        .map_err(|x| x.to_string())?;
+    if let Some(id) = cuda {
+        b = b
+            .with_execution_providers([ort::ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure()])
+            .map_err(|x| x.to_string())?;
+    }
+    b.commit_from_memory(&model.encode_to_vec()).map_err(|x| x.to_string())
 }
 
 /// What [`LogProbGraph::run_rows`] applies to each row: (row index, the

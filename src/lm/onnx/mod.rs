@@ -7,6 +7,7 @@ pub mod export;
 pub mod head;
 pub mod logprobs;
 pub mod runtime;
+pub mod statgraph;
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
