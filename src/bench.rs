@@ -365,7 +365,10 @@ pub fn dist(
     batch: usize,
     rounds: usize,
     top_k: usize,
+    cuda: bool,
 ) -> Result<()> {
+    use crate::lm::onnx::runtime::OrtModel;
+    use crate::lm::onnx::statgraph::StatsGraph;
     use crate::stages::{corpus, dist};
     let shape = bench_shape(vocab, d_model, layers, window);
     let dir = tempfile::TempDir::new()?;
@@ -389,9 +392,22 @@ pub fn dist(
     let threads = crate::commands::default_jobs();
     // The baseline runs the graph as exported; dist, as a run does, the
     // graph with its unembedding pruned to the rows read.
-    let mut plain = crate::lm::onnx::runtime::OrtModel::plain_from_file(&model_path, threads)?;
-    let mut model = crate::lm::onnx::runtime::OrtModel::from_file(&model_path, threads)?;
+    let device = if cuda {
+        crate::config::Device::Cuda
+    } else {
+        crate::config::Device::Cpu
+    };
+    let mut plain = OrtModel::plain_on_device(&model_path, threads, device)?;
+    let mut model = OrtModel::on_device(&model_path, threads, device, None)?.0;
+    // The statistics graph's model leaves its logits on the device (on the
+    // CPU: host memory, as a run does), as does the baseline on CUDA.
+    let mut gmodel = OrtModel::on_device(&model_path, threads, device, None)?.0;
+    if cuda {
+        plain.keep_logits_on_device()?;
+        gmodel.keep_logits_on_device()?;
+    }
     let lq = vec![-(vocab as f64).ln(); vocab];
+    let mut sgraph = Some(StatsGraph::new(threads, gmodel.cuda_device(), &lq));
     let mut graph = crate::lm::onnx::logprobs::LogProbGraph::new(threads);
     let ckpt = crate::suite::Checkpoint {
         size: "bench".into(),
@@ -417,21 +433,12 @@ pub fn dist(
         f()?;
         Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c))
     };
-    let run_dist = |model: &mut crate::lm::onnx::runtime::OrtModel,
-                    graph: &mut crate::lm::onnx::logprobs::LogProbGraph,
-                    full| {
-        dist::compute(
-            &plan,
-            model,
-            graph,
-            (vocab, top_k),
-            &lq,
-            full,
-            &out,
-            &|_| Ok(()),
-        )
+    let run_dist = |model: &mut OrtModel, rows: dist::Rows, full| {
+        dist::compute(&plan, model, rows, (vocab, top_k), &lq, full, &out, &|_| {
+            Ok(())
+        })
     };
-    let mut runs: [Vec<(f64, f64)>; 4] = Default::default();
+    let mut runs: [Vec<(f64, f64)>; 5] = Default::default();
     let mut ort = Vec::new();
     for _ in 0..rounds.max(1) {
         runs[0].push(timed(&mut || {
@@ -448,7 +455,16 @@ pub fn dist(
             Ok(())
         })?);
         runs[1].push(timed(&mut || {
-            ort.push(run_dist(&mut model, &mut graph, None)?.0);
+            ort.push(run_dist(&mut model, dist::Rows::host(&mut graph), None)?.0);
+            Ok(())
+        })?);
+        runs[4].push(timed(&mut || {
+            let rows = dist::Rows {
+                graph: &mut graph,
+                in_graph: sgraph.take(),
+            };
+            run_dist(&mut gmodel, rows, None)?;
+            sgraph = Some(StatsGraph::new(threads, gmodel.cuda_device(), &lq));
             Ok(())
         })?);
         // A fresh folder each round, as each dist instance writes its own;
@@ -459,7 +475,7 @@ pub fn dist(
         let _ = std::fs::remove_dir_all(&scratch);
         runs[2].push(timed(&mut || {
             let full = crate::lm::eval::FullWriter::create(&scratch, plan.rows.len(), vocab, None)?;
-            run_dist(&mut model, &mut graph, full)?;
+            run_dist(&mut model, dist::Rows::host(&mut graph), full)?;
             Ok(())
         })?);
     }
@@ -521,10 +537,19 @@ pub fn dist(
         summary(&stats),
     );
     line("dist + full array streamed to scratch", summary(&runs[2]));
+    line(
+        "dist, statistics in the ONNX Runtime graph (the CUDA path)",
+        summary(&runs[4]),
+    );
     println!(
-        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = {top_k}; {}; medians of {rounds} alternating rounds, ratios within a round)",
+        "(d_model {d_model}, {layers} layers, vocab {vocab}, window {window}, batch {batch}; {:.0} B per row on disk at k = {top_k}; {}{}; medians of {rounds} alternating rounds, ratios within a round)",
         bytes as f64 / plan.rows.len() as f64,
-        machine()
+        machine(),
+        if cuda {
+            format!(", ONNX Runtime on CUDA ({})", crate::lm::ortlib::gpu_name(true, None).unwrap_or_default())
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -245,6 +245,10 @@ pub enum BenchWhat {
         /// Entries of each row's top list in the table (`dist.top_k`).
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
         top_k: u64,
+        /// Every model on the CUDA execution provider (an error without
+        /// one); the baseline's logits stay on the device (I/O binding).
+        #[arg(long)]
+        cuda: bool,
     },
     /// Exact KL throughput on synthetic log-prob arrays (default: a Pythia group).
     Kl {

@@ -96,6 +96,7 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 batch,
                 rounds,
                 top_k,
+                cuda,
             } => seedconv::bench::dist(
                 *rows,
                 m.vocab,
@@ -105,6 +106,7 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 *batch,
                 *rounds,
                 *top_k as usize,
+                *cuda,
             ),
             BenchWhat::Kl {
                 seeds,

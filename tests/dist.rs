@@ -272,13 +272,12 @@ fn one_forward_pass_per_checkpoint_and_the_budget_fallback_give_identical_tables
     }
 }
 
-/// Float64 log-softmax over the first `n` of `logits`.
 /// The row statistics computed inside ONNX Runtime (`StatsGraph`, the
 /// CUDA path) against float64 computed here from the torch reference
 /// logits, on the shipped exports: padded logits (768 for 700, truncated),
 /// external data, position_ids; both the graph as exported ([b, t, width]
-/// with flat rows) and the pruned one ([1, R, width]) over a padded batch.
-/// Tolerances as stated in the README: against float64 1e-4 nats (as the
+/// with flat rows) and the pruned one ([1, R, width]) over a padded batch,
+/// also through I/O binding. Tolerances as stated in the README: against float64 1e-4 nats (as the
 /// host pass), log-probs within 2e-4 of float64 and 4 ulp of the host's.
 #[test]
 fn statistics_in_the_graph_match_float64_on_real_exports() {
@@ -299,7 +298,11 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
         ("variants/dynamo-external-data", "neox-seed12/step300"),
     ] {
         let path = causal().join(model).join("model.onnx");
-        let want = common::read_npy_f64(&causal().join(reference).join("reference_logits_float64.npy"));
+        let want = common::read_npy_f64(
+            &causal()
+                .join(reference)
+                .join("reference_logits_float64.npy"),
+        );
         // Rows 1..t of the probe sequence; each row's target is the next id.
         let rows: Vec<usize> = (0..t - 1).collect();
         let targets: Vec<u32> = rows.iter().map(|&r| ids[r + 1] as u32 % n as u32).collect();
@@ -314,9 +317,14 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
         let mut batch = ids.clone();
         batch.extend(&ids);
         let (some, _) = pruned.run(&batch, &[t, 40], t, Some(&flat)).unwrap();
+        // Through I/O binding (how a CUDA run keeps the logits on its
+        // device; bound to host memory here): the same bits.
+        pruned.keep_logits_on_device().unwrap();
+        let (bound, _) = pruned.run(&batch, &[t, 40], t, Some(&flat)).unwrap();
+        assert_eq!(logits_f32(&bound).unwrap(), logits_f32(&some).unwrap());
         let identity: Vec<i64> = (0..rows.len() as i64).collect();
         let host = logits_f32(&all).unwrap();
-        for (logits, at) in [(&all, &flat), (&some, &identity)] {
+        for (logits, at) in [(&all, &flat), (&some, &identity), (&bound, &identity)] {
             let mut g = StatsGraph::new(1, None, &lq);
             let got = g.run(model, logits, at, &targets, k, true).unwrap();
             let lp = got.log_probs.unwrap();
@@ -325,7 +333,10 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
             for (i, &r) in rows.iter().enumerate() {
                 let s = got.stats[i].as_ref().unwrap();
                 let ref64 = lsm64(
-                    &want[r * 768..r * 768 + 768].iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    &want[r * 768..r * 768 + 768]
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect::<Vec<_>>(),
                     n,
                 );
                 let row = &lp[i * n..(i + 1) * n];
@@ -339,11 +350,14 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
                 }
                 let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
                 let ent = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
-                let kq: f64 = pr.iter().zip(&ref64).zip(&lq).map(|((p, l), q)| p * (l - q)).sum();
-                let top = divergence::top_k(
-                    &ref64.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                    k,
-                );
+                let kq: f64 = pr
+                    .iter()
+                    .zip(&ref64)
+                    .zip(&lq)
+                    .map(|((p, l), q)| p * (l - q))
+                    .sum();
+                let top =
+                    divergence::top_k(&ref64.iter().map(|&x| x as f32).collect::<Vec<_>>(), k);
                 let outside: f64 = (0..n)
                     .filter(|j| !top.contains(&(*j as u32)))
                     .map(|j| pr[j])
@@ -353,7 +367,11 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
                     ("kl_uniform", s.kl_uniform, (n as f64).ln() - ent),
                     ("kl_unigram", s.kl_unigram, kq),
                     ("log_mass_outside", s.log_mass_outside, outside.ln()),
-                    ("target", s.target_logprob as f64, ref64[targets[i] as usize]),
+                    (
+                        "target",
+                        s.target_logprob as f64,
+                        ref64[targets[i] as usize],
+                    ),
                 ] {
                     assert!((a - b).abs() < 1e-4, "{model} row {r} {what}: {a} vs {b}");
                 }
@@ -384,7 +402,9 @@ fn statistics_in_the_graph_hold_their_tolerance_at_a_50k_vocabulary() {
     let (r, w, n, k) = (24usize, 50_304usize, 50_277usize, 64usize);
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut unif = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 40) as f64 / (1u64 << 24) as f64
     };
     let mut logits = vec![0f32; r * w];
@@ -418,7 +438,10 @@ fn statistics_in_the_graph_hold_their_tolerance_at_a_50k_vocabulary() {
         let host = kernels::row_stats_logits(&mut row, targets[i] as usize, k, &lq, &mut e);
         let s = &got.stats[i];
         if i == 5 {
-            assert!(host.is_none() && s.is_none(), "the NaN row has no statistics");
+            assert!(
+                host.is_none() && s.is_none(),
+                "the NaN row has no statistics"
+            );
             continue;
         }
         let (s, h) = (s.as_ref().unwrap(), host.unwrap());
@@ -434,12 +457,119 @@ fn statistics_in_the_graph_hold_their_tolerance_at_a_50k_vocabulary() {
         }
         assert_eq!(s.topk_ids, h.topk_ids, "row {i}");
         for (a, b) in s.topk_logprobs.iter().zip(&h.topk_logprobs) {
-            assert!((a - b).abs() <= 4.0 * b.abs().max(1.0) * f32::EPSILON, "row {i}");
+            assert!(
+                (a - b).abs() <= 4.0 * b.abs().max(1.0) * f32::EPSILON,
+                "row {i}"
+            );
         }
     }
     eprintln!("largest |graph − host| at 50k: {worst:e}");
 }
 
+/// `dist.statistics = "graph"` (what a CUDA run uses): every dist table
+/// holds the host pass's rows, top-k ids and targets, its statistics within
+/// 1e-6 nats and top-k log-probs within 4 ulp; the kl stage reads the
+/// graph's log-probs from the transient arrays and gives the same KL within
+/// 1e-6. Each manifest says where its statistics came from.
+#[test]
+fn statistics_in_the_graph_give_the_host_passs_tables_within_tolerance() {
+    use arrow::array::{Float32Array, ListArray, UInt32Array};
+    let p = Project::micro();
+    let cfg = suite_config(&common::hf_models(), "[0, 300]");
+    p.write_config(&cfg);
+    p.ok(&["run", "kl"]);
+    let read = |p: &Project, stage: &str, name: &str| {
+        common::read_table(&p.store().join(stage).join("current").join(name))
+    };
+    let names: Vec<String> = [11, 12]
+        .iter()
+        .flat_map(|s| [0, 300].map(|t| format!("tiny-seed{s}-step{t}.dist.parquet")))
+        .collect();
+    let host: Vec<_> = names.iter().map(|n| read(&p, "dist", n)).collect();
+    let host_kl: Vec<_> = [0, 300]
+        .iter()
+        .map(|t| read(&p, "kl", &format!("tiny-step{t}.kl.parquet")))
+        .collect();
+    p.write_config(&format!("{cfg}statistics = \"graph\"\n"));
+    p.ok(&["run", "--force", "dist", "--force", "kl", "kl"]);
+    for (name, h) in names.iter().zip(&host) {
+        let m = p.manifest_of("dist", name);
+        assert_eq!(m["extra"]["statistics"], "graph", "{name}");
+        assert_eq!(m["extra"]["full_array"], true, "{name}");
+        let g = read(&p, "dist", name);
+        assert_eq!(g.num_rows(), h.num_rows());
+        for c in ["row", "target_id"] {
+            assert_eq!(
+                col::<UInt32Array>(&g, c),
+                col::<UInt32Array>(h, c),
+                "{name} {c}"
+            );
+        }
+        for c in [
+            "target_logprob",
+            "entropy",
+            "log_mass_outside",
+            "kl_uniform",
+            "kl_unigram",
+        ] {
+            for (a, b) in col::<Float32Array>(&g, c)
+                .iter()
+                .zip(col::<Float32Array>(h, c))
+            {
+                let (a, b) = (a.unwrap() as f64, b.unwrap() as f64);
+                assert!(
+                    (a - b).abs() <= 1e-6 + 4.0 * f32::EPSILON as f64 * b.abs(),
+                    "{name} {c}: {a} vs {b}"
+                );
+            }
+        }
+        let ids = |b| {
+            col::<ListArray>(b, "topk_ids")
+                .values()
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(ids(&g), ids(h), "{name} top-k ids");
+        let lps = |b| {
+            col::<ListArray>(b, "topk_logprobs")
+                .values()
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .unwrap()
+                .clone()
+        };
+        for (a, b) in lps(&g).iter().zip(lps(h).iter()) {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(
+                (a - b).abs() <= 4.0 * b.abs().max(1.0) * f32::EPSILON,
+                "{name}: {a} vs {b}"
+            );
+        }
+    }
+    for (t, h) in [0, 300].iter().zip(&host_kl) {
+        let m = p.manifest_of("kl", &format!("tiny-step{t}.kl.parquet"));
+        assert_eq!(
+            m["extra"]["seeds_recomputed"], 0,
+            "the graph's arrays were read"
+        );
+        let g = read(&p, "kl", &format!("tiny-step{t}.kl.parquet"));
+        assert_eq!(g.num_rows(), h.num_rows());
+        for (a, b) in col::<Float64Array>(&g, "kl")
+            .iter()
+            .zip(col::<Float64Array>(h, "kl"))
+        {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(
+                (a - b).abs() <= 1e-6 + 1e-6 * b.abs(),
+                "step {t}: kl {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// Float64 log-softmax over the first `n` of `logits`.
 fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
     let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();
     let m = x.iter().cloned().fold(f64::MIN, f64::max);

@@ -18,6 +18,18 @@ pub enum Device {
     Cuda,
 }
 
+/// Where dist computes its row statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistics {
+    /// In the graph on CUDA (the logits stay on the device), else on the host.
+    Auto,
+    /// The vectorised Rust pass over logits in host memory.
+    Host,
+    /// A graph in ONNX Runtime on the model's device (`lm::onnx::statgraph`).
+    Graph,
+}
+
 /// Per-checkpoint next-token distributions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +45,10 @@ pub struct DistConfig {
     pub threads: usize,
     #[serde(default = "default_device")]
     pub device: Device,
+    /// Row statistics on the host or in the ONNX Runtime graph (unkeyed:
+    /// the two agree within 1e-6 nats).
+    #[serde(default = "default_statistics")]
+    pub statistics: Statistics,
     /// Keep the full log-probability arrays after the kl stage used them
     /// (then adding a seed recomputes no other seed's forward pass).
     #[serde(default)]
@@ -53,6 +69,7 @@ impl Default for DistConfig {
             batch_size: default_dist_batch(),
             threads: 0,
             device: default_device(),
+            statistics: default_statistics(),
             retain_full: false,
             scratch_budget: default_scratch_budget(),
             mlm_scoring: None,
@@ -76,6 +93,9 @@ fn default_dist_batch() -> usize {
 }
 fn default_device() -> Device {
     Device::Auto
+}
+fn default_statistics() -> Statistics {
+    Statistics::Auto
 }
 
 /// Exact KL across seeds.

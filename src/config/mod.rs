@@ -25,7 +25,9 @@ pub use inputs::{
     CorpusConfig, CorpusMode, FrequencyConfig, MlmScoring, Objective, StoreConfig, TextFormat,
     TokenizerConfig, TrainCorpusConfig,
 };
-pub use measure::{AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource};
+pub use measure::{
+    AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource, Statistics,
+};
 pub use report::{Band, ReportConfig};
 pub use suite::{FetchConfig, Keep, SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};
 

@@ -346,6 +346,27 @@ impl EvalPlan {
         Ok((lp, self.all_finite(f, batch, n, results)?))
     }
 
+    /// The rows read of a forwarded batch through the caller's own graph
+    /// on its logits value, where ORT left it (a CUDA device included):
+    /// `run` gets the model's name, the value and the rows' flat positions
+    /// in it, and returns per row a result (`None` for a non-finite row)
+    /// beside anything else; checked as [`log_probs_with`](Self::log_probs_with)'s.
+    pub fn graph_rows<T, X>(
+        &self,
+        f: &Forwarded,
+        batch: &Batch,
+        n: usize,
+        run: impl FnOnce(&str, &ort::value::DynValue, &[i64]) -> Result<(X, Vec<Option<T>>), StageError>,
+    ) -> Result<(X, Vec<T>), StageError> {
+        let rows: Vec<i64> = if f.gathered {
+            (0..batch.reads.len() as i64).collect()
+        } else {
+            flat_rows(batch)
+        };
+        let (x, results) = run(&f.name, &f.logits, &rows)?;
+        Ok((x, self.all_finite(f, batch, n, results)?))
+    }
+
     /// [`log_probs_with`](Self::log_probs_with) in place: where the logits
     /// are the rows read in host memory as f32 (a pruned model's), `f` is
     /// left holding the log-probs in each row's first `n` entries

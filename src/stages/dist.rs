@@ -20,11 +20,13 @@ use serde_json::json;
 
 use crate::analysis::divergence::RowStats;
 use crate::analysis::kernels;
+use crate::config::Statistics;
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, EvalPlan, RunSettings};
 use crate::lm::onnx::logprobs::LogProbGraph;
 use crate::lm::onnx::runtime::OrtModel;
+use crate::lm::onnx::statgraph::StatsGraph;
 use crate::stages::{corpus, tokenizer, unigram, PlanCtx, Stage};
 use crate::suite::Checkpoint;
 use crate::table;
@@ -74,6 +76,7 @@ impl Stage for Dist {
                     top_k: d.top_k,
                     retain_full: d.retain_full,
                     scratch_budget: d.scratch_budget_bytes(),
+                    statistics: d.statistics,
                     set: set.clone(),
                 };
                 let gpu = job.set.uses_gpu();
@@ -98,6 +101,9 @@ struct DistJob {
     /// reads an array or recomputes; the table is the same).
     #[serde(skip)]
     scratch_budget: u64,
+    /// unkeyed: host pass or graph agree within 1e-6 nats.
+    #[serde(skip)]
+    statistics: Statistics,
     #[serde(flatten)]
     set: RunSettings,
 }
@@ -128,16 +134,36 @@ impl Job for DistJob {
         let full = eval::FullWriter::create(&ctx.scratch, rows, n, budget)?;
         let wrote_full = full.is_some();
         let mut graph = LogProbGraph::new(self.set.threads(ctx.threads));
+        // In the graph on the model's device: the logits stay there (on the
+        // CPU ORT's own output is host memory already).
+        let in_graph = match self.statistics {
+            Statistics::Auto => cuda,
+            Statistics::Host => false,
+            Statistics::Graph => true,
+        };
+        let in_graph = if in_graph {
+            if cuda {
+                model.keep_logits_on_device()?;
+            }
+            let threads = self.set.threads(ctx.threads);
+            Some(StatsGraph::new(threads, model.cuda_device(), &lq))
+        } else {
+            None
+        };
         let model_hash = self.ckpt.model_hash(ctx, &path)?;
         let out = TableOut {
             dir: ctx.out,
             ckpt: &self.ckpt,
             model_hash: &model_hash,
         };
+        let in_graph_used = in_graph.is_some();
         let (ort_secs, rows_secs) = compute(
             &plan,
             &mut model,
-            &mut graph,
+            Rows {
+                graph: &mut graph,
+                in_graph,
+            },
             (n, self.top_k),
             &lq,
             full,
@@ -153,6 +179,8 @@ impl Job for DistJob {
             // Whether the graph's unembedding was pruned to the rows read
             // (`head::prune`; the same values either way).
             "unembedding_pruned": pruned,
+            // Where the row statistics were computed (`dist.statistics`).
+            "statistics": if in_graph_used { "graph" } else { "host" },
             "onnxruntime": crate::lm::ortlib::info(),
             "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
             // Forward passes (this thread) and log-probs + row statistics
@@ -185,7 +213,7 @@ pub struct TableOut<'a> {
 pub fn compute(
     plan: &EvalPlan,
     model: &mut OrtModel,
-    graph: &mut LogProbGraph,
+    mut rows: Rows,
     (n, k): (usize, usize),
     lq: &[f64],
     full: Option<eval::FullWriter>,
@@ -259,28 +287,35 @@ pub fn compute(
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(0);
         let stats = scope.spawn(move || -> Result<f64, StageError> {
             let mut rows_secs = 0.0;
+            let want_lp = to_full.is_some();
             for (bi, mut fwd) in rx {
                 while let Ok(lp) = rx_back.try_recv() {
-                    graph.recycle(lp);
+                    rows.graph.recycle(lp);
                 }
                 let tg = std::time::Instant::now();
-                let (lp, st) = batch_stats(plan, graph, &mut fwd, bi, (n, k), lq)?;
+                let (lp, st) = match &mut rows.in_graph {
+                    Some(g) => graph_stats(plan, g, &fwd, bi, (n, k), want_lp)?,
+                    None => batch_stats(plan, rows.graph, &mut fwd, bi, (n, k), lq)?,
+                };
                 rows_secs += tg.elapsed().as_secs_f64();
                 if tx_table.send((bi, st)).is_err() {
                     break; // the table failed: its error is returned below
                 }
                 let block = match lp {
-                    LogProbs::Array(a) => Block::Array(a),
-                    LogProbs::InPlace => Block::Output(fwd),
+                    LogProbs::Array(a) => Some(Block::Array(a)),
+                    LogProbs::InPlace => Some(Block::Output(fwd)),
+                    LogProbs::None => None,
                 };
-                match (&to_full, block) {
-                    (Some(tx), block) => {
-                        if tx.send(block).is_err() {
-                            break; // the writer failed: its error is returned below
-                        }
+                let sent = match (&to_full, block) {
+                    (Some(tx), Some(block)) => tx.send(block).is_ok(),
+                    (_, Some(Block::Array(a))) => {
+                        rows.graph.recycle(a);
+                        true
                     }
-                    (None, Block::Array(a)) => graph.recycle(a),
-                    (None, Block::Output(_)) => {}
+                    _ => true,
+                };
+                if !sent {
+                    break; // the writer failed: its error is returned below
                 }
             }
             Ok(rows_secs)
@@ -325,12 +360,51 @@ pub fn compute(
     Ok(secs)
 }
 
+/// What turns a batch's logits into log-probs and row statistics: the host
+/// pass (with the log-prob graph for logits it cannot read in place), or
+/// the statistics graph on the model's device.
+pub struct Rows<'a> {
+    pub graph: &'a mut LogProbGraph,
+    pub in_graph: Option<StatsGraph>,
+}
+
+impl<'a> Rows<'a> {
+    /// The host pass alone.
+    pub fn host(graph: &'a mut LogProbGraph) -> Rows<'a> {
+        Rows {
+            graph,
+            in_graph: None,
+        }
+    }
+}
+
 /// Where [`batch_stats`] left a batch's log-probs.
 pub enum LogProbs {
     /// Rows × n.
     Array(Vec<f32>),
     /// In the batch's logits, each row's first n ([`eval::Forwarded::write_rows`]).
     InPlace,
+    /// Not kept (statistics in the graph, no full array wanted).
+    None,
+}
+
+/// [`batch_stats`] by the statistics graph on the logits' device; the
+/// log-probs come back only when `want_lp` (for the full array).
+pub fn graph_stats(
+    plan: &EvalPlan,
+    g: &mut StatsGraph,
+    fwd: &eval::Forwarded,
+    bi: usize,
+    (n, k): (usize, usize),
+    want_lp: bool,
+) -> Result<(LogProbs, Vec<RowStats>), StageError> {
+    let batch = &plan.batches[bi];
+    let targets = &plan.targets[batch.rows.clone()];
+    let (lp, st) = plan.graph_rows(fwd, batch, n, |name, logits, rows| {
+        let b = g.run(name, logits, rows, targets, k, want_lp)?;
+        Ok((b.log_probs, b.stats))
+    })?;
+    Ok((lp.map_or(LogProbs::None, LogProbs::Array), st))
 }
 
 /// The log-probs and statistics of batch `bi`'s rows, from its logits in

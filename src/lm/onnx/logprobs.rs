@@ -247,7 +247,8 @@ pub(super) fn small_session(
                 .error_on_failure()])
             .map_err(|x| x.to_string())?;
     }
-    b.commit_from_memory(&model.encode_to_vec()).map_err(|x| x.to_string())
+    b.commit_from_memory(&model.encode_to_vec())
+        .map_err(|x| x.to_string())
 }
 
 /// What [`LogProbGraph::run_rows`] applies to each row: (row index, the

@@ -20,6 +20,11 @@ pub struct OrtModel {
     name: String,
     /// Takes `head::ROWS`: logits at the rows read only ([1, R, width]).
     rows_input: bool,
+    /// The CUDA device the session runs on, if any.
+    cuda: Option<i32>,
+    /// Where [`run`](Self::run) leaves the logits when not in host memory
+    /// as ORT's plain `Run` returns them ([`keep_logits_on_device`](Self::keep_logits_on_device)).
+    bind_logits: Option<ort::memory::MemoryInfo<'static>>,
 }
 
 /// Where ONNX Runtime finds external data of a model loaded from memory.
@@ -56,6 +61,15 @@ impl OrtModel {
     /// tests), loaded without decoding it here.
     pub fn plain_from_file(path: &Path, threads: usize) -> Result<OrtModel, StageError> {
         Self::load(path, threads, Device::Cpu, None, false).map(|(m, _)| m)
+    }
+
+    /// [`plain_from_file`](Self::plain_from_file) on `device` (device 0).
+    pub fn plain_on_device(
+        path: &Path,
+        threads: usize,
+        device: Device,
+    ) -> Result<OrtModel, StageError> {
+        Self::load(path, threads, device, None, false).map(|(m, _)| m)
     }
 
     /// Load a model file on `device` (CUDA device `gpu` when given, else
@@ -123,7 +137,8 @@ impl OrtModel {
                 .and_then(commit);
             match cuda {
                 Ok((session, rows_input)) => {
-                    let m = Self::check(session, path.display().to_string(), rows_input)?;
+                    let mut m = Self::check(session, path.display().to_string(), rows_input)?;
+                    m.cuda = Some(gpu.unwrap_or(0) as i32);
                     return Ok((m, true));
                 }
                 Err(e) if device == Device::Cuda => {
@@ -187,6 +202,8 @@ impl OrtModel {
             inputs,
             name,
             rows_input,
+            cuda: None,
+            bind_logits: None,
         })
     }
 
@@ -207,6 +224,27 @@ impl OrtModel {
         t: usize,
     ) -> Result<(Vec<f32>, usize), StageError> {
         self.logits_padded(ids, &vec![t; b], t)
+    }
+
+    /// The CUDA device the model runs on (`None`: the CPU).
+    pub fn cuda_device(&self) -> Option<i32> {
+        self.cuda
+    }
+
+    /// From now on [`run`](Self::run) leaves the logits in the session's
+    /// device memory (I/O binding), for a graph on the same device
+    /// (`statgraph::StatsGraph`) to read without a copy to the host. On the
+    /// CPU the binding is to host memory (the same path, testable here).
+    pub fn keep_logits_on_device(&mut self) -> Result<(), StageError> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let (dev, id) = match self.cuda {
+            Some(id) => (AllocationDevice::CUDA, id),
+            None => (AllocationDevice::CPU, 0),
+        };
+        let memory = MemoryInfo::new(dev, id, AllocatorType::Device, MemoryType::Default)
+            .map_err(|e| StageError::Other(format!("{}: {e}", self.name)))?;
+        self.bind_logits = Some(memory);
+        Ok(())
     }
 
     /// Whether [`run`](Self::run) computes logits at the rows asked for only.
@@ -231,7 +269,7 @@ impl OrtModel {
         let b = lens.len();
         let err = |e: ort::Error| StageError::Other(format!("{}: {e}", self.name));
         let shape = vec![b as i64, t as i64];
-        let mut feed: Vec<(String, SessionInputValue)> = Vec::new();
+        let mut feed: Vec<(String, ort::value::DynValue)> = Vec::new();
         for name in &self.inputs {
             let data: Vec<i64> = match name.as_str() {
                 "input_ids" => ids.to_vec(),
@@ -243,7 +281,7 @@ impl OrtModel {
                 _ => vec![0; b * t],
             };
             let tensor = Tensor::from_array((shape.clone(), data)).map_err(err)?;
-            feed.push((name.clone(), tensor.into()));
+            feed.push((name.clone(), tensor.into_dyn()));
         }
         // A pruned model asked for every row computes them all ([1, b·t,
         // width] is [b, t, width] in memory).
@@ -254,17 +292,42 @@ impl OrtModel {
         let (eb, et) = rows.as_ref().map_or((b, t), |r| (1, r.len()));
         if let Some(r) = rows {
             let tensor = Tensor::from_array((vec![1, et as i64], r)).map_err(err)?;
-            feed.push((super::head::ROWS.to_string(), tensor.into()));
+            feed.push((super::head::ROWS.to_string(), tensor.into_dyn()));
         }
         let name = self.name.clone();
-        let mut outputs = self.session.run(feed).map_err(|e| {
+        let failed = |e: ort::Error| {
             // ORT's messages can span lines; errors here are one line.
-            let e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let e = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             StageError::Other(format!(
                 "{name}: run failed on sequences of {t} tokens (is the window longer than the model's context?): {e}"
             ))
-        })?;
-        let logits = outputs.remove("logits").expect("checked at load");
+        };
+        let logits = match &self.bind_logits {
+            // The logits left where the session computed them (a CUDA
+            // device): I/O binding, a fresh one per run so that no output
+            // buffer is shared with the previous batch's value.
+            Some(memory) => {
+                let mut binding = self.session.create_binding().map_err(err)?;
+                for (name, v) in &feed {
+                    binding.bind_input(name.as_str(), v).map_err(err)?;
+                }
+                binding
+                    .bind_output_to_device("logits", memory)
+                    .map_err(err)?;
+                let mut outputs = self.session.run_binding(&binding).map_err(failed)?;
+                outputs.remove("logits").expect("bound above")
+            }
+            None => {
+                let feed: Vec<(String, SessionInputValue)> =
+                    feed.into_iter().map(|(n, v)| (n, v.into())).collect();
+                let mut outputs = self.session.run(feed).map_err(failed)?;
+                outputs.remove("logits").expect("checked at load")
+            }
+        };
         let oshape: Vec<i64> = match logits.dtype() {
             ort::value::ValueType::Tensor { shape, .. } => shape.to_vec(),
             _ => Vec::new(),

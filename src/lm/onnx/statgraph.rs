@@ -33,9 +33,8 @@ fn model(elem: DataType, with_lp: bool) -> ModelProto {
     let mut g = Graph::new();
     let x = kept_rows(&mut g, elem);
     let to64 = || vec![attr_int("to", DataType::Double as i64)];
-    let sum = |g: &mut Graph, x: &str| {
-        g.op("ReduceSum", &[x, "one"], vec![attr_int("keepdims", 1)])
-    };
+    let sum =
+        |g: &mut Graph, x: &str| g.op("ReduceSum", &[x, "one"], vec![attr_int("keepdims", 1)]);
     let max = g.op(
         "ReduceMax",
         &[&x],
@@ -171,12 +170,15 @@ impl StatsGraph {
         assert_eq!(rows.len(), targets.len());
         let err = |e: ort::Error| StageError::Other(format!("{name}: row statistics graph: {e}"));
         let (ty, elem) = logits_type(name, logits)?;
-        let at = match self.sessions.iter().position(|(key, _)| *key == (ty, with_lp)) {
+        let at = match self
+            .sessions
+            .iter()
+            .position(|(key, _)| *key == (ty, with_lp))
+        {
             Some(i) => i,
             None => {
-                let s = small_session(&model(elem, with_lp), self.threads, self.cuda).map_err(
-                    |e| StageError::Other(format!("{name}: row statistics graph: {e}")),
-                )?;
+                let s = small_session(&model(elem, with_lp), self.threads, self.cuda)
+                    .map_err(|e| StageError::Other(format!("{name}: row statistics graph: {e}")))?;
                 self.sessions.push(((ty, with_lp), s));
                 self.sessions.len() - 1
             }
