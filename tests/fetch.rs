@@ -256,6 +256,34 @@ fn float16_and_bfloat16_logits_match_the_float64_reference_within_their_precisio
             for (x, y) in a.iter().zip(&b) {
                 assert!((x - y).abs() <= 4.0 * x.abs().max(1.0) * f32::EPSILON);
             }
+            // The statistics graph (a Cast node too) against the host pass
+            // over the exactly widened logits.
+            let lq = vec![-(700f64).ln(); 700];
+            let targets: Vec<u32> = ids.iter().map(|&i| (i as u32 + 1) % 700).collect();
+            let g = seedconv::lm::onnx::statgraph::StatsGraph::new(1, None, &lq)
+                .run("h", &v, &rows, &targets, 8, false)
+                .unwrap();
+            let mut e = vec![0f32; 700];
+            for (r, s) in g.stats.iter().enumerate() {
+                let s = s.as_ref().unwrap();
+                let mut row = h[r * width..r * width + 700].to_vec();
+                let want = seedconv::analysis::kernels::row_stats_logits(
+                    &mut row,
+                    targets[r] as usize,
+                    8,
+                    &lq,
+                    &mut e,
+                )
+                .unwrap();
+                assert_eq!(s.topk_ids, want.topk_ids, "type {to} row {r}");
+                for (x, y) in [
+                    (s.entropy, want.entropy),
+                    (s.kl_unigram, want.kl_unigram),
+                    (s.log_mass_outside, want.log_mass_outside),
+                ] {
+                    assert!((x - y).abs() < 1e-6, "type {to} row {r}: {x} vs {y}");
+                }
+            }
         }
     }
 }
