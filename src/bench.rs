@@ -503,11 +503,15 @@ pub fn dist(
     }
     let bytes = std::fs::metadata(dir.path().join(dist::FILE))?.len();
     let bare = summary(&runs[0]);
+    let nrows = plan.rows.len() as f64;
     let line = |what: &str, (w, ratio, c): (f64, f64, f64)| {
-        println!("| {what} | {w:.3} | {ratio:.2} | {c:.3} |");
+        println!(
+            "| {what} | {w:.3} | {:.0} | {ratio:.2} | {c:.3} |",
+            nrows / w
+        );
     };
-    println!("| measurement | wall s | vs bare ORT | CPU s |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| measurement | wall s | rows/s | vs bare ORT | CPU s |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     line(
         &format!(
             "bare ORT session runs, graph as exported ({} batches, {} rows)",
@@ -529,7 +533,8 @@ pub fn dist(
     );
     let ort = median(ort);
     println!(
-        "|   of which ORT forward passes (the log-probs and statistics overlap them) | {ort:.3} | {:.2} | |",
+        "|   of which ORT forward passes (the log-probs and statistics overlap them) | {ort:.3} | {:.0} | {:.2} | |",
+        nrows / ort,
         ort / bare.0
     );
     line(
