@@ -433,12 +433,28 @@ pub fn dist(
         f()?;
         Ok((t.elapsed().as_secs_f64(), cpu_seconds() - c))
     };
-    let run_dist = |model: &mut OrtModel, rows: dist::Rows, full| {
-        dist::compute(&plan, model, rows, (vocab, top_k), &lq, full, &out, &|_| {
-            Ok(())
-        })
+    let run_dist = |models: &mut [OrtModel], rows: dist::Rows, full| {
+        dist::compute(
+            &plan,
+            models,
+            rows,
+            (vocab, top_k),
+            &lq,
+            full,
+            &out,
+            &|_| Ok(()),
+        )
     };
-    let mut runs: [Vec<(f64, f64)>; 5] = Default::default();
+    let mut runs: [Vec<(f64, f64)>; 6] = Default::default();
+    // The forward workers dist runs with these threads (`dist::open_workers`).
+    let set = crate::lm::eval::RunSettings {
+        batch_size: batch,
+        threads,
+        device,
+        mlm: None,
+    };
+    let mut workers =
+        dist::open_workers(&set, &model_path, threads, None, plan.batch_logits(vocab))?.0;
     let mut ort = Vec::new();
     for _ in 0..rounds.max(1) {
         runs[0].push(timed(&mut || {
@@ -454,8 +470,29 @@ pub fn dist(
             }
             Ok(())
         })?);
+        runs[5].push(timed(&mut || {
+            let w = workers.len();
+            std::thread::scope(|s| {
+                let plan = &plan;
+                let handles: Vec<_> = workers
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        s.spawn(move || -> Result<()> {
+                            for b in plan.batches.iter().skip(i).step_by(w) {
+                                plan.forward(m, b, vocab)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().expect("worker"))
+            })
+        })?);
         runs[1].push(timed(&mut || {
-            ort.push(run_dist(&mut model, dist::Rows::host(&mut graph), None)?.0);
+            ort.push(run_dist(&mut workers, dist::Rows::host(&mut graph), None)?.0);
             Ok(())
         })?);
         runs[4].push(timed(&mut || {
@@ -463,7 +500,7 @@ pub fn dist(
                 graph: &mut graph,
                 in_graph: sgraph.take(),
             };
-            run_dist(&mut gmodel, rows, None)?;
+            run_dist(std::slice::from_mut(&mut gmodel), rows, None)?;
             sgraph = Some(StatsGraph::new(threads, gmodel.cuda_device(), &lq));
             Ok(())
         })?);
@@ -475,7 +512,7 @@ pub fn dist(
         let _ = std::fs::remove_dir_all(&scratch);
         runs[2].push(timed(&mut || {
             let full = crate::lm::eval::FullWriter::create(&scratch, plan.rows.len(), vocab, None)?;
-            run_dist(&mut model, dist::Rows::host(&mut graph), full)?;
+            run_dist(&mut workers, dist::Rows::host(&mut graph), full)?;
             Ok(())
         })?);
     }
@@ -522,10 +559,17 @@ pub fn dist(
     );
     line(
         &format!(
-            "bare ORT, unembedding pruned to the {} rows read (as dist runs it)",
+            "bare ORT, unembedding pruned to the {} rows read, one session",
             plan.rows.len()
         ),
         summary(&runs[3]),
+    );
+    line(
+        &format!(
+            "bare ORT, pruned, as dist's {} forward worker(s) run it (alternating batches)",
+            workers.len()
+        ),
+        summary(&runs[5]),
     );
     line(
         "dist: forward + log-probs + row statistics + Parquet table",
@@ -542,6 +586,7 @@ pub fn dist(
         summary(&stats),
     );
     line("dist + full array streamed to scratch", summary(&runs[2]));
+
     line(
         "dist, statistics in the ONNX Runtime graph (the CUDA path)",
         summary(&runs[4]),

@@ -569,6 +569,48 @@ fn statistics_in_the_graph_give_the_host_passs_tables_within_tolerance() {
     }
 }
 
+/// Two forward workers (two sessions of one thread, alternating batches:
+/// what a dist instance with two threads runs on a small model) give the
+/// same table bytes as one session, with and without the transient arrays
+/// the kl stage then reads.
+#[test]
+fn two_forward_workers_give_one_sessions_tables_byte_for_byte() {
+    let p = Project::micro();
+    let cfg = suite_config(&common::hf_models(), "[0, 300]");
+    let tables = |p: &Project, stage: &str| -> Vec<Vec<u8>> {
+        let dir = p.store().join(stage).join("current");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|n| n.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        names.sort();
+        names.iter().map(|n| std::fs::read(n).unwrap()).collect()
+    };
+    let mut seen = Vec::new();
+    // Two workers three times: their interleaving varies from run to run.
+    for threads in [1, 2, 2, 2] {
+        // batch_size 1: many batches, so the two workers interleave.
+        p.write_config(
+            &format!("{cfg}threads = {threads}\nbatch_size = 1\n").replace("batch_size = 3\n", ""),
+        );
+        p.ok(&["run", "--force", "dist", "--force", "kl", "kl"]);
+        let m = p.manifest_of("dist", "tiny-seed12-step300.dist.parquet");
+        assert_eq!(
+            m["extra"]["forward_workers"], threads,
+            "threads = {threads}"
+        );
+        let k = p.manifest_of("kl", "tiny-step300.kl.parquet");
+        assert_eq!(k["extra"]["seeds_recomputed"], 0);
+        seen.push((tables(&p, "dist"), tables(&p, "kl")));
+    }
+    assert_eq!(seen[0].0.len(), 4);
+    for s in &seen[1..] {
+        assert!(seen[0] == *s, "two workers changed a dist or kl table");
+    }
+}
+
 /// Float64 log-softmax over the first `n` of `logits`.
 fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
     let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();

@@ -219,7 +219,21 @@ impl Engine {
             cancel: &self.cancel,
             progress: &progress,
         };
-        let result = inst.job.run(&ctx);
+        // A panicking job (a bug) fails its instance like an error: left to
+        // unwind, it ended the scheduler's worker thread and the run waited
+        // for it forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inst.job.run(&ctx)))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(StageError::Other(format!(
+                    "internal error (a bug; please report it): panicked: {}",
+                    what.split_whitespace().collect::<Vec<_>>().join(" ")
+                )))
+            });
         let finish = |extra: serde_json::Value| -> Result<Box<Manifest>, EngineError> {
             let (outputs, stamps) = self.store.seal_outputs(&tmp)?;
             let manifest = Manifest {

@@ -247,6 +247,13 @@ impl EvalPlan {
         }
     }
 
+    /// Bytes of the largest batch's f32 logits over `width` columns at
+    /// every position (an unpruned model's output).
+    pub fn batch_logits(&self, width: usize) -> u64 {
+        let most = self.batches.iter().map(|b| b.windows.len() * b.t).max();
+        (most.unwrap_or(0) * width * 4) as u64
+    }
+
     /// A batch's token ids (masks applied), right-padded to `batch.t`, and
     /// each window's length.
     pub fn inputs(&self, batch: &Batch) -> (Vec<i64>, Vec<usize>) {
