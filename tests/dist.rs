@@ -118,6 +118,45 @@ fn pruned_unembedding_gives_the_exported_graphs_logits_bit_for_bit() {
 }
 
 use common::col;
+
+/// Shipped exports (a seed's steps, position_ids, external data) and the
+/// checkpoint whose float64 reference logits they reproduce.
+const EXPORTS_AND_REFERENCES: [(&str, &str); 4] = [
+    ("neox-seed11/step0", "neox-seed11/step0"),
+    ("neox-seed12/step300", "neox-seed12/step300"),
+    ("variants/with-position-ids", "neox-seed12/step300"),
+    ("variants/dynamo-external-data", "neox-seed12/step300"),
+];
+
+/// From float64 log-probs: the probabilities, the entropy and KL(p ‖ q).
+fn entropy_and_kl(lp: &[f64], lq: &[f64]) -> (Vec<f64>, f64, f64) {
+    let p: Vec<f64> = lp.iter().map(|l| l.exp()).collect();
+    let h = -p.iter().zip(lp).map(|(p, l)| p * l).sum::<f64>();
+    let kl = p
+        .iter()
+        .zip(lp)
+        .zip(lq)
+        .map(|((p, l), q)| p * (l - q))
+        .sum();
+    (p, h, kl)
+}
+
+/// The flattened values of a list column.
+fn list_values<T: Clone + 'static>(b: &arrow::array::RecordBatch, name: &str) -> T {
+    col::<arrow::array::ListArray>(b, name)
+        .values()
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
+        .clone()
+}
+
+/// A skewed unigram log-distribution over `n` tokens (normalised).
+fn skewed_unigram(n: usize) -> Vec<f64> {
+    let raw: Vec<f64> = (0..n).map(|i| -((i % 37) as f64) / 5.0).collect();
+    let z = raw.iter().map(|x| x.exp()).sum::<f64>().ln();
+    raw.iter().map(|x| x - z).collect()
+}
 /// The log-probs (the host kernel and the ONNX Runtime graph) and the vectorised row statistics
 /// that replace the per-element f64 path, against float64 computed here
 /// from the torch reference logits, on every shipped export: padded logits
@@ -129,16 +168,8 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
     let ids = probe_ids();
     let t = ids.len();
     let n = 700;
-    // A skewed unigram over the kept vocabulary (normalised).
-    let lq_raw: Vec<f64> = (0..n).map(|i| -((i % 37) as f64) / 5.0).collect();
-    let z = lq_raw.iter().map(|x| x.exp()).sum::<f64>().ln();
-    let lq: Vec<f64> = lq_raw.iter().map(|x| x - z).collect();
-    for (model, reference) in [
-        ("neox-seed11/step0", "neox-seed11/step0"),
-        ("neox-seed12/step300", "neox-seed12/step300"),
-        ("variants/with-position-ids", "neox-seed12/step300"),
-        ("variants/dynamo-external-data", "neox-seed12/step300"),
-    ] {
+    let lq = skewed_unigram(n);
+    for (model, reference) in EXPORTS_AND_REFERENCES {
         let mut m = OrtModel::from_file(&causal().join(model).join("model.onnx"), 1).unwrap();
         let (logits, _) = m.run(&ids, &[t], t, None).unwrap();
         let rows: Vec<i64> = (0..t as i64).collect();
@@ -190,14 +221,7 @@ fn log_prob_graph_and_row_statistics_match_float64_on_real_exports() {
                 ] {
                     assert!((a - b).abs() < 1e-5, "{model} row {r}: {a} vs {b}");
                 }
-                let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
-                let h = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
-                let kq: f64 = pr
-                    .iter()
-                    .zip(&ref64)
-                    .zip(&lq)
-                    .map(|((p, l), q)| p * (l - q))
-                    .sum();
+                let (_, h, kq) = entropy_and_kl(&ref64, &lq);
                 assert!(
                     (s.entropy - h).abs() < 1e-4,
                     "{model}: entropy {} vs {h}",
@@ -288,15 +312,8 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
     let t = ids.len();
     let n = 700;
     let k = 16;
-    let lq_raw: Vec<f64> = (0..n).map(|i| -((i % 37) as f64) / 5.0).collect();
-    let z = lq_raw.iter().map(|x| x.exp()).sum::<f64>().ln();
-    let lq: Vec<f64> = lq_raw.iter().map(|x| x - z).collect();
-    for (model, reference) in [
-        ("neox-seed11/step0", "neox-seed11/step0"),
-        ("neox-seed12/step300", "neox-seed12/step300"),
-        ("variants/with-position-ids", "neox-seed12/step300"),
-        ("variants/dynamo-external-data", "neox-seed12/step300"),
-    ] {
+    let lq = skewed_unigram(n);
+    for (model, reference) in EXPORTS_AND_REFERENCES {
         let path = causal().join(model).join("model.onnx");
         let want = common::read_npy_f64(
             &causal()
@@ -348,14 +365,7 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
                     assert!((*g as f64 - w).abs() < 2e-4, "{model} row {r}: {g} vs {w}");
                     assert!((g - hv).abs() <= 4.0 * hv.abs().max(1.0) * f32::EPSILON);
                 }
-                let pr: Vec<f64> = ref64.iter().map(|l| l.exp()).collect();
-                let ent = -pr.iter().zip(&ref64).map(|(p, l)| p * l).sum::<f64>();
-                let kq: f64 = pr
-                    .iter()
-                    .zip(&ref64)
-                    .zip(&lq)
-                    .map(|((p, l), q)| p * (l - q))
-                    .sum();
+                let (pr, ent, kq) = entropy_and_kl(&ref64, &lq);
                 let top =
                     divergence::top_k(&ref64.iter().map(|&x| x as f32).collect::<Vec<_>>(), k);
                 let outside: f64 = (0..n)
@@ -473,7 +483,7 @@ fn statistics_in_the_graph_hold_their_tolerance_at_a_50k_vocabulary() {
 /// 1e-6. Each manifest says where its statistics came from.
 #[test]
 fn statistics_in_the_graph_give_the_host_passs_tables_within_tolerance() {
-    use arrow::array::{Float32Array, ListArray, UInt32Array};
+    use arrow::array::{Float32Array, UInt32Array};
     let p = Project::micro();
     let cfg = suite_config(&common::hf_models(), "[0, 300]");
     p.write_config(&cfg);
@@ -523,23 +533,9 @@ fn statistics_in_the_graph_give_the_host_passs_tables_within_tolerance() {
                 );
             }
         }
-        let ids = |b| {
-            col::<ListArray>(b, "topk_ids")
-                .values()
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .unwrap()
-                .clone()
-        };
+        let ids = |b| list_values::<UInt32Array>(b, "topk_ids");
         assert_eq!(ids(&g), ids(h), "{name} top-k ids");
-        let lps = |b| {
-            col::<ListArray>(b, "topk_logprobs")
-                .values()
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .unwrap()
-                .clone()
-        };
+        let lps = |b| list_values::<Float32Array>(b, "topk_logprobs");
         for (a, b) in lps(&g).iter().zip(lps(h).iter()) {
             let (a, b) = (a.unwrap(), b.unwrap());
             assert!(
