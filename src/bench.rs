@@ -577,7 +577,7 @@ pub fn dist(
     );
     let ort = median(ort);
     println!(
-        "|   of which ORT forward passes (the log-probs and statistics overlap them) | {ort:.3} | {:.0} | {:.2} | |",
+        "|   of which ORT forward passes, summed over the workers (the statistics overlap them) | {ort:.3} | {:.0} | {:.2} | |",
         nrows / ort,
         ort / bare.0
     );

@@ -188,8 +188,8 @@ impl Job for DistJob {
             "statistics": if in_graph_used { "graph" } else { "host" },
             "onnxruntime": crate::lm::ortlib::info(),
             "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
-            // Forward passes (this thread) and log-probs + row statistics
-            // (the thread beside it): they overlap.
+            // Forward passes (summed over the workers) and log-probs + row
+            // statistics (the thread beside them): they overlap.
             "seconds_ort": ort_secs,
             "seconds_rows": rows_secs,
             "full_array": wrote_full,
@@ -205,15 +205,16 @@ const TWO_WORKERS_MAX_BYTES: u64 = 512 << 20;
 const TWO_WORKERS_MAX_LOGITS: u64 = 256 << 20;
 
 /// The checkpoint's model for [`compute`]: one session with all the
-/// instance's threads, or on the CPU, for a model of at most 512 MB whose
-/// batches' logits (`batch_logits`: bytes of the largest batch's, every
-/// position) are at most 256 MB, with two threads or more, two sessions with
-/// half the threads each, run on alternating batches. ORT's intra-op threads barely help a small model
-/// (most of its time is per-operator overhead and the threads' meeting
-/// points): on 2 cores two one-thread sessions ran the default d64 model's
-/// batches in 0.63× the time of one two-thread session, and a 50k-vocabulary
-/// d128 model's in the same time (`bench dist`). The logits are the same
-/// bits either way. Returns the models and whether CUDA runs them.
+/// instance's threads; or, on the CPU with two threads or more, for a model
+/// of at most 512 MB whose batches' logits (`batch_logits`: bytes of the
+/// largest batch's at every position) are at most 256 MB, two sessions
+/// with half the threads each, run on alternating batches. ORT's intra-op
+/// threads barely help a small model (most of its time is per-operator
+/// overhead and the threads' meeting points): on 2 cores two one-thread
+/// sessions ran the default d64 model's batches in 0.65× the time of one
+/// two-thread session, a 50k-vocabulary d128 model's in 0.96×
+/// (`bench dist`). The logits are the same bits either way. Returns the
+/// models and whether CUDA runs them.
 pub fn open_workers(
     set: &RunSettings,
     path: &Path,
@@ -245,15 +246,16 @@ pub struct TableOut<'a> {
     pub model_hash: &'a str,
 }
 
-/// Forward passes over every batch on this thread, pipelined with a
-/// second thread that turns each batch's logits into log-probs and row
+/// Forward passes over every batch on this thread (or, with two models,
+/// the even batches here and the odd ones on a thread of its own),
+/// pipelined with a second thread that turns each batch's logits into log-probs and row
 /// statistics (on the pool) while the next batch runs, a third that
 /// appends the statistics to the table (zstd level 1), and a fourth that
 /// streams the log-probs to `full` (when given). A small model's forward
 /// pass keeps about one core busy whatever ORT's thread count, so on the
 /// others the rest costs little wall time; the numbers are the same as one
-/// thread doing it all. Returns the seconds of the forward passes and of
-/// the log-probs with row statistics (overlapping).
+/// thread doing it all. Returns the seconds of the forward passes (summed
+/// over the models) and of the log-probs with row statistics (overlapping).
 #[allow(clippy::too_many_arguments)]
 pub fn compute(
     plan: &EvalPlan,
@@ -328,12 +330,13 @@ pub fn compute(
                 }
             }
         });
-        // A rendezvous per forward worker: at most one batch's logits per
-        // worker exist at once beside the one being read. Worker w runs
-        // batches w, w + W, …; the statistics take them in order.
+        // A channel per forward worker; worker w runs batches w, w + W, …
+        // and the statistics take them in order. One worker: a rendezvous,
+        // so at most two batches' logits exist at once (the one being read,
+        // the next being computed). Two workers each keep one batch in hand
+        // besides: with a rendezvous they waited on the statistics (d32:
+        // 1.19× the bare forward, 1.14× so).
         let workers = models.len();
-        // Two workers each keep one batch in hand: with a rendezvous they
-        // waited on the statistics (d32: 1.19× the bare forward, 1.14× so).
         let cap = usize::from(workers > 1);
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| std::sync::mpsc::sync_channel::<(usize, eval::Forwarded)>(cap))
