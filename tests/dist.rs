@@ -141,16 +141,6 @@ fn entropy_and_kl(lp: &[f64], lq: &[f64]) -> (Vec<f64>, f64, f64) {
     (p, h, kl)
 }
 
-/// The flattened values of a list column.
-fn list_values<T: Clone + 'static>(b: &arrow::array::RecordBatch, name: &str) -> T {
-    col::<arrow::array::ListArray>(b, name)
-        .values()
-        .as_any()
-        .downcast_ref::<T>()
-        .unwrap()
-        .clone()
-}
-
 /// A skewed unigram log-distribution over `n` tokens (normalised).
 fn skewed_unigram(n: usize) -> Vec<f64> {
     let raw: Vec<f64> = (0..n).map(|i| -((i % 37) as f64) / 5.0).collect();
@@ -483,7 +473,6 @@ fn statistics_in_the_graph_hold_their_tolerance_at_a_50k_vocabulary() {
 /// 1e-6. Each manifest says where its statistics came from.
 #[test]
 fn statistics_in_the_graph_give_the_host_passs_tables_within_tolerance() {
-    use arrow::array::{Float32Array, UInt32Array};
     let p = Project::micro();
     let cfg = suite_config(&common::hf_models(), "[0, 300]");
     p.write_config(&cfg);
@@ -506,43 +495,7 @@ fn statistics_in_the_graph_give_the_host_passs_tables_within_tolerance() {
         let m = p.manifest_of("dist", name);
         assert_eq!(m["extra"]["statistics"], "graph", "{name}");
         assert_eq!(m["extra"]["full_array"], true, "{name}");
-        let g = read(&p, "dist", name);
-        assert_eq!(g.num_rows(), h.num_rows());
-        for c in ["row", "target_id"] {
-            assert_eq!(
-                col::<UInt32Array>(&g, c),
-                col::<UInt32Array>(h, c),
-                "{name} {c}"
-            );
-        }
-        for c in [
-            "target_logprob",
-            "entropy",
-            "log_mass_outside",
-            "kl_uniform",
-            "kl_unigram",
-        ] {
-            for (a, b) in col::<Float32Array>(&g, c)
-                .iter()
-                .zip(col::<Float32Array>(h, c))
-            {
-                let (a, b) = (a.unwrap() as f64, b.unwrap() as f64);
-                assert!(
-                    (a - b).abs() <= 1e-6 + 4.0 * f32::EPSILON as f64 * b.abs(),
-                    "{name} {c}: {a} vs {b}"
-                );
-            }
-        }
-        let ids = |b| list_values::<UInt32Array>(b, "topk_ids");
-        assert_eq!(ids(&g), ids(h), "{name} top-k ids");
-        let lps = |b| list_values::<Float32Array>(b, "topk_logprobs");
-        for (a, b) in lps(&g).iter().zip(lps(h).iter()) {
-            let (a, b) = (a.unwrap(), b.unwrap());
-            assert!(
-                (a - b).abs() <= 4.0 * b.abs().max(1.0) * f32::EPSILON,
-                "{name}: {a} vs {b}"
-            );
-        }
+        common::assert_dist_tables_close(&read(&p, "dist", name), h, name);
     }
     for (t, h) in [0, 300].iter().zip(&host_kl) {
         let m = p.manifest_of("kl", &format!("tiny-step{t}.kl.parquet"));

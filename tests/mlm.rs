@@ -184,6 +184,32 @@ fn check(scoring: &str, special: bool) {
     assert!(s.join("report/current/report.html").exists());
 }
 
+/// The statistics graph (the CUDA path) on masked-LM exports, both
+/// scorings (masked: one copy per row, read at the mask): the host pass's
+/// tables within the stated tolerances.
+#[test]
+fn statistics_in_the_graph_match_the_host_pass_on_masked_lms() {
+    for scoring in ["unmasked", "masked"] {
+        let p = Project::micro();
+        let cfg = config(scoring, false);
+        p.write_config(&cfg);
+        p.ok(&["run", "dist"]);
+        let names = [
+            "tiny-seed21-step0.dist.parquet",
+            "tiny-seed22-step0.dist.parquet",
+        ];
+        let read =
+            |n: &str| seedconv::table::read(&p.store().join("dist/current").join(n)).unwrap();
+        let host: Vec<_> = names.iter().map(|n| read(n)).collect();
+        p.write_config(&format!("{cfg}statistics = \"graph\"\n"));
+        p.ok(&["run", "--force", "dist", "dist"]);
+        for (n, h) in names.iter().zip(&host) {
+            assert_eq!(p.manifest_of("dist", n)["extra"]["statistics"], "graph");
+            common::assert_dist_tables_close(&read(n), h, &format!("{scoring} {n}"));
+        }
+    }
+}
+
 #[test]
 fn unmasked_scoring_matches_a_float64_reference() {
     check("unmasked", false);

@@ -377,3 +377,62 @@ pub fn assert_model_hash(dist_table: &Path, model: &Path) {
         dist_table.display()
     );
 }
+
+/// The flattened values of a list column.
+pub fn list_values<T: Clone + 'static>(b: &arrow::array::RecordBatch, name: &str) -> T {
+    col::<arrow::array::ListArray>(b, name)
+        .values()
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
+        .clone()
+}
+
+/// Two dist tables of the same checkpoint, one from the statistics graph
+/// and one from the host pass (`h`): the same rows, targets and top-k ids,
+/// statistics within 1e-6 nats (and 4 ulp of their size), top-k log-probs
+/// within 4 ulp.
+pub fn assert_dist_tables_close(
+    g: &arrow::array::RecordBatch,
+    h: &arrow::array::RecordBatch,
+    name: &str,
+) {
+    use arrow::array::{Float32Array, UInt32Array};
+    assert_eq!(g.num_rows(), h.num_rows(), "{name}");
+    assert!(g.num_rows() > 0, "{name}");
+    for c in ["row", "target_id"] {
+        assert_eq!(
+            col::<UInt32Array>(g, c),
+            col::<UInt32Array>(h, c),
+            "{name} {c}"
+        );
+    }
+    for c in [
+        "target_logprob",
+        "entropy",
+        "log_mass_outside",
+        "kl_uniform",
+        "kl_unigram",
+    ] {
+        for (a, b) in col::<Float32Array>(g, c)
+            .iter()
+            .zip(col::<Float32Array>(h, c))
+        {
+            let (a, b) = (a.unwrap() as f64, b.unwrap() as f64);
+            assert!(
+                (a - b).abs() <= 1e-6 + 4.0 * f32::EPSILON as f64 * b.abs(),
+                "{name} {c}: {a} vs {b}"
+            );
+        }
+    }
+    let ids = |b| list_values::<UInt32Array>(b, "topk_ids");
+    assert_eq!(ids(g), ids(h), "{name} top-k ids");
+    let lps = |b| list_values::<Float32Array>(b, "topk_logprobs");
+    for (a, b) in lps(g).iter().zip(lps(h).iter()) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            (a - b).abs() <= 4.0 * b.abs().max(1.0) * f32::EPSILON,
+            "{name}: {a} vs {b}"
+        );
+    }
+}
