@@ -334,7 +334,7 @@ fn statistics_in_the_graph_match_float64_on_real_exports() {
         for (logits, at) in [(&all, &flat), (&some, &identity), (&bound, &identity)] {
             let mut g = StatsGraph::new(1, None, &lq);
             let got = g.run(model, logits, at, &targets, k, true).unwrap();
-            let lp = got.log_probs.unwrap();
+            let lp = got.log_probs_f32().unwrap();
             assert_eq!(lp.len(), rows.len() * n);
             let mut e = vec![0f32; n];
             for (i, &r) in rows.iter().enumerate() {

@@ -275,6 +275,7 @@ pub fn compute(
         enum Block {
             Array(Vec<f32>),
             Output(eval::Forwarded),
+            Value(ort::value::DynValue),
         }
         let (tx_full, rx_full) = std::sync::mpsc::sync_channel::<Block>(2);
         // Written arrays go back to the statistics thread for reuse.
@@ -288,6 +289,10 @@ pub fn compute(
                             let _ = tx_back.send(a);
                         }
                         Block::Output(fwd) => fwd.write_rows(n, &mut w)?,
+                        Block::Value(v) => match v.try_extract_tensor::<f32>() {
+                            Ok((_, d)) => w.write(d)?,
+                            Err(e) => return Err(StageError::Other(format!("log-probs: {e}"))),
+                        },
                     }
                 }
                 Ok(w)
@@ -361,6 +366,7 @@ pub fn compute(
                 let block = match lp {
                     LogProbs::Array(a) => Some(Block::Array(a)),
                     LogProbs::InPlace => Some(Block::Output(fwd)),
+                    LogProbs::Value(v) => Some(Block::Value(v)),
                     LogProbs::None => None,
                 };
                 let sent = match (&to_full, block) {
@@ -485,6 +491,8 @@ pub enum LogProbs {
     Array(Vec<f32>),
     /// In the batch's logits, each row's first n ([`eval::Forwarded::write_rows`]).
     InPlace,
+    /// The statistics graph's output value ([rows, n], host memory).
+    Value(ort::value::DynValue),
     /// Not kept (statistics in the graph, no full array wanted).
     None,
 }
@@ -505,7 +513,7 @@ pub fn graph_stats(
         let b = g.run(name, logits, rows, targets, k, want_lp)?;
         Ok((b.log_probs, b.stats))
     })?;
-    Ok((lp.map_or(LogProbs::None, LogProbs::Array), st))
+    Ok((lp.map_or(LogProbs::None, LogProbs::Value), st))
 }
 
 /// The log-probs and statistics of batch `bi`'s rows, from its logits in

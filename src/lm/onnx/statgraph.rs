@@ -134,10 +134,19 @@ pub struct StatsGraph {
 }
 
 /// What one batch gave: per row its statistics (`None` where a logit is
-/// not finite), and the log-probs [rows, n] when asked for.
+/// not finite), and the log-probs [rows, n] when asked for, as ORT's
+/// output value (host memory: written from there, not copied out).
 pub struct BatchStats {
     pub stats: Vec<Option<RowStats>>,
-    pub log_probs: Option<Vec<f32>>,
+    pub log_probs: Option<DynValue>,
+}
+
+impl BatchStats {
+    /// The log-probs [rows, n], row-major, when asked for.
+    pub fn log_probs_f32(&self) -> Option<&[f32]> {
+        let v = self.log_probs.as_ref()?;
+        v.try_extract_tensor::<f32>().ok().map(|(_, d)| d)
+    }
 }
 
 impl StatsGraph {
@@ -215,7 +224,7 @@ impl StatsGraph {
         let ids = out.remove("topk_ids").expect("declared output");
         let (_, ids) = ids.try_extract_tensor::<i64>().map_err(err)?;
         let log_probs = if with_lp {
-            Some(f32s(&mut out, "logprobs")?)
+            out.remove("logprobs")
         } else {
             None
         };
