@@ -407,7 +407,7 @@ pub fn dist(
         gmodel.keep_logits_on_device()?;
     }
     let lq = vec![-(vocab as f64).ln(); vocab];
-    let mut sgraph = Some(StatsGraph::new(threads, gmodel.cuda_device(), &lq));
+    let mut sgraph = StatsGraph::new(threads, gmodel.cuda_device(), &lq);
     let mut graph = crate::lm::onnx::logprobs::LogProbGraph::new(threads);
     let ckpt = crate::suite::Checkpoint {
         size: "bench".into(),
@@ -498,10 +498,9 @@ pub fn dist(
         runs[4].push(timed(&mut || {
             let rows = dist::Rows {
                 graph: &mut graph,
-                in_graph: sgraph.take(),
+                in_graph: Some(&mut sgraph),
             };
             run_dist(std::slice::from_mut(&mut gmodel), rows, None)?;
-            sgraph = Some(StatsGraph::new(threads, gmodel.cuda_device(), &lq));
             Ok(())
         })?);
         // A fresh folder each round, as each dist instance writes its own;

@@ -143,7 +143,7 @@ impl Job for DistJob {
             Statistics::Host => false,
             Statistics::Graph => true,
         };
-        let in_graph = if in_graph {
+        let mut in_graph = if in_graph {
             if cuda {
                 model.keep_logits_on_device()?;
             }
@@ -158,14 +158,13 @@ impl Job for DistJob {
             ckpt: &self.ckpt,
             model_hash: &model_hash,
         };
-        let in_graph_used = in_graph.is_some();
         let workers = models.len();
         let (ort_secs, rows_secs) = compute(
             &plan,
             &mut models,
             Rows {
                 graph: &mut graph,
-                in_graph,
+                in_graph: in_graph.as_mut(),
             },
             (n, self.top_k),
             &lq,
@@ -185,7 +184,7 @@ impl Job for DistJob {
             // ORT sessions run on alternating batches (`open_workers`).
             "forward_workers": workers,
             // Where the row statistics were computed (`dist.statistics`).
-            "statistics": if in_graph_used { "graph" } else { "host" },
+            "statistics": if in_graph.is_some() { "graph" } else { "host" },
             "onnxruntime": crate::lm::ortlib::info(),
             "gpu": crate::lm::ortlib::gpu_name(cuda, ctx.gpu),
             // Forward passes (summed over the workers) and log-probs + row
@@ -472,7 +471,7 @@ pub fn compute(
 /// the statistics graph on the model's device.
 pub struct Rows<'a> {
     pub graph: &'a mut LogProbGraph,
-    pub in_graph: Option<StatsGraph>,
+    pub in_graph: Option<&'a mut StatsGraph>,
 }
 
 impl<'a> Rows<'a> {

@@ -133,6 +133,15 @@ pub struct StatsGraph {
     lq: Vec<f64>,
 }
 
+/// A declared output of the graph, copied out of ORT's value.
+fn take<T: ort::value::PrimitiveTensorElementType + Copy>(
+    out: &mut ort::session::SessionOutputs,
+    key: &str,
+) -> Result<Vec<T>, ort::Error> {
+    let v = out.remove(key).expect("declared output");
+    v.try_extract_tensor::<T>().map(|(_, d)| d.to_vec())
+}
+
 /// What one batch gave: per row its statistics (`None` where a logit is
 /// not finite), and the log-probs [rows, n] when asked for, as ORT's
 /// output value (host memory: written from there, not copied out).
@@ -206,23 +215,11 @@ impl StatsGraph {
                 "lq" => lq,
             ])
             .map_err(err)?;
-        let f32s = |out: &mut ort::session::SessionOutputs, key: &str| {
-            let v = out.remove(key).expect("declared output");
-            v.try_extract_tensor::<f32>()
-                .map(|(_, d)| d.to_vec())
-                .map_err(err)
-        };
-        let [pl, pq, rest] = SUMS.map(|s| {
-            let v = out.remove(s).expect("declared output");
-            v.try_extract_tensor::<f64>()
-                .map(|(_, d)| d.to_vec())
-                .map_err(err)
-        });
-        let (pl, pq, rest) = (pl?, pq?, rest?);
-        let target = f32s(&mut out, "target_lp")?;
-        let top_lp = f32s(&mut out, "topk_lp")?;
-        let ids = out.remove("topk_ids").expect("declared output");
-        let (_, ids) = ids.try_extract_tensor::<i64>().map_err(err)?;
+        let [pl, pq, rest] = SUMS.map(|s| take::<f64>(&mut out, s));
+        let (pl, pq, rest) = (pl.map_err(err)?, pq.map_err(err)?, rest.map_err(err)?);
+        let target = take::<f32>(&mut out, "target_lp").map_err(err)?;
+        let top_lp = take::<f32>(&mut out, "topk_lp").map_err(err)?;
+        let ids = take::<i64>(&mut out, "topk_ids").map_err(err)?;
         let log_probs = if with_lp {
             out.remove("logprobs")
         } else {
