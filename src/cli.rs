@@ -243,7 +243,7 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
         /// Entries of each row's top list in the table (`dist.top_k`).
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = crate::config::DEFAULT_TOP_K as u64, value_parser = clap::value_parser!(u64).range(1..))]
         top_k: u64,
         /// Every model on the CUDA execution provider (an error without
         /// one); the baseline's logits stay on the device (I/O binding).

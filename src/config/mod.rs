@@ -27,6 +27,7 @@ pub use inputs::{
 };
 pub use measure::{
     AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource, Statistics,
+    DEFAULT_TOP_K,
 };
 pub use report::{Band, ReportConfig};
 pub use suite::{FetchConfig, Keep, SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};

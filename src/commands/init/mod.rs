@@ -340,7 +340,7 @@ pub fn init(config: &Path, args: &InitArgs) -> Result<()> {
         )?;
     }
     writeln!(w, "\n[dist]")?;
-    writeln!(w, "top_k = 64")?;
+    writeln!(w, "top_k = {}", crate::config::DEFAULT_TOP_K)?;
     writeln!(w, "device = \"auto\"        # CUDA when available")?;
     if sig.mlm {
         writeln!(w, "mlm_scoring = \"unmasked\"   # the authors' reading; \"masked\": one masked copy per token")?;
