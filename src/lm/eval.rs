@@ -344,13 +344,9 @@ impl EvalPlan {
         n: usize,
         per_row: &PerRow<'_, T>,
     ) -> Result<(Vec<f32>, Vec<T>), StageError> {
-        let rows: Vec<i64> = if f.gathered {
-            (0..batch.reads.len() as i64).collect()
-        } else {
-            flat_rows(batch)
-        };
-        let (lp, results) = graph.run_rows(&f.name, &f.logits, &rows, n, per_row)?;
-        Ok((lp, self.all_finite(f, batch, n, results)?))
+        self.graph_rows(f, batch, n, |name, logits, rows| {
+            graph.run_rows(name, logits, rows, n, per_row)
+        })
     }
 
     /// The rows read of a forwarded batch through the caller's own graph

@@ -59,7 +59,7 @@ fn model(elem: DataType, with_lp: bool) -> ModelProto {
     // Σ e·lp and Σ e·log q over s, with lp as rounded to f32.
     let lp_r = g.op("Cast", &[lp], to64());
     let out = |g: &mut Graph, num: &str, name: &str| {
-        let num = g.op("ReduceSum", &[num, "one"], vec![attr_int("keepdims", 1)]);
+        let num = sum(g, num);
         let v = g.op("Div", &[&num, &s], vec![]);
         g.op_outputs("Squeeze", &[&v, "one"], &[name], vec![]);
     };
