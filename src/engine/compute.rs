@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::executor::{Outcome, Reporter};
 use super::job::{Instance, JobCtx};
-use super::scheduler::{Outcome, Reporter};
 use super::store::{self, EntryLock, EntryState, Ingredients, Manifest};
 use super::Engine;
 use crate::error::{EngineError, StageError};

@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::executor::{Outcome, Reporter, Work};
 use super::plan::Plan;
-use super::scheduler::{Outcome, Reporter, Work};
 use super::Engine;
 
 pub struct Eviction {
