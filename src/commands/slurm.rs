@@ -8,11 +8,13 @@ use anyhow::Result;
 
 use super::{RunFailed, Session, UsageError};
 use crate::cli::SlurmTaskArgs;
-use crate::engine::slurm::{task, Slurm, SlurmSpec, RUNS};
+use crate::engine::batch::slurm::Slurm;
+use crate::engine::batch::BatchSystem;
+use crate::engine::batch::{self, task, Batch, BatchSpec, TaskState};
 use crate::engine::{Outcome, RunOptions, Silent};
 
 /// The executor for this session's config; the run folder is new.
-pub fn executor(s: &Session) -> Result<Slurm> {
+pub fn executor(s: &Session) -> Result<Batch<Slurm>> {
     let c = &s.loaded.config.executor.slurm;
     let mut args = Vec::new();
     for (flag, v) in [
@@ -69,8 +71,9 @@ pub fn executor(s: &Session) -> Result<Slurm> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    Ok(Slurm {
-        spec: SlurmSpec {
+    Ok(Batch {
+        system: Slurm,
+        spec: BatchSpec {
             args,
             stage_args,
             max_array_size: c.max_array_size,
@@ -78,14 +81,12 @@ pub fn executor(s: &Session) -> Result<Slurm> {
             task_argv,
             workdir: std::env::current_dir()?,
         },
-        run_dir: store
-            .join(RUNS)
-            .join(format!("{stamp}-{}", std::process::id())),
+        run_dir: batch::runs_dir(&store, &Slurm).join(format!("{stamp}-{}", std::process::id())),
     })
 }
 
 /// `run --detach`: submit what is stale and return.
-pub fn detach(s: &Session, ex: &Slurm, opts: &RunOptions, json: bool) -> Result<()> {
+pub fn detach(s: &Session, ex: &Batch<Slurm>, opts: &RunOptions, json: bool) -> Result<()> {
     let sub = s
         .engine
         .with_work(&s.plan, opts, |w| ex.submit(&s.engine, w))??;
@@ -165,23 +166,21 @@ pub fn slurm_task(s: &Session, args: &SlurmTaskArgs) -> Result<()> {
 /// 12_3 (log …)`. Empty where Slurm is not installed.
 pub fn live_tasks(s: &Session) -> std::collections::HashMap<String, (bool, String)> {
     let mut out = std::collections::HashMap::new();
-    let runs = crate::engine::slurm::unfinished_runs(&s.loaded.store_dir());
+    let runs = batch::unfinished_runs(&batch::runs_dir(&s.loaded.store_dir(), &Slurm));
     let jobs: Vec<String> = runs.iter().flat_map(|(_, r)| r.jobs()).collect();
-    let Ok(states) = crate::engine::slurm::cluster::task_states(&jobs) else {
+    let Ok(states) = Slurm.states(&jobs) else {
         return out;
     };
     for (dir, r) in &runs {
         for a in &r.arrays {
             for (t, id) in a.tasks.iter().enumerate() {
                 let task = format!("{}_{t}", a.job);
-                let Some(state) = states.get(&task) else {
-                    continue;
+                let queued = match states.get(&(a.job.clone(), t)) {
+                    Some(TaskState::Queued) => true,
+                    Some(TaskState::Running) => false,
+                    _ => continue,
                 };
-                if crate::engine::slurm::cluster::ended(state) {
-                    continue;
-                }
-                let queued = state != "RUNNING";
-                let log = crate::engine::slurm::log_path(dir, &a.name, t);
+                let log = batch::log_path(dir, &a.name, t);
                 let what = if queued { "queued" } else { "running" };
                 out.insert(
                     id.clone(),

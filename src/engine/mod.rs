@@ -14,14 +14,15 @@
 //! runs when and where), `store` and `hashcache` (entries and the file-hash
 //! memo) over `fsutil`.
 
+pub mod batch;
 pub mod compute;
 pub mod evict;
+pub mod executor;
 pub mod fsutil;
 pub mod hashcache;
 pub mod job;
 pub mod plan;
 pub mod scheduler;
-pub mod slurm;
 pub mod store;
 pub mod verdict;
 
@@ -37,9 +38,10 @@ use hashcache::HashCache;
 use store::{Ingredients, Store};
 
 pub use compute::Claim;
+pub use executor::{Executor, Outcome, Reporter, RunOptions, RunReport, Silent, Work};
 pub use job::{instance_id, Instance, Job, JobCtx};
 pub use plan::Plan;
-pub use scheduler::{Executor, Local, Outcome, Reporter, RunOptions, RunReport, Silent, Work};
+pub use scheduler::Local;
 pub use verdict::{Reason, Verdict};
 
 /// The engine bound to a store.

@@ -1,48 +1,96 @@
-//! The Slurm executor: the plan's stale instances as one job array per
-//! stage (chunked under the cluster's `MaxArraySize`), each array after the
-//! arrays its instances depend on, then followed to the end with `squeue`.
+//! Batch executors: the plan's stale instances as one job array per stage
+//! (chunked under the system's largest array), each array after the arrays
+//! its instances depend on, then followed to the end. What any batch system
+//! needs lives here; what is one system's (its commands, its script header,
+//! its states) is a [`BatchSystem`], one file each: [`slurm`].
 //!
 //! A task computes one instance through [`task::run_task`]: same key, lock
 //! and atomic write as a local run, its key resolved when it starts (a
 //! downstream key depends on upstream output hashes that exist only then).
-//! Arrays depend on each other with `afterany`, not `afterok`: a failed
-//! instance then holds back only what needs it (its dependents' tasks end at
-//! once, skipped, naming it), as in a local run, instead of every task of
-//! every later array.
+//! Arrays depend on each other "after any" end, not "after success": a
+//! failed instance then holds back only what needs it (its dependents' tasks
+//! end at once, skipped, naming it), as in a local run, instead of every
+//! task of every later array.
 //!
-//! Everything a run writes lies in its run folder (`<store>/.slurm/<run>/`):
+//! Everything a run writes lies in its run folder (`<store>/.<system>/<run>/`):
 //! `run.json` (arrays, job ids, tasks), one `<array>.sh` per array, and per
 //! task `<array>-<task>.log` and `<array>-<task>.result.json`.
 
-pub mod cluster;
+pub mod slurm;
 pub mod task;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::executor::{Executor, Outcome, Reporter, Work};
 use super::fsutil::write_atomic;
-use super::scheduler::{Executor, Outcome, Reporter, Work};
 use super::{Engine, Verdict};
 use crate::error::EngineError;
 use task::TaskResult;
 
+/// Where a task stands, as a batch system reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    Queued,
+    Running,
+    /// Ended, with the system's word for how (COMPLETED, FAILED, …).
+    Ended(String),
+}
+
+/// One array's batch script, as the system's header needs it.
+pub struct ArrayScript<'a> {
+    pub stage: &'a str,
+    /// Array name (`<stage>` or `<stage>-c<k>`): logs go to
+    /// `<run_dir>/<name>-<task>.log` ([`log_path`]).
+    pub name: &'a str,
+    pub tasks: usize,
+    pub run_dir: &'a Path,
+    pub workdir: &'a Path,
+    /// Submission arguments of every task of the array.
+    pub args: Vec<&'a str>,
+}
+
+/// What one batch system (Slurm, PBS, LSF, Kubernetes jobs) is to the
+/// executor: how to submit an array, ask how its tasks stand, cancel it.
+pub trait BatchSystem: Send + Sync {
+    /// Its name in messages ("Slurm"); lower-cased, its runs' folder.
+    fn name(&self) -> &'static str;
+    /// The largest array it takes (tasks 0 to it − 1).
+    fn max_array_size(&self) -> Result<usize, EngineError>;
+    /// The script's lines before its command: interpreter, job name, array
+    /// range, log files, working folder, `args`.
+    fn header(&self, script: &ArrayScript) -> Vec<String>;
+    /// The shell expression of the task's index inside the script.
+    fn task_index(&self) -> &'static str;
+    /// Submit a script to run after every job of `after` has ended (in any
+    /// way); its job id.
+    fn submit(&self, script: &Path, after: &[&str]) -> Result<String, EngineError>;
+    /// Every task of `jobs` the system still knows, by (job, task index).
+    fn states(&self, jobs: &[String]) -> Result<HashMap<(String, usize), TaskState>, EngineError>;
+    /// Cancel every task of `jobs`.
+    fn cancel(&self, jobs: &[String]) -> Result<(), EngineError>;
+}
+
 const RECORD: &str = "run.json";
 const RESULT_SUFFIX: &str = ".result.json";
-/// Folder of the runs, under the store.
-pub const RUNS: &str = ".slurm";
+
+/// Folder of a system's runs, under the store: `.slurm`.
+pub fn runs_dir(store: &Path, system: &dyn BatchSystem) -> PathBuf {
+    store.join(format!(".{}", system.name().to_lowercase()))
+}
 
 /// How to submit: everything but the plan.
 #[derive(Debug, Clone)]
-pub struct SlurmSpec {
-    /// `sbatch` arguments of every task (partition, account, time, …).
+pub struct BatchSpec {
+    /// Submission arguments of every task (partition, account, time, …).
     pub args: Vec<String>,
-    /// More `sbatch` arguments per stage (cpus, mem, gpus, time).
+    /// More submission arguments per stage (cpus, mem, gpus, time).
     pub stage_args: BTreeMap<String, Vec<String>>,
-    /// Largest array; 0: the cluster's `MaxArraySize`.
+    /// Largest array; 0: the system's own limit.
     pub max_array_size: usize,
     pub poll: Duration,
     /// The task command; `<run dir> <array> <task index>` are appended.
@@ -64,7 +112,7 @@ pub struct ArrayRecord {
     pub forced: BTreeSet<usize>,
 }
 
-/// What one `run --executor slurm` submitted (`run.json`).
+/// What one batch run submitted (`run.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunRecord {
     pub submitted_unix: f64,
@@ -92,10 +140,10 @@ impl RunRecord {
     }
 }
 
-/// The runs recorded in a store that no run followed to the end (submitted
+/// The runs recorded in a runs folder ([`runs_dir`]) that no run followed to the end (submitted
 /// with `--detach`, or whose follower was stopped), newest last.
-pub fn unfinished_runs(store: &Path) -> Vec<(PathBuf, RunRecord)> {
-    let mut v: Vec<(PathBuf, RunRecord)> = std::fs::read_dir(store.join(RUNS))
+pub fn unfinished_runs(runs: &Path) -> Vec<(PathBuf, RunRecord)> {
+    let mut v: Vec<(PathBuf, RunRecord)> = std::fs::read_dir(runs)
         .into_iter()
         .flatten()
         .flatten()
@@ -111,8 +159,10 @@ pub fn log_path(run_dir: &Path, array: &str, task: usize) -> PathBuf {
     run_dir.join(format!("{array}-{task}.log"))
 }
 
-pub struct Slurm {
-    pub spec: SlurmSpec,
+/// The batch executor on one system.
+pub struct Batch<S: BatchSystem> {
+    pub system: S,
+    pub spec: BatchSpec,
     /// This run's folder (created on submission).
     pub run_dir: PathBuf,
 }
@@ -120,15 +170,15 @@ pub struct Slurm {
 /// What submitting left to follow.
 pub struct Submitted {
     pub record: RunRecord,
-    /// Outcomes known without Slurm (fresh instances reused).
+    /// Outcomes known without the batch system (fresh instances reused).
     pub outcomes: Vec<Option<Outcome>>,
     /// Instance index of each (array, task).
     pub tasks: Vec<(usize, usize, usize)>,
 }
 
-impl Slurm {
+impl<S: BatchSystem> Batch<S> {
     /// Submit the stale selected instances of `work`: one array per stage
-    /// (or per chunk of `MaxArraySize`), each depending on the arrays that
+    /// (or per chunk of the largest array), each depending on the arrays that
     /// hold its instances' upstream. Fresh instances are reused, not
     /// submitted; nothing is submitted when nothing is stale.
     pub fn submit(&self, engine: &Engine, work: &Work) -> Result<Submitted, EngineError> {
@@ -163,7 +213,7 @@ impl Slurm {
             });
         }
         let max = match self.spec.max_array_size {
-            0 => cluster::max_array_size()?,
+            0 => self.system.max_array_size()?,
             n => n,
         }
         .max(1);
@@ -185,16 +235,12 @@ impl Slurm {
                     .map(|&a| record.arrays[a].job.as_str())
                     .collect();
                 let script = self.write_script(&name, stage, chunk.len())?;
-                let mut args = Vec::new();
-                if !deps.is_empty() {
-                    let ids: Vec<&str> = deps.into_iter().collect();
-                    args.push(format!("--dependency=afterany:{}", ids.join(":")));
-                }
-                let job = match cluster::sbatch(&script, &args) {
+                let after: Vec<&str> = deps.into_iter().collect();
+                let job = match self.system.submit(&script, &after) {
                     Ok(j) => j,
                     Err(e) => {
                         // Nothing half-submitted keeps running.
-                        let _ = cluster::scancel(&record.jobs());
+                        let _ = self.system.cancel(&record.jobs());
                         return Err(e);
                     }
                 };
@@ -226,28 +272,28 @@ impl Slurm {
     /// The batch script of one array of `n` tasks.
     fn write_script(&self, name: &str, stage: &str, n: usize) -> Result<PathBuf, EngineError> {
         let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-        let dir = self.run_dir.display().to_string();
-        let mut lines = vec![
-            "#!/bin/bash".to_string(),
-            format!("#SBATCH --job-name=seedconv-{stage}"),
-            format!("#SBATCH --array=0-{}", n - 1),
-            format!("#SBATCH --output={dir}/{name}-%a.log"),
-            format!("#SBATCH --chdir={}", self.spec.workdir.display()),
-        ];
-        for a in self
+        let args = self
             .spec
             .args
             .iter()
             .chain(self.spec.stage_args.get(stage).into_iter().flatten())
-        {
-            lines.push(format!("#SBATCH {a}"));
-        }
+            .map(String::as_str)
+            .collect();
+        let mut lines = self.system.header(&ArrayScript {
+            stage,
+            name,
+            tasks: n,
+            run_dir: &self.run_dir,
+            workdir: &self.spec.workdir,
+            args,
+        });
         let argv: Vec<String> = self.spec.task_argv.iter().map(|a| q(a)).collect();
         lines.push(format!(
-            "exec {} {} {} \"$SLURM_ARRAY_TASK_ID\"",
+            "exec {} {} {} \"{}\"",
             argv.join(" "),
-            q(&dir),
-            q(name)
+            q(&self.run_dir.display().to_string()),
+            q(name),
+            self.system.task_index()
         ));
         let path = self.run_dir.join(format!("{name}.sh"));
         write_atomic(&path, (lines.join("\n") + "\n").as_bytes())?;
@@ -273,13 +319,13 @@ impl Slurm {
         let mut misses = 0u32;
         while !open.is_empty() {
             if engine.cancel.load(Ordering::Relaxed) {
-                cluster::scancel(&jobs)?;
+                self.system.cancel(&jobs)?;
                 for &(_, _, i) in &open {
                     sub.outcomes[i] = Some(Outcome::Cancelled);
                 }
                 return Ok(sub.outcomes);
             }
-            let states = match cluster::task_states(&jobs) {
+            let states = match self.system.states(&jobs) {
                 Ok(s) => {
                     misses = 0;
                     s
@@ -296,19 +342,21 @@ impl Slurm {
             let mut still = Vec::new();
             for (a, t, i) in open {
                 let array = &sub.record.arrays[a];
-                let state = states
-                    .get(&format!("{}_{t}", array.job))
-                    .map(String::as_str);
+                let state = states.get(&(array.job.clone(), t));
                 let id = plan.instances[i].id();
                 match state {
-                    Some(s) if !cluster::ended(s) => {
-                        if s == "RUNNING" && !started.contains_key(&i) {
+                    Some(s @ (TaskState::Queued | TaskState::Running)) => {
+                        if *s == TaskState::Running && !started.contains_key(&i) {
                             started.insert(i, Instant::now());
                             reporter.begin(&id);
                         }
                         still.push((a, t, i));
                     }
                     _ => {
+                        let state = match state {
+                            Some(TaskState::Ended(s)) => Some(s.as_str()),
+                            _ => None,
+                        };
                         let (o, secs) = self.outcome(engine, array, t, state);
                         // The task's own time; else as seen from here.
                         let secs = secs.unwrap_or_else(|| {
@@ -336,7 +384,7 @@ impl Slurm {
         Ok(sub.outcomes)
     }
 
-    /// How task `t` of `array` ended (its result file, else what Slurm
+    /// How task `t` of `array` ended (its result file, else what the system
     /// says), and the seconds it took when it says.
     fn outcome(
         &self,
@@ -353,6 +401,7 @@ impl Slurm {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
         let state = state.unwrap_or("ENDED");
+        let system = self.system.name();
         let seconds = result.as_ref().map(|r| r.seconds);
         let o = match result {
             Some(r) if r.outcome == "computed" || r.outcome == "reused" => {
@@ -369,12 +418,12 @@ impl Slurm {
             }
             Some(r) if r.outcome == "skipped" => Outcome::Skipped(r.message.unwrap_or_default()),
             Some(r) => Outcome::Failed(format!(
-                "Slurm {state}: {}; log {}",
+                "{system} {state}: {}; log {}",
                 r.message.unwrap_or_default(),
                 log.display()
             )),
             None => Outcome::Failed(format!(
-                "Slurm {state}, no result (killed or never started); log {}",
+                "{system} {state}, no result (killed or never started); log {}",
                 log.display()
             )),
         };
@@ -382,7 +431,7 @@ impl Slurm {
     }
 }
 
-impl Executor for Slurm {
+impl<S: BatchSystem> Executor for Batch<S> {
     fn execute(
         &self,
         engine: &Engine,
@@ -398,9 +447,10 @@ impl Executor for Slurm {
         }
         if !sub.record.arrays.is_empty() {
             tracing::info!(
-                "submitted {} tasks in {} Slurm arrays (jobs {}); following",
+                "submitted {} tasks in {} {} arrays (jobs {}); following",
                 sub.tasks.len(),
                 sub.record.arrays.len(),
+                self.system.name(),
                 sub.record.jobs().join(", ")
             );
         }

@@ -1,11 +1,67 @@
-//! The Slurm commands the executor calls: `sbatch`, `squeue`, `scontrol`,
-//! `scancel`. Each failure is one line naming the command.
+//! Slurm as a [`BatchSystem`]: `sbatch` job arrays (`#SBATCH` header,
+//! `$SLURM_ARRAY_TASK_ID`), `squeue`, `scontrol`, `scancel`. Each failure
+//! is one line naming the command.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use super::{ArrayScript, BatchSystem, TaskState};
 use crate::error::EngineError;
+
+/// The Slurm cluster this machine submits to.
+pub struct Slurm;
+
+impl BatchSystem for Slurm {
+    fn name(&self) -> &'static str {
+        "Slurm"
+    }
+    fn max_array_size(&self) -> Result<usize, EngineError> {
+        max_array_size()
+    }
+    fn header(&self, a: &ArrayScript) -> Vec<String> {
+        let dir = a.run_dir.display();
+        let mut lines = vec![
+            "#!/bin/bash".to_string(),
+            format!("#SBATCH --job-name=seedconv-{}", a.stage),
+            format!("#SBATCH --array=0-{}", a.tasks - 1),
+            // %a: the task index, as `log_path` names the log.
+            format!("#SBATCH --output={dir}/{}-%a.log", a.name),
+            format!("#SBATCH --chdir={}", a.workdir.display()),
+        ];
+        lines.extend(a.args.iter().map(|x| format!("#SBATCH {x}")));
+        lines
+    }
+    fn task_index(&self) -> &'static str {
+        "$SLURM_ARRAY_TASK_ID"
+    }
+    fn submit(&self, script: &Path, after: &[&str]) -> Result<String, EngineError> {
+        let mut args = Vec::new();
+        if !after.is_empty() {
+            args.push(format!("--dependency=afterany:{}", after.join(":")));
+        }
+        sbatch(script, &args)
+    }
+    fn states(&self, jobs: &[String]) -> Result<HashMap<(String, usize), TaskState>, EngineError> {
+        Ok(task_states(jobs)?
+            .into_iter()
+            .filter_map(|(id, state)| {
+                // `JOB_TASK`; a pending array's not-yet-split rest shows as
+                // `JOB_[2-5]` and is expanded by `-r`.
+                let (job, task) = id.split_once('_')?;
+                let state = match state.as_str() {
+                    "RUNNING" => TaskState::Running,
+                    s if !ended(s) => TaskState::Queued,
+                    _ => TaskState::Ended(state),
+                };
+                Some(((job.to_string(), task.parse().ok()?), state))
+            })
+            .collect())
+    }
+    fn cancel(&self, jobs: &[String]) -> Result<(), EngineError> {
+        scancel(jobs)
+    }
+}
 
 fn run(cmd: &mut Command) -> Result<String, EngineError> {
     let name = format!("{:?}", cmd.get_program())
@@ -28,7 +84,7 @@ fn run(cmd: &mut Command) -> Result<String, EngineError> {
 }
 
 /// Submit `script` with `args`; the job id.
-pub fn sbatch(script: &Path, args: &[String]) -> Result<String, EngineError> {
+fn sbatch(script: &Path, args: &[String]) -> Result<String, EngineError> {
     let out = run(Command::new("sbatch")
         .arg("--parsable")
         .args(args)
@@ -47,7 +103,7 @@ pub fn sbatch(script: &Path, args: &[String]) -> Result<String, EngineError> {
 /// The state of every task of `jobs` the controller still knows, by
 /// `JOB_TASK` (e.g. `12_3` → `RUNNING`); finished tasks stay listed (as
 /// COMPLETED, FAILED, TIMEOUT, …) until the controller purges them.
-pub fn task_states(jobs: &[String]) -> Result<HashMap<String, String>, EngineError> {
+fn task_states(jobs: &[String]) -> Result<HashMap<String, String>, EngineError> {
     if jobs.is_empty() {
         return Ok(HashMap::new());
     }
@@ -87,7 +143,7 @@ pub fn task_states(jobs: &[String]) -> Result<HashMap<String, String>, EngineErr
 }
 
 /// Whether a task state is final.
-pub fn ended(state: &str) -> bool {
+fn ended(state: &str) -> bool {
     !matches!(
         state,
         "PENDING"
@@ -106,7 +162,7 @@ pub fn ended(state: &str) -> bool {
 }
 
 /// The controller's `MaxArraySize` (array indices run from 0 to it − 1).
-pub fn max_array_size() -> Result<usize, EngineError> {
+fn max_array_size() -> Result<usize, EngineError> {
     let out = run(Command::new("scontrol").args(["show", "config"]))?;
     Ok(out
         .lines()
@@ -117,7 +173,7 @@ pub fn max_array_size() -> Result<usize, EngineError> {
 }
 
 /// Cancel `jobs` (every task of each).
-pub fn scancel(jobs: &[String]) -> Result<(), EngineError> {
+fn scancel(jobs: &[String]) -> Result<(), EngineError> {
     if jobs.is_empty() {
         return Ok(());
     }

@@ -1,4 +1,4 @@
-//! One Slurm task: compute exactly one instance through the same engine
+//! One batch task: compute exactly one instance through the same engine
 //! calls as a local run (same key, lock and atomic write), its key resolved
 //! when it starts from the upstream entries already in the store.
 
@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{RunRecord, RESULT_SUFFIX};
 use crate::engine::evict::restore_upstream;
+use crate::engine::executor::{Outcome, Reporter, Work};
 use crate::engine::fsutil::write_atomic;
 use crate::engine::plan::Plan;
-use crate::engine::scheduler::{Outcome, Reporter, Work};
 use crate::engine::{Engine, Verdict};
 use crate::error::EngineError;
 
