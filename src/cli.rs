@@ -40,8 +40,9 @@ pub enum Command {
     Verify(JsonArgs),
     /// Remove store entries that no current plan references.
     Gc(GcArgs),
-    /// Print the fully resolved configuration.
-    Config(JsonArgs),
+    /// Print the fully resolved configuration (or, with --reference, every
+    /// key there is).
+    Config(ConfigArgs),
     /// Check the environment: ONNX Runtime library, store, cores.
     Doctor,
     /// Benchmarks that print a table.
@@ -144,6 +145,16 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub json: JsonArgs,
+    /// Print the configuration reference (every key, its type, default and
+    /// meaning: docs/configuration.md) instead; reads no config file.
+    #[arg(long, conflicts_with = "json")]
+    pub reference: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct JsonArgs {
     /// Print one JSON document instead of text (shape in the README).
     #[arg(long)]
@@ -217,77 +228,101 @@ pub struct ModelArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
     /// Engine overhead: no-op run over a synthetic plan, and input hashing throughput.
-    Engine {
-        /// Instances (and input files) in the synthetic plan.
-        #[arg(long, default_value_t = 10_000)]
-        instances: usize,
-        /// Size of the file whose hashing throughput is measured, in MiB.
-        #[arg(long, default_value_t = 1024)]
-        hash_mib: usize,
-        /// Scratch folder (default: a temp folder).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    Engine(BenchEngineArgs),
     /// dist stage against bare ONNX Runtime runs over the same windows (CPU).
-    Dist {
-        /// Rows (tokens evaluated).
-        #[arg(long, default_value_t = 17_000)]
-        rows: usize,
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long, default_value_t = 64)]
-        window: usize,
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
-        /// Alternating rounds (bare ORT, dist, dist with the full array).
-        #[arg(long, default_value_t = 7)]
-        rounds: usize,
-        /// Entries of each row's top list in the table (`dist.top_k`).
-        #[arg(long, default_value_t = crate::config::DEFAULT_TOP_K as u64, value_parser = clap::value_parser!(u64).range(1..))]
-        top_k: u64,
-        /// Every model on the CUDA execution provider (an error without
-        /// one); the baseline's logits stay on the device (I/O binding).
-        #[arg(long)]
-        cuda: bool,
-    },
+    Dist(BenchDistArgs),
     /// Exact KL throughput on synthetic log-prob arrays (default: a Pythia group).
-    Kl {
-        #[arg(long, default_value_t = 5)]
-        seeds: usize,
-        #[arg(long, default_value_t = 4662)]
-        rows: usize,
-        #[arg(long, default_value_t = 50_277)]
-        vocab: usize,
-        /// Power-law (Zipf-like) distributions, as a trained LM's, instead of
-        /// logits uniform on [0, 12): logit = −2 ln u, so p ∝ u^−2.
-        #[arg(long)]
-        zipf: bool,
-    },
+    Kl(BenchKlArgs),
     /// BLiMP scoring throughput (sentences/s) by batch size: the shipped
     /// BLiMP pairs, Pythia-tokenized, on a random model of the given shape.
-    Blimp {
-        /// Pairs per paradigm (2 sentences each, 67 paradigms).
-        #[arg(long, default_value_t = 10)]
-        pairs: usize,
-        #[command(flatten)]
-        model: ModelArgs,
-    },
+    Blimp(BenchBlimpArgs),
     /// Training throughput (tokens/s) of each model size in the config's [train].
-    Train {
-        /// Optimizer steps timed per size (after 2 warm-up steps).
-        #[arg(long, default_value_t = 30)]
-        steps: usize,
-    },
+    Train(BenchTrainArgs),
     /// The Slurm executor: submitting a synthetic plan (held, then
     /// cancelled) to the cluster, and each stage's per-task key resolution
     /// on the config's store.
-    Slurm {
-        /// Instances in the synthetic plan.
-        #[arg(long, default_value_t = 10_000)]
-        instances: usize,
-        /// Stages they are split into (each instance depends on its
-        /// counterpart in the stage before).
-        #[arg(long, default_value_t = 6)]
-        stages: usize,
-    },
+    Slurm(BenchSlurmArgs),
+}
+
+/// Arguments of `bench engine`.
+#[derive(Debug, Args)]
+pub struct BenchEngineArgs {
+    /// Instances (and input files) in the synthetic plan.
+    #[arg(long, default_value_t = 10_000)]
+    pub instances: usize,
+    /// Size of the file whose hashing throughput is measured, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub hash_mib: usize,
+    /// Scratch folder (default: a temp folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Arguments of `bench dist`.
+#[derive(Debug, Args)]
+pub struct BenchDistArgs {
+    /// Rows (tokens evaluated).
+    #[arg(long, default_value_t = 17_000)]
+    pub rows: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Alternating rounds (bare ORT, dist, dist with the full array).
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Entries of each row's top list in the table (`dist.top_k`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_TOP_K as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+    /// Every model on the CUDA execution provider (an error without
+    /// one); the baseline's logits stay on the device (I/O binding).
+    #[arg(long)]
+    pub cuda: bool,
+}
+
+/// Arguments of `bench kl`.
+#[derive(Debug, Args)]
+pub struct BenchKlArgs {
+    #[arg(long, default_value_t = 5)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 4662)]
+    pub rows: usize,
+    #[arg(long, default_value_t = 50_277)]
+    pub vocab: usize,
+    /// Power-law (Zipf-like) distributions, as a trained LM's, instead of
+    /// logits uniform on [0, 12): logit = −2 ln u, so p ∝ u^−2.
+    #[arg(long)]
+    pub zipf: bool,
+}
+
+/// Arguments of `bench blimp`.
+#[derive(Debug, Args)]
+pub struct BenchBlimpArgs {
+    /// Pairs per paradigm (2 sentences each, 67 paradigms).
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Arguments of `bench train`.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Optimizer steps timed per size (after 2 warm-up steps).
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+}
+
+/// Arguments of `bench slurm`.
+#[derive(Debug, Args)]
+pub struct BenchSlurmArgs {
+    /// Instances in the synthetic plan.
+    #[arg(long, default_value_t = 10_000)]
+    pub instances: usize,
+    /// Stages they are split into (each instance depends on its
+    /// counterpart in the stage before).
+    #[arg(long, default_value_t = 6)]
+    pub stages: usize,
 }

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use seedconv::cli::{BenchWhat, Cli, Command};
+use seedconv::cli::{Cli, Command};
 use seedconv::commands::{self, Session};
 
 fn main() {
@@ -74,58 +74,23 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             commands::verify(&Session::open(&cli.config, &cli.set, cancel)?, args)
         }
         Command::Gc(args) => commands::gc(&Session::open(&cli.config, &cli.set, cancel)?, args),
-        Command::Config(args) => {
-            commands::show_config(&seedconv::config::load_with(&cli.config, &cli.set)?, args)
+        Command::Config(args) if args.reference => {
+            print!("{}", seedconv::config::reference().0);
+            Ok(())
         }
+        Command::Config(args) => commands::show_config(
+            &seedconv::config::load_with(&cli.config, &cli.set)?,
+            &args.json,
+        ),
         Command::TrainWorker => std::process::exit(seedconv::stages::train::worker_main()),
         Command::SlurmTask(args) => {
             commands::slurm_task(&Session::open(&cli.config, &cli.set, cancel)?, args)
         }
         Command::Doctor => commands::doctor(&cli.config),
         Command::Init(args) => commands::init(&cli.config, args),
-        Command::Bench(b) => match &b.what {
-            BenchWhat::Engine {
-                instances,
-                hash_mib,
-                dir,
-            } => seedconv::bench::engine(*instances, *hash_mib, dir.as_deref()),
-            BenchWhat::Dist {
-                rows,
-                model: m,
-                window,
-                batch,
-                rounds,
-                top_k,
-                cuda,
-            } => seedconv::bench::dist(
-                *rows,
-                m.vocab,
-                m.d_model,
-                m.layers,
-                *window,
-                *batch,
-                *rounds,
-                *top_k as usize,
-                *cuda,
-            ),
-            BenchWhat::Kl {
-                seeds,
-                rows,
-                vocab,
-                zipf,
-            } => seedconv::bench::kl(*seeds, *rows, *vocab, *zipf),
-            BenchWhat::Blimp { pairs, model: m } => {
-                seedconv::bench::blimp(*pairs, m.vocab, m.d_model, m.layers)
-            }
-            BenchWhat::Slurm { instances, stages } => seedconv::bench::slurm(
-                &Session::open(&cli.config, &cli.set, cancel)?,
-                *instances,
-                *stages,
-            ),
-            BenchWhat::Train { steps } => {
-                seedconv::bench::train(&seedconv::config::load_with(&cli.config, &cli.set)?, *steps)
-            }
-        },
+        Command::Bench(b) => commands::bench(b, &cli.config, &cli.set, || {
+            Session::open(&cli.config, &cli.set, cancel)
+        }),
     }
 }
 

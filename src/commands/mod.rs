@@ -11,6 +11,7 @@ use crate::engine::{Engine, Plan};
 use crate::error::ConfigError;
 use crate::stages;
 
+mod bench;
 mod export;
 mod gc;
 mod init;
@@ -18,6 +19,7 @@ mod inspect;
 mod run;
 mod slurm;
 
+pub use bench::bench;
 pub use export::export;
 pub use gc::gc;
 pub use init::init;
