@@ -1,0 +1,329 @@
+//! The exact pass: KL of every ordered seed pair of a row from each seed's
+//! log-probs, in blocks that stay in cache while every pair reads them.
+
+use super::topk::{block_max, block_maxima, max_blocks, MAX_BLOCK};
+use super::*;
+
+/// exp of each log-prob of `x` into `out`, in f64 from [`exp_f32`] (≤ 2 ulp
+/// of f32): the top-k probabilities of the kl stage's validation, where f32
+/// precision is ample (an estimate off by tens of percent is measured) and
+/// glibc's f64 exp cost 14% of an exact pass. The same bits on every path.
+pub fn exp_wide(x: &[f32], out: &mut [f64]) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { avx2::exp_wide(x, out) };
+    }
+    exp_wide_body(x, out)
+}
+
+#[inline(always)]
+pub(super) fn exp_wide_body(x: &[f32], out: &mut [f64]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = exp_f32(v) as f64;
+    }
+}
+
+/// How far ahead of the exp loop a row is fetched into the cache, in
+/// entries: the hardware's own prefetch of the seeds' five streams falls
+/// behind, and the first read of each block then waits on memory.
+pub(super) const AHEAD: usize = 4096;
+
+#[inline(always)]
+pub(super) fn prefetch(x: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < x.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch of an address inside the slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(at) as *const i8) };
+    }
+}
+
+/// Σ_i p[i]·d_j[i] for each of `G` arrays `d_j`, added into `acc[j]` lane by
+/// lane with one fused multiply-add each. `G` ≤ 4 sums at once: each chunk
+/// of p is loaded once for all of them, and their lanes stay in registers.
+#[inline(always)]
+pub(super) fn gram<const G: usize>(p: &[f32], d: [&[f64]; G], acc: &mut [[f64; LANES]]) {
+    assert!(d.iter().all(|x| x.len() == p.len()) && acc.len() == G);
+    let mut loc = [[0f64; LANES]; G];
+    loc.copy_from_slice(acc);
+    for (c, pc) in p.chunks_exact(LANES).enumerate() {
+        for j in 0..G {
+            let dc = &d[j][c * LANES..c * LANES + LANES];
+            for i in 0..LANES {
+                loc[j][i] = (pc[i] as f64).mul_add(dc[i], loc[j][i]);
+            }
+        }
+    }
+    acc.copy_from_slice(&loc);
+}
+
+/// Seeds and other seeds of [`gram_tile`]: five seeds (the paper's and
+/// the presets') are one tile.
+pub(super) const TILE_A: usize = 5;
+pub(super) const TILE_B: usize = TILE_A - 1;
+
+/// Every Gram sum of five seeds in one pass over a block, in AVX-512
+/// registers: per chunk of eight entries the four differences to seed 0
+/// are taken once and stay in registers with the twenty sums and the five
+/// Z (`z`), so neither goes through memory. Same lanes and the same
+/// operations in the same order as [`gram`] and the Z loop: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gram_tile(
+    p: [&[f32]; TILE_A],
+    lb: [&[f32]; TILE_B],
+    l0: &[f32],
+    acc: &mut [[f64; LANES]],
+    z: &mut [[f64; LANES]],
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(LANES == 8);
+    let len = l0.len() / LANES * LANES;
+    assert!(p.iter().all(|x| x.len() >= len) && lb.iter().all(|x| x.len() >= len));
+    assert!(acc.len() == TILE_A * TILE_B && z.len() == TILE_A);
+    let wide = |x: &[f32], c: usize| _mm512_cvtps_pd(_mm256_loadu_ps(x.as_ptr().add(c)));
+    let mut g: [[__m512d; TILE_B]; TILE_A] = std::array::from_fn(|a| {
+        std::array::from_fn(|j| _mm512_loadu_pd(acc[a * TILE_B + j].as_ptr()))
+    });
+    let mut zs: [__m512d; TILE_A] = std::array::from_fn(|a| _mm512_loadu_pd(z[a].as_ptr()));
+    for c in (0..len).step_by(LANES) {
+        let first = wide(l0, c);
+        let d: [__m512d; TILE_B] = std::array::from_fn(|j| _mm512_sub_pd(wide(lb[j], c), first));
+        for ((ga, za), pa) in g.iter_mut().zip(&mut zs).zip(&p) {
+            let pa = wide(pa, c);
+            *za = _mm512_add_pd(*za, pa);
+            for (gj, dj) in ga.iter_mut().zip(&d) {
+                *gj = _mm512_fmadd_pd(pa, *dj, *gj);
+            }
+        }
+    }
+    for (a, ga) in g.iter().enumerate() {
+        for (j, gj) in ga.iter().enumerate() {
+            _mm512_storeu_pd(acc[a * TILE_B + j].as_mut_ptr(), *gj);
+        }
+    }
+    for (za, zs) in z.iter_mut().zip(&zs) {
+        _mm512_storeu_pd(za.as_mut_ptr(), *zs);
+    }
+}
+
+#[inline(always)]
+pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
+    lp: &[&[f32]],
+    buf: &mut RowBuffer,
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
+    let seeds = lp.len();
+    let n = lp.first().map_or(0, |l| l.len());
+    let n8 = n / LANES * LANES;
+    // KL(a‖b) = Σ p_a·(lp_a − lp_b) = g[a][a] − g[a][b] with the Gram sums
+    // g[a][b] = Σ p_a·δ_b against seed 0, δ_b = lp_b − lp_0 (δ_0 = 0): one
+    // multiply-add per (seed, other seed) and entry serves every ordered
+    // pair (20 for five seeds, against 20 multiplies and 20 adds over the
+    // pairs' own differences). δ is taken in f64, where the difference of
+    // two f32 is exact, and the products are fused, so the only rounding is
+    // the sums' (≈ 1e-16 of Σ p|δ|, small where the seeds are close).
+    let others = seeds.saturating_sub(1);
+    assert!(buf.p.len() >= seeds * BLOCK && buf.d.len() >= others * BLOCK);
+    let RowBuffer { p: p32, d: d64 } = buf;
+    let mut acc_z = vec![[0f64; LANES]; seeds];
+    let tile = TILE && seeds == TILE_A;
+    let mut acc_g = vec![[0f64; LANES]; seeds * others];
+    let mut start = 0;
+    while start < n8 {
+        let end = (start + BLOCK).min(n8);
+        let len = end - start;
+        for (s, l) in lp.iter().enumerate() {
+            // exp in f32 lanes (sixteen or eight per instruction); the sums
+            // widen p to f64 as they read it.
+            let p = &mut p32[s * BLOCK..s * BLOCK + len];
+            for (c, (d, x)) in p
+                .chunks_exact_mut(16)
+                .zip(l[start..end].chunks_exact(16))
+                .enumerate()
+            {
+                prefetch(l, start + c * 16 + AHEAD);
+                for i in 0..16 {
+                    d[i] = exp_f32_with::<true>(x[i]);
+                }
+            }
+            for (d, &x) in p[len / 16 * 16..]
+                .iter_mut()
+                .zip(&l[start + len / 16 * 16..end])
+            {
+                *d = exp_f32_with::<true>(x);
+            }
+            // The top-k's block maxima while the block is in cache.
+            if let Some(m) = maxima.get_mut(s) {
+                let whole = len / MAX_BLOCK;
+                let out = &mut m[start / MAX_BLOCK..start / MAX_BLOCK + whole];
+                block_maxima::<AVX2>(&l[start..start + whole * MAX_BLOCK], out);
+            }
+            if tile {
+                // The tile sums Z with the Gram sums.
+                continue;
+            }
+            // A local copy keeps the lanes in registers.
+            let mut az = acc_z[s];
+            for c in p.chunks_exact(LANES) {
+                for i in 0..LANES {
+                    az[i] += c[i] as f64;
+                }
+            }
+            acc_z[s] = az;
+        }
+        let l0 = &lp[0][start..end];
+        if tile {
+            let p: [&[f32]; TILE_A] = std::array::from_fn(|a| &p32[a * BLOCK..a * BLOCK + len]);
+            let lb: [&[f32]; TILE_B] = std::array::from_fn(|j| &lp[j + 1][start..end]);
+            // SAFETY: TILE is true only in the AVX-512 kernel.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                gram_tile(p, lb, l0, &mut acc_g, &mut acc_z)
+            };
+            start = end;
+            continue;
+        }
+        for b in 1..seeds {
+            let d = &mut d64[(b - 1) * BLOCK..(b - 1) * BLOCK + len];
+            for ((d, &x), &y) in d.iter_mut().zip(&lp[b][start..end]).zip(l0) {
+                *d = x as f64 - y as f64;
+            }
+        }
+        let d: Vec<&[f64]> = (0..others)
+            .map(|b| &d64[b * BLOCK..b * BLOCK + len])
+            .collect();
+        for a in 0..seeds {
+            let p = &p32[a * BLOCK..a * BLOCK + len];
+            let g = &mut acc_g[a * others..(a + 1) * others];
+            for (dj, gj) in d.chunks(4).zip(g.chunks_mut(4)) {
+                match *dj {
+                    [d0, d1, d2, d3] => gram(p, [d0, d1, d2, d3], gj),
+                    [d0, d1, d2] => gram(p, [d0, d1, d2], gj),
+                    [d0, d1] => gram(p, [d0, d1], gj),
+                    [d0] => gram(p, [d0], gj),
+                    _ => unreachable!("chunks of one to four"),
+                }
+            }
+        }
+        start = end;
+    }
+    // Maxima of the blocks after the last whole one the loop saw.
+    let whole = n8 / MAX_BLOCK * MAX_BLOCK;
+    for (m, l) in maxima.iter_mut().zip(lp) {
+        for (c, x) in l[whole..].chunks(MAX_BLOCK).enumerate() {
+            m[whole / MAX_BLOCK + c] = block_max(x);
+        }
+    }
+    // The last n mod LANES entries, one at a time, in the same operations.
+    let tail_p: Vec<Vec<f64>> = lp
+        .iter()
+        .map(|l| {
+            l[n8..]
+                .iter()
+                .map(|&v| exp_f32_with::<true>(v) as f64)
+                .collect()
+        })
+        .collect();
+    let z: Vec<f64> = (0..seeds)
+        .map(|s| combine(acc_z[s], tail_p[s].iter().sum()))
+        .collect();
+    // g[a][b] whole; seed 0's column is zero.
+    let g = |a: usize, b: usize| -> f64 {
+        if b == 0 {
+            return 0.0;
+        }
+        let tail = (n8..n).fold(0.0, |t: f64, i| {
+            let d = lp[b][i] as f64 - lp[0][i] as f64;
+            tail_p[a][i - n8].mul_add(d, t)
+        });
+        combine(acc_g[a * others + b - 1], tail)
+    };
+    pairs
+        .iter()
+        .map(|&(a, b)| (g(a, a) - g(a, b)) / z[a] - z[a].ln() + z[b].ln())
+        .collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn kl_row_avx2(
+    lp: &[&[f32]],
+    buf: &mut RowBuffer,
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
+    kl_row_body::<true, false>(lp, buf, pairs, maxima)
+}
+
+/// [`kl_row_avx2`] in 512-bit registers: half the instructions, and 32
+/// registers hold every Gram lane of a chunk.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn kl_row_avx512(
+    lp: &[&[f32]],
+    buf: &mut RowBuffer,
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
+    kl_row_body::<true, true>(lp, buf, pairs, maxima)
+}
+
+/// Exact KL(a ‖ b) in nats for each of `pairs` of one row, given each
+/// seed's log-probs (`buf`: a [`row_buffer`] for as many seeds). The stored
+/// log-probs are normalised only to f32 rounding (their log-sum-exp can be
+/// off by ~1e-7: a shift of the whole row that would bias a small KL), so
+/// the distributions they describe are measured exactly:
+/// KL = Σ p_a(lp_a − lp_b)/Z_a − ln Z_a + ln Z_b with p = exp(lp), Z = Σ p.
+pub fn kl_row(lp: &[&[f32]], buf: &mut RowBuffer, pairs: &[(usize, usize)]) -> Vec<f64> {
+    kl_row_maxima(lp, buf, pairs, &mut [])
+}
+
+/// [`kl_row`], also filling `maxima[s]` (when given: one per seed, each of
+/// [`max_blocks`] entries) with the block maxima [`top_k_with`] selects
+/// from, read while each block is in cache.
+pub fn kl_row_maxima(
+    lp: &[&[f32]],
+    buf: &mut RowBuffer,
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+) -> Vec<f64> {
+    assert!(lp.windows(2).all(|w| w[0].len() == w[1].len()));
+    let n = lp.first().map_or(0, |l| l.len());
+    assert!(maxima.is_empty() || maxima.len() == lp.len());
+    assert!(maxima.iter().all(|m| m.len() == max_blocks(n)));
+    #[cfg(target_arch = "x86_64")]
+    match simd() {
+        // SAFETY: the CPU has the features (checked by `simd`).
+        Simd::Avx512 => return unsafe { kl_row_avx512(lp, buf, pairs, maxima) },
+        Simd::Avx2 => return unsafe { kl_row_avx2(lp, buf, pairs, maxima) },
+        Simd::None => {}
+    }
+    kl_row_body::<false, false>(lp, buf, pairs, maxima)
+}
+
+/// What [`kl_row`] works in, for one block: each seed's p, and each but
+/// the first one's difference to the first.
+pub struct RowBuffer {
+    p: Vec<f32>,
+    d: Vec<f64>,
+}
+
+/// The buffer [`kl_row`] needs for `seeds` seeds.
+pub fn row_buffer(seeds: usize) -> RowBuffer {
+    RowBuffer {
+        p: vec![0f32; seeds * BLOCK],
+        d: vec![0f64; seeds.saturating_sub(1) * BLOCK],
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn exp_wide(x: &[f32], out: &mut [f64]) {
+        super::exp_wide_body(x, out)
+    }
+}
