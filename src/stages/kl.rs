@@ -11,8 +11,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
@@ -20,7 +19,7 @@ use serde_json::json;
 use crate::analysis::{divergence, kernels, stats};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::lm::eval::{self, RunSettings};
+use crate::lm::eval::{self, EvalPlan, RunSettings};
 use crate::lm::onnx::logprobs::LogProbGraph;
 use crate::lm::onnx::runtime::OrtModel;
 use crate::stages::{corpus, dist, tokenizer, PlanCtx, Stage};
@@ -118,43 +117,24 @@ enum Source {
     Model(Box<(OrtModel, LogProbGraph)>),
 }
 
+/// What the exact pass leaves: per row and pair the KL (`[row][pair]`), and
+/// the validated rows' top-k estimates (`[validated row][k]`).
+struct Exact {
+    kl: Vec<f64>,
+    est_rows: Vec<Vec<f64>>,
+}
+
 impl Job for KlJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let n = tokenizer::kept_vocab(self.vocab, ctx)?;
         let plan = corpus::eval_plan(ctx, &self.set)?;
         let rows = plan.rows.len();
-        let seeds = self.ckpts.len();
-        // Every seed of a size must emit the same number of logits.
-        let mut width: Option<(usize, &Checkpoint)> = None;
-        for c in &self.ckpts {
-            let w = dist::logits_width(ctx, &c.label())?;
-            match width {
-                Some((w0, c0)) if w0 != w => {
-                    return Err(StageError::Other(format!(
-                    "vocabulary widths differ within size {}: {} emits {w0} logits, {} emits {w}",
-                    self.size,
-                    c0.name(),
-                    c.name()
-                )))
-                }
-                _ => width = Some((w, c)),
-            }
-        }
-        let mut sources = Vec::with_capacity(seeds);
-        let mut recomputed = 0;
-        for c in &self.ckpts {
-            let scratch = ctx.upstream_scratch(dist::NAME, &c.label())?;
-            match eval::read_full(scratch, rows, n) {
-                Some(map) => sources.push(Source::Array(map)),
-                None => {
-                    let path = c.model_path(ctx)?;
-                    let (m, _) = self.set.open(&path, ctx.threads, ctx.gpu)?;
-                    let g = LogProbGraph::new(self.set.threads(ctx.threads));
-                    sources.push(Source::Model(Box::new((m, g))));
-                    recomputed += 1;
-                }
-            }
-        }
+        self.check_widths(ctx)?;
+        let mut sources = self.sources(ctx, rows, n)?;
+        let recomputed = sources
+            .iter()
+            .filter(|s| matches!(s, Source::Model(_)))
+            .count();
         let mut ks: Vec<usize> = self
             .validation_k
             .iter()
@@ -163,158 +143,24 @@ impl Job for KlJob {
             .collect();
         ks.sort_unstable();
         ks.dedup();
+        let seeds = self.ckpts.len();
         let pairs: Vec<(usize, usize)> = (0..seeds)
             .flat_map(|a| (0..seeds).filter(move |&b| b != a).map(move |b| (a, b)))
             .collect();
-
         let every = validation_stride(rows, self.validation_rows);
-        // Per row and pair: [row][pair].
-        let mut kl = vec![0f64; rows * pairs.len()];
-        // The validated rows' estimates: [validated row][k].
-        let mut est_rows: Vec<Vec<f64>> = Vec::new();
-        // Arrays are read in place (memory-mapped); models run batch by
-        // batch. With every seed from an array, spans of many rows keep the
-        // pool busy instead of one small batch at a time.
-        let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
-        let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
-            (0..rows)
-                .step_by(ARRAY_SPAN)
-                .map(|a| (a..(a + ARRAY_SPAN).min(rows), 0))
-                .collect()
-        } else {
-            plan.batches
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (b.rows.clone(), i))
-                .collect()
-        };
-        for (range, bi) in spans {
-            ctx.progress(range.start as u64, rows as u64, "rows");
-            ctx.check_cancel()?;
-            let mut ran: Vec<Vec<f32>> = vec![Vec::new(); seeds];
-            for (s, src) in sources.iter_mut().enumerate() {
-                if let Source::Model(m) = src {
-                    let (model, graph) = &mut **m;
-                    ran[s] = plan.forward_graph(model, graph, &plan.batches[bi], n)?;
-                }
-            }
-            let views: Vec<&[f32]> = sources
-                .iter()
-                .zip(&ran)
-                .map(|(src, r)| match src {
-                    Source::Array(map) => &eval::full_values(map)[range.start * n..range.end * n],
-                    Source::Model(_) => r.as_slice(),
-                })
-                .collect();
-            let per_row = block_kl(&views, range.clone(), n, &pairs, &ks, every);
-            for (j, (exact, est)) in per_row.into_iter().enumerate() {
-                let r = range.start + j;
-                kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
-                est_rows.extend(est);
-            }
-            // Each recomputed seed's array back to its graph for the next
-            // batch (a fresh one faults every page: 100 MB at 50k).
-            for (src, r) in sources.iter_mut().zip(ran) {
-                if let Source::Model(m) = src {
-                    m.1.recycle(r);
-                }
-            }
-        }
+        let exact = exact_pass(ctx, &plan, &mut sources, n, &pairs, &ks, every)?;
 
         let np = pairs.len();
-        let total: f64 = kl.iter().sum();
-        let mean = total / (rows * np) as f64;
-        let seed_names: Vec<&str> = self.ckpts.iter().map(|c| c.seed.as_str()).collect();
+        let mean = exact.kl.iter().sum::<f64>() / (rows * np) as f64;
         let meta = [
             ("stage", NAME.to_string()),
             ("size", self.size.clone()),
             ("step", self.step.to_string()),
         ];
-        let long = rows * np;
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("size", DataType::Utf8, false),
-                Field::new("step", DataType::UInt32, false),
-                Field::new("seed_a", DataType::Utf8, false),
-                Field::new("seed_b", DataType::Utf8, false),
-                Field::new("row", DataType::UInt32, false),
-                Field::new("kl", DataType::Float64, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from(vec![self.size.as_str(); long])),
-                Arc::new(UInt32Array::from(vec![self.step as u32; long])),
-                Arc::new(StringArray::from(
-                    (0..long)
-                        .map(|i| seed_names[pairs[i % np].0])
-                        .collect::<Vec<_>>(),
-                )),
-                Arc::new(StringArray::from(
-                    (0..long)
-                        .map(|i| seed_names[pairs[i % np].1])
-                        .collect::<Vec<_>>(),
-                )),
-                Arc::new(UInt32Array::from(
-                    (0..long).map(|i| plan.rows[i / np]).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(kl.clone())),
-            ],
-        )?;
-        table::write(&ctx.out.join(FILE), &batch, &meta)?;
-
-        let conv: Vec<f64> = kl
-            .chunks(np)
-            .map(|c| -c.iter().sum::<f64>() / np as f64)
-            .collect();
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("size", DataType::Utf8, false),
-                Field::new("step", DataType::UInt32, false),
-                Field::new("row", DataType::UInt32, false),
-                Field::new("target_id", DataType::UInt32, false),
-                Field::new("conv", DataType::Float64, false),
-                Field::new("n_pairs", DataType::UInt32, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from(vec![self.size.as_str(); rows])),
-                Arc::new(UInt32Array::from(vec![self.step as u32; rows])),
-                Arc::new(UInt32Array::from(plan.rows.clone())),
-                Arc::new(UInt32Array::from(plan.targets.clone())),
-                Arc::new(Float64Array::from(conv)),
-                Arc::new(UInt32Array::from(vec![np as u32; rows])),
-            ],
-        )?;
-        table::write(&ctx.out.join("conv.parquet"), &batch, &meta)?;
-
-        let nk = ks.len();
-        let checked = est_rows.len();
-        let v = validation_summary(&kl, np, every, &est_rows, nk);
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("size", DataType::Utf8, false),
-                Field::new("step", DataType::UInt32, false),
-                Field::new("k", DataType::UInt32, false),
-                Field::new("vocab", DataType::UInt32, false),
-                Field::new("rows", DataType::UInt32, false),
-                Field::new("kl_exact", DataType::Float64, false),
-                Field::new("kl_topk", DataType::Float64, false),
-                Field::new("rel_error", DataType::Float64, false),
-                Field::new("rel_error_se", DataType::Float64, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from(vec![self.size.as_str(); nk])),
-                Arc::new(UInt32Array::from(vec![self.step as u32; nk])),
-                Arc::new(UInt32Array::from(
-                    ks.iter().map(|&k| k as u32).collect::<Vec<_>>(),
-                )),
-                Arc::new(UInt32Array::from(vec![n as u32; nk])),
-                Arc::new(UInt32Array::from(vec![checked as u32; nk])),
-                Arc::new(Float64Array::from(vec![v.exact; nk])),
-                Arc::new(Float64Array::from(v.estimate.clone())),
-                Arc::new(Float64Array::from(v.rel_error.clone())),
-                Arc::new(Float64Array::from(v.rel_error_se.clone())),
-            ],
-        )?;
-        table::write(&ctx.out.join("topk_validation.parquet"), &batch, &meta)?;
+        self.write_kl(ctx, &plan, &pairs, &exact.kl, &meta)?;
+        self.write_conv(ctx, &plan, np, &exact.kl, &meta)?;
+        let v = validation_summary(&exact.kl, np, every, &exact.est_rows, ks.len());
+        self.write_validation(ctx, &ks, n, exact.est_rows.len(), &v, &meta)?;
 
         if !self.retain_full {
             // Nothing should be left over, but a previous retain_full run may
@@ -330,10 +176,237 @@ impl Job for KlJob {
             "pairs": np,
             "vocab_kept": n,
             "mean_kl": mean,
-            "validated_rows": checked,
+            "validated_rows": exact.est_rows.len(),
             "seeds_recomputed": recomputed,
         }))
     }
+}
+
+impl KlJob {
+    /// Every seed of a size must emit the same number of logits.
+    fn check_widths(&self, ctx: &JobCtx) -> Result<(), StageError> {
+        let mut width: Option<(usize, &Checkpoint)> = None;
+        for c in &self.ckpts {
+            let w = dist::logits_width(ctx, &c.label())?;
+            match width {
+                Some((w0, c0)) if w0 != w => return Err(StageError::Other(format!(
+                    "vocabulary widths differ within size {}: {} emits {w0} logits, {} emits {w}",
+                    self.size,
+                    c0.name(),
+                    c.name()
+                ))),
+                _ => width = Some((w, c)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each seed's log-probs: its retained array, else its model again.
+    fn sources(&self, ctx: &JobCtx, rows: usize, n: usize) -> Result<Vec<Source>, StageError> {
+        let mut sources = Vec::with_capacity(self.ckpts.len());
+        for c in &self.ckpts {
+            let scratch = ctx.upstream_scratch(dist::NAME, &c.label())?;
+            match eval::read_full(scratch, rows, n) {
+                Some(map) => sources.push(Source::Array(map)),
+                None => {
+                    let path = c.model_path(ctx)?;
+                    let (m, _) = self.set.open(&path, ctx.threads, ctx.gpu)?;
+                    let g = LogProbGraph::new(self.set.threads(ctx.threads));
+                    sources.push(Source::Model(Box::new((m, g))));
+                }
+            }
+        }
+        Ok(sources)
+    }
+
+    /// `kl.parquet`: one row per (row, ordered pair).
+    fn write_kl(
+        &self,
+        ctx: &JobCtx,
+        plan: &EvalPlan,
+        pairs: &[(usize, usize)],
+        kl: &[f64],
+        meta: &[(&str, String)],
+    ) -> Result<(), StageError> {
+        let np = pairs.len();
+        let long = plan.rows.len() * np;
+        let seed_names: Vec<&str> = self.ckpts.iter().map(|c| c.seed.as_str()).collect();
+        let seed = |side: fn(&(usize, usize)) -> usize| -> ArrayRef {
+            Arc::new(StringArray::from(
+                (0..long)
+                    .map(|i| seed_names[side(&pairs[i % np])])
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let batch = table::columns(vec![
+            (
+                "size",
+                Arc::new(StringArray::from(vec![self.size.as_str(); long])),
+            ),
+            (
+                "step",
+                Arc::new(UInt32Array::from(vec![self.step as u32; long])),
+            ),
+            ("seed_a", seed(|p| p.0)),
+            ("seed_b", seed(|p| p.1)),
+            (
+                "row",
+                Arc::new(UInt32Array::from(
+                    (0..long).map(|i| plan.rows[i / np]).collect::<Vec<_>>(),
+                )),
+            ),
+            ("kl", Arc::new(Float64Array::from(kl.to_vec()))),
+        ])?;
+        table::write(&ctx.out.join(FILE), &batch, meta)
+    }
+
+    /// `conv.parquet`: per row, −(mean KL over the pairs).
+    fn write_conv(
+        &self,
+        ctx: &JobCtx,
+        plan: &EvalPlan,
+        np: usize,
+        kl: &[f64],
+        meta: &[(&str, String)],
+    ) -> Result<(), StageError> {
+        let rows = plan.rows.len();
+        let conv: Vec<f64> = kl
+            .chunks(np)
+            .map(|c| -c.iter().sum::<f64>() / np as f64)
+            .collect();
+        let batch = table::columns(vec![
+            (
+                "size",
+                Arc::new(StringArray::from(vec![self.size.as_str(); rows])),
+            ),
+            (
+                "step",
+                Arc::new(UInt32Array::from(vec![self.step as u32; rows])),
+            ),
+            ("row", Arc::new(UInt32Array::from(plan.rows.clone()))),
+            (
+                "target_id",
+                Arc::new(UInt32Array::from(plan.targets.clone())),
+            ),
+            ("conv", Arc::new(Float64Array::from(conv))),
+            (
+                "n_pairs",
+                Arc::new(UInt32Array::from(vec![np as u32; rows])),
+            ),
+        ])?;
+        table::write(&ctx.out.join("conv.parquet"), &batch, meta)
+    }
+
+    /// `topk_validation.parquet`: per k, the top-k estimate against the
+    /// exact KL on the validated rows.
+    fn write_validation(
+        &self,
+        ctx: &JobCtx,
+        ks: &[usize],
+        n: usize,
+        checked: usize,
+        v: &Validation,
+        meta: &[(&str, String)],
+    ) -> Result<(), StageError> {
+        let nk = ks.len();
+        let batch = table::columns(vec![
+            (
+                "size",
+                Arc::new(StringArray::from(vec![self.size.as_str(); nk])),
+            ),
+            (
+                "step",
+                Arc::new(UInt32Array::from(vec![self.step as u32; nk])),
+            ),
+            (
+                "k",
+                Arc::new(UInt32Array::from(
+                    ks.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                )),
+            ),
+            ("vocab", Arc::new(UInt32Array::from(vec![n as u32; nk]))),
+            (
+                "rows",
+                Arc::new(UInt32Array::from(vec![checked as u32; nk])),
+            ),
+            ("kl_exact", Arc::new(Float64Array::from(vec![v.exact; nk]))),
+            ("kl_topk", Arc::new(Float64Array::from(v.estimate.clone()))),
+            (
+                "rel_error",
+                Arc::new(Float64Array::from(v.rel_error.clone())),
+            ),
+            (
+                "rel_error_se",
+                Arc::new(Float64Array::from(v.rel_error_se.clone())),
+            ),
+        ])?;
+        table::write(&ctx.out.join("topk_validation.parquet"), &batch, meta)
+    }
+}
+
+/// Exact KL of every row and pair, and the validated rows' estimates:
+/// arrays are read in place (memory-mapped); models run batch by batch.
+/// With every seed from an array, spans of many rows keep the pool busy
+/// instead of one small batch at a time.
+fn exact_pass(
+    ctx: &JobCtx,
+    plan: &EvalPlan,
+    sources: &mut [Source],
+    n: usize,
+    pairs: &[(usize, usize)],
+    ks: &[usize],
+    every: usize,
+) -> Result<Exact, StageError> {
+    let rows = plan.rows.len();
+    let seeds = sources.len();
+    let mut kl = vec![0f64; rows * pairs.len()];
+    let mut est_rows: Vec<Vec<f64>> = Vec::new();
+    let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
+    let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
+        (0..rows)
+            .step_by(ARRAY_SPAN)
+            .map(|a| (a..(a + ARRAY_SPAN).min(rows), 0))
+            .collect()
+    } else {
+        plan.batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.rows.clone(), i))
+            .collect()
+    };
+    for (range, bi) in spans {
+        ctx.progress(range.start as u64, rows as u64, "rows");
+        ctx.check_cancel()?;
+        let mut ran: Vec<Vec<f32>> = vec![Vec::new(); seeds];
+        for (s, src) in sources.iter_mut().enumerate() {
+            if let Source::Model(m) = src {
+                let (model, graph) = &mut **m;
+                ran[s] = plan.forward_graph(model, graph, &plan.batches[bi], n)?;
+            }
+        }
+        let views: Vec<&[f32]> = sources
+            .iter()
+            .zip(&ran)
+            .map(|(src, r)| match src {
+                Source::Array(map) => &eval::full_values(map)[range.start * n..range.end * n],
+                Source::Model(_) => r.as_slice(),
+            })
+            .collect();
+        let per_row = block_kl(&views, range.clone(), n, pairs, ks, every);
+        for (j, (exact, est)) in per_row.into_iter().enumerate() {
+            let r = range.start + j;
+            kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
+            est_rows.extend(est);
+        }
+        // Each recomputed seed's array back to its graph for the next
+        // batch (a fresh one faults every page: 100 MB at 50k).
+        for (src, r) in sources.iter_mut().zip(ran) {
+            if let Source::Model(m) = src {
+                m.1.recycle(r);
+            }
+        }
+    }
+    Ok(Exact { kl, est_rows })
 }
 
 /// The top-k validation of one (size, step), per k: means over the
