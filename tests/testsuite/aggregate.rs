@@ -1,7 +1,7 @@
 //! The analysis tables, recomputed here from the per-row tables they
 //! summarise (an external suite of the shipped samples: 2 seeds × 3 steps).
 
-mod common;
+use crate::common;
 use common::{hf_suite_config, Project};
 
 use arrow::array::{Array, BooleanArray, Float32Array, Float64Array, StringArray, UInt32Array};

@@ -2,7 +2,7 @@
 //! tokens by the character-majority rule, and frequency bins come from the
 //! counts.
 
-mod common;
+use crate::common;
 use common::Project;
 
 use arrow::array::{Array, StringArray, UInt32Array, UInt64Array};

@@ -2,7 +2,7 @@
 //! computation (one unpadded sentence per ONNX Runtime call, float64
 //! log-softmax here), and blimp_conv recomputed from the per-pair tables.
 
-mod common;
+use crate::common;
 use common::{col, hf_suite_config, Project};
 
 use arrow::array::{BooleanArray, Float64Array, StringArray, UInt32Array};

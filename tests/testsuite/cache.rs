@@ -2,7 +2,7 @@
 //! invalidates, early cutoff, and the no-op second run. One test per
 //! ingredient, after casey/just's `tests/cache.rs`.
 
-mod common;
+use crate::common;
 use common::Project;
 
 /// Instances of the micro pipeline: tokenizer, corpus, 2 × frequency, unigram, annotate.

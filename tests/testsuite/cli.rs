@@ -1,7 +1,7 @@
 //! The CLI surface: bad configs, `show`, `config`, `doctor` and the ONNX
 //! Runtime provisioning, and the corpus stage on the paper's own sample.
 
-mod common;
+use crate::common;
 use common::{Project, REPO};
 
 fn bad_config(text: &str) -> common::Run {

@@ -4,7 +4,7 @@
 //! and the failure modes: missing checkpoints, wrong signature, mismatched
 //! vocabularies, NaN logits.
 
-mod common;
+use crate::common;
 use common::{fixtures, Project};
 
 use arrow::array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};

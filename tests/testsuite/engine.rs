@@ -1,7 +1,7 @@
 //! The engine as a library: a stage version bump, plan validation and the
 //! `current` view, with a tiny job that copies its input upper-cased.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! `Engine::claim` and `Engine::compute`, as a cluster task would. Its
 //! entries, index and current view are the same as the thread pool's.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -2,7 +2,7 @@
 //! of the shipped real exports, each call counted in a file), and float16 /
 //! bfloat16 logits as fp16 and bf16 exports emit them.
 
-mod common;
+use crate::common;
 
 use common::{causal, col, hf_suite_config, Project};
 use std::path::Path;

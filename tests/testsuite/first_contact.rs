@@ -2,7 +2,7 @@
 //! accepted where it should be, a one-line error naming the key or the
 //! model where it should not.
 
-mod common;
+use crate::common;
 
 use common::{causal, fixtures, hf_suite_config, Project};
 

@@ -4,7 +4,7 @@
 //! tokens. The loss with L tokens of context is then a function of L alone,
 //! computed here in float64 from the weights.
 
-mod common;
+use crate::common;
 use common::{col, Project};
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};

@@ -2,7 +2,7 @@
 //! size and several, a grid with a missing checkpoint. Each written config
 //! runs to a report; what init found is checked against the files.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //! deliberate: rerun with `SEEDCONV_BLESS=1` and say in the commit that it
 //! re-keys, and why.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

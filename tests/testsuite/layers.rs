@@ -1,9 +1,9 @@
 //! The floors of the house, checked on the source: libraries below the
 //! stages never name a stage or the CLI; the engine names nothing of the
-//! science; a stage names only stages before it in the registry; and the
-//! top-level modules import each other without a cycle.
+//! science; a stage names only stages before it in the registry; and in
+//! every folder the modules import each other without a cycle.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,7 +73,7 @@ fn top(rel: &str) -> String {
 }
 
 /// Modules above the stages: the CLI and what drives it.
-const ABOVE: [&str; 5] = ["main", "lib", "cli", "commands", "bench"];
+const ABOVE: [&str; 4] = ["main", "lib", "cli", "commands"];
 
 #[test]
 fn libraries_never_name_a_stage_or_the_cli() {
@@ -86,7 +86,7 @@ fn libraries_never_name_a_stage_or_the_cli() {
             continue;
         }
         let named = named_after(&code(text), "crate::");
-        for up in ["stages", "cli", "commands", "bench"] {
+        for up in ["stages", "cli", "commands"] {
             if named.contains(up) {
                 bad.push(format!("{r} names crate::{up}"));
             }
@@ -158,24 +158,164 @@ fn a_stage_names_only_stages_before_it() {
     assert!(bad.is_empty(), "downstream imports:\n{}", bad.join("\n"));
 }
 
-#[test]
-fn top_level_modules_form_no_cycle() {
-    let mut files = Vec::new();
-    sources(&Path::new(REPO).join("src"), &mut files);
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (p, text) in &files {
-        let from = top(&rel(p));
-        if ABOVE.contains(&from.as_str()) {
-            continue;
-        }
-        let to = graph.entry(from.clone()).or_default();
-        for m in named_after(&code(text), "crate::") {
-            if m != from && !ABOVE.contains(&m.as_str()) {
-                to.insert(m);
+/// A file's module path: `engine/batch/mod.rs` → `engine::batch`,
+/// `engine/evict.rs` → `engine::evict`, `lib.rs` → the crate root.
+fn module_of(rel: &str) -> Vec<String> {
+    let mut m: Vec<String> = rel
+        .trim_end_matches(".rs")
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    if matches!(m.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        m.pop();
+    }
+    m
+}
+
+/// Every module path a file's code names through `crate::`, `super::` or
+/// `self::`, resolved from `module` (the file's module path) and with
+/// `{…}` groups expanded: `super::{evict::X, plan}` in `engine/scheduler.rs`
+/// gives `engine::evict::X` and `engine::plan`.
+fn paths_named(code: &str, module: &[String]) -> Vec<Vec<String>> {
+    // A `mod.rs` is its folder's module, so `super` is one pop for every
+    // file: `engine::batch` (batch/mod.rs) and `engine::evict` → `engine`.
+    let base: Vec<String> = module.to_vec();
+    fn expand(rest: &str, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        let rest = rest.trim_start();
+        if let Some(list) = rest.strip_prefix('{') {
+            // The group up to its matching brace, split at top-level commas.
+            let (mut depth, mut start, mut items) = (0, 0, Vec::new());
+            for (k, c) in list.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        items.push(&list[start..k]);
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        items.push(&list[start..k]);
+                        start = k + 1;
+                    }
+                    _ => {}
+                }
             }
+            for it in items {
+                expand(it, prefix.clone(), out);
+            }
+            return;
+        }
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if word.is_empty() {
+            out.push(prefix);
+            return;
+        }
+        let mut p = prefix;
+        p.push(word.clone());
+        match rest[word.len()..].strip_prefix("::") {
+            Some(more) => expand(more, p, out),
+            None => out.push(p),
         }
     }
-    // Depth-first search for a back edge.
+    let mut out = Vec::new();
+    for start in ["crate::", "super::", "self::"] {
+        for (i, _) in code.match_indices(start) {
+            // Part of a longer path (`super::super::`, `x::self::`): taken
+            // from its first segment only.
+            let before = &code[..i];
+            if before.ends_with("::")
+                || before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            {
+                continue;
+            }
+            let mut rest = &code[i..];
+            let prefix: Vec<String> = match start {
+                "crate::" => {
+                    rest = &rest["crate::".len()..];
+                    Vec::new()
+                }
+                "self::" => {
+                    rest = &rest["self::".len()..];
+                    base.clone()
+                }
+                _ => {
+                    let mut p = base.clone();
+                    while let Some(r) = rest.strip_prefix("super::") {
+                        rest = r;
+                        p.pop();
+                    }
+                    p
+                }
+            };
+            expand(rest, prefix, &mut out);
+        }
+    }
+    out
+}
+
+/// In every folder of `src/` (the crate root included), the modules it
+/// holds import each other without a cycle: an edge `a → b` in folder `F`
+/// when code under `F/a` names something under `F/b`.
+#[test]
+fn no_folder_has_an_import_cycle() {
+    let src = Path::new(REPO).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    // Folder → its modules' edges.
+    let mut graphs: BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (p, text) in &files {
+        let r = rel(p);
+        let from = module_of(&r);
+        for to in paths_named(&code(text), &from) {
+            // The deepest folder holding both.
+            let n = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+            let (Some(a), Some(b)) = (from.get(n), to.get(n)) else {
+                continue;
+            };
+            let folder = &from[..n];
+            // Only modules of that folder count (not items of its mod.rs).
+            let dir = folder.iter().fold(src.clone(), |d, s| d.join(s));
+            if !dir.join(format!("{b}.rs")).exists() && !dir.join(b).is_dir() {
+                continue;
+            }
+            // Above the stages, the CLI drives everything: not part of the
+            // crate root's layering.
+            if folder.is_empty() && (ABOVE.contains(&a.as_str()) || ABOVE.contains(&b.as_str())) {
+                continue;
+            }
+            graphs
+                .entry(folder.to_vec())
+                .or_default()
+                .entry(a.clone())
+                .or_default()
+                .insert(b.clone());
+        }
+    }
+    assert!(
+        graphs
+            .get(&vec!["engine".to_string()])
+            .is_some_and(|g| g.len() >= 5),
+        "the engine's imports were not found: {graphs:?}"
+    );
+    let mut cycles = Vec::new();
+    for (folder, g) in &graphs {
+        if let Some(c) = find_cycle(g) {
+            let at = if folder.is_empty() {
+                "src".to_string()
+            } else {
+                format!("src/{}", folder.join("/"))
+            };
+            cycles.push(format!("in {at}: {}", c.join(" → ")));
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+/// A cycle of `g`, by depth-first search for a back edge.
+fn find_cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit(
         n: &str,
         g: &BTreeMap<String, BTreeSet<String>>,
@@ -204,9 +344,25 @@ fn top_level_modules_form_no_cycle() {
         None
     }
     let mut state = BTreeMap::new();
-    for n in graph.keys() {
-        if let Some(c) = visit(n, &graph, &mut state, &mut Vec::new()) {
-            panic!("import cycle: {}", c.join(" → "));
-        }
-    }
+    g.keys()
+        .find_map(|n| visit(n, g, &mut state, &mut Vec::new()))
+}
+
+/// The resolver itself, on the shapes the source uses.
+#[test]
+fn import_paths_resolve_as_rust_does() {
+    let m = |s: &str| s.split("::").map(str::to_string).collect::<Vec<_>>();
+    let got = paths_named(
+        "use super::executor::{Outcome, Reporter};\nuse crate::engine::{batch::{self, slurm::Slurm}, plan};",
+        &m("engine::evict"),
+    );
+    assert!(got.contains(&m("engine::executor::Outcome")), "{got:?}");
+    assert!(got.contains(&m("engine::batch::slurm::Slurm")), "{got:?}");
+    assert!(got.contains(&m("engine::batch::self")), "{got:?}");
+    assert!(got.contains(&m("engine::plan")), "{got:?}");
+    let got = paths_named(
+        "use super::super::fsutil::write_atomic;",
+        &m("engine::batch::task"),
+    );
+    assert_eq!(got, vec![m("engine::fsutil::write_atomic")]);
 }

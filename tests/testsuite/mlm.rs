@@ -3,7 +3,7 @@
 //! against a reference computed here: one unpadded sequence per ONNX Runtime
 //! call (the masked copy built here), float64 log-softmax and KL.
 
-mod common;
+use crate::common;
 use common::{col, fixtures, Project};
 
 use arrow::array::{Float32Array, Float64Array, StringArray, UInt32Array};

@@ -3,7 +3,7 @@
 //! headless Chromium renders, and caching (a report option reruns only the
 //! report).
 
-mod common;
+use crate::common;
 use common::{col, hf_suite_config, read_table, Project};
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};

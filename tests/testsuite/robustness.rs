@@ -1,7 +1,7 @@
 //! Crashes, interrupts, concurrent runs and corruption: nothing a later run
 //! trusts is ever half-written, and nothing computed is lost.
 
-mod common;
+use crate::common;
 use common::Project;
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! tests say so and return; with `SEEDCONV_REQUIRE_SLURM=1` (set by
 //! `scripts/test.sh` once the cluster is up) they fail instead.
 
-mod common;
+use crate::common;
 
 use common::Project;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The built-in seed suite: determinism, seed independence, the ONNX export
 //! against an independent float64 forward pass, and learning.
 
-mod common;
+use crate::common;
 use common::Project;
 
 use arrow::array::{Float32Array, StringArray, UInt32Array};

@@ -1,7 +1,7 @@
 //! Workflows as researchers script them: `status --check` for CI and the
 //! stage graph of `dag` as text, Graphviz dot and Mermaid.
 
-mod common;
+use crate::common;
 
 use common::Project;
 

@@ -1,0 +1,27 @@
+//! The integration tests: one binary (as cargo's and ripgrep's), one module
+//! per area, so the crate is linked once. They drive the real `seedconv`
+//! binary on micro projects built from the shipped data (`common`).
+
+mod common;
+
+mod aggregate;
+mod annotate;
+mod blimp;
+mod cache;
+mod cli;
+mod dist;
+mod docs;
+mod engine;
+mod executor;
+mod fetch;
+mod first_contact;
+mod icl;
+mod init;
+mod keys;
+mod layers;
+mod mlm;
+mod report;
+mod robustness;
+mod slurm;
+mod train;
+mod workflow;
