@@ -26,6 +26,14 @@ pub fn write(path: &Path, batch: &RecordBatch, meta: &[(&str, String)]) -> Resul
     w.close()
 }
 
+/// A table of non-null columns, each named beside its values (no schema
+/// kept apart from the columns).
+pub fn columns(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, StageError> {
+    Ok(RecordBatch::try_from_iter_with_nullable(
+        cols.into_iter().map(|(n, a)| (n, a, false)),
+    )?)
+}
+
 /// A table written batch by batch (a stage that streams its rows out as it
 /// computes them); the same file as [`write`] for the same batches.
 pub struct Writer {

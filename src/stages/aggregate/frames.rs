@@ -2,7 +2,6 @@
 //! table, and the reproducible per-group means behind `conv_by`, `ce_by`
 //! and the token tables.
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use polars::prelude::*;
@@ -16,28 +15,18 @@ pub(super) fn perr(e: PolarsError) -> StageError {
     StageError::Other(format!("polars: {e}"))
 }
 
+/// The tables `paths` as one lazy frame (read through arrow-rs: `frame`).
 pub(super) fn scan(paths: &[PathBuf]) -> Result<LazyFrame, StageError> {
-    let lfs = paths
-        .iter()
-        .map(|p| {
-            let p = PlRefPath::try_from_path(p).map_err(perr)?;
-            LazyFrame::scan_parquet(p, ScanArgsParquet::default()).map_err(perr)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    concat(lfs, UnionArgs::default()).map_err(perr)
+    Ok(crate::frame::read(paths, None)?.lazy())
+}
+
+/// Only `columns` of the tables `paths`, as one lazy frame.
+pub(super) fn scan_columns(paths: &[PathBuf], columns: &[&str]) -> Result<LazyFrame, StageError> {
+    Ok(crate::frame::read(paths, Some(columns))?.lazy())
 }
 
 pub(super) fn write(ctx: &JobCtx, name: &str, df: &mut DataFrame) -> Result<(), StageError> {
-    let path = ctx.out.join(name);
-    let f = File::create(&path).map_err(|e| StageError::io(&path, e))?;
-    ParquetWriter::new(f)
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![(
-            "seedconv.stage".into(),
-            NAME.into(),
-        )])))
-        .finish(df)
-        .map_err(perr)?;
-    Ok(())
+    crate::frame::write(&ctx.out.join(name), df, &[("stage", NAME.to_string())])
 }
 
 /// Each row's list column as a mean summed left to right. polars' float

@@ -21,7 +21,9 @@ use crate::analysis::stats::{conv_stats, SPREAD_QUANTILES};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::stages::{annotate, dist, kl, tokenizer, PlanCtx, Stage};
-use frames::{conditional, perr, scan, seq_means, write, Measure, CONV, CROSS_ENTROPY};
+use frames::{
+    conditional, perr, scan, scan_columns, seq_means, write, Measure, CONV, CROSS_ENTROPY,
+};
 
 mod frames;
 
@@ -100,7 +102,19 @@ impl Job for AggregateJob {
         let ann = ctx.upstream(annotate::NAME, "")?.join(annotate::FILE);
         let (conv, curves, row_kl) = self.conv(ctx, &kl_files)?;
         self.phases(ctx, curves)?;
-        let dists = scan(&dist_files)?;
+        // The per-row statistics, not the top-k lists (inspection only).
+        let dists = scan_columns(
+            &dist_files,
+            &[
+                "size",
+                "seed",
+                "step",
+                "row",
+                "target_logprob",
+                "kl_uniform",
+                "kl_unigram",
+            ],
+        )?;
         self.baselines(ctx, &dists)?;
         let surprisal = self.surprisal(dists.clone());
         let annotations = scan(std::slice::from_ref(&ann))?;

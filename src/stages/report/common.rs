@@ -2,7 +2,6 @@
 //! formats, and the log-step chart.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -22,10 +21,7 @@ pub(super) struct Table {
 
 impl Table {
     pub(super) fn read(path: &Path) -> Result<Table, StageError> {
-        let f = File::open(path).map_err(|e| StageError::io(path, e))?;
-        let df = ParquetReader::new(f)
-            .finish()
-            .map_err(|e| StageError::input(path, format!("cannot read: {e}")))?;
+        let df = crate::frame::read(&[path.to_path_buf()], None)?;
         Ok(Table {
             df,
             path: path.to_path_buf(),
