@@ -9,7 +9,7 @@ use super::{Check, Config};
 use crate::error::ConfigError;
 
 /// Which logits a sentence's log-probability is normalised over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BlimpVocab {
     /// Every logit the model emits (the paper).
@@ -19,23 +19,34 @@ pub enum BlimpVocab {
 }
 
 /// BLiMP minimal pairs scored at every checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct BlimpConfig {
-    /// Folder of BLiMP paradigm files `<UID>.jsonl`.
-    #[serde(default = "default_blimp_dir")]
+    /// Folder of `<paradigm>.jsonl` files (the shipped copy when the default is not beside the
+    /// config).
     pub dir: PathBuf,
     /// Paradigms (file stems) to score; empty: every file in `dir`.
-    #[serde(default)]
     pub paradigms: Vec<String>,
-    /// The first N pairs of each paradigm (the paper: 100).
-    #[serde(default = "default_blimp_pairs")]
+    /// The first N pairs of each paradigm (the paper: 100; the default pipeline: 20); a file with
+    /// fewer is an error.
     pub pairs: usize,
-    #[serde(default = "default_blimp_vocab")]
+    /// `full`: softmax over every emitted logit (the paper); `kept`: over the kept vocabulary.
     pub vocab: BlimpVocab,
     /// Sentences per ONNX Runtime call.
-    #[serde(default = "default_blimp_batch")]
     pub batch_size: usize,
+}
+
+impl Default for BlimpConfig {
+    fn default() -> Self {
+        BlimpConfig {
+            dir: PathBuf::from("data/blimp"),
+            paradigms: Default::default(),
+            pairs: 100,
+            vocab: BlimpVocab::Full,
+            batch_size: 64,
+        }
+    }
 }
 
 impl BlimpConfig {
@@ -64,53 +75,37 @@ impl BlimpConfig {
     }
 }
 
-pub(super) fn default_blimp_dir() -> PathBuf {
-    PathBuf::from("data/blimp")
-}
-fn default_blimp_pairs() -> usize {
-    100
-}
-fn default_blimp_vocab() -> BlimpVocab {
-    BlimpVocab::Full
-}
-fn default_blimp_batch() -> usize {
-    64
-}
-
 /// In-context-learning score: the loss on document token `position` (1-based)
 /// given the `long_context` tokens before it, minus the loss given the
 /// `short_context` tokens before it (the paper: 501, 401, 51; documents of
 /// at least 505 tokens).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct IclConfig {
-    #[serde(default = "default_icl_position")]
+    /// The predicted document token (1-based); 1 ≤ short < long < position.
     pub position: usize,
-    #[serde(default = "default_icl_long")]
+    /// Tokens of the long context before it.
     pub long_context: usize,
-    #[serde(default = "default_icl_short")]
+    /// Tokens of the short context before it.
     pub short_context: usize,
-    /// Documents shorter than this (in tokens) are skipped.
-    #[serde(default = "default_icl_min")]
+    /// Documents with fewer of their own tokens (BOS/EOS not counted; the authors' 505 with both is
+    /// 503 here) are skipped (≥ position).
     pub min_tokens: usize,
-    #[serde(default = "default_icl_batch")]
+    /// Contexts per ONNX Runtime call.
     pub batch_size: usize,
 }
 
-fn default_icl_position() -> usize {
-    501
-}
-fn default_icl_long() -> usize {
-    401
-}
-fn default_icl_short() -> usize {
-    51
-}
-fn default_icl_min() -> usize {
-    505
-}
-fn default_icl_batch() -> usize {
-    8
+impl Default for IclConfig {
+    fn default() -> Self {
+        IclConfig {
+            position: 501,
+            long_context: 401,
+            short_context: 51,
+            min_tokens: 505,
+            batch_size: 8,
+        }
+    }
 }
 
 impl BlimpConfig {

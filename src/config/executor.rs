@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::Check;
 use crate::error::ConfigError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     /// A pool of threads on this machine.
@@ -19,35 +21,36 @@ pub enum ExecutorKind {
     Slurm,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct ExecutorConfig {
-    #[serde(default)]
+    /// Where `run` computes: `local` (threads on this machine) or `slurm` (job arrays; `run
+    /// --executor` overrides).
     pub kind: ExecutorKind,
-    #[serde(default)]
     pub slurm: SlurmConfig,
 }
 
 /// `sbatch` settings: for every task, and per stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct SlurmConfig {
+    /// `sbatch --partition` of every task.
     pub partition: Option<String>,
+    /// `sbatch --account` of every task.
     pub account: Option<String>,
+    /// `sbatch --qos` of every task.
     pub qos: Option<String>,
     /// Time limit of a task unless its stage sets one (`sbatch --time`).
     pub time: Option<String>,
     /// More `sbatch` arguments, as given (e.g. `["--constraint=a100"]`).
-    #[serde(default)]
     pub extra_args: Vec<String>,
     /// Largest array submitted at once (0: ask the cluster's `MaxArraySize`).
-    #[serde(default)]
     pub max_array_size: usize,
     /// Seconds between polls of `squeue` while following.
-    #[serde(default = "default_poll")]
     pub poll_seconds: f64,
     /// Per-stage resources, e.g. `[executor.slurm.stages.dist] gpus = 1`.
-    #[serde(default)]
     pub stages: BTreeMap<String, StageResources>,
 }
 
@@ -60,18 +63,14 @@ impl Default for SlurmConfig {
             time: None,
             extra_args: vec![],
             max_array_size: 0,
-            poll_seconds: default_poll(),
+            poll_seconds: 2.0,
             stages: BTreeMap::new(),
         }
     }
 }
 
-fn default_poll() -> f64 {
-    2.0
-}
-
 /// What one task of a stage asks Slurm for.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageResources {
     /// `--cpus-per-task`; the task's threads.
@@ -106,7 +105,7 @@ impl ExecutorConfig {
 }
 
 /// What a local run may use (`[resources]`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesConfig {
     /// CUDA devices for model-running instances, one instance per device

@@ -8,28 +8,25 @@ use serde::{Deserialize, Serialize};
 use super::{no_duplicates, Check, Config};
 use crate::error::ConfigError;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
+/// Where the artefacts live.
 pub struct StoreConfig {
     /// Artefact store folder.
-    #[serde(default = "default_store_dir")]
     pub dir: PathBuf,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            dir: default_store_dir(),
+            dir: PathBuf::from("stages"),
         }
     }
 }
 
-fn default_store_dir() -> PathBuf {
-    PathBuf::from("stages")
-}
-
 /// Text formats seedconv reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TextFormat {
     /// Decide from the file extension (`.txt`, `.jsonl`, `.conllu`).
@@ -47,21 +44,23 @@ pub enum TextFormat {
 
 /// Training text shared by the tokenizer trainer, the frequency counts and
 /// (later) the built-in model trainer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct TrainCorpusConfig {
-    #[serde(default)]
+    /// Training text files (globs allowed).
     pub files: Vec<PathBuf>,
-    #[serde(default = "default_format")]
+    /// `txt` (one document per line), `raw` (whole file; documents separated by the EOS literal),
+    /// `jsonl`, `conllu`; `auto` decides by extension.
     pub format: TextFormat,
-    #[serde(default = "default_text_field")]
+    /// JSON field for `jsonl`.
     pub text_field: String,
 }
 
 impl Default for TrainCorpusConfig {
     fn default() -> Self {
         TrainCorpusConfig {
-            files: Vec::new(),
+            files: Default::default(),
             format: default_format(),
             text_field: default_text_field(),
         }
@@ -77,44 +76,35 @@ fn default_text_field() -> String {
 
 /// Either an existing `tokenizer.json` (`path`) or a byte-level BPE trained on
 /// the training corpus.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct TokenizerConfig {
-    /// An existing Hugging Face `tokenizer.json`; when set, nothing is trained.
-    #[serde(default)]
+    /// An existing Hugging Face `tokenizer.json` (nothing is trained); when unset a byte-level
+    /// BPE is trained on `train_corpus`.
     pub path: Option<PathBuf>,
-    #[serde(default = "default_vocab_size")]
+    /// BPE vocabulary size (training only).
     pub vocab_size: usize,
-    #[serde(default = "default_min_frequency")]
+    /// BPE minimum pair frequency (training only).
     pub min_frequency: u64,
     /// Document separator, also used as BOS and EOS (Pythia's convention).
-    #[serde(default = "default_eos")]
     pub eos_token: String,
     /// More special tokens for a trained tokenizer (masked-LM suites need
     /// `["[CLS]", "[SEP]", "[MASK]"]`).
-    #[serde(default)]
     pub extra_special_tokens: Vec<String>,
-    /// Masked-LM special tokens (used only by masked-LM suites).
-    #[serde(default = "default_cls")]
+    /// The masked-LM sequence start (used only by masked-LM suites).
     pub cls_token: String,
-    #[serde(default = "default_sep")]
+    /// The masked-LM sequence end; also the document separator of an
+    /// external masked-LM suite when `eos_token` is unset.
     pub sep_token: String,
-    #[serde(default = "default_mask")]
+    /// The masked-LM mask token (`dist.mlm_scoring = "masked"`, training).
     pub mask_token: String,
 }
 
-fn default_cls() -> String {
-    "[CLS]".into()
-}
-fn default_sep() -> String {
-    "[SEP]".into()
-}
-fn default_mask() -> String {
-    "[MASK]".into()
-}
-
 /// What a suite's models predict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// The next token (GPT-style).
@@ -125,7 +115,7 @@ pub enum Objective {
 }
 
 /// How a masked LM's distribution at a position is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MlmScoring {
     /// The MLM head at every visible position of the unmasked text (the
@@ -139,29 +129,19 @@ pub enum MlmScoring {
 impl Default for TokenizerConfig {
     fn default() -> Self {
         TokenizerConfig {
-            path: None,
-            vocab_size: default_vocab_size(),
-            min_frequency: default_min_frequency(),
-            eos_token: default_eos(),
-            extra_special_tokens: vec![],
-            cls_token: default_cls(),
-            sep_token: default_sep(),
-            mask_token: default_mask(),
+            path: Default::default(),
+            vocab_size: 4096,
+            min_frequency: 2,
+            eos_token: "<|endoftext|>".into(),
+            extra_special_tokens: Default::default(),
+            cls_token: "[CLS]".into(),
+            sep_token: "[SEP]".into(),
+            mask_token: "[MASK]".into(),
         }
     }
 }
 
-fn default_vocab_size() -> usize {
-    4096
-}
-fn default_min_frequency() -> u64 {
-    2
-}
-fn default_eos() -> String {
-    "<|endoftext|>".into()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CorpusMode {
     /// The paper's protocol: one token stream, sliding windows with stride W/2.
@@ -174,14 +154,20 @@ pub enum CorpusMode {
 }
 
 /// The evaluation text.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorpusConfig {
+    /// Evaluation text.
     pub path: PathBuf,
+    /// Format of `path`, as `train_corpus.format`.
     #[serde(default = "default_format")]
     pub format: TextFormat,
+    /// JSON field for `jsonl`.
     #[serde(default = "default_text_field")]
     pub text_field: String,
+    /// `stream`: the paper's protocol (BOS, each document + separator, EOS, one stream, windows W /
+    /// stride W/2); `documents`: each document its own `BOS doc EOS` sequence, windowed the same
+    /// way; `mlm`: masked-LM suites, each document alone as `[CLS] … [SEP]` in chunks of at most W.
     #[serde(default = "default_mode")]
     pub mode: CorpusMode,
     /// Window length W in tokens (the model's context); stride is W/2.
@@ -210,24 +196,26 @@ fn default_window() -> usize {
 }
 
 /// Token counts for frequency bins and the unigram baseline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct FrequencyConfig {
-    /// Files to count; empty means the training corpus.
-    #[serde(default)]
+    /// Frequency corpus (globs); empty = `train_corpus.files`; a `.npy` file is counts already
+    /// made, one per token id (float64 or int64, rounded; e.g. the authors' `frequency_count.npy`),
+    /// and its length must be the tokenizer's.
     pub files: Vec<PathBuf>,
-    #[serde(default = "default_format")]
+    /// Format of the text files, as `train_corpus.format`.
     pub format: TextFormat,
-    #[serde(default = "default_text_field")]
+    /// JSON field for `jsonl`.
     pub text_field: String,
 }
 
 impl Default for FrequencyConfig {
     fn default() -> Self {
         FrequencyConfig {
-            files: Vec::new(),
-            format: default_format(),
-            text_field: default_text_field(),
+            files: Default::default(),
+            format: TextFormat::Auto,
+            text_field: "text".into(),
         }
     }
 }

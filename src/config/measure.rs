@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Check, Config, MlmScoring, TextFormat};
 use crate::error::ConfigError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// CUDA when available, else CPU with a warning.
@@ -19,7 +19,7 @@ pub enum Device {
 }
 
 /// Where dist computes its row statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Statistics {
     /// In the graph on CUDA (the logits stay on the device), else on the host.
@@ -31,48 +31,46 @@ pub enum Statistics {
 }
 
 /// Per-checkpoint next-token distributions.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct DistConfig {
-    /// Top-k token ids and log-probs stored per row.
-    #[serde(default = "default_top_k")]
+    /// Top-k ids and log-probs stored per row, for inspection (KL always comes from the full
+    /// distributions); 16 since `bench dist --top-k` showed 64 cost more than the rest of dist beside ONNX Runtime on tiny models.
     pub top_k: usize,
     /// Windows per ONNX Runtime call.
-    #[serde(default = "default_dist_batch")]
     pub batch_size: usize,
-    /// ONNX Runtime intra-op threads (0: all cores).
-    #[serde(default)]
+    /// ONNX Runtime threads (0: the engine's share of the cores); with 2 or more on the CPU, a
+    /// model file ≤ 512 MB and batches' logits ≤ 256 MB, two sessions of half as many run
+    /// alternating batches.
     pub threads: usize,
-    #[serde(default = "default_device")]
+    /// `auto` (CUDA if present, else CPU with a warning), `cpu`, `cuda` (failure is an error).
     pub device: Device,
-    /// Row statistics on the host or in the ONNX Runtime graph (unkeyed:
-    /// the two agree within 1e-6 nats).
-    #[serde(default = "default_statistics")]
+    /// Where the row statistics are computed: `auto` (in an ONNX Runtime graph on CUDA, the logits
+    /// kept on the device; the Rust pass on the CPU), `host`, `graph`; unkeyed (they agree within
+    /// 1e-6 nats).
     pub statistics: Statistics,
     /// Keep the full log-probability arrays after the kl stage used them
     /// (then adding a seed recomputes no other seed's forward pass).
-    #[serde(default)]
     pub retain_full: bool,
     /// GB of transient full arrays (dist → kl) on disk at once; beyond it a
     /// kl instance runs the missing seeds' models again.
-    #[serde(default = "default_scratch_budget")]
     pub scratch_budget: f64,
     /// Masked-LM suites only, and required there: `unmasked` or `masked`.
-    #[serde(default)]
     pub mlm_scoring: Option<MlmScoring>,
 }
 
 impl Default for DistConfig {
     fn default() -> Self {
         DistConfig {
-            top_k: default_top_k(),
-            batch_size: default_dist_batch(),
-            threads: 0,
-            device: default_device(),
-            statistics: default_statistics(),
-            retain_full: false,
-            scratch_budget: default_scratch_budget(),
-            mlm_scoring: None,
+            top_k: DEFAULT_TOP_K,
+            batch_size: 16,
+            threads: Default::default(),
+            device: Device::Auto,
+            statistics: Statistics::Auto,
+            retain_full: Default::default(),
+            scratch_budget: 8.0,
+            mlm_scoring: Default::default(),
         }
     }
 }
@@ -83,33 +81,18 @@ impl Default for DistConfig {
 /// rest of dist beside ONNX Runtime (README, "bench dist --top-k").
 pub const DEFAULT_TOP_K: usize = 16;
 
-fn default_top_k() -> usize {
-    DEFAULT_TOP_K
-}
-fn default_scratch_budget() -> f64 {
-    8.0
-}
 impl DistConfig {
     pub fn scratch_budget_bytes(&self) -> u64 {
         (self.scratch_budget.max(0.0) * 1e9) as u64
     }
 }
-fn default_dist_batch() -> usize {
-    16
-}
-fn default_device() -> Device {
-    Device::Auto
-}
-fn default_statistics() -> Statistics {
-    Statistics::Auto
-}
 
 /// Exact KL across seeds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct KlConfig {
     /// k values for which the error of a top-k KL estimate is measured.
-    #[serde(default = "default_validation_k")]
     pub validation_k: Vec<usize>,
     /// Rows per (size, step) the validation measures, evenly spaced: every
     /// ⌈rows / validation_rows⌉-th row (0: every row). The estimate needs
@@ -117,27 +100,19 @@ pub struct KlConfig {
     /// group costs 0.6× the exact pass when every row is validated; 256
     /// rows put the relative errors' standard errors at a few tenths to
     /// three percentage points on the default suite.
-    #[serde(default = "default_validation_rows")]
     pub validation_rows: usize,
 }
 
 impl Default for KlConfig {
     fn default() -> Self {
         KlConfig {
-            validation_k: default_validation_k(),
-            validation_rows: default_validation_rows(),
+            validation_k: vec![16, 64, 256],
+            validation_rows: 256,
         }
     }
 }
 
-fn default_validation_k() -> Vec<usize> {
-    vec![16, 64, 256]
-}
-fn default_validation_rows() -> usize {
-    256
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PosSource {
     /// Gold tags for CoNLL-U corpora, the built-in tagger otherwise.
@@ -149,108 +124,76 @@ pub enum PosSource {
 }
 
 /// Per-row annotations.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct AnnotateConfig {
-    #[serde(default = "default_pos")]
+    /// `auto` (gold tags for CoNLL-U, the built-in tagger otherwise), `gold`, `tagger`, `file`.
     pub pos: PosSource,
-    /// CoNLL-U files the built-in tagger trains on (Penn XPOS)…
-    #[serde(default = "default_tagger_train")]
+    /// CoNLL-U file the built-in tagger trains on (its Penn XPOS tags; the
+    /// shipped copy when the default is not beside the config).
     pub tagger_train: PathBuf,
-    /// …and is scored on.
-    #[serde(default = "default_tagger_test")]
+    /// CoNLL-U file the built-in tagger's accuracy is measured on.
     pub tagger_test: PathBuf,
     /// With `pos = "file"`: one Penn tag per stream token — a JSON list of
     /// `[token, tag]` (the authors' `pos_tagged_tokens.json`), or a Parquet
     /// / CSV table with `token_index, tag` (and optionally `token`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pos_file: Option<PathBuf>,
     /// Regexes over each document's text whose matches are left untagged
     /// (UNK), e.g. markup blocks that are not prose (the authors erased two
     /// HTML/CSS blocks of their sample).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
 }
 
 impl Default for AnnotateConfig {
     fn default() -> Self {
         AnnotateConfig {
-            pos: default_pos(),
-            tagger_train: default_tagger_train(),
-            tagger_test: default_tagger_test(),
-            pos_file: None,
-            exclude: Vec::new(),
+            pos: PosSource::Auto,
+            tagger_train: PathBuf::from("data/ud_english_ewt/en_ewt-ud-train.conllu"),
+            tagger_test: PathBuf::from("data/ud_english_ewt/en_ewt-ud-test.conllu"),
+            pos_file: Default::default(),
+            exclude: Default::default(),
         }
     }
 }
 
-fn default_pos() -> PosSource {
-    PosSource::Auto
-}
-pub(super) fn default_tagger_train() -> PathBuf {
-    PathBuf::from("data/ud_english_ewt/en_ewt-ud-train.conllu")
-}
-pub(super) fn default_tagger_test() -> PathBuf {
-    PathBuf::from("data/ud_english_ewt/en_ewt-ud-test.conllu")
-}
-
 /// The analysis tables.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct AggregateConfig {
     /// Bootstrap replicates for the E[conv] interval (0: none).
-    #[serde(default = "default_bootstrap")]
     pub bootstrap: usize,
-    #[serde(default)]
+    /// RNG seed of the bootstrap (part of the key: same seed, same interval).
     pub bootstrap_seed: u64,
-    /// Cells with fewer rows are flagged (`few_rows`), not dropped.
-    #[serde(default = "default_min_rows")]
+    /// Conditional cells with fewer rows are flagged `few_rows` (kept, not dropped).
     pub min_rows: usize,
-    /// "mean" over seeds (default) or one seed's label (the paper: seed 1).
-    #[serde(default = "default_surprisal_seed")]
+    /// Final surprisal: mean over seeds, or one seed's label (the paper used seed 1).
     pub final_surprisal_seed: String,
     /// Tokens in each of the lowest / middle / highest groups of the token table.
-    #[serde(default = "default_token_n")]
     pub token_table_n: usize,
     /// Also write `token_table_pooled.parquet`, the authors' table: pooled
     /// over sizes, UNK-tagged targets left out.
-    #[serde(default)]
     pub token_table_pooled: bool,
     /// Relative band around the step-0 E[KL] that counts as "unchanged" when
     /// locating the four phases.
-    #[serde(default = "default_phase_tol")]
     pub phase_tolerance: f64,
-}
-
-fn default_phase_tol() -> f64 {
-    0.05
 }
 
 impl Default for AggregateConfig {
     fn default() -> Self {
         AggregateConfig {
-            bootstrap: default_bootstrap(),
-            bootstrap_seed: 0,
-            min_rows: default_min_rows(),
-            final_surprisal_seed: default_surprisal_seed(),
-            token_table_n: default_token_n(),
-            token_table_pooled: false,
-            phase_tolerance: default_phase_tol(),
+            bootstrap: 1000,
+            bootstrap_seed: Default::default(),
+            min_rows: 30,
+            final_surprisal_seed: "mean".into(),
+            token_table_n: 20,
+            token_table_pooled: Default::default(),
+            phase_tolerance: 0.05,
         }
     }
-}
-
-fn default_bootstrap() -> usize {
-    1000
-}
-fn default_min_rows() -> usize {
-    30
-}
-fn default_surprisal_seed() -> String {
-    "mean".into()
-}
-fn default_token_n() -> usize {
-    20
 }
 
 impl AnnotateConfig {

@@ -10,6 +10,7 @@ mod downstream;
 mod executor;
 mod inputs;
 mod measure;
+mod reference;
 mod report;
 mod suite;
 
@@ -29,13 +30,14 @@ pub use measure::{
     AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource, Statistics,
     DEFAULT_TOP_K,
 };
+pub use reference::reference;
 pub use report::{Band, ReportConfig};
 pub use suite::{FetchConfig, Keep, SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};
 
 pub const DEFAULT_CONFIG: &str = "pipeline.toml";
 
 /// The whole pipeline, as written in `pipeline.toml` with defaults filled in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -392,12 +394,10 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
     }
     // The tagger's defaults name the shipped EWT files: beside the config
     // if it has them, else in the source tree this binary was built from.
+    let defaults = AnnotateConfig::default();
     for (p, default) in [
-        (
-            &mut c.annotate.tagger_train,
-            measure::default_tagger_train(),
-        ),
-        (&mut c.annotate.tagger_test, measure::default_tagger_test()),
+        (&mut c.annotate.tagger_train, defaults.tagger_train),
+        (&mut c.annotate.tagger_test, defaults.tagger_test),
     ] {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(&default);
         let is_default = *p == default;
@@ -408,8 +408,9 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
     }
     if let Some(b) = c.blimp.as_mut() {
         // Like the tagger's files: the shipped BLiMP when none is beside the config.
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(downstream::default_blimp_dir());
-        let is_default = b.dir == downstream::default_blimp_dir();
+        let default = BlimpConfig::default().dir;
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(&default);
+        let is_default = b.dir == default;
         resolve(root, &mut b.dir);
         if is_default && !b.dir.is_dir() && shipped.is_dir() {
             b.dir = shipped;

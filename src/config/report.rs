@@ -6,7 +6,7 @@ use super::{Check, Config};
 use crate::error::ConfigError;
 
 /// The band drawn around each size's E[conv] curve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Band {
     /// ±1 SD over the seed pairs' means (the paper's main curves).
@@ -18,68 +18,46 @@ pub enum Band {
 }
 
 /// Figures, HTML and Markdown of the `report` stage.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct ReportConfig {
-    #[serde(default = "default_band")]
+    /// Band around E[conv]: `sd_pairs` (±1 SD over seed pairs), `sd_rows` (±1 SD over contexts),
+    /// `ci` (bootstrap 95%).
     pub band: Band,
-    /// Sizes that get conditional panels (empty: every size).
-    #[serde(default)]
+    /// Sizes that get conditional and spread panels (empty: all).
     pub sizes: Vec<String>,
-    /// Most levels drawn in one conditional panel (those with most rows);
-    /// the CSV keeps every level.
-    #[serde(default = "default_max_levels")]
+    /// Most groups drawn per conditional panel (those with most rows; the CSV of `aggregate` keeps
+    /// all).
     pub max_levels: usize,
-    /// Tokens listed per end of the token table.
-    #[serde(default = "default_token_rows")]
+    /// Tokens listed at each end of the report's token table.
     pub token_rows: usize,
     /// Figure size in pixels.
-    #[serde(default = "default_fig_width")]
     pub width: u32,
-    #[serde(default = "default_fig_height")]
+    /// Figure size in pixels.
     pub height: u32,
     /// Also render every figure as PNG (SVG is always written).
-    #[serde(default = "default_true")]
     pub png: bool,
     /// Fixed steps drawn as grey verticals beside the detected phase
     /// boundaries, e.g. the paper's [16, 256, 2000] (empty: none; not in
     /// the key then, so existing reports keep theirs).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phase_lines: Vec<u64>,
 }
 
 impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
-            band: default_band(),
-            sizes: vec![],
-            max_levels: default_max_levels(),
-            token_rows: default_token_rows(),
-            width: default_fig_width(),
-            height: default_fig_height(),
+            band: Band::SdPairs,
+            sizes: Default::default(),
+            max_levels: 8,
+            token_rows: 10,
+            width: 900,
+            height: 480,
             png: true,
-            phase_lines: Vec::new(),
+            phase_lines: Default::default(),
         }
     }
-}
-
-fn default_band() -> Band {
-    Band::SdPairs
-}
-fn default_max_levels() -> usize {
-    8
-}
-fn default_token_rows() -> usize {
-    10
-}
-fn default_fig_width() -> u32 {
-    900
-}
-fn default_fig_height() -> u32 {
-    480
-}
-fn default_true() -> bool {
-    true
 }
 
 impl ReportConfig {

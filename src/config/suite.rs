@@ -7,11 +7,14 @@ use super::{no_duplicates, Check, Config, Objective};
 use crate::error::ConfigError;
 
 /// One model size of a built-in suite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SizeConfig {
+    /// Transformer blocks.
     pub layers: usize,
+    /// Width of the residual stream (a multiple of `heads`).
     pub d_model: usize,
+    /// Attention heads.
     pub heads: usize,
     /// Context length (learned positions): also the training window.
     pub context: usize,
@@ -19,7 +22,7 @@ pub struct SizeConfig {
 
 /// A seed: one number for both initialisation and data order, or the two
 /// separately (PolyPythia's decoupled runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum SeedSpec {
     Both(u64),
@@ -52,31 +55,38 @@ impl SeedSpec {
 }
 
 /// A built-in seed suite: sizes × seeds, trained on `train_corpus`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// `causal` (default) or `mlm`: BERT-style masked LMs.
     #[serde(default, skip_serializing_if = "is_causal")]
+    #[schemars(extend("default" = "causal"))]
     pub objective: Objective,
+    /// List of seeds: `3` or `{ init_seed = 1, data_seed = 2 }`.
     pub seeds: Vec<SeedSpec>,
     /// Model sizes by name (the name is `{size}` in paths).
     pub sizes: std::collections::BTreeMap<String, SizeConfig>,
     /// Optimizer updates per run.
     pub steps: usize,
+    /// Windows per update (each `context` + 1 tokens).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Peak learning rate.
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
     /// Warmup as a fraction of `steps` (Pythia: 1%).
     #[serde(default = "default_warmup")]
     pub warmup_fraction: f64,
+    /// Final learning rate of the cosine decay, as a fraction of the peak.
     #[serde(default = "default_min_lr")]
     pub min_lr_fraction: f64,
+    /// AdamW weight decay (matrices only).
     #[serde(default = "default_wd")]
     pub weight_decay: f64,
     /// Checkpoint steps; empty = 0, 1, 2, 4, …, 512, every doubling, last.
     #[serde(default)]
     pub checkpoints: Vec<usize>,
+    /// Steps between rows of `loss.parquet`.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
     /// Pad the logits to a multiple of this many columns (Pythia: 128).
@@ -120,12 +130,13 @@ fn default_check_tolerance() -> f64 {
 }
 
 /// An external multi-seed suite: model files found through a path template.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteConfig {
     /// `causal` (default) or `mlm` (inputs input_ids, attention_mask,
     /// token_type_ids; output logits at every position).
     #[serde(default, skip_serializing_if = "is_causal")]
+    #[schemars(extend("default" = "causal"))]
     pub kind: Objective,
     /// Path template with `{size}`, `{seed}` and `{step}`, e.g.
     /// `models/pythia-{size}-seed{seed}/step{step}/model.onnx`.
@@ -134,7 +145,10 @@ pub struct SuiteConfig {
     /// called `ONE_SIZE`.
     #[serde(default)]
     pub sizes: Vec<String>,
+    /// Seed labels, each `{seed}` in the template (e.g. `[1, 3, 5, 7, 9]`).
     pub seeds: Vec<u64>,
+    /// Checkpoint steps, each `{step}` in the template; a step missing a
+    /// checkpoint of some seed is an error naming the file.
     pub steps: Vec<usize>,
     /// Keep the first N logits and renormalise (default: the tokenizer's
     /// vocabulary; Pythia emits 50,304 logits for 50,277 tokens).
@@ -149,10 +163,13 @@ pub struct SuiteConfig {
     /// Fetched models kept on disk: `all`, or `until_consumed` (deleted
     /// once every instance that reads them has finished).
     #[serde(default, skip_serializing_if = "Keep::is_all")]
+    #[schemars(extend("default" = "all"))]
     pub keep: Keep,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Keep {
     #[default]
@@ -167,30 +184,25 @@ impl Keep {
 }
 
 /// How checkpoints are fetched (`[fetch]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct FetchConfig {
     /// Fetches run at once in a local run (network-bound: they do not take
     /// the cores' slots).
-    #[serde(default = "default_fetch_jobs")]
     pub jobs: usize,
     /// With `suite.keep = "until_consumed"`: checkpoint groups (one size ×
     /// step, every seed) on disk at once.
-    #[serde(default = "default_fetch_jobs")]
     pub max_groups_on_disk: usize,
 }
 
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            jobs: default_fetch_jobs(),
-            max_groups_on_disk: default_fetch_jobs(),
+            jobs: 2,
+            max_groups_on_disk: 2,
         }
     }
-}
-
-fn default_fetch_jobs() -> usize {
-    2
 }
 
 fn is_causal(o: &Objective) -> bool {
