@@ -22,9 +22,11 @@ fn main() {
         .expect("prost generates the ONNX messages");
     // A new commit or a staged change reruns this script; edits to the work
     // tree after it ran are not seen ("dirty" is as of the build).
-    for f in [".git/HEAD", ".git/index"] {
-        if std::path::Path::new(f).exists() {
-            println!("cargo:rerun-if-changed={f}");
+    // `--git-path`: a linked worktree keeps HEAD and index elsewhere.
+    for f in ["HEAD", "index"] {
+        let p = git(&["rev-parse", "--git-path", f]).unwrap_or_else(|| format!(".git/{f}"));
+        if std::path::Path::new(&p).exists() {
+            println!("cargo:rerun-if-changed={p}");
         }
     }
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
