@@ -105,7 +105,7 @@ pub struct RunArgs {
     /// Instances run at once (default: number of cores).
     #[arg(short, long)]
     pub jobs: Option<usize>,
-    /// Print one JSON document instead of text (shape in the README).
+    /// Print one JSON document instead of text (shape in docs/cli.md).
     #[arg(long)]
     pub json: bool,
     /// Where to compute (default: `[executor] kind` of the config, else local).
@@ -139,7 +139,7 @@ pub struct StatusArgs {
     /// Exit 1 when any instance is not fresh (for scripts and CI).
     #[arg(long)]
     pub check: bool,
-    /// Print one JSON document instead of text (shape in the README).
+    /// Print one JSON document instead of text (shape in docs/cli.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -156,7 +156,7 @@ pub struct ConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct JsonArgs {
-    /// Print one JSON document instead of text (shape in the README).
+    /// Print one JSON document instead of text (shape in docs/cli.md).
     #[arg(long)]
     pub json: bool,
 }

@@ -78,7 +78,7 @@ impl Default for DistConfig {
 /// Entries of each row's top list by default. 16 and not 64: the lists are
 /// for inspection (KL always comes from the full distributions), and on the
 /// tiny default models selecting and storing 64 per row cost more than the
-/// rest of dist beside ONNX Runtime (README, "bench dist --top-k").
+/// rest of dist beside ONNX Runtime (docs/benchmarks.md, "bench dist --top-k").
 pub const DEFAULT_TOP_K: usize = 16;
 
 impl DistConfig {

@@ -15,7 +15,7 @@
 //! **Layers.** A stage imports only upstream stages (for their names and the
 //! readers of their outputs) and the libraries below (`lm::eval`,
 //! `analysis`, `suite`, `text`, `table`, …), never a downstream stage
-//! (`tests/layers.rs` checks it).
+//! (`tests/testsuite/layers.rs` checks it).
 
 pub mod aggregate;
 pub mod annotate;

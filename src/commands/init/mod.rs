@@ -347,7 +347,7 @@ pub fn init(config: &Path, args: &InitArgs) -> Result<()> {
     }
     writeln!(
         w,
-        "\n# More measurements: [blimp] and [icl] (causal suites), see the README."
+        "\n# More measurements: [blimp] and [icl] (causal suites), see docs/downstream.md."
     )?;
 
     // Written beside the target, loaded once, then renamed into place.
