@@ -74,8 +74,8 @@ impl From<parquet::errors::ParquetError> for StageError {
     }
 }
 
-impl From<arrow::error::ArrowError> for StageError {
-    fn from(e: arrow::error::ArrowError) -> Self {
+impl From<arrow_schema::ArrowError> for StageError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
         StageError::Other(format!("arrow: {e}"))
     }
 }

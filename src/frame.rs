@@ -10,8 +10,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{make_array, Array, ArrayRef, RecordBatch};
-use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::{make_array, Array, ArrayRef, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use polars::prelude::{CompatLevel, DataFrame, IntoColumn, PolarsError, Series};
@@ -24,7 +24,7 @@ fn perr(path: &Path, e: PolarsError) -> StageError {
 
 /// One arrow-rs column as a polars Series (zero-copy).
 fn to_series(name: &str, a: &ArrayRef, path: &Path) -> Result<Series, StageError> {
-    let (array, schema) = arrow::ffi::to_ffi(&a.to_data())?;
+    let (array, schema) = arrow_array::ffi::to_ffi(&a.to_data())?;
     // SAFETY: both crates define these structs as the Arrow C Data
     // Interface's `ArrowArray` / `ArrowSchema` (#[repr(C)], same fields);
     // the array is moved (its release callback runs once, on polars' side).
@@ -52,7 +52,7 @@ fn to_arrow(s: &Series) -> Result<ArrayRef, StageError> {
     let data = unsafe {
         let array = std::mem::transmute::<polars_arrow::ffi::ArrowArray, FFI_ArrowArray>(array);
         let schema = std::mem::transmute::<polars_arrow::ffi::ArrowSchema, FFI_ArrowSchema>(schema);
-        arrow::ffi::from_ffi(array, &schema)?
+        arrow_array::ffi::from_ffi(array, &schema)?
     };
     Ok(make_array(data))
 }

@@ -7,8 +7,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::Schema;
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::Schema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -66,10 +66,10 @@ impl Writer {
         // one and falling back to plain pages cost CPU and a few bytes).
         let mut props = WriterProperties::builder();
         for f in schema.fields() {
-            let floats = |t: &arrow::datatypes::DataType| t.is_floating();
+            let floats = |t: &arrow_schema::DataType| t.is_floating();
             let path = match f.data_type() {
                 t if floats(t) => Some(vec![f.name().clone()]),
-                arrow::datatypes::DataType::List(item) if floats(item.data_type()) => {
+                arrow_schema::DataType::List(item) if floats(item.data_type()) => {
                     Some(vec![f.name().clone(), "list".into(), item.name().clone()])
                 }
                 _ => None,
@@ -118,7 +118,7 @@ pub fn read(path: &Path) -> Result<RecordBatch, StageError> {
     let schema = builder.schema().clone();
     let reader = builder.with_batch_size(1 << 16).build()?;
     let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
-    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
 /// What `seedconv show --schema` prints of a file.

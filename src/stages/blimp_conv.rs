@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use arrow::array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
 use serde::Serialize;
 use serde_json::json;
 

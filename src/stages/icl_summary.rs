@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Float64Array, StringArray, UInt32Array};
+use arrow_array::{Float64Array, StringArray, UInt32Array};
 use serde::Serialize;
 use serde_json::json;
 

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array};
+use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
@@ -189,12 +189,14 @@ impl KlJob {
         for c in &self.ckpts {
             let w = dist::logits_width(ctx, &c.label())?;
             match width {
-                Some((w0, c0)) if w0 != w => return Err(StageError::Other(format!(
+                Some((w0, c0)) if w0 != w => {
+                    return Err(StageError::Other(format!(
                     "vocabulary widths differ within size {}: {} emits {w0} logits, {} emits {w}",
                     self.size,
                     c0.name(),
                     c.name()
-                ))),
+                )))
+                }
                 _ => width = Some((w, c)),
             }
         }

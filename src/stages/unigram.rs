@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow_array::{Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
 use serde::Serialize;
 use serde_json::json;
 

@@ -9,9 +9,8 @@ use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
 
 use crate::error::StageError;
 
@@ -60,73 +59,110 @@ pub fn read(path: &Path, stream: &[&str]) -> Result<Vec<String>, StageError> {
     Ok(rows.into_iter().map(|(_, g)| g).collect())
 }
 
-/// A CSV with a header; every column read as text but `token_index`.
+/// A CSV with a header (`token_index`, `tag`, optionally `token`), as the
+/// table [`indexed`] reads.
 fn read_csv(path: &Path) -> Result<RecordBatch, StageError> {
-    let bad = |e: arrow::error::ArrowError| StageError::input(path, format!("reading CSV: {e}"));
-    let f = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let format = arrow::csv::reader::Format::default().with_header(true);
-    let (inferred, _) = format
-        .infer_schema(BufReader::new(f), Some(1))
-        .map_err(bad)?;
-    let schema = Arc::new(Schema::new(
-        inferred
-            .fields()
+    let bad = |e: csv::Error| StageError::input(path, format!("reading CSV: {e}"));
+    let mut r = csv::Reader::from_path(path).map_err(bad)?;
+    let names: Vec<String> = r.headers().map_err(bad)?.iter().map(String::from).collect();
+    let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); names.len()];
+    for rec in r.records() {
+        let rec = rec.map_err(bad)?;
+        for (c, col) in cols.iter_mut().enumerate() {
+            col.push(rec.get(c).filter(|v| !v.is_empty()).map(String::from));
+        }
+    }
+    let mut fields = Vec::new();
+    let mut arrays: Vec<Arc<dyn Array>> = Vec::new();
+    for (name, col) in names.iter().zip(cols) {
+        if name == "token_index" {
+            let v = col
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_deref()
+                        .map(|x| x.trim().parse::<i64>())
+                        .transpose()
+                        .map_err(|e| StageError::input(path, format!("row {i}: token_index: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            fields.push(Field::new(name, DataType::Int64, true));
+            arrays.push(Arc::new(Int64Array::from(v)));
+        } else {
+            fields.push(Field::new(name, DataType::Utf8, true));
+            arrays.push(Arc::new(StringArray::from(col)));
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| StageError::input(path, format!("reading CSV: {e}")))
+}
+
+/// A column's values as i64, whatever integer type it is stored as.
+fn ints(c: &dyn Array) -> Option<Vec<Option<i64>>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
+    Some(match c.data_type() {
+        DataType::Int64 => c.as_primitive::<Int64Type>().iter().collect(),
+        DataType::Int32 => c
+            .as_primitive::<Int32Type>()
             .iter()
-            .map(|f| {
-                let t = if f.name() == "token_index" {
-                    DataType::Int64
-                } else {
-                    DataType::Utf8
-                };
-                Field::new(f.name(), t, true)
-            })
-            .collect::<Vec<_>>(),
-    ));
-    let f = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = arrow::csv::ReaderBuilder::new(schema.clone())
-        .with_format(format)
-        .build(BufReader::new(f))
-        .map_err(bad)?;
-    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(bad)?;
-    arrow::compute::concat_batches(&schema, &batches).map_err(bad)
+            .map(|v| v.map(i64::from))
+            .collect(),
+        DataType::UInt32 => c
+            .as_primitive::<UInt32Type>()
+            .iter()
+            .map(|v| v.map(i64::from))
+            .collect(),
+        DataType::UInt64 => c
+            .as_primitive::<UInt64Type>()
+            .iter()
+            .map(|v| v.and_then(|v| i64::try_from(v).ok()))
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// A column's values as text, whichever string layout it is stored in.
+fn strings(c: &dyn Array) -> Option<Vec<Option<String>>> {
+    use arrow_array::cast::AsArray;
+    let own = |v: Option<&str>| v.map(String::from);
+    Some(match c.data_type() {
+        DataType::Utf8 => c.as_string::<i32>().iter().map(own).collect(),
+        DataType::LargeUtf8 => c.as_string::<i64>().iter().map(own).collect(),
+        DataType::Utf8View => c.as_string_view().iter().map(own).collect(),
+        _ => return None,
+    })
 }
 
 /// Rows of a `token_index, tag[, token]` table, which must list the indices
 /// 0, 1, 2, … in order.
 fn indexed(path: &Path, b: &RecordBatch) -> Result<Vec<(Option<String>, String)>, StageError> {
-    let column = |name: &str, t: &DataType| -> Result<Option<Arc<dyn Array>>, StageError> {
-        b.column_by_name(name)
-            .map(|c| cast(c, t).map_err(|e| StageError::input(path, format!("column {name}: {e}"))))
-            .transpose()
-    };
     let missing = |name: &str| StageError::input(path, format!("has no column {name}"));
-    let idx = column("token_index", &DataType::Int64)?.ok_or_else(|| missing("token_index"))?;
-    let tag = column("tag", &DataType::Utf8)?.ok_or_else(|| missing("tag"))?;
-    let tok = column("token", &DataType::Utf8)?;
-    let idx = idx.as_any().downcast_ref::<Int64Array>().expect("cast");
-    let tag = tag.as_any().downcast_ref::<StringArray>().expect("cast");
-    let tok = tok
-        .as_ref()
-        .map(|t| t.as_any().downcast_ref::<StringArray>().expect("cast"));
+    let wrong =
+        |name: &str, what: &str| StageError::input(path, format!("column {name}: expected {what}"));
+    let col = |name: &str| b.column_by_name(name);
+    let idx = ints(col("token_index").ok_or_else(|| missing("token_index"))?)
+        .ok_or_else(|| wrong("token_index", "integers"))?;
+    let tag =
+        strings(col("tag").ok_or_else(|| missing("tag"))?).ok_or_else(|| wrong("tag", "text"))?;
+    let tok = col("token")
+        .map(|c| strings(c).ok_or_else(|| wrong("token", "text")))
+        .transpose()?;
     let mut out = Vec::with_capacity(b.num_rows());
     for i in 0..b.num_rows() {
-        if idx.is_null(i) || idx.value(i) != i as i64 {
+        if idx[i] != Some(i as i64) {
+            let got = idx[i].map_or("null".into(), |v| v.to_string());
             return Err(StageError::input(
                 path,
                 format!(
-                    "row {i} has token_index {}, expected {i} (indices 0, 1, … in order; first differing index {i})",
-                    if idx.is_null(i) { "null".into() } else { idx.value(i).to_string() }
+                    "row {i} has token_index {got}, expected {i} (indices 0, 1, … in order; first differing index {i})"
                 ),
             ));
         }
-        if tag.is_null(i) {
+        let Some(g) = &tag[i] else {
             return Err(StageError::input(path, format!("token {i} has no tag")));
-        }
-        out.push((
-            tok.filter(|t| !t.is_null(i))
-                .map(|t| t.value(i).to_string()),
-            tag.value(i).to_string(),
-        ));
+        };
+        out.push((tok.as_ref().and_then(|t| t[i].clone()), g.clone()));
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@
 use crate::common;
 use common::{hf_suite_config, Project};
 
-use arrow::array::{Array, BooleanArray, Float32Array, Float64Array, StringArray, UInt32Array};
+use arrow_array::{Array, BooleanArray, Float32Array, Float64Array, StringArray, UInt32Array};
 use std::collections::BTreeMap;
 
 use common::{col, read_table};
@@ -239,7 +239,7 @@ fn aggregates_match_an_independent_computation() {
     let d12 = read("dist/current/tiny-seed12-step300.dist.parquet");
     let fsv = col::<Float64Array>(&fs, "final_surprisal");
     let fsr = col::<UInt32Array>(&fs, "row");
-    let lp = |d: &arrow::array::RecordBatch, r: u32| {
+    let lp = |d: &arrow_array::RecordBatch, r: u32| {
         let rows = col::<UInt32Array>(d, "row");
         let i = (0..d.num_rows()).find(|&i| rows.value(i) == r).unwrap();
         col::<Float32Array>(d, "target_logprob").value(i) as f64
@@ -316,10 +316,10 @@ fn groups_of(xpos: Option<&str>, upos: Option<&str>) -> [f64; 3] {
 }
 
 fn regression_matches(
-    ann: &arrow::array::RecordBatch,
+    ann: &arrow_array::RecordBatch,
     pairs: &BTreeMap<String, Vec<(u32, f64)>>,
     step: u32,
-    reg: &arrow::array::RecordBatch,
+    reg: &arrow_array::RecordBatch,
 ) {
     let opt = |c: &str, i: usize| {
         let a = col::<StringArray>(ann, c);
@@ -329,7 +329,7 @@ fn regression_matches(
     for i in 0..ann.num_rows() {
         let mut x = vec![
             1.0,
-            ((col::<arrow::array::UInt64Array>(ann, "count").value(i) + 1) as f64).log10(),
+            ((col::<arrow_array::UInt64Array>(ann, "count").value(i) + 1) as f64).log10(),
         ];
         x.extend(groups_of(opt("xpos", i), opt("upos", i)));
         x.extend(groups_of(opt("context_xpos", i), opt("context_upos", i)));
@@ -407,9 +407,9 @@ fn regression_matches(
 /// The authors' token table: tagged targets only, mean KL per token over
 /// every pair and row, lowest / middle / highest 20.
 fn pooled_table_matches(
-    ann: &arrow::array::RecordBatch,
-    kl: &arrow::array::RecordBatch,
-    table: &arrow::array::RecordBatch,
+    ann: &arrow_array::RecordBatch,
+    kl: &arrow_array::RecordBatch,
+    table: &arrow_array::RecordBatch,
 ) {
     let mut target: BTreeMap<u32, u32> = BTreeMap::new();
     for i in 0..ann.num_rows() {

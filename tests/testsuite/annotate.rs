@@ -5,7 +5,7 @@
 use crate::common;
 use common::Project;
 
-use arrow::array::{Array, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{Array, StringArray, UInt32Array, UInt64Array};
 
 use common::col;
 
@@ -130,7 +130,7 @@ fn frequency_counts_on_a_known_text() {
     let counts = col::<UInt64Array>(&u, "count").values().to_vec();
     // 3 documents in f1 (blank lines skipped), 1 in f2: one separator each.
     assert_eq!(counts, vec![4, 3, 3, 1, 1]);
-    let lp = col::<arrow::array::Float64Array>(&u, "log_prob");
+    let lp = col::<arrow_array::Float64Array>(&u, "log_prob");
     // Add-one smoothing over 5 tokens: (c + 1) / (12 + 5).
     for (i, &c) in counts.iter().enumerate() {
         assert!((lp.value(i) - ((c + 1) as f64 / 17.0).ln()).abs() < 1e-12);
@@ -214,7 +214,7 @@ fn polypythia_preset_rows_carry_the_authors_tags_from_any_file_form() {
         );
     }
     assert!(want_counts[1] == 0 && want_counts.iter().filter(|&&c| c == 0).count() > 10);
-    let nouns = col::<arrow::array::BooleanArray>(&a, "is_noun");
+    let nouns = col::<arrow_array::BooleanArray>(&a, "is_noun");
     let want_nouns = authors[1..]
         .iter()
         .filter(|(_, t)| matches!(t.as_str(), "NN" | "NNS" | "NNP" | "NNPS"))
@@ -233,12 +233,12 @@ fn polypythia_preset_rows_carry_the_authors_tags_from_any_file_form() {
     }
     std::fs::write(&csv, text).unwrap();
     let pq = p.path().join("tags.parquet");
-    let batch = arrow::array::RecordBatch::try_from_iter(vec![
+    let batch = arrow_array::RecordBatch::try_from_iter(vec![
         (
             "token_index",
-            std::sync::Arc::new(arrow::array::Int64Array::from_iter_values(
+            std::sync::Arc::new(arrow_array::Int64Array::from_iter_values(
                 0..authors.len() as i64,
-            )) as arrow::array::ArrayRef,
+            )) as arrow_array::ArrayRef,
         ),
         (
             "token",

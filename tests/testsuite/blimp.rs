@@ -5,7 +5,7 @@
 use crate::common;
 use common::{col, hf_suite_config, Project};
 
-use arrow::array::{BooleanArray, Float64Array, StringArray, UInt32Array};
+use arrow_array::{BooleanArray, Float64Array, StringArray, UInt32Array};
 use std::collections::BTreeMap;
 
 const PARADIGMS: [&str; 2] = [
@@ -59,7 +59,7 @@ fn reference_logp(
         .sum()
 }
 
-fn strs(b: &arrow::array::RecordBatch, name: &str) -> Vec<String> {
+fn strs(b: &arrow_array::RecordBatch, name: &str) -> Vec<String> {
     let c = col::<StringArray>(b, name);
     (0..b.num_rows()).map(|i| c.value(i).to_string()).collect()
 }

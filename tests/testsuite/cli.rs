@@ -236,7 +236,7 @@ fn paper_sample_with_pythia_tokenizer_gives_4663_tokens_and_4662_rows() {
         .column_by_name("token_id")
         .unwrap()
         .as_any()
-        .downcast_ref::<arrow::array::UInt32Array>()
+        .downcast_ref::<arrow_array::UInt32Array>()
         .unwrap();
     let got: Vec<i64> = ids.values().iter().map(|&x| x as i64).collect();
     assert_eq!(got, want, "token stream differs from the authors' encoding");
@@ -247,7 +247,7 @@ fn paper_sample_with_pythia_tokenizer_gives_4663_tokens_and_4662_rows() {
         .column_by_name("context_start")
         .unwrap()
         .as_any()
-        .downcast_ref::<arrow::array::UInt32Array>()
+        .downcast_ref::<arrow_array::UInt32Array>()
         .unwrap();
     for r in 0..4662usize {
         let want = if r < 2048 { 0 } else { 1024 * (r / 1024 - 1) };

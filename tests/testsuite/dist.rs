@@ -7,7 +7,7 @@
 use crate::common;
 use common::{fixtures, Project};
 
-use arrow::array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};
+use arrow_array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};
 use seedconv::lm::onnx::runtime::OrtModel;
 
 use common::{causal, hf_suite_config as suite_config};

@@ -7,7 +7,7 @@ use crate::common;
 use common::{causal, col, hf_suite_config, Project};
 use std::path::Path;
 
-use arrow::array::Float32Array;
+use arrow_array::Float32Array;
 use prost::Message;
 use seedconv::lm::onnx::proto::{
     attribute_proto::AttributeType, AttributeProto, ModelProto, NodeProto,

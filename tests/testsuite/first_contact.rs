@@ -29,7 +29,7 @@ fn one_size_needs_no_sizes_key() {
     p.ok(&["run", "kl"]);
     // The one size is called `model`, in labels and tables alike.
     let kl = common::read_table(&p.store().join("kl/current/model-step0.kl.parquet"));
-    let size = common::col::<arrow::array::StringArray>(&kl, "size");
+    let size = common::col::<arrow_array::StringArray>(&kl, "size");
     assert!(kl.num_rows() > 0 && (0..kl.num_rows()).all(|i| size.value(i) == "model"));
 }
 

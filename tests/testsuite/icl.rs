@@ -7,7 +7,7 @@
 use crate::common;
 use common::{col, Project};
 
-use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
+use arrow_array::{Array, Float64Array, StringArray, UInt32Array};
 use seedconv::lm::model::{Shape, Weights, LN_EPS};
 use std::collections::BTreeMap;
 

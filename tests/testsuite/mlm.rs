@@ -6,7 +6,7 @@
 use crate::common;
 use common::{col, fixtures, Project};
 
-use arrow::array::{Float32Array, Float64Array, StringArray, UInt32Array};
+use arrow_array::{Float32Array, Float64Array, StringArray, UInt32Array};
 use seedconv::lm::onnx::runtime::OrtModel;
 
 const VOCAB: usize = 600;

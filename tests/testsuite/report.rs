@@ -6,7 +6,7 @@
 use crate::common;
 use common::{col, hf_suite_config, read_table, Project};
 
-use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
+use arrow_array::{Array, Float64Array, StringArray, UInt32Array};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 use crate::common;
 use common::Project;
 
-use arrow::array::{Float32Array, StringArray, UInt32Array};
+use arrow_array::{Float32Array, StringArray, UInt32Array};
 use seedconv::lm::model::{Shape, Weights};
 
 fn suite_config(seeds: &str, extra: &str) -> String {
@@ -571,7 +571,7 @@ mlm_scoring = "masked"
         .column_by_name("loss")
         .unwrap()
         .as_any()
-        .downcast_ref::<arrow::array::Float32Array>()
+        .downcast_ref::<arrow_array::Float32Array>()
         .unwrap();
     let first: f32 = (0..5).map(|i| l.value(i)).sum::<f32>() / 5.0;
     let last: f32 = (l.len() - 5..l.len()).map(|i| l.value(i)).sum::<f32>() / 5.0;

@@ -386,7 +386,7 @@ fn two_configs_share_one_store_and_gc_keeps_each_others_entries() {
     p.ok(&["export", "out-a"]);
     let starts = |path: &std::path::Path| {
         let t = common::read_table(path);
-        common::col::<arrow::array::UInt32Array>(&t, "context_start")
+        common::col::<arrow_array::UInt32Array>(&t, "context_start")
             .values()
             .to_vec()
     };
@@ -457,7 +457,7 @@ fn export_writes_plain_tables_with_instance_columns_and_provenance() {
     p.ok(&["export", "out"]);
     // dist: both seeds' tables stacked, each row labelled by its instance.
     let stacked = common::read_table(&dir.join("dist/dist.parquet"));
-    let inst = common::col::<arrow::array::StringArray>(&stacked, "instance");
+    let inst = common::col::<arrow_array::StringArray>(&stacked, "instance");
     let mut total = 0;
     for label in ["tiny-seed11-step0", "tiny-seed12-step0"] {
         let own = common::read_table(&p.store().join(format!("dist/current/{label}.dist.parquet")));

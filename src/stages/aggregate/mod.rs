@@ -401,22 +401,22 @@ impl AggregateJob {
     /// at a step (e.g. no tags) are left out. Returns the rows written.
     fn regression(&self, ctx: &JobCtx, row_kl: &RowKl, ann: &Path) -> Result<usize, StageError> {
         let a = crate::table::read(ann)?;
-        let tcol = |n: &str| crate::table::column::<arrow::array::StringArray>(&a, n, ann);
-        let rows = crate::table::column::<arrow::array::UInt32Array>(&a, "row", ann)?;
-        let count = crate::table::column::<arrow::array::UInt64Array>(&a, "count", ann)?;
+        let tcol = |n: &str| crate::table::column::<arrow_array::StringArray>(&a, n, ann);
+        let rows = crate::table::column::<arrow_array::UInt32Array>(&a, "row", ann)?;
+        let count = crate::table::column::<arrow_array::UInt64Array>(&a, "count", ann)?;
         let (tx, tu, cx, cu) = (
             tcol("xpos")?,
             tcol("upos")?,
             tcol("context_xpos")?,
             tcol("context_upos")?,
         );
-        use arrow::array::Array;
+        use arrow_array::Array;
         // The (noun, verb, function, content) groups of row i's tags in
         // the given Penn and UPOS columns; none for untagged tokens.
-        fn tag(c: &arrow::array::StringArray, i: usize) -> Option<&str> {
+        fn tag(c: &arrow_array::StringArray, i: usize) -> Option<&str> {
             (!c.is_null(i)).then(|| c.value(i))
         }
-        let groups = |x: &arrow::array::StringArray, u: &arrow::array::StringArray, i: usize| {
+        let groups = |x: &arrow_array::StringArray, u: &arrow_array::StringArray, i: usize| {
             crate::text::pos::groups(tag(x, i), tag(u, i)).unwrap_or([false; 4])
         };
         // row → (log10 freq, target groups, context groups)

@@ -315,7 +315,7 @@ batch_size = 3
 }
 
 /// A typed column of a batch.
-pub fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> &'a T {
+pub fn col<'a, T: 'static>(b: &'a arrow_array::RecordBatch, name: &str) -> &'a T {
     b.column_by_name(name)
         .unwrap()
         .as_any()
@@ -332,32 +332,30 @@ pub fn hf_models() -> String {
 }
 
 /// polars writes strings as Utf8View; read every table with plain Utf8.
-pub fn read_table(path: &std::path::Path) -> arrow::array::RecordBatch {
+pub fn read_table(path: &std::path::Path) -> arrow_array::RecordBatch {
     let b = seedconv::table::read(path).unwrap();
     let cols = b
         .columns()
         .iter()
         .map(|c| match c.data_type() {
-            arrow::datatypes::DataType::Utf8View => {
-                arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap()
+            arrow_schema::DataType::Utf8View => {
+                use arrow_array::cast::AsArray;
+                std::sync::Arc::new(arrow_array::StringArray::from_iter(
+                    c.as_string_view().iter(),
+                )) as arrow_array::ArrayRef
             }
             _ => c.clone(),
         })
         .collect::<Vec<_>>();
-    let fields: Vec<arrow::datatypes::Field> = b
+    let fields: Vec<arrow_schema::Field> = b
         .schema()
         .fields()
         .iter()
         .zip(&cols)
-        .map(|(f, c)| {
-            arrow::datatypes::Field::new(f.name(), c.data_type().clone(), f.is_nullable())
-        })
+        .map(|(f, c)| arrow_schema::Field::new(f.name(), c.data_type().clone(), f.is_nullable()))
         .collect();
-    arrow::array::RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        cols,
-    )
-    .unwrap()
+    arrow_array::RecordBatch::try_new(std::sync::Arc::new(arrow_schema::Schema::new(fields)), cols)
+        .unwrap()
 }
 
 /// The `seedconv.model_blake3` a dist table records equals the model file's blake3.
@@ -379,8 +377,8 @@ pub fn assert_model_hash(dist_table: &Path, model: &Path) {
 }
 
 /// The flattened values of a list column.
-pub fn list_values<T: Clone + 'static>(b: &arrow::array::RecordBatch, name: &str) -> T {
-    col::<arrow::array::ListArray>(b, name)
+pub fn list_values<T: Clone + 'static>(b: &arrow_array::RecordBatch, name: &str) -> T {
+    col::<arrow_array::ListArray>(b, name)
         .values()
         .as_any()
         .downcast_ref::<T>()
@@ -393,11 +391,11 @@ pub fn list_values<T: Clone + 'static>(b: &arrow::array::RecordBatch, name: &str
 /// statistics within 1e-6 nats (and 4 ulp of their size), top-k log-probs
 /// within 4 ulp.
 pub fn assert_dist_tables_close(
-    g: &arrow::array::RecordBatch,
-    h: &arrow::array::RecordBatch,
+    g: &arrow_array::RecordBatch,
+    h: &arrow_array::RecordBatch,
     name: &str,
 ) {
-    use arrow::array::{Float32Array, UInt32Array};
+    use arrow_array::{Float32Array, UInt32Array};
     assert_eq!(g.num_rows(), h.num_rows(), "{name}");
     assert!(g.num_rows() > 0, "{name}");
     for c in ["row", "target_id"] {
