@@ -6,14 +6,10 @@
 //! engine and, through it, the cloud readers (object_store, reqwest, tokio,
 //! rustls), a sixth of the whole build, none of which seedconv runs.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{make_array, Array, ArrayRef, RecordBatch};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
 use polars::prelude::{CompatLevel, DataFrame, IntoColumn, PolarsError, Series};
 
 use crate::error::StageError;
@@ -28,16 +24,26 @@ fn to_series(name: &str, a: &ArrayRef, path: &Path) -> Result<Series, StageError
     // SAFETY: both crates define these structs as the Arrow C Data
     // Interface's `ArrowArray` / `ArrowSchema` (#[repr(C)], same fields);
     // the array is moved (its release callback runs once, on polars' side).
-    let (array, schema) = unsafe {
+    let array = unsafe {
         let array = std::mem::transmute::<FFI_ArrowArray, polars_arrow::ffi::ArrowArray>(array);
         let schema = &*(&schema as *const FFI_ArrowSchema as *const polars_arrow::ffi::ArrowSchema);
         let field = polars_arrow::ffi::import_field_from_c(schema).map_err(|e| perr(path, e))?;
-        let array = polars_arrow::ffi::import_array_from_c(array, field.dtype().clone())
-            .map_err(|e| perr(path, e))?;
-        (array, field)
+        polars_arrow::ffi::import_array_from_c(array, field.dtype().clone())
+            .map_err(|e| perr(path, e))?
     };
-    let _ = schema;
     Series::from_arrow(name.into(), array).map_err(|e| perr(path, e))
+}
+
+/// A batch of `path` as a polars table.
+fn to_frame(batch: &RecordBatch, path: &Path) -> Result<DataFrame, StageError> {
+    let cols = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, a)| to_series(f.name(), a, path).map(IntoColumn::into_column))
+        .collect::<Result<Vec<_>, _>>()?;
+    DataFrame::new_infer_height(cols).map_err(|e| perr(path, e))
 }
 
 /// One polars Series as an arrow-rs column (zero-copy; strings as
@@ -63,34 +69,9 @@ fn to_arrow(s: &Series) -> Result<ArrayRef, StageError> {
 pub fn read(paths: &[PathBuf], columns: Option<&[&str]>) -> Result<DataFrame, StageError> {
     let mut out: Option<DataFrame> = None;
     for path in paths {
-        let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-        let schema = builder.schema().clone();
-        let builder = match columns {
-            Some(cols) => {
-                let idx = cols
-                    .iter()
-                    .map(|c| {
-                        schema.index_of(c).map_err(|_| {
-                            StageError::input(path, format!("no column {c} in this table"))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
-                builder.with_projection(mask)
-            }
-            None => builder,
-        };
-        for batch in builder.with_batch_size(1 << 16).build()? {
-            let batch = batch?;
-            let cols = batch
-                .schema()
-                .fields()
-                .iter()
-                .zip(batch.columns())
-                .map(|(f, a)| to_series(f.name(), a, path).map(IntoColumn::into_column))
-                .collect::<Result<Vec<_>, _>>()?;
-            let df = DataFrame::new_infer_height(cols).map_err(|e| perr(path, e))?;
+        let (schema, batches) = crate::table::batches(path, columns)?;
+        for batch in &batches {
+            let df = to_frame(batch, path)?;
             match &mut out {
                 Some(o) => {
                     o.vstack_mut_owned(df).map_err(|e| perr(path, e))?;
@@ -100,16 +81,7 @@ pub fn read(paths: &[PathBuf], columns: Option<&[&str]>) -> Result<DataFrame, St
         }
         if out.is_none() {
             // A table without rows still has its columns.
-            let empty = RecordBatch::new_empty(Arc::new(schema.as_ref().clone()));
-            let cols = empty
-                .schema()
-                .fields()
-                .iter()
-                .zip(empty.columns())
-                .filter(|(f, _)| columns.is_none_or(|c| c.contains(&f.name().as_str())))
-                .map(|(f, a)| to_series(f.name(), a, path).map(IntoColumn::into_column))
-                .collect::<Result<Vec<_>, _>>()?;
-            out = Some(DataFrame::new_infer_height(cols).map_err(|e| perr(path, e))?);
+            out = Some(to_frame(&RecordBatch::new_empty(schema), path)?);
         }
     }
     Ok(out.unwrap_or_default())

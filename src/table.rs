@@ -7,10 +7,12 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{
+    ArrayRef, Float64Array, RecordBatch, RecordBatchReader, StringArray, UInt32Array,
+};
 use arrow_schema::Schema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -111,13 +113,39 @@ impl Writer {
     }
 }
 
+/// The batches of a Parquet file, only `columns` where given (one missing
+/// is an error naming the file and the column), and the schema they have.
+pub fn batches(
+    path: &Path,
+    columns: Option<&[&str]>,
+) -> Result<(Arc<Schema>, Vec<RecordBatch>), StageError> {
+    let bad = |e: &dyn std::fmt::Display| StageError::input(path, format!("cannot read: {e}"));
+    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
+    if let Some(cols) = columns {
+        let idx =
+            cols.iter()
+                .map(|c| {
+                    builder.schema().index_of(c).map_err(|_| {
+                        StageError::input(path, format!("no column {c} in this table"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), idx);
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder
+        .with_batch_size(1 << 16)
+        .build()
+        .map_err(|e| bad(&e))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+    Ok((schema, batches))
+}
+
 /// Read a whole Parquet file into one batch.
 pub fn read(path: &Path) -> Result<RecordBatch, StageError> {
-    let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let schema = builder.schema().clone();
-    let reader = builder.with_batch_size(1 << 16).build()?;
-    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>()?;
+    let (schema, batches) = batches(path, None)?;
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 

@@ -9,8 +9,7 @@ use anyhow::Result;
 use super::{RunFailed, Session, UsageError};
 use crate::cli::SlurmTaskArgs;
 use crate::engine::batch::slurm::Slurm;
-use crate::engine::batch::BatchSystem;
-use crate::engine::batch::{self, task, Batch, BatchSpec, TaskState};
+use crate::engine::batch::{self, task, Batch, BatchSpec, BatchSystem, TaskState};
 use crate::engine::{Outcome, RunOptions, Silent};
 
 /// The executor for this session's config; the run folder is new.
