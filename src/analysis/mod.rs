@@ -5,6 +5,7 @@
 
 pub mod conditioning;
 pub mod divergence;
+pub mod intervals;
 pub mod kernels;
 pub mod phases;
 pub mod regression;
