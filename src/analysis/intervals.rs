@@ -96,7 +96,7 @@ pub fn interval(est: f64, seeds: &[(f64, f64)], docs: &[(f64, f64)]) -> Interval
     let (t, p) = if v > 0.0 {
         let dist = StudentsT::new(0.0, 1.0, df).expect("df > 0");
         let t = dist.inverse_cdf(0.5 + CONFIDENCE / 2.0);
-        (t, 2.0 * (1.0 - dist.cdf((est / se).abs())))
+        (t, 2.0 * dist.sf((est / se).abs()))
     } else {
         (0.0, if est == 0.0 { 1.0 } else { 0.0 })
     };
@@ -249,7 +249,11 @@ impl Cells {
         // Weighted per-unit sums, looked up by seed (pair).
         let mut by_seed: Vec<Option<f64>> = vec![None; k * (k + 1)];
         for (u, &(a, b)) in self.units.iter().enumerate() {
-            let s: f64 = self.sums[u].iter().zip(&draw.docs).map(|(x, w)| x * w).sum();
+            let s: f64 = self.sums[u]
+                .iter()
+                .zip(&draw.docs)
+                .map(|(x, w)| x * w)
+                .sum();
             by_seed[a * (k + 1) + b.unwrap_or(k)] = Some(s);
         }
         let n: f64 = self.rows.iter().zip(&draw.docs).map(|(x, w)| x * w).sum();

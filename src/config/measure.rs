@@ -159,15 +159,71 @@ impl Default for AnnotateConfig {
     }
 }
 
+/// The design of the regression of per-row KL (`aggregate.regression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RegressionModel {
+    /// seedconv's own: per-size intercepts and six part-of-speech group flags.
+    Groups,
+    /// The authors' design: a dummy per Penn tag and per size, minimum norm.
+    Paper,
+}
+
+impl RegressionModel {
+    pub fn name(self) -> &'static str {
+        match self {
+            RegressionModel::Groups => "groups",
+            RegressionModel::Paper => "paper",
+        }
+    }
+}
+
+/// A paired comparison of two cells of E[conv] (`[[compare]]`): a − b, with
+/// its interval and p-value, in `aggregate/compare.parquet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompareConfig {
+    /// The comparison's name in the table and the report.
+    pub name: String,
+    pub a: Selection,
+    pub b: Selection,
+}
+
+/// One arm of a comparison: E[conv] at a size and step, over all rows or
+/// over the rows of one level of a conditioning variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// A model size of the suite.
+    pub size: String,
+    /// A checkpoint step of the suite.
+    pub step: usize,
+    /// A conditioning variable of `conv_by.parquet` (e.g. `pos_group`), with `level`.
+    #[serde(default)]
+    pub variable: Option<String>,
+    /// One of its levels (e.g. `function`).
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
 /// The analysis tables.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(default)]
 pub struct AggregateConfig {
-    /// Bootstrap replicates for the E[conv] interval (0: none).
+    /// Replicate draws of seeds and documents (with replacement) for where
+    /// the phase boundaries fall (`phases.parquet`, `phase_steps.parquet`;
+    /// 0: none). Every interval is the seed- and document-aware jackknife,
+    /// which needs no draws.
     pub bootstrap: usize,
-    /// RNG seed of the bootstrap (part of the key: same seed, same interval).
+    /// RNG seed of those draws (part of the key: same seed, same draws).
     pub bootstrap_seed: u64,
+    /// The regression's design: `groups` (seedconv's own: per-size
+    /// intercepts, log10(count + 1), noun / verb / function flags of target
+    /// and context) or `paper` (the authors': log10 count, a dummy per Penn
+    /// tag of target and context, a dummy per size, an intercept, the
+    /// minimum-norm solution).
+    pub regression: RegressionModel,
     /// Conditional cells with fewer rows are flagged `few_rows` (kept, not dropped).
     pub min_rows: usize,
     /// Final surprisal: mean over seeds, or one seed's label (the paper used seed 1).
@@ -187,6 +243,7 @@ impl Default for AggregateConfig {
         AggregateConfig {
             bootstrap: 1000,
             bootstrap_seed: Default::default(),
+            regression: RegressionModel::Groups,
             min_rows: 30,
             final_surprisal_seed: "mean".into(),
             token_table_n: 20,

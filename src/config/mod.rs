@@ -27,8 +27,8 @@ pub use inputs::{
     TokenizerConfig, TrainCorpusConfig,
 };
 pub use measure::{
-    AggregateConfig, AnnotateConfig, Device, DistConfig, KlConfig, PosSource, Statistics,
-    DEFAULT_TOP_K,
+    AggregateConfig, AnnotateConfig, CompareConfig, Device, DistConfig, KlConfig, PosSource,
+    RegressionModel, Selection, Statistics, DEFAULT_TOP_K,
 };
 pub use reference::reference;
 pub use report::{Band, ReportConfig};
@@ -61,6 +61,10 @@ pub struct Config {
     pub kl: KlConfig,
     #[serde(default)]
     pub aggregate: AggregateConfig,
+    /// Paired comparisons of E[conv] cells (`[[compare]]`), beside the
+    /// built-in ones in `aggregate/compare.parquet`.
+    #[serde(default)]
+    pub compare: Vec<CompareConfig>,
     #[serde(default)]
     pub annotate: AnnotateConfig,
     #[serde(default)]

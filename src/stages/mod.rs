@@ -114,6 +114,10 @@ pub const REGISTRY: &[&dyn DynStage] = &[
 /// Expand a loaded configuration into the plan of stage instances.
 pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     let suite = crate::suite::from_config(l)?;
+    if let Some(s) = suite.as_ref() {
+        aggregate::compare::check(&l.config.compare, &s.sizes, &s.steps)
+            .map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))?;
+    }
     let mut instances = Vec::new();
     for stage in REGISTRY {
         let cx = PlanCtx {

@@ -99,7 +99,10 @@ fn old_bootstrap(s: &Suite, b: usize, rng: &mut ChaCha8Rng) -> (f64, f64) {
         })
         .collect();
     reps.sort_by(f64::total_cmp);
-    (reps[(0.025 * b as f64) as usize], reps[(0.975 * b as f64) as usize - 1])
+    (
+        reps[(0.025 * b as f64) as usize],
+        reps[(0.975 * b as f64) as usize - 1],
+    )
 }
 
 const MIXED: Process = Process {
@@ -276,8 +279,14 @@ fn replicates_rebuild_pairs_from_the_drawn_seeds() {
         seeds: vec![0, 0, 2],
         docs: vec![0.0, 2.0],
     };
-    let u02 = ordered_pairs(3).iter().position(|&p| p == (0, Some(2))).unwrap();
-    let u20 = ordered_pairs(3).iter().position(|&p| p == (2, Some(0))).unwrap();
+    let u02 = ordered_pairs(3)
+        .iter()
+        .position(|&p| p == (0, Some(2)))
+        .unwrap();
+    let u20 = ordered_pairs(3)
+        .iter()
+        .position(|&p| p == (2, Some(0)))
+        .unwrap();
     let want = (10.0 * u02 as f64 + 10.0 * u20 as f64) / 2.0;
     assert!((c.replicate(&d) - want).abs() < 1e-12);
     // One seed drawn K times: no pair.

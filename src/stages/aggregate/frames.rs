@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use polars::prelude::*;
 
-use super::NAME;
+use super::{Clusters, NAME};
+use crate::analysis::intervals::{Cells, Jackknife};
 use crate::analysis::stats::mean_sd;
 use crate::engine::JobCtx;
 use crate::error::StageError;
@@ -77,16 +78,22 @@ pub(super) const CROSS_ENTROPY: Measure = Measure {
     n_units: "n_seeds",
 };
 
+/// A conditional cell's key: (variable, size, step, level).
+pub(super) type CellKey = (String, String, u32, String);
+
 /// Per unit (seed pair or seed) the mean of `m.value` over the rows of each
-/// level of `variable`, then mean and SD over units; `n_rows` is the rows
-/// per level (the same for every unit). polars groups; the sums run here in
-/// a fixed order. (Columns are not named `by`/`group`: both are SQL keywords.)
+/// level of `variable`, then mean and SD over units, and the seed- and
+/// document-aware interval of that mean; `n_rows` is the rows per level (the
+/// same for every unit). polars groups; the sums run here in a fixed order.
+/// Also returns each cell's jackknife (in the output's sign) for the
+/// comparisons. (Columns are not named `by`/`group`: both are SQL keywords.)
 pub(super) fn conditional(
     lf: LazyFrame,
     level: Expr,
     variable: &str,
     m: &Measure,
-) -> Result<DataFrame, StageError> {
+    cl: &Clusters,
+) -> Result<(DataFrame, Vec<(CellKey, Jackknife)>), StageError> {
     let mut keys = vec!["size", "step", "level"];
     keys.extend(m.units);
     let per_unit = lf
@@ -96,6 +103,7 @@ pub(super) fn conditional(
             col(m.value)
                 .sort_by([col("row")], SortMultipleOptions::default())
                 .alias("vals"),
+            col("row").sort(SortOptions::default()).alias("rows"),
             len().alias("n_rows"),
         ])
         .sort(keys.clone(), SortMultipleOptions::default())
@@ -131,6 +139,36 @@ pub(super) fn conditional(
     );
     let (mut o_size, mut o_step, mut o_level) = (vec![], vec![], vec![]);
     let (mut o_val, mut o_sd, mut o_rows, mut o_units) = (vec![], vec![], vec![], vec![]);
+    let mut o_iv = Vec::new();
+    let mut o_docs = Vec::new();
+    let mut jks = Vec::new();
+    // Each unit's seeds, and its per-document sums.
+    let unit_seeds: Vec<Vec<String>> = m.units.iter().map(|u| strs(u)).collect::<Result<_, _>>()?;
+    let what = || std::path::PathBuf::from(format!("{} ({variable})", m.out));
+    let rows_list = per_unit
+        .column("rows")
+        .map_err(perr)?
+        .list()
+        .map_err(perr)?;
+    let vals_list = per_unit
+        .column("vals")
+        .map_err(perr)?
+        .list()
+        .map_err(perr)?;
+    let mut doc_sums: Vec<(Vec<f64>, Vec<f64>)> = Vec::with_capacity(per_unit.height());
+    for (r, v) in rows_list.amortized_iter().zip(vals_list.amortized_iter()) {
+        let (mut sums, mut counts) = (vec![0.0; cl.n_docs], vec![0.0; cl.n_docs]);
+        if let (Some(r), Some(v)) = (r, v) {
+            let r = r.as_ref().u32().map_err(perr)?;
+            let v = v.as_ref().f64().map_err(perr)?;
+            for (row, x) in r.into_no_null_iter().zip(v.into_no_null_iter()) {
+                let d = cl.doc(row, &what())?;
+                sums[d] += x;
+                counts[d] += 1.0;
+            }
+        }
+        doc_sums.push((sums, counts));
+    }
     let mut i = 0;
     while i < unit_mean.len() {
         let same = |j: usize| size[j] == size[i] && step[j] == step[i] && lvl[j] == lvl[i];
@@ -139,6 +177,33 @@ pub(super) fn conditional(
             j += 1;
         }
         let (mean, sd) = mean_sd(&unit_mean[i..j]);
+        let units = (i..j)
+            .map(|u| {
+                let a = cl.seed(&unit_seeds[0][u], &what())?;
+                let b = match unit_seeds.get(1) {
+                    Some(s) => Some(cl.seed(&s[u], &what())?),
+                    None => None,
+                };
+                Ok((a, b))
+            })
+            .collect::<Result<Vec<_>, StageError>>()?;
+        let mut cells = Cells::new(cl.seeds.len(), units, cl.n_docs);
+        for (c, u) in cells.sums.iter_mut().zip(i..j) {
+            c.clone_from(&doc_sums[u].0);
+        }
+        cells.rows.clone_from(&doc_sums[i].1);
+        let jk = cells.jackknife().scaled(m.sign);
+        o_iv.push(jk.interval());
+        o_docs.push(cells.rows.iter().filter(|&&r| r > 0.0).count() as u32);
+        jks.push((
+            (
+                variable.to_string(),
+                size[i].clone(),
+                step[i],
+                lvl[i].clone(),
+            ),
+            jk,
+        ));
         o_size.push(size[i].clone());
         o_step.push(step[i]);
         o_level.push(lvl[i].clone());
@@ -149,7 +214,10 @@ pub(super) fn conditional(
         i = j;
     }
     let n = o_size.len();
-    DataFrame::new(
+    let iv = |h: fn(&crate::analysis::intervals::Interval) -> f64| -> Vec<f64> {
+        o_iv.iter().map(h).collect()
+    };
+    let df = DataFrame::new(
         n,
         vec![
             Column::new("size".into(), o_size),
@@ -158,9 +226,17 @@ pub(super) fn conditional(
             Column::new("level".into(), o_level),
             Column::new(m.out.into(), o_val),
             Column::new(m.sd.into(), o_sd),
+            Column::new("se".into(), iv(|i| i.se)),
+            Column::new("se_seeds".into(), iv(|i| i.se_seeds)),
+            Column::new("se_docs".into(), iv(|i| i.se_docs)),
+            Column::new("df".into(), iv(|i| i.df)),
+            Column::new("ci_low".into(), iv(|i| i.low)),
+            Column::new("ci_high".into(), iv(|i| i.high)),
             Column::new("n_rows".into(), o_rows),
             Column::new(m.n_units.into(), o_units),
+            Column::new("n_docs".into(), o_docs),
         ],
     )
-    .map_err(perr)
+    .map_err(perr)?;
+    Ok((df, jks))
 }

@@ -17,18 +17,75 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::analysis::conditioning::{Levels, SURPRISAL_BINS, VARIABLES};
-use crate::analysis::stats::{conv_stats, SPREAD_QUANTILES};
+use crate::analysis::intervals::{Cells, Jackknife};
+use crate::config::{CompareConfig, RegressionModel};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::stages::{annotate, dist, kl, tokenizer, PlanCtx, Stage};
+use crate::stages::{annotate, corpus, dist, kl, tokenizer, PlanCtx, Stage};
 use frames::{
-    conditional, perr, scan, scan_columns, seq_means, write, Measure, CONV, CROSS_ENTROPY,
+    conditional, perr, scan, scan_columns, seq_means, write, CellKey, Measure, CONV, CROSS_ENTROPY,
 };
 
+pub mod compare;
+mod conv;
 mod frames;
+mod regression;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
+
+/// The clusters of the intervals: the suite's seeds (by label, in suite
+/// order) and each row's document.
+pub(super) struct Clusters {
+    seeds: Vec<String>,
+    /// Document of row r at index r.
+    doc: Vec<u32>,
+    n_docs: usize,
+}
+
+impl Clusters {
+    fn read(seeds: &[String], rows: &Path) -> Result<Clusters, StageError> {
+        let t = crate::table::read(rows)?;
+        let row = crate::table::column::<arrow_array::UInt32Array>(&t, "row", rows)?;
+        let doc = crate::table::column::<arrow_array::UInt32Array>(&t, "doc", rows)?;
+        let mut by_row = vec![0u32; t.num_rows()];
+        for i in 0..t.num_rows() {
+            let r = row.value(i) as usize;
+            if r >= by_row.len() {
+                by_row.resize(r + 1, 0);
+            }
+            by_row[r] = doc.value(i);
+        }
+        let n_docs = by_row.iter().max().map_or(0, |d| *d as usize + 1);
+        Ok(Clusters {
+            seeds: seeds.to_vec(),
+            doc: by_row,
+            n_docs,
+        })
+    }
+
+    fn seed(&self, label: &str, file: &Path) -> Result<usize, StageError> {
+        self.seeds.iter().position(|s| s == label).ok_or_else(|| {
+            StageError::Other(format!(
+                "{}: seed '{label}' is not a seed of the suite ({})",
+                file.display(),
+                self.seeds.join(", ")
+            ))
+        })
+    }
+
+    fn doc(&self, row: u32, file: &Path) -> Result<usize, StageError> {
+        self.doc
+            .get(row as usize)
+            .map(|&d| d as usize)
+            .ok_or_else(|| {
+                StageError::Other(format!(
+                    "{}: row {row} is not a row of the corpus",
+                    file.display()
+                ))
+            })
+    }
+}
 
 /// The `aggregate` stage: one instance over a suite of ≥ 2 seeds.
 pub struct Aggregate;
@@ -44,6 +101,7 @@ impl Stage for Aggregate {
         let mut deps = vec![
             (annotate::NAME, String::new()),
             (tokenizer::NAME, String::new()),
+            (corpus::NAME, String::new()),
         ];
         let mut kls = Vec::new();
         for size in &suite.sizes {
@@ -57,6 +115,7 @@ impl Stage for Aggregate {
         let job = AggregateJob {
             kls,
             dists,
+            seeds: suite.seeds.clone(),
             final_step: suite.steps.iter().copied().max().unwrap_or(0),
             bootstrap: a.bootstrap,
             bootstrap_seed: a.bootstrap_seed,
@@ -65,6 +124,8 @@ impl Stage for Aggregate {
             token_table_n: a.token_table_n,
             token_table_pooled: a.token_table_pooled,
             phase_tolerance: a.phase_tolerance,
+            regression: a.regression,
+            compares: cx.config().compare.clone(),
         };
         vec![self.instance("", job).deps(deps)]
     }
@@ -77,6 +138,7 @@ struct AggregateJob {
     kls: Vec<String>,
     #[serde(skip)]
     dists: Vec<String>,
+    seeds: Vec<String>,
     final_step: usize,
     bootstrap: usize,
     bootstrap_seed: u64,
@@ -85,6 +147,8 @@ struct AggregateJob {
     token_table_n: usize,
     token_table_pooled: bool,
     phase_tolerance: f64,
+    regression: RegressionModel,
+    compares: Vec<CompareConfig>,
 }
 
 impl Job for AggregateJob {
@@ -100,8 +164,12 @@ impl Job for AggregateJob {
             .map(|l| ctx.upstream(dist::NAME, l).map(|d| d.join(dist::FILE)))
             .collect::<Result<_, _>>()?;
         let ann = ctx.upstream(annotate::NAME, "")?.join(annotate::FILE);
-        let (conv, curves, row_kl) = self.conv(ctx, &kl_files)?;
-        self.phases(ctx, curves)?;
+        let cl = Clusters::read(
+            &self.seeds,
+            &ctx.upstream(corpus::NAME, "")?.join("rows.parquet"),
+        )?;
+        let steps = self.conv(ctx, &kl_files, &cl)?;
+        self.phases(ctx, &steps, &cl)?;
         // The per-row statistics, not the top-k lists (inspection only).
         let dists = scan_columns(
             &dist_files,
@@ -115,16 +183,17 @@ impl Job for AggregateJob {
                 "kl_unigram",
             ],
         )?;
-        self.baselines(ctx, &dists)?;
+        self.baselines(ctx, &dists, &cl)?;
         let surprisal = self.surprisal(dists.clone());
         let annotations = scan(std::slice::from_ref(&ann))?;
-        let conv_by = self.by_variables(
+        let (conv_by, levels) = self.by_variables(
             ctx,
             "conv_by.parquet",
             &CONV,
             scan(&kl_files)?,
             annotations.clone(),
             surprisal.clone(),
+            &cl,
         )?;
         let per_seed = dists.select([
             col("size"),
@@ -133,22 +202,25 @@ impl Job for AggregateJob {
             col("row"),
             (lit(0.0) - col("target_logprob").cast(DataType::Float64)).alias("surprisal"),
         ]);
-        let ce_by = self.by_variables(
+        let (ce_by, _) = self.by_variables(
             ctx,
             "ce_by.parquet",
             &CROSS_ENTROPY,
             per_seed,
             annotations.clone(),
             surprisal.clone(),
+            &cl,
         )?;
-        let regression = self.regression(ctx, &row_kl, &ann)?;
+        let regression = self.regression(ctx, &steps, &ann, &cl)?;
+        let compare = self.compare(ctx, &steps, &levels)?;
         self.final_surprisal(ctx, surprisal)?;
         let token_table = self.token_table(ctx, &kl_files, annotations.clone())?;
         if self.token_table_pooled {
             self.token_table_pooled(ctx, &kl_files, annotations)?;
         }
         Ok(json!({
-            "conv_rows": conv.height(),
+            "conv_rows": steps.len(),
+            "compare_rows": compare,
             "conv_by_rows": conv_by.height(),
             "ce_by_rows": ce_by.height(),
             "regression_rows": regression,
@@ -157,127 +229,14 @@ impl Job for AggregateJob {
     }
 }
 
-/// Each size's E[KL] curve: (step, E[KL]) points.
-type Curves = BTreeMap<String, Vec<(u64, f64)>>;
-
-/// Per (size, step): each row and its KL averaged over ordered pairs.
-type RowKl = Vec<(String, u32, Vec<u32>, Vec<f64>)>;
-
 /// One function per output table, each writing its file.
 impl AggregateJob {
-    /// `conv.parquet`: unconditional E[conv] with its bands, one (size, step)
-    /// at a time; also each size's curve for the phases.
-    fn conv(
-        &self,
-        ctx: &JobCtx,
-        kl_files: &[PathBuf],
-    ) -> Result<(DataFrame, Curves, RowKl), StageError> {
-        let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 11];
-        let (mut sizes, mut steps, mut n_rows, mut n_pairs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut row_kl: RowKl = Vec::new();
-        for (i, f) in kl_files.iter().enumerate() {
-            ctx.check_cancel()?;
-            let df = scan(std::slice::from_ref(f))?
-                .sort(["seed_a", "seed_b", "row"], SortMultipleOptions::default())
-                .collect()
-                .map_err(perr)?;
-            let size = df
-                .column("size")
-                .map_err(perr)?
-                .str()
-                .map_err(perr)?
-                .get(0)
-                .unwrap_or_default()
-                .to_string();
-            let step = df
-                .column("step")
-                .map_err(perr)?
-                .u32()
-                .map_err(perr)?
-                .get(0)
-                .unwrap_or_default();
-            let klv: Vec<f64> = df
-                .column("kl")
-                .map_err(perr)?
-                .f64()
-                .map_err(perr)?
-                .into_no_null_iter()
-                .collect();
-            let rows = df.column("row").map_err(perr)?.n_unique().map_err(perr)?;
-            let pairs = klv.len() / rows.max(1);
-            let matrix: Vec<Vec<f64>> = klv.chunks(rows).map(|c| c.to_vec()).collect();
-            let row_ids: Vec<u32> = df
-                .column("row")
-                .map_err(perr)?
-                .u32()
-                .map_err(perr)?
-                .into_no_null_iter()
-                .take(rows)
-                .collect();
-            let means: Vec<f64> = (0..rows)
-                .map(|r| matrix.iter().map(|m| m[r]).sum::<f64>() / matrix.len() as f64)
-                .collect();
-            row_kl.push((size.clone(), step, row_ids, means));
-            let stats = conv_stats(
-                &matrix,
-                self.bootstrap,
-                self.bootstrap_seed.wrapping_add(i as u64),
-            );
-            for (c, v) in cols.iter_mut().zip(stats) {
-                c.push(v);
-            }
-            sizes.push(size);
-            steps.push(step);
-            n_rows.push(rows as u32);
-            n_pairs.push(pairs as u32);
-        }
-        let mut conv = df!(
-        "size" => sizes.clone(), "step" => steps.clone(), "conv" => &cols[0], "sd_pairs" => &cols[1], "sd_rows" => &cols[2],
-        "se" => &cols[3], "ci_low" => &cols[4], "ci_high" => &cols[5], "n_rows" => n_rows, "n_pairs" => n_pairs
-    )
-    .map_err(perr)?;
-        for (i, (_, name)) in SPREAD_QUANTILES.iter().enumerate() {
-            conv.with_column(Column::new((*name).into(), &cols[6 + i]))
-                .map_err(perr)?;
-        }
-        write(ctx, "conv.parquet", &mut conv)?;
-        let mut curves: Curves = BTreeMap::new();
-        for ((size, step), c) in sizes.iter().zip(&steps).zip(&cols[0]) {
-            curves
-                .entry(size.clone())
-                .or_default()
-                .push((*step as u64, -c));
-        }
-        Ok((conv, curves, row_kl))
-    }
-
-    /// `phases.parquet`: the four phases of each size's E[KL] curve.
-    fn phases(&self, ctx: &JobCtx, curves: Curves) -> Result<(), StageError> {
-        let (mut ps, mut pn, mut p0, mut p1, mut pp, mut pnote) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (size, mut curve) in curves {
-            curve.sort_by_key(|p| p.0);
-            for ph in crate::analysis::phases::detect(&curve, self.phase_tolerance) {
-                ps.push(size.clone());
-                pn.push(ph.name);
-                p0.push(ph.span.map(|s| s.0 as u32));
-                p1.push(ph.span.map(|s| s.1 as u32));
-                pp.push(ph.span.is_some());
-                pnote.push(ph.note);
-            }
-        }
-        let mut phases = df!(
-        "size" => ps, "phase" => pn, "start_step" => p0, "end_step" => p1, "present" => pp, "note" => pnote
-    )
-    .map_err(perr)?;
-        write(ctx, "phases.parquet", &mut phases)?;
-        Ok(())
-    }
-
     /// `baselines.parquet`: per (size, step, seed) KL to the uniform and
     /// unigram distributions and cross-entropy.
-    fn baselines(&self, ctx: &JobCtx, dists: &LazyFrame) -> Result<(), StageError> {
+    ///
+    /// `baselines_mean.parquet`: per (size, step) and measure, the mean over
+    /// seeds with its seed- and document-aware interval.
+    fn baselines(&self, ctx: &JobCtx, dists: &LazyFrame, cl: &Clusters) -> Result<(), StageError> {
         let mut base = dists
             .clone()
             .group_by([col("size"), col("step"), col("seed")])
@@ -299,7 +258,110 @@ impl AggregateJob {
             .collect()
             .map_err(perr)?;
         write(ctx, "baselines.parquet", &mut base)?;
-        Ok(())
+        const MEASURES: [&str; 3] = ["kl_uniform", "kl_unigram", "cross_entropy"];
+        let lists = dists
+            .clone()
+            .with_column(
+                (lit(0.0) - col("target_logprob").cast(DataType::Float64)).alias("cross_entropy"),
+            )
+            .group_by([col("size"), col("step"), col("seed")])
+            .agg([
+                col("row").sort(SortOptions::default()).alias("rows"),
+                col("kl_uniform")
+                    .cast(DataType::Float64)
+                    .sort_by([col("row")], SortMultipleOptions::default()),
+                col("kl_unigram")
+                    .cast(DataType::Float64)
+                    .sort_by([col("row")], SortMultipleOptions::default()),
+                col("cross_entropy").sort_by([col("row")], SortMultipleOptions::default()),
+            ])
+            .sort(["size", "step", "seed"], SortMultipleOptions::default())
+            .collect()
+            .map_err(perr)?;
+        let what = Path::new("baselines");
+        let size = lists
+            .column("size")
+            .map_err(perr)?
+            .str()
+            .map_err(perr)?
+            .clone();
+        let step = lists
+            .column("step")
+            .map_err(perr)?
+            .u32()
+            .map_err(perr)?
+            .clone();
+        let seed = lists
+            .column("seed")
+            .map_err(perr)?
+            .str()
+            .map_err(perr)?
+            .clone();
+        // (size, step) → measure → cells over seeds.
+        let mut cells: BTreeMap<(String, u32), Vec<Cells>> = BTreeMap::new();
+        let rows = lists
+            .column("rows")
+            .map_err(perr)?
+            .list()
+            .map_err(perr)?
+            .clone();
+        let vals: Vec<_> = MEASURES
+            .iter()
+            .map(|m| Ok(lists.column(m).map_err(perr)?.list().map_err(perr)?.clone()))
+            .collect::<Result<_, StageError>>()?;
+        for i in 0..lists.height() {
+            let key = (
+                size.get(i).unwrap_or_default().to_string(),
+                step.get(i).unwrap_or_default(),
+            );
+            let s = cl.seed(seed.get(i).unwrap_or_default(), what)?;
+            let r = rows.get_as_series(i).unwrap_or_default();
+            let docs: Vec<usize> = r
+                .u32()
+                .map_err(perr)?
+                .into_no_null_iter()
+                .map(|row| cl.doc(row, what))
+                .collect::<Result<_, _>>()?;
+            let entry = cells.entry(key).or_insert_with(|| {
+                (0..MEASURES.len())
+                    .map(|_| Cells::new(cl.seeds.len(), vec![], cl.n_docs))
+                    .collect()
+            });
+            for (c, v) in entry.iter_mut().zip(&vals) {
+                let v = v.get_as_series(i).unwrap_or_default();
+                let mut sums = vec![0.0; cl.n_docs];
+                let mut n = vec![0.0; cl.n_docs];
+                for (x, &d) in v.f64().map_err(perr)?.into_no_null_iter().zip(&docs) {
+                    sums[d] += x;
+                    n[d] += 1.0;
+                }
+                c.units.push((s, None));
+                c.sums.push(sums);
+                c.rows = n;
+            }
+        }
+        let (mut o_size, mut o_step, mut o_measure, mut o_iv, mut o_n) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((sz, st), cs) in cells {
+            for (c, m) in cs.iter().zip(MEASURES) {
+                o_size.push(sz.clone());
+                o_step.push(st);
+                o_measure.push(m);
+                o_iv.push(c.jackknife().interval());
+                o_n.push(c.units.len() as u32);
+            }
+        }
+        let iv = |h: fn(&crate::analysis::intervals::Interval) -> f64| -> Vec<f64> {
+            o_iv.iter().map(h).collect()
+        };
+        let mut mean = df!(
+            "size" => o_size, "step" => o_step, "measure" => o_measure,
+            "mean" => iv(|i| i.est), "se" => iv(|i| i.se), "se_seeds" => iv(|i| i.se_seeds),
+            "se_docs" => iv(|i| i.se_docs), "df" => iv(|i| i.df),
+            "ci_low" => iv(|i| i.low), "ci_high" => iv(|i| i.high), "n_seeds" => o_n
+        )
+        .map_err(perr)?;
+        write(ctx, "baselines_mean.parquet", &mut mean)
     }
 
     /// Final surprisal per (size, row), mean over seeds or one seed, binned.
@@ -334,7 +396,8 @@ impl AggregateJob {
         values: LazyFrame,
         annotations: LazyFrame,
         surprisal: LazyFrame,
-    ) -> Result<DataFrame, StageError> {
+        cl: &Clusters,
+    ) -> Result<(DataFrame, Vec<(CellKey, Jackknife)>), StageError> {
         let joined = values
             .join(
                 annotations,
@@ -349,29 +412,30 @@ impl AggregateJob {
                 JoinArgs::new(JoinType::Left),
             );
         let mut parts = Vec::new();
+        let mut jks = Vec::new();
+        let mut add = |(df, j): (DataFrame, Vec<(CellKey, Jackknife)>)| {
+            parts.push(df.lazy());
+            jks.extend(j);
+        };
         for v in VARIABLES {
             ctx.check_cancel()?;
             match v.levels {
-                Levels::Column => parts.push(
-                    conditional(
-                        joined.clone().filter(col(v.name).is_not_null()),
-                        col(v.name).cast(DataType::String),
-                        v.name,
-                        m,
-                    )?
-                    .lazy(),
-                ),
+                Levels::Column => add(conditional(
+                    joined.clone().filter(col(v.name).is_not_null()),
+                    col(v.name).cast(DataType::String),
+                    v.name,
+                    m,
+                    cl,
+                )?),
                 Levels::Flags(flags) => {
                     for &(flag, label) in flags {
-                        parts.push(
-                            conditional(
-                                joined.clone().filter(col(flag).eq(lit(true))),
-                                lit(label),
-                                v.name,
-                                m,
-                            )?
-                            .lazy(),
-                        );
+                        add(conditional(
+                            joined.clone().filter(col(flag).eq(lit(true))),
+                            lit(label),
+                            v.name,
+                            m,
+                            cl,
+                        )?);
                     }
                 }
             }
@@ -390,123 +454,7 @@ impl AggregateJob {
             .collect()
             .map_err(perr)?;
         write(ctx, file, &mut table)?;
-        Ok(table)
-    }
-
-    /// `regression.parquet`: per step, least squares of each (size, row)'s
-    /// KL (mean over ordered pairs) on one indicator per size (no common
-    /// intercept), log10(count + 1) of the target, and noun / verb /
-    /// function indicators of the target and of the last context token
-    /// (other tags and UNK are the baseline). Terms that are constant zero
-    /// at a step (e.g. no tags) are left out. Returns the rows written.
-    fn regression(&self, ctx: &JobCtx, row_kl: &RowKl, ann: &Path) -> Result<usize, StageError> {
-        let a = crate::table::read(ann)?;
-        let tcol = |n: &str| crate::table::column::<arrow_array::StringArray>(&a, n, ann);
-        let rows = crate::table::column::<arrow_array::UInt32Array>(&a, "row", ann)?;
-        let count = crate::table::column::<arrow_array::UInt64Array>(&a, "count", ann)?;
-        let (tx, tu, cx, cu) = (
-            tcol("xpos")?,
-            tcol("upos")?,
-            tcol("context_xpos")?,
-            tcol("context_upos")?,
-        );
-        use arrow_array::Array;
-        // The (noun, verb, function, content) groups of row i's tags in
-        // the given Penn and UPOS columns; none for untagged tokens.
-        fn tag(c: &arrow_array::StringArray, i: usize) -> Option<&str> {
-            (!c.is_null(i)).then(|| c.value(i))
-        }
-        let groups = |x: &arrow_array::StringArray, u: &arrow_array::StringArray, i: usize| {
-            crate::text::pos::groups(tag(x, i), tag(u, i)).unwrap_or([false; 4])
-        };
-        // row → (log10 freq, target groups, context groups)
-        let mut features: BTreeMap<u32, [f64; 7]> = BTreeMap::new();
-        for i in 0..a.num_rows() {
-            let t = groups(tx, tu, i);
-            let c = groups(cx, cu, i);
-            let f = |b: bool| f64::from(u8::from(b));
-            features.insert(
-                rows.value(i),
-                [
-                    ((count.value(i) + 1) as f64).log10(),
-                    f(t[0]),
-                    f(t[1]),
-                    f(t[2]),
-                    f(c[0]),
-                    f(c[1]),
-                    f(c[2]),
-                ],
-            );
-        }
-        const TERMS: [&str; 7] = [
-            "log10_freq",
-            "target_noun",
-            "target_verb",
-            "target_function",
-            "context_noun",
-            "context_verb",
-            "context_function",
-        ];
-        let sizes: Vec<String> = {
-            let mut v: Vec<String> = Vec::new();
-            for (s, ..) in row_kl {
-                if !v.contains(s) {
-                    v.push(s.clone());
-                }
-            }
-            v
-        };
-        let mut steps: Vec<u32> = row_kl.iter().map(|r| r.1).collect();
-        steps.sort_unstable();
-        steps.dedup();
-        let (mut o_step, mut o_term, mut o_coef, mut o_se, mut o_n, mut o_r2) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for step in steps {
-            ctx.check_cancel()?;
-            let (mut x, mut y) = (Vec::new(), Vec::new());
-            for (size, _, rs, kl) in row_kl.iter().filter(|r| r.1 == step) {
-                let si = sizes.iter().position(|s| s == size).unwrap_or(0);
-                for (r, k) in rs.iter().zip(kl) {
-                    let Some(f) = features.get(r) else { continue };
-                    let mut row: Vec<f64> = (0..sizes.len())
-                        .map(|j| f64::from(u8::from(j == si)))
-                        .collect();
-                    row.extend_from_slice(f);
-                    x.push(row);
-                    y.push(*k);
-                }
-            }
-            let names: Vec<String> = sizes
-                .iter()
-                .map(|s| format!("size_{s}"))
-                .chain(TERMS.iter().map(|t| t.to_string()))
-                .collect();
-            // Keep the columns with any non-zero value.
-            let keep: Vec<usize> = (0..names.len())
-                .filter(|&j| x.iter().any(|r| r[j] != 0.0))
-                .collect();
-            let xk: Vec<Vec<f64>> = x
-                .iter()
-                .map(|r| keep.iter().map(|&j| r[j]).collect())
-                .collect();
-            let fit = crate::analysis::regression::ols(&xk, &y);
-            for (k, &j) in keep.iter().enumerate() {
-                o_step.push(step);
-                o_term.push(names[j].clone());
-                o_coef.push(fit.as_ref().map_or(f64::NAN, |f| f.coef[k]));
-                o_se.push(fit.as_ref().map_or(f64::NAN, |f| f.se[k]));
-                o_n.push(y.len() as u32);
-                o_r2.push(fit.as_ref().map_or(f64::NAN, |f| f.r2));
-            }
-        }
-        let n = o_step.len();
-        let mut table = df!(
-            "step" => o_step, "term" => o_term, "coef" => o_coef, "se" => o_se,
-            "n_obs" => o_n, "r2" => o_r2
-        )
-        .map_err(perr)?;
-        write(ctx, "regression.parquet", &mut table)?;
-        Ok(n)
+        Ok((table, jks))
     }
 
     /// `final_surprisal.parquet`: per row, for plotting and joins.
