@@ -152,6 +152,29 @@ pub(super) struct Phases {
     fixed: Vec<u64>,
 }
 
+/// Where a phase falls across replicate draws of seeds and documents, in
+/// words: "present in 98% of 1000; start 8–16 (69% at 8); end 512".
+fn replicates(
+    n: u64,
+    share: f64,
+    edges: [(Option<u64>, Option<u64>, f64, Option<u64>); 2],
+) -> String {
+    if n == 0 {
+        return "–".into();
+    }
+    let mut out = format!("present in {:.0}% of {n}", share * 100.0);
+    for ((lo, hi, at, step), name) in edges.into_iter().zip(["start", "end"]) {
+        if let (Some(lo), Some(hi), Some(step)) = (lo, hi, step) {
+            out += &if lo == hi {
+                format!("; {name} {lo}")
+            } else {
+                format!("; {name} {lo}–{hi} ({:.0}% at {step})", at * 100.0)
+            };
+        }
+    }
+    out
+}
+
 impl Phases {
     pub(super) fn read(path: &Path) -> Result<Phases, StageError> {
         let t = Table::read(path)?;
@@ -163,6 +186,13 @@ impl Phases {
             t.bool("present")?,
             t.str("note")?,
         );
+        let (share, n_reps) = (t.f64("present_share")?, t.u64("n_replicates")?);
+        let (s_lo, s_hi, s_at) = (
+            t.u64("start_low")?,
+            t.u64("start_high")?,
+            t.f64("start_share")?,
+        );
+        let (e_lo, e_hi, e_at) = (t.u64("end_low")?, t.u64("end_high")?, t.f64("end_share")?);
         let mut marks: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
         let mut rows = Vec::new();
         for i in 0..t.height() {
@@ -174,6 +204,14 @@ impl Phases {
                 span(start[i]),
                 span(end[i]),
                 note[i].clone(),
+                replicates(
+                    n_reps[i].unwrap_or(0),
+                    share[i],
+                    [
+                        (s_lo[i], s_hi[i], s_at[i], start[i]),
+                        (e_lo[i], e_hi[i], e_at[i], end[i]),
+                    ],
+                ),
             ]);
             if let (true, Some(s)) = (present[i] && phase[i] != "uniform", start[i]) {
                 marks
@@ -187,6 +225,31 @@ impl Phases {
             rows,
             fixed: Vec::new(),
         })
+    }
+
+    /// The replicate columns of `phases.parquet` as CSV fields (after the
+    /// table's own): present_share, start_low, start_high, end_low, end_high.
+    pub(super) fn read_replicate_fields(path: &Path) -> Result<Vec<String>, StageError> {
+        let t = Table::read(path)?;
+        let share = t.f64("present_share")?;
+        let b: Vec<Vec<Option<u64>>> = ["start_low", "start_high", "end_low", "end_high"]
+            .iter()
+            .map(|c| t.u64(c))
+            .collect::<Result<_, _>>()?;
+        Ok((0..t.height())
+            .map(|i| {
+                let mut f = vec![if share[i].is_finite() {
+                    share[i].to_string()
+                } else {
+                    String::new()
+                }];
+                f.extend(
+                    b.iter()
+                        .map(|c| c[i].map_or(String::new(), |v| v.to_string())),
+                );
+                f.join(",")
+            })
+            .collect())
     }
 
     pub(super) fn with_fixed_lines(mut self, steps: &[u64]) -> Phases {

@@ -30,7 +30,7 @@ pub(super) fn convergence(r: &Inputs) -> Result<Vec<Block>, StageError> {
         Band::Ci => (
             conv.t.f64("ci_low")?,
             conv.t.f64("ci_high")?,
-            "bootstrap 95% CI",
+            "95% CI over seeds and documents (jackknife-t)",
         ),
     };
     let mut chart = log_chart(
@@ -90,7 +90,10 @@ pub(super) fn convergence(r: &Inputs) -> Result<Vec<Block>, StageError> {
 pub(super) fn phase_table(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let ctx = r.ctx;
     let phases = &r.phases;
-    let mut csv = String::from("size,phase,present,start_step,end_step,note\n");
+    let mut csv = String::from(
+        "size,phase,present,start_step,end_step,note,present_share,start_low,start_high,end_low,end_high\n",
+    );
+    let extra = super::common::Phases::read_replicate_fields(&r.agg.join("phases.parquet"))?;
     let field = |s: &str| {
         if s == "–" {
             String::new()
@@ -98,9 +101,9 @@ pub(super) fn phase_table(r: &Inputs) -> Result<Vec<Block>, StageError> {
             csv_field(s)
         }
     };
-    for r in &phases.rows {
+    for (r, x) in phases.rows.iter().zip(&extra) {
         csv += &format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{x}\n",
             field(&r[0]),
             field(&r[1]),
             r[2] == "yes",
@@ -112,13 +115,21 @@ pub(super) fn phase_table(r: &Inputs) -> Result<Vec<Block>, StageError> {
     write_text(&ctx.out.join("phases.csv"), &csv)?;
     Ok(vec![
         Block::Heading("Training phases".into()),
-        Block::Para("Detected on each size's E[KL] curve (aggregate/phases.parquet): the uniform phase lasts while E[KL] stays within the tolerance band around its step-0 value; a dip below the band is sharp convergence, the rise to the maximum is sharp divergence, and a fall after the maximum is slow reconvergence.".into()),
+        Block::Para("Detected on each size's E[KL] curve (aggregate/phases.parquet): the uniform phase lasts while E[KL] stays within the tolerance band around its step-0 value; a dip below the band is sharp convergence, the rise to the maximum is sharp divergence, and a fall after the maximum is slow reconvergence. The last column repeats the detection on replicate draws of seeds and documents (aggregate.bootstrap of them, with replacement): how often the phase is found, and the 2.5–97.5% range of its boundary steps with the share of draws that agree with the step found (the full distribution: aggregate/phase_steps.parquet).".into()),
         Block::Table {
-            header: ["size", "phase", "present", "start step", "end step", "note"]
-                .map(String::from)
-                .to_vec(),
+            header: [
+                "size",
+                "phase",
+                "present",
+                "start step",
+                "end step",
+                "note",
+                "across replicates",
+            ]
+            .map(String::from)
+            .to_vec(),
             rows: phases.rows.clone(),
-            numeric: vec![false, false, false, true, true, false],
+            numeric: vec![false, false, false, true, true, false, false],
         },
     ])
 }

@@ -11,6 +11,7 @@
 
 mod baselines;
 mod common;
+mod compare;
 mod conditional;
 mod convergence;
 mod downstream;
@@ -34,7 +35,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -209,6 +210,10 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: None,
         write: regression::regression,
+    },
+    Section {
+        needs: None,
+        write: compare::comparisons,
     },
     Section {
         needs: None,
