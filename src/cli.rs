@@ -54,6 +54,9 @@ pub enum Command {
     /// Copy the current tables into a plain folder (one Parquet per table,
     /// the report, provenance.json).
     Export(ExportArgs),
+    /// Compare two procedures: E[conv] of pipeline A minus pipeline B per
+    /// (size, step), with 95% intervals and p-values (both must have run).
+    Compare(CompareArgs),
     /// Print a shell completion script (e.g. `seedconv completions bash > ~/.local/share/bash-completion/completions/seedconv`).
     Completions {
         #[arg(value_enum)]
@@ -167,6 +170,23 @@ pub struct ExportArgs {
     pub dir: PathBuf,
     /// Only these stages (default: every stage with results).
     pub stages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Pipeline A.
+    pub a: PathBuf,
+    /// Pipeline B (default: A again, e.g. with --set-b for a sweep point).
+    pub b: Option<PathBuf>,
+    /// Overrides for A only (the global --set applies to both).
+    #[arg(long = "set-a", value_name = "KEY=VALUE")]
+    pub set_a: Vec<String>,
+    /// Overrides for B only.
+    #[arg(long = "set-b", value_name = "KEY=VALUE")]
+    pub set_b: Vec<String>,
+    /// Folder for compare.parquet, compare.svg, compare.csv and compare.md.
+    #[arg(long, default_value = "comparison")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

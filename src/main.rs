@@ -64,6 +64,7 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Export(args) => {
             commands::export(&Session::open(&cli.config, &cli.set, cancel)?, args)
         }
+        Command::Compare(args) => commands::compare(args, &cli.set, cancel),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "seedconv", &mut std::io::stdout());

@@ -12,6 +12,7 @@ use crate::error::ConfigError;
 use crate::stages;
 
 mod bench;
+mod compare;
 mod export;
 mod gc;
 mod init;
@@ -20,6 +21,7 @@ mod run;
 mod slurm;
 
 pub use bench::bench;
+pub use compare::compare;
 pub use export::export;
 pub use gc::gc;
 pub use init::init;

@@ -167,7 +167,37 @@ impl AggregateJob {
                 .map_err(perr)?;
         }
         write(ctx, "conv.parquet", &mut conv)?;
+        self.replicates(ctx, &out, cl)?;
         Ok(out)
+    }
+
+    /// `conv_replicates.parquet`: E[conv] of each (size, step) without each
+    /// seed and without each document (NaN where undefined), so intervals
+    /// and comparisons can be rebuilt outside the stage (`seedconv compare`).
+    fn replicates(&self, ctx: &JobCtx, steps: &[StepKl], cl: &Clusters) -> Result<(), StageError> {
+        let (mut size, mut step, mut source, mut unit, mut value) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for s in steps {
+            let c = s.kl.scaled(-1.0);
+            let units = cl
+                .seeds
+                .iter()
+                .map(|l| ("seed", l.clone()))
+                .zip(&c.seeds)
+                .chain((0..cl.n_docs).map(|d| ("doc", d.to_string())).zip(&c.docs));
+            for ((src, u), v) in units {
+                size.push(s.size.clone());
+                step.push(s.step);
+                source.push(src);
+                unit.push(u);
+                value.push(*v);
+            }
+        }
+        let mut t = df!(
+            "size" => size, "step" => step, "source" => source, "unit" => unit, "conv" => value
+        )
+        .map_err(perr)?;
+        write(ctx, "conv_replicates.parquet", &mut t)
     }
 
     /// `phases.parquet`: the four phases of each size's E[KL] curve; with

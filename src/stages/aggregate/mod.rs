@@ -32,7 +32,7 @@ mod frames;
 mod regression;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// The clusters of the intervals: the suite's seeds (by label, in suite
 /// order) and each row's document.
