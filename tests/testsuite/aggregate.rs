@@ -31,6 +31,15 @@ fn aggregates_match_an_independent_computation() {
         .collect();
     assert_eq!(variables, declared);
     let base = read("aggregate/current/baselines.parquet");
+    let rows = read("corpus/current/rows.parquet");
+    let doc_of_row: BTreeMap<u32, u32> = (0..rows.num_rows())
+        .map(|i| {
+            (
+                col::<UInt32Array>(&rows, "row").value(i),
+                col::<UInt32Array>(&rows, "doc").value(i),
+            )
+        })
+        .collect();
     let ann = read("annotate/current/annotations.parquet");
     let fs = read("aggregate/current/final_surprisal.parquet");
     let bin_of_row: BTreeMap<u32, String> = (0..ann.num_rows())
@@ -109,6 +118,38 @@ fn aggregates_match_an_independent_computation() {
             let got = col::<Float64Array>(&conv, name).value(i);
             assert!((got - want).abs() < 1e-12, "{name}: {got} vs {want}");
         }
+
+        // The interval: with 2 seeds no pair is left without a seed, so
+        // only documents vary; delete-one-document jackknife over the
+        // corpus's documents, t with D − 1 = 2 degrees of freedom.
+        let mut by_doc: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
+        for v in pairs.values() {
+            for &(r, x) in v {
+                let e = by_doc.entry(doc_of_row[&r]).or_default();
+                e.0 += x;
+                e.1 += 1.0;
+            }
+        }
+        assert_eq!(by_doc.len(), 3);
+        let (tot, n): (f64, f64) = by_doc
+            .values()
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let reps: Vec<f64> = by_doc.values().map(|(s, m)| -(tot - s) / (n - m)).collect();
+        let rm = reps.iter().sum::<f64>() / 3.0;
+        let se = (2.0 / 3.0 * reps.iter().map(|x| (x - rm).powi(2)).sum::<f64>()).sqrt();
+        let got = |c: &str| col::<Float64Array>(&conv, c).value(i);
+        assert!(
+            (got("se") - se).abs() < 1e-12 * se.max(1e-300),
+            "se {} vs {se}",
+            got("se")
+        );
+        assert!((got("se_docs") - se).abs() < 1e-12 * se.max(1e-300));
+        assert!(got("se_seeds").is_nan());
+        assert!((got("df") - 2.0).abs() < 1e-12);
+        // t(2)'s 97.5% quantile in closed form: (2q − 1)/√(2q(1 − q)).
+        let t2 = 0.95 / (2.0f64 * 0.975 * 0.025).sqrt();
+        assert!((got("ci_low") - (want - t2 * se)).abs() < 1e-9 * se.max(1e-12));
+        assert!((got("ci_high") - (want + t2 * se)).abs() < 1e-9 * se.max(1e-12));
 
         // Conditional on frequency bin, on nouns and on the surprisal bin.
         type Key = fn(

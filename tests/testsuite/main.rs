@@ -9,6 +9,7 @@ mod annotate;
 mod blimp;
 mod cache;
 mod cli;
+mod compare;
 mod dist;
 mod docs;
 mod engine;
