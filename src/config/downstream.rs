@@ -94,6 +94,12 @@ pub struct IclConfig {
     pub min_tokens: usize,
     /// Contexts per ONNX Runtime call.
     pub batch_size: usize,
+    /// Text of the ICL documents, read like `corpus.path` (its format and
+    /// separator); default: the evaluation corpus itself. The authors used
+    /// a Pile sample of their own for the ICL score
+    /// (`working_dir/icl_score/input_text.txt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<PathBuf>,
 }
 
 impl Default for IclConfig {
@@ -104,6 +110,7 @@ impl Default for IclConfig {
             short_context: 51,
             min_tokens: 505,
             batch_size: 8,
+            corpus: None,
         }
     }
 }
@@ -137,6 +144,9 @@ impl BlimpConfig {
 impl IclConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
         let i = self;
+        if let Some(p) = &i.corpus {
+            ck.file("icl.corpus", p)?;
+        }
         if !(i.short_context >= 1
             && i.short_context < i.long_context
             && i.long_context < i.position

@@ -393,6 +393,9 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
         resolve(root, p);
     }
     resolve(root, &mut c.corpus.path);
+    if let Some(p) = c.icl.as_mut().and_then(|i| i.corpus.as_mut()) {
+        resolve(root, p);
+    }
     if let Some(p) = c.annotate.pos_file.as_mut() {
         resolve(root, p);
     }

@@ -39,7 +39,7 @@ impl Stage for Corpus {
         let c = &cx.config().corpus;
         let t = &cx.config().tokenizer;
         let mlm = c.mode == CorpusMode::Mlm;
-        vec![self
+        let mut out = vec![self
             .instance(
                 "",
                 CorpusJob {
@@ -57,9 +57,36 @@ impl Stage for Corpus {
                 },
             )
             .inputs(vec![("corpus.path".into(), c.path.clone())])
-            .deps(vec![(tokenizer::NAME, String::new())])]
+            .deps(vec![(tokenizer::NAME, String::new())])];
+        // The ICL documents' own text, laid out like the evaluation corpus.
+        if let Some(p) = cx.config().icl.as_ref().and_then(|i| i.corpus.clone()) {
+            out.push(
+                self.instance(
+                    ICL,
+                    CorpusJob {
+                        path: p.clone(),
+                        format: c.format,
+                        text_field: c.text_field.clone(),
+                        mode: c.mode,
+                        window: c.window,
+                        max_documents: 0,
+                        eos_token: t.eos_token.clone(),
+                        cls_token: mlm.then(|| t.cls_token.clone()),
+                        sep_token: mlm.then(|| t.sep_token.clone()),
+                        separator: c.separator.clone().filter(|s| *s != t.eos_token),
+                        mlm_special_rows: false,
+                    },
+                )
+                .inputs(vec![("icl.corpus".into(), p)])
+                .deps(vec![(tokenizer::NAME, String::new())]),
+            );
+        }
+        out
     }
 }
+
+/// The label of the corpus instance holding `icl.corpus`.
+pub const ICL: &str = "icl";
 
 #[derive(Serialize)]
 struct CorpusJob {

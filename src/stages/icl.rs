@@ -48,12 +48,17 @@ impl Stage for Icl {
             .map(|c| {
                 let (mut deps, inputs) = c.reach();
                 deps.extend([
-                    (corpus::NAME, String::new()),
+                    (corpus::NAME, corpus_label(cfg).to_string()),
                     (tokenizer::NAME, String::new()),
                 ]);
                 let job = IclJob {
                     ckpt: c.clone(),
-                    cfg: cfg.clone(),
+                    // Its text is keyed by the corpus instance's outputs.
+                    cfg: IclConfig {
+                        corpus: None,
+                        ..cfg.clone()
+                    },
+                    docs: corpus_label(cfg),
                     vocab: suite.vocab,
                     set: set.clone(),
                 };
@@ -67,6 +72,16 @@ impl Stage for Icl {
     }
 }
 
+/// The corpus instance the documents come from: `icl.corpus`'s own, or
+/// the evaluation corpus.
+fn corpus_label(cfg: &IclConfig) -> &'static str {
+    if cfg.corpus.is_some() {
+        corpus::ICL
+    } else {
+        ""
+    }
+}
+
 #[derive(Serialize)]
 struct IclJob {
     #[serde(flatten)]
@@ -75,6 +90,9 @@ struct IclJob {
     #[serde(rename = "icl")]
     cfg: IclConfig,
     vocab: Option<usize>,
+    /// unkeyed: the corpus instance of the documents (its outputs are keyed).
+    #[serde(skip)]
+    docs: &'static str,
     /// unkeyed: threads and device (the batch size is keyed in `icl`).
     #[serde(skip)]
     set: RunSettings,
@@ -130,7 +148,9 @@ fn losses(
 impl Job for IclJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let cfg = &self.cfg;
-        let tokens: PathBuf = ctx.upstream(corpus::NAME, "")?.join("tokens.parquet");
+        let tokens: PathBuf = ctx
+            .upstream(corpus::NAME, self.docs)?
+            .join("tokens.parquet");
         let docs: Vec<(u32, Vec<u32>)> = document_tokens(&tokens)?
             .into_iter()
             .filter(|(_, t)| t.len() >= cfg.min_tokens)

@@ -208,3 +208,51 @@ fn a_window_longer_than_an_external_models_context_is_a_one_line_error() {
         "{line}"
     );
 }
+
+#[test]
+fn icl_reads_its_own_corpus_when_given() {
+    let p = Project::micro();
+    write_suite(&p, &[1, 2]);
+    std::fs::write(
+        p.path().join("text/icl.conllu"),
+        common::conllu_docs(&common::data("ud_english_ewt/en_ewt-ud-train.conllu"), 6),
+    )
+    .unwrap();
+    let (pos, long, short, min) = (20usize, 16usize, 3usize, 24usize);
+    p.write_config(&format!(
+        "{}\n[suite]\nmodels = \"models/syn-seed{{seed}}/step{{step}}/model.onnx\"\nsizes = [\"syn\"]\nseeds = [1, 2]\nsteps = [0]\nvocab = 300\n\n[icl]\ncorpus = \"text/icl.conllu\"\nposition = {pos}\nlong_context = {long}\nshort_context = {short}\nmin_tokens = {min}\nbatch_size = 2\n",
+        Project::micro_config().replace("window = 64", "window = 32")
+    ));
+    p.ok(&["run", "corpus", "icl"]);
+    // The ICL documents are the second corpus instance's, not the
+    // evaluation corpus's.
+    let docs_of = |f: &str| {
+        let tok = seedconv::table::read(&p.store().join(f)).unwrap();
+        let (doc, id, start) = (
+            col::<UInt32Array>(&tok, "doc"),
+            col::<UInt32Array>(&tok, "token_id"),
+            col::<UInt32Array>(&tok, "char_start"),
+        );
+        let mut docs: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for i in 0..tok.num_rows() {
+            if !start.is_null(i) {
+                docs.entry(doc.value(i)).or_default().push(id.value(i));
+            }
+        }
+        docs.into_iter()
+            .filter(|(_, t)| t.len() >= min)
+            .map(|(d, t)| (d, t[pos - 1]))
+            .collect::<BTreeMap<u32, u32>>()
+    };
+    let eligible = docs_of("corpus/current/icl.tokens.parquet");
+    assert_ne!(eligible, docs_of("corpus/current/tokens.parquet"));
+    let b =
+        seedconv::table::read(&p.store().join("icl/current/syn-seed1-step0.icl.parquet")).unwrap();
+    assert_eq!(b.num_rows(), eligible.len());
+    let w = synthetic(1);
+    for i in 0..b.num_rows() {
+        let target = eligible[&col::<UInt32Array>(&b, "doc").value(i)] as usize;
+        let want = loss_at(&w, long - 1, target) - loss_at(&w, short - 1, target);
+        assert!((col::<Float64Array>(&b, "icl").value(i) - want).abs() < 2e-4);
+    }
+}
