@@ -265,6 +265,8 @@ fn polypythia_preset_is_the_papers_grid_and_valid_but_for_the_checkpoints() {
     assert_eq!(v["corpus"]["window"].as_integer(), Some(2048));
     assert_eq!(v["blimp"]["pairs"].as_integer(), Some(100));
     assert_eq!(v["icl"]["position"].as_integer(), Some(501));
+    // The authors' regression design.
+    assert_eq!(v["aggregate"]["regression"].as_str(), Some("paper"));
     // Every setting validates (shipped tokenizer, text, BLiMP); the
     // checkpoints not exported yet are fetched by the `fetch` stage.
     let p = Project::micro();
@@ -300,6 +302,15 @@ fn multiberts_preset_is_the_papers_grid_and_points_at_the_exports() {
     assert_eq!(v["suite"]["kind"].as_str(), Some("mlm"));
     assert_eq!(v["corpus"]["mode"].as_str(), Some("mlm"));
     assert_eq!(v["dist"]["mlm_scoring"].as_str(), Some("unmasked"));
+    // The authors' BERT counts, shipped: one per id of the 30,522 tokens.
+    let counts = preset
+        .parent()
+        .unwrap()
+        .join(v["frequency"]["files"][0].as_str().unwrap());
+    assert!(counts.ends_with("frequency_count_bert.npy"));
+    let bytes = std::fs::read(&counts).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(npy.shape(), &[30522]);
     assert!(v["suite"]["fetch"]
         .as_str()
         .unwrap()
