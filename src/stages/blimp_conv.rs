@@ -4,7 +4,8 @@
 //! paradigm) the KL between the seeds' mean q, over unordered seed pairs (the
 //! paper: KL(q_i ‖ q_j) for i < j in seed order) and over ordered pairs (our
 //! main metric, as for next-token KL); per (size, step) −mean KL ± 1 SE over
-//! the (paradigm × seed pair) values.
+//! the (paradigm × seed pair) values, and its seed- and paradigm-aware 95%
+//! interval (`analysis::intervals`: paradigms are the clusters).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use arrow_array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray, U
 use serde::Serialize;
 use serde_json::json;
 
+use crate::analysis::intervals::Cells;
 use crate::analysis::stats::{mean_sd, mean_se};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
@@ -20,7 +22,7 @@ use crate::stages::{blimp, PlanCtx, Stage};
 use crate::table;
 
 pub const NAME: &str = "blimp_conv";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The `blimp_conv` stage: one instance over the blimp tables of ≥ 2 seeds.
 pub struct BlimpConv;
@@ -108,6 +110,9 @@ impl Job for BlimpConvJob {
         let mut conv = table::Columns::default();
         for ((size, step), paradigms) in &cells {
             let mut kls: [Vec<f64>; 2] = [vec![], vec![]];
+            // Per ordering: (seed a, seed b) → paradigm → KL, for the interval.
+            let mut by_pair: [BTreeMap<(usize, usize), Vec<f64>>; 2] = Default::default();
+            let n_par = paradigms.len();
             let mut per_seed_acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
             for (paradigm, seeds) in paradigms {
                 let (field, term) = &meta[paradigm];
@@ -135,13 +140,23 @@ impl Job for BlimpConvJob {
                     .filter(|s| mean.contains_key(s))
                     .collect();
                 let (mut ordered, mut unordered) = (vec![], vec![]);
+                let p_idx = paradigms.keys().position(|k| k == paradigm).unwrap_or(0);
+                let at = |s: &str| self.seeds.iter().position(|x| x == s).unwrap_or(0);
                 for (i, a) in order.iter().enumerate() {
                     for (j, b) in order.iter().enumerate() {
                         if i != j {
                             let kl = kl2(mean[a].0, mean[b].0);
                             ordered.push(kl);
+                            let key = (at(a), at(b));
+                            let mut put = |o: usize| {
+                                by_pair[o]
+                                    .entry(key)
+                                    .or_insert_with(|| vec![f64::NAN; n_par])[p_idx] = kl
+                            };
+                            put(0);
                             if i < j {
                                 unordered.push(kl);
+                                put(1);
                             }
                         }
                     }
@@ -158,10 +173,33 @@ impl Job for BlimpConvJob {
             let (acc_mean, acc_sd) = mean_sd(&seed_means);
             for (k, ordering) in ["ordered", "unordered"].iter().enumerate() {
                 let (m, se, n) = mean_se(&kls[k]);
+                // Paradigms every pair has (all, unless a seed lacks one).
+                let full: Vec<usize> = (0..n_par)
+                    .filter(|&p| by_pair[k].values().all(|v| v[p].is_finite()))
+                    .collect();
+                let mut c = Cells::new(
+                    self.seeds.len(),
+                    by_pair[k].keys().map(|&(a, b)| (a, Some(b))).collect(),
+                    n_par,
+                );
+                for (u, v) in by_pair[k].values().enumerate() {
+                    for &p in &full {
+                        c.sums[u][p] = v[p];
+                    }
+                }
+                for &p in &full {
+                    c.rows[p] = 1.0;
+                }
+                let iv = c.jackknife().scaled(-1.0).interval();
                 conv.s("size", size)
                     .u("step", *step)
                     .s("ordering", ordering);
                 conv.f("conv", -m).f("se", se).u("n", n);
+                conv.f("se_seeds", iv.se_seeds)
+                    .f("se_paradigms", iv.se_docs)
+                    .f("df", iv.df)
+                    .f("ci_low", iv.low)
+                    .f("ci_high", iv.high);
                 conv.f("accuracy", acc_mean).f("accuracy_sd_seeds", acc_sd);
             }
         }

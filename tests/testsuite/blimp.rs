@@ -155,10 +155,13 @@ fn blimp_convergence_matches_the_per_pair_tables() {
         }
         let kl = |a: f64, b: f64| a * (a / b).ln() + (1.0 - a) * ((1.0 - a) / (1.0 - b)).ln();
         let (mut ordered, mut unordered) = (vec![], vec![]);
+        // Per paradigm: (ordered pairs' values, the unordered pair's).
+        let mut per_paradigm: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
         for (paradigm, seeds) in &q {
             let (a, b) = (seeds["11"].0, seeds["12"].0);
             ordered.extend([kl(a, b), kl(b, a)]);
             unordered.push(kl(a, b));
+            per_paradigm.push((vec![kl(a, b), kl(b, a)], vec![kl(a, b)]));
             let i = (0..par.num_rows())
                 .find(|&i| {
                     col::<UInt32Array>(&par, "step").value(i) == step
@@ -187,6 +190,41 @@ fn blimp_convergence_matches_the_per_pair_tables() {
             assert!((col::<Float64Array>(&conv, "se").value(i) - sd / n.sqrt()).abs() < 1e-12);
             assert_eq!(col::<UInt32Array>(&conv, "n").value(i) as f64, n);
             assert!((col::<Float64Array>(&conv, "accuracy").value(i) - acc).abs() < 1e-12);
+            // The interval: with 2 seeds only paradigms vary; leave each
+            // paradigm out of the mean, jackknife variance, t(P − 1).
+            let pick = |x: &(Vec<f64>, Vec<f64>)| -> Vec<f64> {
+                if ordering == "ordered" {
+                    x.0.clone()
+                } else {
+                    x.1.clone()
+                }
+            };
+            let np = per_paradigm.len() as f64;
+            let reps: Vec<f64> = (0..per_paradigm.len())
+                .map(|o| {
+                    let rest: Vec<f64> = per_paradigm
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != o)
+                        .flat_map(|(_, x)| pick(x))
+                        .collect();
+                    -rest.iter().sum::<f64>() / rest.len() as f64
+                })
+                .collect();
+            let rm = reps.iter().sum::<f64>() / np;
+            let se_p =
+                ((np - 1.0) / np * reps.iter().map(|x| (x - rm).powi(2)).sum::<f64>()).sqrt();
+            let got = |c: &str| col::<Float64Array>(&conv, c).value(i);
+            assert!(
+                (got("se_paradigms") - se_p).abs() < 1e-12,
+                "{} vs {se_p}",
+                got("se_paradigms")
+            );
+            assert!(got("se_seeds").is_nan());
+            assert!((got("df") - (np - 1.0)).abs() < 1e-9);
+            let c = got("conv");
+            assert!(got("ci_low") < c && c < got("ci_high"));
+            assert!(((got("ci_high") - c) - (c - got("ci_low"))).abs() < 1e-12);
         }
     }
     // The report shows BLiMP.

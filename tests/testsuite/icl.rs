@@ -159,6 +159,34 @@ fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
     assert_eq!(pooled.num_rows(), 1);
     assert!((col::<Float64Array>(&pooled, "mean_icl").value(0) - m).abs() < 2e-4);
     assert!((col::<Float64Array>(&pooled, "se").value(0) - se).abs() < 2e-4);
+    // Its interval over seeds and documents: leave one seed out (the other
+    // seed's mean), leave one document out; jackknife variances add.
+    let jv = |r: &[f64]| {
+        let n = r.len() as f64;
+        let m = r.iter().sum::<f64>() / n;
+        (n - 1.0) / n * r.iter().map(|x| (x - m).powi(2)).sum::<f64>()
+    };
+    let nd = all[0].len();
+    let seed_reps: Vec<f64> = (0..2).map(|k| mean_se(&all[1 - k]).0).collect();
+    let doc_reps: Vec<f64> = (0..nd)
+        .map(|d| {
+            let rest: Vec<f64> = all
+                .iter()
+                .flat_map(|v| v.iter().enumerate().filter(|(j, _)| *j != d).map(|x| *x.1))
+                .collect();
+            mean_se(&rest).0
+        })
+        .collect();
+    let (vs, vd) = (jv(&seed_reps), jv(&doc_reps));
+    let got = |c: &str| col::<Float64Array>(&pooled, c).value(0);
+    assert!(
+        (got("se_seeds") - vs.sqrt()).abs() < 2e-4,
+        "{} vs {}",
+        got("se_seeds"),
+        vs.sqrt()
+    );
+    assert!((got("se_docs") - vd.sqrt()).abs() < 2e-4);
+    assert!(got("ci_low") < m && m < got("ci_high"));
     // The report plots it with the paper's sign (short − long).
     p.ok(&["run"]);
     let html = std::fs::read_to_string(p.store().join("report/current/report.html")).unwrap();

@@ -7,16 +7,17 @@ use crate::render::doc::Block;
 use crate::render::plot::Line;
 use crate::stages::{blimp_conv, icl_summary};
 
-/// BLiMP: −KL between the seeds' paradigm-level q (± 1 SE over
-/// paradigm × seed pair) and accuracy (± 1 SD over seeds).
+/// BLiMP: −KL between the seeds' paradigm-level q (95% interval over seeds
+/// and paradigms) and accuracy (± 1 SD over seeds).
 pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let job = r.job;
     let ctx = r.ctx;
     let t = Table::read(&ctx.upstream(blimp_conv::NAME, "")?.join("conv.parquet"))?;
     let (size, step, ordering) = (t.str("size")?, t.u64("step")?, t.str("ordering")?);
-    let (conv, se, acc, acc_sd) = (
+    let (conv, lo, hi, acc, acc_sd) = (
         t.f64("conv")?,
-        t.f64("se")?,
+        t.f64("ci_low")?,
+        t.f64("ci_high")?,
         t.f64("accuracy")?,
         t.f64("accuracy_sd_seeds")?,
     );
@@ -24,7 +25,7 @@ pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
         "BLiMP: convergence of the seeds' judgements".into(),
         "−KL (nats)",
     );
-    kl.band_label = Some("±1 SE".into());
+    kl.band_label = Some("95% CI (seeds and paradigms)".into());
     let mut accuracy = log_chart("BLiMP accuracy".into(), "accuracy");
     accuracy.band_label = Some("±1 SD over seeds".into());
     let mut rows = Vec::new();
@@ -40,10 +41,7 @@ pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
                 color: job.size_color(s),
                 dashed,
                 points: idx.iter().map(|&i| (x(i), conv[i])).collect(),
-                band: idx
-                    .iter()
-                    .map(|&i| (x(i), conv[i] - se[i], conv[i] + se[i]))
-                    .collect(),
+                band: idx.iter().map(|&i| (x(i), lo[i], hi[i])).collect(),
             });
             if ord == "ordered" {
                 accuracy.series.push(Line {
@@ -61,7 +59,7 @@ pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
                         s.clone(),
                         step[i].unwrap_or(0).to_string(),
                         format!("{:.3} ± {:.3}", acc[i], acc_sd[i]),
-                        format!("{} ± {}", fmt(conv[i]), fmt(se[i])),
+                        format!("{} [{}, {}]", fmt(conv[i]), fmt(lo[i]), fmt(hi[i])),
                     ]);
                 }
             }
@@ -70,10 +68,10 @@ pub(super) fn blimp(r: &Inputs) -> Result<Vec<Block>, StageError> {
     Ok(vec![
         Block::Heading("BLiMP downstream convergence".into()),
         Block::Para("Per minimal pair q = softmax([log P(good), log P(bad)]) (sentences scored with BOS and EOS); per paradigm and seed the mean q; per paradigm the KL between seeds' mean q (blimp_conv/*.parquet). Solid: ordered seed pairs (as next-token KL); dashed: unordered pairs, the paper's.".into()),
-        job.figure(ctx, "blimp_conv", "BLiMP: −KL between seeds' paradigm-level judgements, mean ± 1 SE over paradigm × seed pair.".into(), &kl, "conv")?,
+        job.figure(ctx, "blimp_conv", "BLiMP: −KL between seeds' paradigm-level judgements, mean with its 95% interval over seeds and paradigms.".into(), &kl, "conv")?,
         job.figure(ctx, "blimp_accuracy", "BLiMP accuracy (log P(good) > log P(bad)), mean over paradigms, ± 1 SD over seeds.".into(), &accuracy, "accuracy")?,
         Block::Table {
-            header: ["size", "last step", "accuracy", "−KL (ordered) ± SE"].map(String::from).to_vec(),
+            header: ["size", "last step", "accuracy", "−KL (ordered) [95% CI]"].map(String::from).to_vec(),
             rows,
             numeric: vec![false, true, true, true],
         },
@@ -89,17 +87,18 @@ pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let ctx = r.ctx;
     let dir = ctx.upstream(icl_summary::NAME, "")?;
     let t = Table::read(&dir.join(icl_summary::POOLED))?;
-    let (size, step, m, se) = (
+    let (size, step, m, lo, hi) = (
         t.str("size")?,
         t.u64("step")?,
         t.f64("mean_icl")?,
-        t.f64("se")?,
+        t.f64("ci_low")?,
+        t.f64("ci_high")?,
     );
     let mut chart = log_chart(
         "In-context-learning score".into(),
         "loss(short context) − loss(long context) (nats)",
     );
-    chart.band_label = Some("±1 SE".into());
+    chart.band_label = Some("95% CI (seeds and documents)".into());
     for s in &job.info.sizes {
         let mut idx: Vec<usize> = (0..t.height()).filter(|&i| &size[i] == s).collect();
         idx.sort_by_key(|&i| step[i]);
@@ -108,16 +107,13 @@ pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
             name: s.clone(),
             color: job.size_color(s),
             points: idx.iter().map(|&i| (x(i), -m[i])).collect(),
-            band: idx
-                .iter()
-                .map(|&i| (x(i), -m[i] - se[i], -m[i] + se[i]))
-                .collect(),
+            band: idx.iter().map(|&i| (x(i), -hi[i], -lo[i])).collect(),
             ..Default::default()
         });
     }
     Ok(vec![
         Block::Heading("In-context learning".into()),
-        Block::Para("Per document long enough: the loss on one token given a short context minus the loss given a long one (settings in [icl]), the paper's sign: positive values mean the model uses the longer context. The tables (icl/icl.parquet, icl_summary/*.parquet: mean and SE per seed and pooled) keep the opposite sign, long minus short.".into()),
-        job.figure(ctx, "icl", "In-context-learning score, mean over seeds × documents ± 1 SE.".into(), &chart, "icl")?,
+        Block::Para("Per document long enough: the loss on one token given a short context minus the loss given a long one (settings in [icl]), the paper's sign: positive values mean the model uses the longer context. The tables (icl/icl.parquet, icl_summary/*.parquet: mean and SE per seed and pooled, with the pooled 95% interval over seeds and documents) keep the opposite sign, long minus short, which the authors' plotting helper negates too: this is the sign their figure shows.".into()),
+        job.figure(ctx, "icl", "In-context-learning score, mean over seeds × documents, 95% CI over seeds and documents.".into(), &chart, "icl")?,
     ])
 }
