@@ -52,6 +52,9 @@ pub struct Interval {
     pub p: f64,
 }
 
+/// Variance components with their degrees of freedom.
+type Components = Vec<(f64, f64)>;
+
 /// Jackknife variance of finite replicates, with its degrees of freedom
 /// (None below two).
 fn jk_var(reps: &[f64]) -> Option<(f64, f64)> {
@@ -113,7 +116,7 @@ pub fn interval(est: f64, seeds: &[(f64, f64)], docs: &[(f64, f64)]) -> Interval
 }
 
 impl Jackknife {
-    fn parts(&self) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    fn parts(&self) -> (Components, Components) {
         (
             jk_var(&self.seeds).into_iter().collect(),
             jk_var(&self.docs).into_iter().collect(),

@@ -246,7 +246,7 @@ fn write_table(
     use polars::prelude::*;
     let f = |h: fn(&Interval) -> f64| rows.iter().map(|r| h(&r.3)).collect::<Vec<f64>>();
     let n = rows.len();
-    let mut df = df!(
+    let df = df!(
         "size" => rows.iter().map(|r| r.0 .0.clone()).collect::<Vec<_>>(),
         "step" => rows.iter().map(|r| r.0 .1).collect::<Vec<_>>(),
         "conv_a" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
@@ -257,7 +257,7 @@ fn write_table(
         "paired_seeds" => vec![pairing.seeds; n], "paired_docs" => vec![pairing.docs; n]
     )?;
     let tmp = path.with_extension("parquet.tmp");
-    crate::frame::write(&tmp, &mut df, &[("a", a.to_string()), ("b", b.to_string())])?;
+    crate::frame::write(&tmp, &df, &[("a", a.to_string()), ("b", b.to_string())])?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
 }
 

@@ -37,6 +37,9 @@ impl Stage for IclSummary {
     }
 }
 
+/// seed → (document, score), in document order.
+type BySeed = BTreeMap<String, Vec<(u32, f64)>>;
+
 #[derive(Serialize)]
 struct IclSummaryJob {
     /// unkeyed: upstream entries are keyed by their output hashes.
@@ -47,7 +50,7 @@ struct IclSummaryJob {
 impl Job for IclSummaryJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         // (size, step) → seed → (document, score), in document order.
-        let mut cells: BTreeMap<(String, u32), BTreeMap<String, Vec<(u32, f64)>>> = BTreeMap::new();
+        let mut cells: BTreeMap<(String, u32), BySeed> = BTreeMap::new();
         for label in &self.labels {
             let p = ctx.upstream(icl::NAME, label)?.join(icl::FILE);
             let b = table::read(&p)?;

@@ -6,8 +6,8 @@ use rand_distr::{Distribution, Normal};
 
 /// A stated process for per-(pair, row) KL: μ + u_a + v_b (seed effects,
 /// shared by every pair containing the seed, as first and as second model)
-/// + g_d (document) + c_ad (seed × document) + e (row). Rows per document
-/// vary (10–40). E over seeds and documents is μ.
+/// plus g_d (document), c_ad + c_bd (seed × document) and e (row). Rows per
+/// document vary (10–40). E over seeds and documents is μ.
 struct Process {
     mu: f64,
     seed: f64,

@@ -272,13 +272,8 @@ fn rank_deficient_design_matches_the_ridge_limit() {
         row[j] += lambda;
     }
     let ridge = gauss_jordan(&a, &b);
-    for j in 0..p {
-        assert!(
-            (f.coef[j] - ridge[j]).abs() < 1e-6,
-            "{j}: {} vs {}",
-            f.coef[j],
-            ridge[j]
-        );
+    for (j, (c, r)) in f.coef.iter().zip(&ridge).enumerate() {
+        assert!((c - r).abs() < 1e-6, "{j}: {c} vs {r}");
     }
     assert_eq!(f.coef[5], 0.0);
     assert!((f.coef[3] - f.coef[4]).abs() < 1e-9);

@@ -25,6 +25,9 @@ use crate::error::StageError;
 /// (size, step, variable, level) of one arm; variable "" is all rows.
 type Arm = (String, u32, String, String);
 
+/// A level of a conditioning variable: its name, its arm and jackknife.
+type LevelArm<'a> = (&'a str, Arm, &'a Jackknife);
+
 #[derive(Default)]
 struct Rows {
     kind: Vec<&'static str>,
@@ -180,7 +183,7 @@ impl AggregateJob {
             }
         }
         // Levels of each variable within each (size, step).
-        let mut cells: BTreeMap<(usize, &str, u32), Vec<(&str, Arm, &Jackknife)>> = BTreeMap::new();
+        let mut cells: BTreeMap<(usize, &str, u32), Vec<LevelArm>> = BTreeMap::new();
         for (k, j) in levels {
             let v = VARIABLES
                 .iter()

@@ -388,6 +388,7 @@ impl AggregateJob {
     /// `conv_by.parquet` (per pair KL) and `ce_by.parquet` (per seed
     /// surprisal): every per-row value joined with the row's annotations and
     /// final surprisal, grouped by each conditioning variable.
+    #[allow(clippy::too_many_arguments)]
     fn by_variables(
         &self,
         ctx: &JobCtx,

@@ -152,13 +152,13 @@ pub(super) struct Phases {
     fixed: Vec<u64>,
 }
 
+/// One boundary across replicates: (2.5% step, 97.5% step, share of draws
+/// at the detected step, the detected step).
+type Edge = (Option<u64>, Option<u64>, f64, Option<u64>);
+
 /// Where a phase falls across replicate draws of seeds and documents, in
 /// words: "present in 98% of 1000; start 8–16 (69% at 8); end 512".
-fn replicates(
-    n: u64,
-    share: f64,
-    edges: [(Option<u64>, Option<u64>, f64, Option<u64>); 2],
-) -> String {
+fn replicates(n: u64, share: f64, edges: [Edge; 2]) -> String {
     if n == 0 {
         return "–".into();
     }
