@@ -23,7 +23,7 @@ pub fn reference() -> (String, Vec<String>) {
     };
     r.out.push_str(HEADER);
     let top = schema.as_object().cloned().unwrap_or_default();
-    r.section("", &top, "");
+    r.section("", &top, "", false);
     (r.out, r.missing)
 }
 
@@ -160,7 +160,7 @@ impl Ref {
     }
 
     /// One table: its keys' rows, then its sub-tables.
-    fn section(&mut self, path: &str, s: &Map<String, Value>, doc: &str) {
+    fn section(&mut self, path: &str, s: &Map<String, Value>, doc: &str, array: bool) {
         let props = s
             .get("properties")
             .and_then(Value::as_object)
@@ -189,12 +189,20 @@ impl Ref {
                 self.missing.push(full.clone());
             }
             if Self::is_table(&res) {
-                tables.push((full, res, desc, optional, None));
+                tables.push((full, res, desc, optional, None, false));
                 continue;
             }
             if let Some(v) = self.map_value(&res) {
-                tables.push((format!("{full}.NAME"), v, desc, optional, Some(full)));
+                tables.push((format!("{full}.NAME"), v, desc, optional, Some(full), false));
                 continue;
+            }
+            // An array of tables (`[[compare]]`): a section for its entries.
+            if let Some(items) = res.get("items") {
+                let (item, _) = self.resolve(items);
+                if Self::is_table(&item) {
+                    tables.push((full, item, desc, optional, None, true));
+                    continue;
+                }
             }
             let kind = res.get("type").and_then(Value::as_str);
             let default = match res.get("default") {
@@ -231,8 +239,16 @@ impl Ref {
                 text.trim()
             ));
         }
+        if path.is_empty() && !rows.is_empty() && !self.out.ends_with("\n\n") {
+            self.out.push('\n');
+        }
         if !path.is_empty() {
-            self.out.push_str(&format!("\n## [{path}]\n\n"));
+            let header = if array {
+                format!("[[{path}]]")
+            } else {
+                format!("[{path}]")
+            };
+            self.out.push_str(&format!("\n## {header}\n\n"));
             if !doc.is_empty() {
                 self.out.push_str(&format!("{}\n\n", one_line(doc)));
             }
@@ -245,7 +261,7 @@ impl Ref {
                 self.out.push('\n');
             }
         }
-        for (full, t, desc, optional, map) in tables {
+        for (full, t, desc, optional, map, array) in tables {
             let mut doc = desc;
             if optional {
                 doc = format!("*Optional.* {doc}");
@@ -254,7 +270,7 @@ impl Ref {
                 doc = format!("{doc} One table per name under `[{m}]`.");
             }
             let obj = t.as_object().cloned().unwrap_or_default();
-            self.section(&full, &obj, doc.trim());
+            self.section(&full, &obj, doc.trim(), array);
         }
     }
 }
