@@ -244,18 +244,36 @@ fn write_table(
     b: &str,
 ) -> Result<()> {
     use polars::prelude::*;
-    let f = |h: fn(&Interval) -> f64| rows.iter().map(|r| h(&r.3)).collect::<Vec<f64>>();
     let n = rows.len();
-    let df = df!(
-        "size" => rows.iter().map(|r| r.0 .0.clone()).collect::<Vec<_>>(),
-        "step" => rows.iter().map(|r| r.0 .1).collect::<Vec<_>>(),
-        "conv_a" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-        "conv_b" => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
-        "delta" => f(|i| i.est), "se" => f(|i| i.se), "se_seeds" => f(|i| i.se_seeds),
-        "se_docs" => f(|i| i.se_docs), "df" => f(|i| i.df),
-        "ci_low" => f(|i| i.low), "ci_high" => f(|i| i.high), "p" => f(|i| i.p),
-        "paired_seeds" => vec![pairing.seeds; n], "paired_docs" => vec![pairing.docs; n]
-    )?;
+    let ivs: Vec<Interval> = rows.iter().map(|r| r.3).collect();
+    let mut cols = vec![
+        Column::new(
+            "size".into(),
+            rows.iter().map(|r| r.0 .0.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "step".into(),
+            rows.iter().map(|r| r.0 .1).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "conv_a".into(),
+            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "conv_b".into(),
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "delta".into(),
+            ivs.iter().map(|i| i.est).collect::<Vec<_>>(),
+        ),
+    ];
+    cols.extend(crate::stages::aggregate::interval_columns(&ivs, true));
+    cols.extend([
+        Column::new("paired_seeds".into(), vec![pairing.seeds; n]),
+        Column::new("paired_docs".into(), vec![pairing.docs; n]),
+    ]);
+    let df = DataFrame::new(n, cols)?;
     let tmp = path.with_extension("parquet.tmp");
     crate::frame::write(&tmp, &df, &[("a", a.to_string()), ("b", b.to_string())])?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())

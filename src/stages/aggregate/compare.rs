@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 
 use super::conv::StepKl;
-use super::frames::{perr, write, CellKey};
+use super::frames::{interval_columns, perr, write, CellKey};
 use super::AggregateJob;
 use crate::analysis::conditioning::{BINS, SURPRISAL_BINS, VARIABLES};
 use crate::analysis::intervals::{difference, Interval, Jackknife, PAIRED};
@@ -85,14 +85,8 @@ impl Rows {
             Column::new("conv_a".into(), self.va.clone()),
             Column::new("conv_b".into(), self.vb.clone()),
             Column::new("delta".into(), iv(|i| i.est)),
-            Column::new("se".into(), iv(|i| i.se)),
-            Column::new("se_seeds".into(), iv(|i| i.se_seeds)),
-            Column::new("se_docs".into(), iv(|i| i.se_docs)),
-            Column::new("df".into(), iv(|i| i.df)),
-            Column::new("ci_low".into(), iv(|i| i.low)),
-            Column::new("ci_high".into(), iv(|i| i.high)),
-            Column::new("p".into(), iv(|i| i.p)),
         ]);
+        cols.extend(interval_columns(&self.iv, true));
         DataFrame::new(self.kind.len(), cols).map_err(perr)
     }
 }

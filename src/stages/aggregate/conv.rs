@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use polars::prelude::*;
 
-use super::frames::{perr, scan, write};
+use super::frames::{interval_columns, perr, scan, strings, write};
 use super::{AggregateJob, Clusters};
 use crate::analysis::intervals::{draws, Cells, Jackknife};
 use crate::analysis::phases;
@@ -27,17 +27,6 @@ pub(super) struct StepKl {
     pub rows: Vec<u32>,
     pub y: Vec<f64>,
     pub y_without_seed: Vec<Vec<f64>>,
-}
-
-fn strings(df: &DataFrame, c: &str) -> Result<Vec<String>, StageError> {
-    Ok(df
-        .column(c)
-        .map_err(perr)?
-        .str()
-        .map_err(perr)?
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect())
 }
 
 /// Read one (size, step)'s KL table into a `StepKl`.
@@ -148,24 +137,37 @@ impl AggregateJob {
             out.push(s);
         }
         let f = |i: usize| stats.iter().map(|s| s[i]).collect::<Vec<f64>>();
-        let g = |h: fn(&crate::analysis::intervals::Interval) -> f64| {
-            ivs.iter().map(h).collect::<Vec<f64>>()
-        };
-        let mut conv = df!(
-            "size" => out.iter().map(|s| s.size.clone()).collect::<Vec<_>>(),
-            "step" => out.iter().map(|s| s.step).collect::<Vec<_>>(),
-            "conv" => f(0), "sd_pairs" => f(1), "sd_rows" => f(2),
-            "se" => g(|i| i.se), "se_seeds" => g(|i| i.se_seeds), "se_docs" => g(|i| i.se_docs),
-            "df" => g(|i| i.df), "ci_low" => g(|i| i.low), "ci_high" => g(|i| i.high),
-            "n_rows" => out.iter().map(|s| s.rows.len() as u32).collect::<Vec<_>>(),
-            "n_pairs" => n_pairs,
-            "n_docs" => out.iter().map(|s| s.cells.rows.iter().filter(|&&r| r > 0.0).count() as u32).collect::<Vec<_>>()
-        )
-        .map_err(perr)?;
+        let mut cols = vec![
+            Column::new(
+                "size".into(),
+                out.iter().map(|s| s.size.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "step".into(),
+                out.iter().map(|s| s.step).collect::<Vec<_>>(),
+            ),
+            Column::new("conv".into(), f(0)),
+            Column::new("sd_pairs".into(), f(1)),
+            Column::new("sd_rows".into(), f(2)),
+        ];
+        cols.extend(interval_columns(&ivs, false));
+        cols.extend([
+            Column::new(
+                "n_rows".into(),
+                out.iter().map(|s| s.rows.len() as u32).collect::<Vec<_>>(),
+            ),
+            Column::new("n_pairs".into(), n_pairs),
+            Column::new(
+                "n_docs".into(),
+                out.iter()
+                    .map(|s| s.cells.rows.iter().filter(|&&r| r > 0.0).count() as u32)
+                    .collect::<Vec<_>>(),
+            ),
+        ]);
         for (i, (_, name)) in SPREAD_QUANTILES.iter().enumerate() {
-            conv.with_column(Column::new((*name).into(), f(3 + i)))
-                .map_err(perr)?;
+            cols.push(Column::new((*name).into(), f(3 + i)));
         }
+        let mut conv = DataFrame::new(out.len(), cols).map_err(perr)?;
         write(ctx, "conv.parquet", &mut conv)?;
         self.replicates(ctx, &out, cl)?;
         Ok(out)

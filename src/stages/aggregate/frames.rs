@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use polars::prelude::*;
 
 use super::{Clusters, NAME};
-use crate::analysis::intervals::{Cells, Jackknife};
+use crate::analysis::intervals::{Cells, Interval, Jackknife};
 use crate::analysis::stats::mean_sd;
 use crate::engine::JobCtx;
 use crate::error::StageError;
@@ -78,6 +78,39 @@ pub(super) const CROSS_ENTROPY: Measure = Measure {
     n_units: "n_seeds",
 };
 
+/// The interval columns every table with an interval has (`se`,
+/// `se_seeds`, `se_docs`, `df`, `ci_low`, `ci_high`, and `p` for
+/// differences), one row per interval.
+pub fn interval_columns(ivs: &[Interval], with_p: bool) -> Vec<Column> {
+    let col = |name: &str, h: fn(&Interval) -> f64| {
+        Column::new(name.into(), ivs.iter().map(h).collect::<Vec<f64>>())
+    };
+    let mut out = vec![
+        col("se", |i| i.se),
+        col("se_seeds", |i| i.se_seeds),
+        col("se_docs", |i| i.se_docs),
+        col("df", |i| i.df),
+        col("ci_low", |i| i.low),
+        col("ci_high", |i| i.high),
+    ];
+    if with_p {
+        out.push(col("p", |i| i.p));
+    }
+    out
+}
+
+/// A string column's values (null as "").
+pub(super) fn strings(df: &DataFrame, c: &str) -> Result<Vec<String>, StageError> {
+    Ok(df
+        .column(c)
+        .map_err(perr)?
+        .str()
+        .map_err(perr)?
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
+}
+
 /// A conditional cell's key: (variable, size, step, level).
 pub(super) type CellKey = (String, String, u32, String);
 
@@ -110,16 +143,7 @@ pub(super) fn conditional(
         .collect()
         .map_err(perr)?;
     let unit_mean = seq_means(&per_unit, "vals").map_err(perr)?;
-    let strs = |c: &str| -> Result<Vec<String>, StageError> {
-        Ok(per_unit
-            .column(c)
-            .map_err(perr)?
-            .str()
-            .map_err(perr)?
-            .iter()
-            .map(|v| v.unwrap_or_default().to_string())
-            .collect())
-    };
+    let strs = |c: &str| strings(&per_unit, c);
     let u32s = |c: &str| -> Result<Vec<u32>, StageError> {
         Ok(per_unit
             .column(c)
@@ -214,29 +238,20 @@ pub(super) fn conditional(
         i = j;
     }
     let n = o_size.len();
-    let iv = |h: fn(&crate::analysis::intervals::Interval) -> f64| -> Vec<f64> {
-        o_iv.iter().map(h).collect()
-    };
-    let df = DataFrame::new(
-        n,
-        vec![
-            Column::new("size".into(), o_size),
-            Column::new("step".into(), o_step),
-            Column::new("variable".into(), vec![variable; n]),
-            Column::new("level".into(), o_level),
-            Column::new(m.out.into(), o_val),
-            Column::new(m.sd.into(), o_sd),
-            Column::new("se".into(), iv(|i| i.se)),
-            Column::new("se_seeds".into(), iv(|i| i.se_seeds)),
-            Column::new("se_docs".into(), iv(|i| i.se_docs)),
-            Column::new("df".into(), iv(|i| i.df)),
-            Column::new("ci_low".into(), iv(|i| i.low)),
-            Column::new("ci_high".into(), iv(|i| i.high)),
-            Column::new("n_rows".into(), o_rows),
-            Column::new(m.n_units.into(), o_units),
-            Column::new("n_docs".into(), o_docs),
-        ],
-    )
-    .map_err(perr)?;
+    let mut cols = vec![
+        Column::new("size".into(), o_size),
+        Column::new("step".into(), o_step),
+        Column::new("variable".into(), vec![variable; n]),
+        Column::new("level".into(), o_level),
+        Column::new(m.out.into(), o_val),
+        Column::new(m.sd.into(), o_sd),
+    ];
+    cols.extend(interval_columns(&o_iv, false));
+    cols.extend([
+        Column::new("n_rows".into(), o_rows),
+        Column::new(m.n_units.into(), o_units),
+        Column::new("n_docs".into(), o_docs),
+    ]);
+    let df = DataFrame::new(n, cols).map_err(perr)?;
     Ok((df, jks))
 }

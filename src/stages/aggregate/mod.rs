@@ -22,6 +22,7 @@ use crate::config::{CompareConfig, RegressionModel};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::stages::{annotate, corpus, dist, kl, tokenizer, PlanCtx, Stage};
+pub use frames::interval_columns;
 use frames::{
     conditional, perr, scan, scan_columns, seq_means, write, CellKey, Measure, CONV, CROSS_ENTROPY,
 };
@@ -351,16 +352,19 @@ impl AggregateJob {
                 o_n.push(c.units.len() as u32);
             }
         }
-        let iv = |h: fn(&crate::analysis::intervals::Interval) -> f64| -> Vec<f64> {
-            o_iv.iter().map(h).collect()
-        };
-        let mut mean = df!(
-            "size" => o_size, "step" => o_step, "measure" => o_measure,
-            "mean" => iv(|i| i.est), "se" => iv(|i| i.se), "se_seeds" => iv(|i| i.se_seeds),
-            "se_docs" => iv(|i| i.se_docs), "df" => iv(|i| i.df),
-            "ci_low" => iv(|i| i.low), "ci_high" => iv(|i| i.high), "n_seeds" => o_n
-        )
-        .map_err(perr)?;
+        let n = o_size.len();
+        let mut cols = vec![
+            Column::new("size".into(), o_size),
+            Column::new("step".into(), o_step),
+            Column::new("measure".into(), o_measure),
+            Column::new(
+                "mean".into(),
+                o_iv.iter().map(|i| i.est).collect::<Vec<f64>>(),
+            ),
+        ];
+        cols.extend(interval_columns(&o_iv, false));
+        cols.push(Column::new("n_seeds".into(), o_n));
+        let mut mean = DataFrame::new(n, cols).map_err(perr)?;
         write(ctx, "baselines_mean.parquet", &mut mean)
     }
 

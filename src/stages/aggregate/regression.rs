@@ -19,8 +19,9 @@ use arrow_array::{Array, StringArray, UInt32Array, UInt64Array};
 use polars::prelude::*;
 
 use super::conv::StepKl;
-use super::frames::{perr, write};
+use super::frames::{interval_columns, perr, write};
 use super::{AggregateJob, Clusters};
+use crate::analysis::intervals::{interval, Interval};
 use crate::analysis::regression::{fit_jackknife, Observations, Row};
 use crate::config::RegressionModel;
 use crate::engine::JobCtx;
@@ -231,7 +232,7 @@ struct RegTable {
     step: Vec<u32>,
     term: Vec<String>,
     coef: Vec<f64>,
-    iv: [Vec<f64>; 7],
+    iv: Vec<Interval>,
     n: Vec<u32>,
     r2: Vec<f64>,
 }
@@ -244,7 +245,7 @@ impl RegTable {
         step: u32,
         term: String,
         coef: f64,
-        iv: Option<crate::analysis::intervals::Interval>,
+        iv: Option<Interval>,
         n: usize,
         r2: f64,
     ) {
@@ -252,24 +253,25 @@ impl RegTable {
         self.step.push(step);
         self.term.push(term);
         self.coef.push(coef);
-        let v = iv.map_or([f64::NAN; 7], |i| {
-            [i.se, i.se_seeds, i.se_docs, i.df, i.low, i.high, i.p]
-        });
-        for (c, x) in self.iv.iter_mut().zip(v) {
-            c.push(x);
-        }
+        self.iv
+            .push(iv.unwrap_or_else(|| interval(f64::NAN, &[], &[])));
         self.n.push(n as u32);
         self.r2.push(r2);
     }
 
     fn frame(self) -> Result<DataFrame, StageError> {
-        let [se, ses, sed, df, lo, hi, p] = self.iv;
-        df!(
-            "model" => self.model, "step" => self.step, "term" => self.term, "coef" => self.coef,
-            "se" => se, "se_seeds" => ses, "se_docs" => sed, "df" => df,
-            "ci_low" => lo, "ci_high" => hi, "p" => p,
-            "n_obs" => self.n, "r2" => self.r2
-        )
-        .map_err(perr)
+        let n = self.step.len();
+        let mut cols = vec![
+            Column::new("model".into(), self.model),
+            Column::new("step".into(), self.step),
+            Column::new("term".into(), self.term),
+            Column::new("coef".into(), self.coef),
+        ];
+        cols.extend(interval_columns(&self.iv, true));
+        cols.extend([
+            Column::new("n_obs".into(), self.n),
+            Column::new("r2".into(), self.r2),
+        ]);
+        DataFrame::new(n, cols).map_err(perr)
     }
 }
