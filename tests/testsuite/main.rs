@@ -23,6 +23,7 @@ mod layers;
 mod mlm;
 mod report;
 mod robustness;
+mod seeds;
 mod slurm;
 mod train;
 mod workflow;

@@ -26,14 +26,16 @@ pub use frames::interval_columns;
 use frames::{
     conditional, perr, scan, scan_columns, seq_means, write, CellKey, Measure, CONV, CROSS_ENTROPY,
 };
+pub use seeds::Z_APART;
 
 pub mod compare;
 mod conv;
 mod frames;
 mod regression;
+mod seeds;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 
 /// The clusters of the intervals: the suite's seeds (by label, in suite
 /// order) and each row's document.
@@ -171,6 +173,7 @@ impl Job for AggregateJob {
         )?;
         let steps = self.conv(ctx, &kl_files, &cl)?;
         self.phases(ctx, &steps, &cl)?;
+        let flagged = self.seeds(ctx, &steps, &cl)?;
         // The per-row statistics, not the top-k lists (inspection only).
         let dists = scan_columns(
             &dist_files,
@@ -222,6 +225,7 @@ impl Job for AggregateJob {
         Ok(json!({
             "conv_rows": steps.len(),
             "compare_rows": compare,
+            "flagged_seed_steps": flagged,
             "conv_by_rows": conv_by.height(),
             "ce_by_rows": ce_by.height(),
             "regression_rows": regression,

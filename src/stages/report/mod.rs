@@ -16,6 +16,7 @@ mod conditional;
 mod convergence;
 mod downstream;
 mod regression;
+mod seeds;
 mod suite;
 mod tables;
 
@@ -35,7 +36,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -214,6 +215,10 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: None,
         write: compare::comparisons,
+    },
+    Section {
+        needs: None,
+        write: seeds::outliers,
     },
     Section {
         needs: None,

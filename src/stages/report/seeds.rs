@@ -1,0 +1,46 @@
+//! Outlier seeds (`aggregate/seed_outliers.parquet`): per size, the seeds
+//! flagged by the rule of `aggregate::seeds` and the steps where they
+//! stand apart, or that none does.
+
+use std::collections::BTreeMap;
+
+use super::common::*;
+use super::Inputs;
+use crate::error::StageError;
+use crate::render::doc::Block;
+
+pub(super) fn outliers(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    let t = Table::read(&r.agg.join("seed_outliers.parquet"))?;
+    let (size, step, seed) = (t.str("size")?, t.u64("step")?, t.str("seed")?);
+    let (z, flagged) = (t.f64("robust_z")?, t.bool("flagged")?);
+    let mut lines = Vec::new();
+    for s in &r.job.info.sizes {
+        let idx: Vec<usize> = (0..t.height()).filter(|&i| &size[i] == s).collect();
+        // seed → (steps flagged, largest z there)
+        let mut found: BTreeMap<&str, (Vec<u64>, f64)> = BTreeMap::new();
+        for &i in idx.iter().filter(|&&i| flagged[i]) {
+            let e = found.entry(&seed[i]).or_insert((vec![], f64::MIN));
+            e.0.push(step[i].unwrap_or(0));
+            e.1 = e.1.max(z[i]);
+        }
+        if found.is_empty() {
+            let top = idx.iter().map(|&i| z[i]).fold(f64::NAN, f64::max);
+            lines.push(format!(
+                "{s}: no seed stands apart (largest robust z {})",
+                fmt(top)
+            ));
+        }
+        for (sd, (steps, top)) in found {
+            let steps: Vec<String> = steps.iter().map(u64::to_string).collect();
+            lines.push(format!(
+                "{s}: seed {sd} stands apart at steps {} (robust z up to {})",
+                steps.join(", "),
+                fmt(top)
+            ));
+        }
+    }
+    Ok(vec![
+        Block::Heading("Outlier seeds".into()),
+        Block::Para(format!("Per step, each seed's mean KL to the others (over the ordered pairs that contain it, aggregate/seeds.parquet has the whole seed × seed matrix); a seed stands apart where its robust z, (d − median) / max(1.4826·MAD, 5% of the median), exceeds {}, and is flagged where it does so at two neighbouring steps (aggregate/seed_outliers.parquet). {}.", crate::stages::aggregate::Z_APART, lines.join("; "))),
+    ])
+}
