@@ -43,6 +43,10 @@ pub struct ReportConfig {
     /// the key then, so existing reports keep theirs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phase_lines: Vec<u64>,
+    /// Steps at which each size's seed × seed KL matrix is drawn as a heat
+    /// map (empty: the last step; steps the suite lacks are skipped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seed_matrix_steps: Vec<u64>,
 }
 
 impl Default for ReportConfig {
@@ -56,6 +60,7 @@ impl Default for ReportConfig {
             height: 480,
             png: true,
             phase_lines: Default::default(),
+            seed_matrix_steps: Default::default(),
         }
     }
 }
@@ -64,6 +69,7 @@ impl ReportConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
         super::no_duplicates(ck, "report.sizes", &self.sizes)?;
         super::no_duplicates(ck, "report.phase_lines", &self.phase_lines)?;
+        super::no_duplicates(ck, "report.seed_matrix_steps", &self.seed_matrix_steps)?;
         let sizes = super::suite_sizes(c);
         for s in &self.sizes {
             if !sizes.contains(s) {

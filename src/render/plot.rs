@@ -16,7 +16,7 @@ use plotters::prelude::*;
 static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+pub(super) fn register_font() {
     REGISTER.call_once(|| {
         // The bytes are a valid TrueType font shipped with the crate.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -124,7 +124,7 @@ impl ValueFormatter<f64> for StepAxis {
     }
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> String {
+pub(super) fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
 }
 
@@ -352,15 +352,7 @@ impl Chart {
             let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
             self.draw(root)?;
         }
-        let mut out = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut out, size.0, size.1);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc.write_header().map_err(err)?;
-            w.write_image_data(&buf).map_err(err)?;
-        }
-        Ok(out)
+        encode_png(&buf, size)
     }
 
     /// The plotted data, one row per point: series, x, y, band_low, band_high.
@@ -377,6 +369,19 @@ impl Chart {
         }
         s
     }
+}
+
+/// RGB 8-bit pixels as PNG bytes.
+pub(super) fn encode_png(buf: &[u8], size: (u32, u32)) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, size.0, size.1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(err)?;
+        w.write_image_data(buf).map_err(err)?;
+    }
+    Ok(out)
 }
 
 /// Quote a CSV field when it needs it (RFC 4180).

@@ -160,8 +160,8 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
         .collect();
     // conv, 5 conditional panels (frequency, PoS group, UPOS, XPOS,
     // surprisal) of convergence and 5 of cross-entropy, 2 of the regression,
-    // spread, baselines, cross-entropy.
-    assert_eq!(figures.len(), 16, "{figures:?}");
+    // spread, baselines, cross-entropy, the seed matrix at the last step.
+    assert_eq!(figures.len(), 17, "{figures:?}");
     // One cross-entropy curve and the regression's coefficients, as tabled.
     let ce = read_table(&s.join("aggregate/current/ce_by.parquet"));
     let ccsv = read_csv(&dir.join("figures/ce_by_freq_bin_tiny.csv"));

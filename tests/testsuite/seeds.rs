@@ -108,4 +108,23 @@ fn a_seed_from_another_training_run_is_flagged_and_a_coherent_suite_is_not() {
     p.ok(&["-c", "mixed.toml", "run"]);
     let md = std::fs::read_to_string(p.store().join("report/current.mixed/report.md")).unwrap();
     assert!(md.contains("seed 4 stands apart at steps 8, 24"), "{md}");
+    // The heat map at the last step holds seeds.parquet's matrix.
+    let csv = std::fs::read_to_string(
+        p.store()
+            .join("report/current.mixed/figures/seeds_t16_step24.csv"),
+    )
+    .unwrap();
+    let m = read_table(&p.store().join("aggregate/current.mixed/seeds.parquet"));
+    let mut n = 0;
+    for j in (0..m.num_rows()).filter(|&j| col::<UInt32Array>(&m, "step").value(j) == 24) {
+        let line = format!(
+            "{},{},{}",
+            col::<StringArray>(&m, "seed_a").value(j),
+            col::<StringArray>(&m, "seed_b").value(j),
+            col::<Float64Array>(&m, "kl").value(j)
+        );
+        assert!(csv.lines().any(|l| l == line), "{line} not in\n{csv}");
+        n += 1;
+    }
+    assert_eq!((n, csv.lines().count()), (12, 13));
 }

@@ -36,7 +36,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -301,6 +301,36 @@ impl ReportJob {
         } else {
             &self.cfg.sizes
         }
+    }
+
+    /// A heat map as `figures/<name>.{svg,png,csv}`, square.
+    fn heatmap(
+        &self,
+        ctx: &JobCtx,
+        name: &str,
+        caption: String,
+        h: &crate::render::heatmap::Heatmap,
+    ) -> Result<Block, StageError> {
+        let dir = ctx.out.join("figures");
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
+        let side = self.cfg.height.max(360);
+        let fail = |e: String| StageError::Other(format!("figure {name}: {e}"));
+        let svg = h.svg((side, side)).map_err(fail)?;
+        let write = |ext: &str, bytes: &[u8]| {
+            let p = dir.join(format!("{name}.{ext}"));
+            std::fs::write(&p, bytes).map_err(|e| StageError::io(&p, e))
+        };
+        write("svg", svg.as_bytes())?;
+        if self.cfg.png {
+            write("png", &h.png((side, side)).map_err(fail)?)?;
+        }
+        write("csv", h.csv().as_bytes())?;
+        Ok(Block::Figure {
+            name: name.to_string(),
+            caption,
+            svg,
+            png: self.cfg.png,
+        })
     }
 
     /// Write `figures/<name>.{svg,png,csv}`; return the HTML/Markdown block.

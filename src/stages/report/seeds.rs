@@ -1,6 +1,7 @@
 //! Outlier seeds (`aggregate/seed_outliers.parquet`): per size, the seeds
 //! flagged by the rule of `aggregate::seeds` and the steps where they
-//! stand apart, or that none does.
+//! stand apart, or that none does; and the seed × seed KL matrix
+//! (`aggregate/seeds.parquet`) as heat maps at `report.seed_matrix_steps`.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use super::common::*;
 use super::Inputs;
 use crate::error::StageError;
 use crate::render::doc::Block;
+use crate::render::heatmap::Heatmap;
 
 pub(super) fn outliers(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let t = Table::read(&r.agg.join("seed_outliers.parquet"))?;
@@ -39,8 +41,61 @@ pub(super) fn outliers(r: &Inputs) -> Result<Vec<Block>, StageError> {
             ));
         }
     }
-    Ok(vec![
+    let mut blocks = vec![
         Block::Heading("Outlier seeds".into()),
         Block::Para(format!("Per step, each seed's mean KL to the others (over the ordered pairs that contain it, aggregate/seeds.parquet has the whole seed × seed matrix); a seed stands apart where its robust z, (d − median) / max(1.4826·MAD, 5% of the median), exceeds {}, and is flagged where it does so at two neighbouring steps (aggregate/seed_outliers.parquet). {}.", crate::stages::aggregate::Z_APART, lines.join("; "))),
-    ])
+    ];
+    blocks.extend(matrices(r)?);
+    Ok(blocks)
+}
+
+/// Each size's seed × seed mean KL at the chosen steps (default: the last).
+fn matrices(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    let job = r.job;
+    let t = Table::read(&r.agg.join("seeds.parquet"))?;
+    let (size, step, a, b, kl) = (
+        t.str("size")?,
+        t.u64("step")?,
+        t.str("seed_a")?,
+        t.str("seed_b")?,
+        t.f64("kl")?,
+    );
+    let last = job.info.steps.iter().copied().max().unwrap_or(0) as u64;
+    let steps: Vec<u64> = if job.cfg.seed_matrix_steps.is_empty() {
+        vec![last]
+    } else {
+        job.cfg.seed_matrix_steps.clone()
+    };
+    let seeds = &job.info.seeds;
+    let mut out = Vec::new();
+    for s in job.panel_sizes() {
+        for &st in &steps {
+            let mut values = vec![vec![f64::NAN; seeds.len()]; seeds.len()];
+            let mut any = false;
+            for i in (0..t.height()).filter(|&i| &size[i] == s && step[i] == Some(st)) {
+                let pos = |x: &str| seeds.iter().position(|y| y == x);
+                if let (Some(p), Some(q)) = (pos(&a[i]), pos(&b[i])) {
+                    values[p][q] = kl[i];
+                    any = true;
+                }
+            }
+            if !any {
+                continue;
+            }
+            let h = Heatmap {
+                title: format!("{s}, step {st}: mean KL(row seed ‖ column seed)"),
+                labels: seeds.clone(),
+                values,
+                row_label: "seed_a".into(),
+                col_label: "seed_b".into(),
+            };
+            out.push(job.heatmap(
+                r.ctx,
+                &format!("seeds_{s}_step{st}"),
+                format!("{s} at step {st}: mean KL (nats) between every ordered pair of seeds; a row or column darker than the rest is a seed that stands apart."),
+                &h,
+            )?);
+        }
+    }
+    Ok(out)
 }
