@@ -19,7 +19,7 @@ use super::inspect::config_entries;
 use super::Session;
 use crate::analysis::intervals::{difference, Interval, Jackknife, Pairing};
 use crate::cli::CompareArgs;
-use crate::render::plot::{Chart, Line};
+use crate::render::plot::{Chart, Figure, Line};
 use crate::stages::{aggregate, corpus};
 
 /// One pipeline's side: its name, each (size, step)'s jackknife of

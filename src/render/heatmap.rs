@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::plot::{csv_field, err, register_font};
+use super::plot::{csv_field, err, register_font, Figure};
 
 #[derive(Debug, Clone, Default)]
 pub struct Heatmap {
@@ -41,6 +41,26 @@ impl Heatmap {
         (lo, hi)
     }
 
+    /// One row per cell: row, col, value.
+    pub fn csv(&self) -> String {
+        let mut s = format!("{},{},value\n", self.row_label, self.col_label);
+        for (r, row) in self.values.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                if v.is_finite() {
+                    let _ = writeln!(
+                        s,
+                        "{},{},{v}",
+                        csv_field(&self.labels[r]),
+                        csv_field(&self.labels[c])
+                    );
+                }
+            }
+        }
+        s
+    }
+}
+
+impl Figure for Heatmap {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String>
     where
         DB::ErrorType: 'static,
@@ -105,42 +125,6 @@ impl Heatmap {
             }
         }
         Ok(())
-    }
-
-    pub fn svg(&self, size: (u32, u32)) -> Result<String, String> {
-        let mut out = String::new();
-        {
-            let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
-            self.draw(root)?;
-        }
-        Ok(out)
-    }
-
-    pub fn png(&self, size: (u32, u32)) -> Result<Vec<u8>, String> {
-        let mut buf = vec![255u8; (size.0 * size.1 * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
-            self.draw(root)?;
-        }
-        super::plot::encode_png(&buf, size)
-    }
-
-    /// One row per cell: row, col, value.
-    pub fn csv(&self) -> String {
-        let mut s = format!("{},{},value\n", self.row_label, self.col_label);
-        for (r, row) in self.values.iter().enumerate() {
-            for (c, v) in row.iter().enumerate() {
-                if v.is_finite() {
-                    let _ = writeln!(
-                        s,
-                        "{},{},{v}",
-                        csv_field(&self.labels[r]),
-                        csv_field(&self.labels[c])
-                    );
-                }
-            }
-        }
-        s
     }
 }
 

@@ -184,7 +184,9 @@ impl Chart {
         }
         v.into_iter().map(fwd).collect()
     }
+}
 
+impl Figure for Chart {
     fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
@@ -287,7 +289,9 @@ impl Chart {
         self.draw_legend(&legend_area)?;
         root.present().map_err(err)
     }
+}
 
+impl Chart {
     /// The legend in its own column, so it never hides a line.
     fn draw_legend<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult
     where
@@ -335,26 +339,6 @@ impl Chart {
         Ok(())
     }
 
-    /// The chart as an SVG document.
-    pub fn svg(&self, size: (u32, u32)) -> Result<String, String> {
-        let mut out = String::new();
-        {
-            let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
-            self.draw(root)?;
-        }
-        Ok(out)
-    }
-
-    /// The chart as PNG bytes (RGB, 8 bit).
-    pub fn png(&self, size: (u32, u32)) -> Result<Vec<u8>, String> {
-        let mut buf = vec![255u8; (size.0 * size.1 * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
-            self.draw(root)?;
-        }
-        encode_png(&buf, size)
-    }
-
     /// The plotted data, one row per point: series, x, y, band_low, band_high.
     pub fn csv(&self, x_name: &str, y_name: &str) -> String {
         let mut s = format!("series,{x_name},{y_name},band_low,band_high\n");
@@ -371,8 +355,35 @@ impl Chart {
     }
 }
 
+/// A figure plotters draws on any backend: SVG and PNG from one `draw`.
+pub trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static;
+
+    /// The figure as an SVG document.
+    fn svg(&self, size: (u32, u32)) -> Result<String, String> {
+        let mut out = String::new();
+        {
+            let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+            self.draw(root)?;
+        }
+        Ok(out)
+    }
+
+    /// The figure as PNG bytes (RGB, 8 bit).
+    fn png(&self, size: (u32, u32)) -> Result<Vec<u8>, String> {
+        let mut buf = vec![255u8; (size.0 * size.1 * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+            self.draw(root)?;
+        }
+        encode_png(&buf, size)
+    }
+}
+
 /// RGB 8-bit pixels as PNG bytes.
-pub(super) fn encode_png(buf: &[u8], size: (u32, u32)) -> Result<Vec<u8>, String> {
+fn encode_png(buf: &[u8], size: (u32, u32)) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, size.0, size.1);

@@ -112,23 +112,7 @@ fn custom_comparisons_are_paired_differences_and_bad_ones_write_nothing() {
 /// A built-in suite of 3 seeds, trained for 24 steps; `extra` goes into
 /// `[train]`.
 fn builtin(extra: &str) -> String {
-    format!(
-        r#"{base}
-[train]
-seeds = [1, 2, 3]
-steps = 24
-batch_size = 4
-checkpoints = [0, 8, 24]
-{extra}
-
-[train.sizes.t16]
-layers = 2
-d_model = 16
-heads = 2
-context = 16
-"#,
-        base = Project::micro_config().replace("window = 64", "window = 16")
-    )
+    common::builtin_suite("[1, 2, 3]", "[0, 8, 24]", extra)
 }
 
 #[test]

@@ -67,6 +67,27 @@ fn loss_at(w: &Weights, pos: usize, target: usize) -> f64 {
     lse - logits[target]
 }
 
+/// Each document with at least `min` own tokens → its token d_pos (1-based),
+/// from a corpus `tokens.parquet`.
+fn eligible_docs(tokens: &std::path::Path, min: usize, pos: usize) -> BTreeMap<u32, u32> {
+    let tok = seedconv::table::read(tokens).unwrap();
+    let (doc, id, start) = (
+        col::<UInt32Array>(&tok, "doc"),
+        col::<UInt32Array>(&tok, "token_id"),
+        col::<UInt32Array>(&tok, "char_start"),
+    );
+    let mut docs: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for i in 0..tok.num_rows() {
+        if !start.is_null(i) {
+            docs.entry(doc.value(i)).or_default().push(id.value(i));
+        }
+    }
+    docs.into_iter()
+        .filter(|(_, t)| t.len() >= min)
+        .map(|(d, t)| (d, t[pos - 1]))
+        .collect()
+}
+
 #[test]
 fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
     let p = Project::micro();
@@ -81,23 +102,7 @@ fn icl_score_matches_the_known_answer_of_a_synthetic_model() {
     p.ok(&["run", "icl"]);
 
     // Documents long enough, and their token d_P, from the corpus table.
-    let tok = seedconv::table::read(&p.store().join("corpus/current/tokens.parquet")).unwrap();
-    let (doc, id, start) = (
-        col::<UInt32Array>(&tok, "doc"),
-        col::<UInt32Array>(&tok, "token_id"),
-        col::<UInt32Array>(&tok, "char_start"),
-    );
-    let mut docs: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for i in 0..tok.num_rows() {
-        if !start.is_null(i) {
-            docs.entry(doc.value(i)).or_default().push(id.value(i));
-        }
-    }
-    let eligible: BTreeMap<u32, u32> = docs
-        .into_iter()
-        .filter(|(_, t)| t.len() >= min)
-        .map(|(d, t)| (d, t[pos - 1]))
-        .collect();
+    let eligible = eligible_docs(&p.store().join("corpus/current/tokens.parquet"), min, pos);
     assert!(eligible.len() >= 2, "{eligible:?}");
 
     let mut all = Vec::new();
@@ -254,24 +259,7 @@ fn icl_reads_its_own_corpus_when_given() {
     p.ok(&["run", "corpus", "icl"]);
     // The ICL documents are the second corpus instance's, not the
     // evaluation corpus's.
-    let docs_of = |f: &str| {
-        let tok = seedconv::table::read(&p.store().join(f)).unwrap();
-        let (doc, id, start) = (
-            col::<UInt32Array>(&tok, "doc"),
-            col::<UInt32Array>(&tok, "token_id"),
-            col::<UInt32Array>(&tok, "char_start"),
-        );
-        let mut docs: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for i in 0..tok.num_rows() {
-            if !start.is_null(i) {
-                docs.entry(doc.value(i)).or_default().push(id.value(i));
-            }
-        }
-        docs.into_iter()
-            .filter(|(_, t)| t.len() >= min)
-            .map(|(d, t)| (d, t[pos - 1]))
-            .collect::<BTreeMap<u32, u32>>()
-    };
+    let docs_of = |f: &str| eligible_docs(&p.store().join(f), min, pos);
     let eligible = docs_of("corpus/current/icl.tokens.parquet");
     assert_ne!(eligible, docs_of("corpus/current/tokens.parquet"));
     let b =

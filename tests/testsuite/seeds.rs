@@ -9,10 +9,7 @@ use arrow_array::{BooleanArray, Float64Array, StringArray, UInt32Array};
 
 /// A built-in suite of 4 seeds, 24 steps; `extra` goes into `[train]`.
 fn builtin(extra: &str) -> String {
-    format!(
-        "{base}\n[train]\nseeds = [1, 2, 3, 4]\nsteps = 24\nbatch_size = 4\ncheckpoints = [0, 8, 24]\n{extra}\n\n[train.sizes.t16]\nlayers = 2\nd_model = 16\nheads = 2\ncontext = 16\n",
-        base = Project::micro_config().replace("window = 64", "window = 16")
-    )
+    common::builtin_suite("[1, 2, 3, 4]", "[0, 8, 24]", extra)
 }
 
 /// (seed, step) → (flagged, apart, robust z) of a config's seed_outliers.

@@ -8,24 +8,7 @@ use arrow_array::{Float32Array, StringArray, UInt32Array};
 use seedconv::lm::model::{Shape, Weights};
 
 fn suite_config(seeds: &str, extra: &str) -> String {
-    format!(
-        r#"{base}
-[train]
-seeds = {seeds}
-steps = 24
-batch_size = 4
-log_every = 1
-checkpoints = [0, 1, 8, 24]
-{extra}
-
-[train.sizes.t16]
-layers = 2
-d_model = 16
-heads = 2
-context = 16
-"#,
-        base = Project::micro_config().replace("window = 64", "window = 16")
-    )
+    common::builtin_suite(seeds, "[0, 1, 8, 24]", extra)
 }
 
 /// (seed label, step) → weights hash from every `checkpoints.parquet`.

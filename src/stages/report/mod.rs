@@ -30,7 +30,7 @@ use crate::config::{CorpusMode, Loaded, Objective, ReportConfig};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::render::doc::{Block, Doc};
-use crate::render::plot::Chart;
+use crate::render::plot::{Chart, Figure};
 use crate::stages::{aggregate, blimp_conv, icl_summary, kl, PlanCtx, Stage};
 use crate::suite::Suite;
 use common::{Conv, Phases};

@@ -287,6 +287,16 @@ pub fn causal() -> PathBuf {
     fixtures().join("hf_onnx_samples/causal")
 }
 
+/// A micro built-in suite: size t16 (2 layers, d_model 16), 24 training
+/// steps on the micro text, 16-token windows; `seeds` and `checkpoints`
+/// as TOML arrays, `extra` lines go into `[train]`.
+pub fn builtin_suite(seeds: &str, checkpoints: &str, extra: &str) -> String {
+    format!(
+        "{base}\n[train]\nseeds = {seeds}\nsteps = 24\nbatch_size = 4\nlog_every = 1\ncheckpoints = {checkpoints}\n{extra}\n\n[train.sizes.t16]\nlayers = 2\nd_model = 16\nheads = 2\ncontext = 16\n",
+        base = Project::micro_config().replace("window = 64", "window = 16")
+    )
+}
+
 /// A micro pipeline over an external suite of the samples (seeds 11, 12).
 pub fn hf_suite_config(models: &str, steps: &str) -> String {
     format!(
