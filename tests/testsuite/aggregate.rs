@@ -320,6 +320,12 @@ fn aggregates_match_an_independent_computation() {
         &read("kl/current/tiny-step300.kl.parquet"),
         &read("aggregate/current/token_table_pooled.parquet"),
     );
+    llama_stats_match(
+        &read("kl/current/tiny-step300.kl.parquet"),
+        &read("dist/current/tiny-seed11-step300.dist.parquet"),
+        &read("dist/current/tiny-seed12-step300.dist.parquet"),
+        &read("aggregate/current/llama_stats.parquet"),
+    );
 
     // Recomputed, every aggregate table is byte-identical (float sums run in
     // a fixed order), so downstream stages see an unchanged output.
@@ -491,4 +497,69 @@ fn pooled_table_matches(
             assert!((g.0 - w.0).abs() < 1e-12, "{label}");
         }
     }
+}
+
+/// llama.cpp's battery for seed 11 as base and 12 as Q at step 300, from
+/// the kl and dist tables: KLD mean and median, Δp, same top p, NLL
+/// correlation; Δp antisymmetric between the two orders.
+fn llama_stats_match(
+    kl: &arrow_array::RecordBatch,
+    d11: &arrow_array::RecordBatch,
+    d12: &arrow_array::RecordBatch,
+    t: &arrow_array::RecordBatch,
+) {
+    let kls: Vec<f64> = (0..kl.num_rows())
+        .filter(|&i| col::<StringArray>(kl, "seed_a").value(i) == "11")
+        .map(|i| col::<Float64Array>(kl, "kl").value(i))
+        .collect();
+    let per_row = |d: &arrow_array::RecordBatch| -> BTreeMap<u32, (f64, u32)> {
+        let ids = col::<arrow_array::ListArray>(d, "topk_ids");
+        (0..d.num_rows())
+            .map(|i| {
+                let top = ids.value(i);
+                let top = top.as_any().downcast_ref::<UInt32Array>().unwrap().value(0);
+                (
+                    col::<UInt32Array>(d, "row").value(i),
+                    (
+                        col::<Float32Array>(d, "target_logprob").value(i) as f64,
+                        top,
+                    ),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (per_row(d11), per_row(d12));
+    let n = a.len() as f64;
+    assert_eq!(kls.len(), a.len());
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let dp: Vec<f64> = a.keys().map(|r| b[r].0.exp() - a[r].0.exp()).collect();
+    let same = a.keys().filter(|r| a[r].1 == b[r].1).count() as f64 / n;
+    let (la, lb): (Vec<f64>, Vec<f64>) = a.keys().map(|r| (a[r].0, b[r].0)).unzip();
+    let (ma, mb) = (mean(&la), mean(&lb));
+    let cov: f64 = la.iter().zip(&lb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = la.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = lb.iter().map(|y| (y - mb).powi(2)).sum();
+    let mut sorted = kls.clone();
+    sorted.sort_by(f64::total_cmp);
+    let h = 0.5 * (sorted.len() - 1) as f64;
+    let median = sorted[h.floor() as usize]
+        + h.fract()
+            * (sorted[(h.floor() as usize + 1).min(sorted.len() - 1)] - sorted[h.floor() as usize]);
+    let find = |sa: &str| {
+        (0..t.num_rows())
+            .find(|&i| {
+                col::<UInt32Array>(t, "step").value(i) == 300
+                    && col::<StringArray>(t, "seed_a").value(i) == sa
+            })
+            .unwrap()
+    };
+    let (i, j) = (find("11"), find("12"));
+    let got = |c: &str, i: usize| col::<Float64Array>(t, c).value(i);
+    assert!((got("kld_mean", i) - mean(&kls)).abs() < 1e-12);
+    assert!((got("kld_median", i) - median).abs() < 1e-12);
+    assert!((got("dp_mean", i) - mean(&dp)).abs() < 1e-12);
+    assert!((got("same_top_p", i) - same).abs() < 1e-12);
+    assert!((got("nll_cor", i) - cov / (va * vb).sqrt()).abs() < 1e-9);
+    assert!((got("dp_mean", j) + got("dp_mean", i)).abs() < 1e-12);
+    assert_eq!(got("same_top_p", j), got("same_top_p", i));
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use polars::prelude::*;
 
+use super::battery::{SeedRows, Table as BatteryTable};
 use super::frames::{interval_columns, perr, scan, strings, write};
 use super::{AggregateJob, Clusters};
 use crate::analysis::intervals::{draws, Cells, Jackknife};
@@ -118,11 +119,16 @@ fn step_kl(f: &PathBuf, cl: &Clusters) -> Result<(StepKl, Vec<Vec<f64>>), StageE
 impl AggregateJob {
     /// `conv.parquet`: E[conv] with its spreads, interval and quantiles, one
     /// (size, step) at a time.
+    ///
+    /// Also fills llama.cpp's battery per ordered pair (`battery`), while
+    /// each step's pair × row matrix is in memory.
     pub(super) fn conv(
         &self,
         ctx: &JobCtx,
         kl_files: &[PathBuf],
         cl: &Clusters,
+        dists: &BTreeMap<(String, u32, String), SeedRows>,
+        battery: &mut BatteryTable,
     ) -> Result<Vec<StepKl>, StageError> {
         let mut stats: Vec<[f64; 8]> = Vec::new();
         let mut out = Vec::new();
@@ -131,6 +137,13 @@ impl AggregateJob {
         for f in kl_files {
             ctx.check_cancel()?;
             let (s, matrix) = step_kl(f, cl)?;
+            let pairs: Vec<(String, String)> = s
+                .cells
+                .units
+                .iter()
+                .map(|&(a, b)| (cl.seeds[a].clone(), cl.seeds[b.unwrap_or(a)].clone()))
+                .collect();
+            battery.add(&s.size, s.step, &pairs, &matrix, &s.rows, dists, f)?;
             stats.push(conv_stats(&matrix));
             ivs.push(s.kl.scaled(-1.0).interval());
             n_pairs.push(matrix.len() as u32);

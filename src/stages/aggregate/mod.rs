@@ -28,6 +28,7 @@ use frames::{
 };
 pub use seeds::Z_APART;
 
+mod battery;
 pub mod compare;
 mod conv;
 mod frames;
@@ -35,7 +36,7 @@ mod regression;
 mod seeds;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 
 /// The clusters of the intervals: the suite's seeds (by label, in suite
 /// order) and each row's document.
@@ -171,7 +172,15 @@ impl Job for AggregateJob {
             &self.seeds,
             &ctx.upstream(corpus::NAME, "")?.join("rows.parquet"),
         )?;
-        let steps = self.conv(ctx, &kl_files, &cl)?;
+        let mut llama = battery::Table::default();
+        let steps = self.conv(
+            ctx,
+            &kl_files,
+            &cl,
+            &battery::read_dists(&dist_files)?,
+            &mut llama,
+        )?;
+        llama.write(ctx)?;
         self.phases(ctx, &steps, &cl)?;
         let flagged = self.seeds(ctx, &steps, &cl)?;
         // The per-row statistics, not the top-k lists (inspection only).

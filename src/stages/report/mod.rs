@@ -10,6 +10,7 @@
 //! One file per group of sections; `SECTIONS` lists them in page order.
 
 mod baselines;
+mod battery;
 mod common;
 mod compare;
 mod conditional;
@@ -36,7 +37,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -219,6 +220,10 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: None,
         write: seeds::outliers,
+    },
+    Section {
+        needs: None,
+        write: battery::battery,
     },
     Section {
         needs: None,
