@@ -25,6 +25,22 @@ pub const SURPRISAL_BINS: [(f64, &str); 5] = [
     (f64::INFINITY, ">=8"),
 ];
 
+/// Confidence bins: the mean entropy over seeds at the last step, nats
+/// (the same bounds as the surprisal bins).
+pub const CONFIDENCE_BINS: [(f64, &str); 5] = SURPRISAL_BINS;
+
+/// Bins of a target's index in its window: 1 right after the window's
+/// first token, i.e. the number of context tokens the model sees.
+pub const POSITION_BINS: [(f64, &str); 7] = [
+    (8.0, "[1,8)"),
+    (16.0, "[8,16)"),
+    (32.0, "[16,32)"),
+    (64.0, "[32,64)"),
+    (256.0, "[64,256)"),
+    (1024.0, "[256,1024)"),
+    (f64::INFINITY, ">=1024"),
+];
+
 /// How a variable's levels are read from the per-row table.
 pub enum Levels {
     /// The values of the column named like the variable.
@@ -73,6 +89,16 @@ pub const VARIABLES: &[Variable] = &[
         name: "surprisal_bin",
         levels: Levels::Column,
         title: Some("final surprisal of the target (nats)"),
+    },
+    Variable {
+        name: "confidence_bin",
+        levels: Levels::Column,
+        title: Some("confidence: mean entropy over seeds at the last step (nats)"),
+    },
+    Variable {
+        name: "position_bin",
+        levels: Levels::Column,
+        title: Some("position of the target in its window"),
     },
     Variable {
         name: "context_xpos",

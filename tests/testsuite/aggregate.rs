@@ -32,6 +32,52 @@ fn aggregates_match_an_independent_computation() {
     assert_eq!(variables, declared);
     let base = read("aggregate/current/baselines.parquet");
     let rows = read("corpus/current/rows.parquet");
+    // Position of the target in its window: context tokens seen, binned
+    // by the bounds written here (1–7, 8–15, 16–31, 32–63, …).
+    let pbin: BTreeMap<u32, String> = (0..rows.num_rows())
+        .map(|i| {
+            let r = col::<UInt32Array>(&rows, "row").value(i);
+            let n = r - col::<UInt32Array>(&rows, "context_start").value(i) + 1;
+            let label = match n {
+                1..=7 => "[1,8)",
+                8..=15 => "[8,16)",
+                16..=31 => "[16,32)",
+                32..=63 => "[32,64)",
+                64..=255 => "[64,256)",
+                256..=1023 => "[256,1024)",
+                _ => ">=1024",
+            };
+            (r, label.to_string())
+        })
+        .collect();
+    // Final entropy: the mean over both seeds' dist tables at step 300.
+    let mut ent: BTreeMap<u32, f64> = BTreeMap::new();
+    for seed in ["11", "12"] {
+        let d = read(&format!(
+            "dist/current/tiny-seed{seed}-step300.dist.parquet"
+        ));
+        for i in 0..d.num_rows() {
+            *ent.entry(col::<UInt32Array>(&d, "row").value(i))
+                .or_default() += col::<Float32Array>(&d, "entropy").value(i) as f64 / 2.0;
+        }
+    }
+    let cbin: BTreeMap<u32, String> = ent
+        .into_iter()
+        .map(|(r, h)| {
+            let label = if h < 1.0 {
+                "[0,1)"
+            } else if h < 2.0 {
+                "[1,2)"
+            } else if h < 4.0 {
+                "[2,4)"
+            } else if h < 8.0 {
+                "[4,8)"
+            } else {
+                ">=8"
+            };
+            (r, label.to_string())
+        })
+        .collect();
     let doc_of_row: BTreeMap<u32, u32> = (0..rows.num_rows())
         .map(|i| {
             (
@@ -151,19 +197,22 @@ fn aggregates_match_an_independent_computation() {
         assert!((got("ci_low") - (want - t2 * se)).abs() < 1e-9 * se.max(1e-12));
         assert!((got("ci_high") - (want + t2 * se)).abs() < 1e-9 * se.max(1e-12));
 
-        // Conditional on frequency bin, on nouns and on the surprisal bin.
-        type Key = fn(
-            &BTreeMap<u32, String>,
-            &BTreeMap<u32, bool>,
-            &BTreeMap<u32, String>,
-            u32,
-        ) -> Option<String>;
-        let keys: [(&str, Key); 3] = [
-            ("freq_bin", |b, _, _, r| b.get(&r).cloned()),
-            ("pos_group", |_, n, _, r| {
-                n.get(&r).and_then(|&x| x.then(|| "noun".to_string()))
-            }),
-            ("surprisal_bin", |_, _, s, r| s.get(&r).cloned()),
+        // Conditional on frequency bin, on nouns, on the surprisal bin, on
+        // the target's position in its window and on the final entropy.
+        type Key<'a> = Box<dyn Fn(u32) -> Option<String> + 'a>;
+        let keys: [(&str, Key); 5] = [
+            ("freq_bin", Box::new(|r| bin_of_row.get(&r).cloned())),
+            (
+                "pos_group",
+                Box::new(|r| {
+                    noun_of_row
+                        .get(&r)
+                        .and_then(|&x| x.then(|| "noun".to_string()))
+                }),
+            ),
+            ("surprisal_bin", Box::new(|r| sbin.get(&r).cloned())),
+            ("position_bin", Box::new(|r| pbin.get(&r).cloned())),
+            ("confidence_bin", Box::new(|r| cbin.get(&r).cloned())),
         ];
         for (by, key) in keys {
             let mut cells: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -171,7 +220,7 @@ fn aggregates_match_an_independent_computation() {
             for v in pairs.values() {
                 let mut per: BTreeMap<String, (f64, usize)> = BTreeMap::new();
                 for &(r, x) in v {
-                    if let Some(g) = key(&bin_of_row, &noun_of_row, &sbin, r) {
+                    if let Some(g) = key(r) {
                         let e = per.entry(g).or_default();
                         e.0 += x;
                         e.1 += 1;

@@ -158,10 +158,11 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter_map(|n| n.strip_suffix(".svg").map(String::from))
         .collect();
-    // conv, 5 conditional panels (frequency, PoS group, UPOS, XPOS,
-    // surprisal) of convergence and 5 of cross-entropy, 2 of the regression,
-    // spread, baselines, cross-entropy, the seed matrix at the last step.
-    assert_eq!(figures.len(), 17, "{figures:?}");
+    // conv, 7 conditional panels (frequency, PoS group, UPOS, XPOS,
+    // surprisal, confidence, position) of convergence and 7 of
+    // cross-entropy, 2 of the regression, spread, baselines, cross-entropy,
+    // the seed matrix at the last step.
+    assert_eq!(figures.len(), 21, "{figures:?}");
     // One cross-entropy curve and the regression's coefficients, as tabled.
     let ce = read_table(&s.join("aggregate/current/ce_by.parquet"));
     let ccsv = read_csv(&dir.join("figures/ce_by_freq_bin_tiny.csv"));

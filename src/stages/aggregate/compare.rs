@@ -16,7 +16,9 @@ use polars::prelude::*;
 use super::conv::StepKl;
 use super::frames::{interval_columns, perr, write, CellKey};
 use super::AggregateJob;
-use crate::analysis::conditioning::{BINS, SURPRISAL_BINS, VARIABLES};
+use crate::analysis::conditioning::{
+    BINS, CONFIDENCE_BINS, POSITION_BINS, SURPRISAL_BINS, VARIABLES,
+};
 use crate::analysis::intervals::{difference, Interval, Jackknife, PAIRED};
 use crate::config::{CompareConfig, Selection};
 use crate::engine::JobCtx;
@@ -97,6 +99,8 @@ fn bin_rank(variable: &str, level: &str) -> Option<usize> {
     match variable {
         "freq_bin" => BINS.iter().position(|b| *b == level),
         "surprisal_bin" => SURPRISAL_BINS.iter().position(|b| b.1 == level),
+        "confidence_bin" => CONFIDENCE_BINS.iter().position(|b| b.1 == level),
+        "position_bin" => POSITION_BINS.iter().position(|b| b.1 == level),
         _ => None,
     }
 }

@@ -16,7 +16,9 @@ use polars::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::analysis::conditioning::{Levels, SURPRISAL_BINS, VARIABLES};
+use crate::analysis::conditioning::{
+    Levels, CONFIDENCE_BINS, POSITION_BINS, SURPRISAL_BINS, VARIABLES,
+};
 use crate::analysis::intervals::{Cells, Jackknife};
 use crate::config::{CompareConfig, RegressionModel};
 use crate::engine::{Instance, Job, JobCtx};
@@ -36,7 +38,16 @@ mod regression;
 mod seeds;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 10;
+pub const VERSION: u32 = 11;
+
+/// A float column's bin label by upper bounds (the last bin open).
+fn binned(column: &str, bins: &[(f64, &'static str)]) -> Expr {
+    let mut e = lit(bins[bins.len() - 1].1);
+    for &(hi, label) in bins[..bins.len() - 1].iter().rev() {
+        e = when(col(column).lt(lit(hi))).then(lit(label)).otherwise(e);
+    }
+    e
+}
 
 /// The clusters of the intervals: the suite's seeds (by label, in suite
 /// order) and each row's document.
@@ -194,11 +205,29 @@ impl Job for AggregateJob {
                 "target_logprob",
                 "kl_uniform",
                 "kl_unigram",
+                "entropy",
             ],
         )?;
         self.baselines(ctx, &dists, &cl)?;
         let surprisal = self.surprisal(dists.clone());
-        let annotations = scan(std::slice::from_ref(&ann))?;
+        // Each row's target position in its window, binned, beside its tags.
+        let rows = ctx.upstream(corpus::NAME, "")?.join("rows.parquet");
+        let positions = scan_columns(&[rows], &["row", "context_start"])?
+            .with_column(
+                (col("row").cast(DataType::Float64) - col("context_start").cast(DataType::Float64)
+                    + lit(1.0))
+                .alias("position"),
+            )
+            .select([
+                col("row"),
+                binned("position", &POSITION_BINS).alias("position_bin"),
+            ]);
+        let annotations = scan(std::slice::from_ref(&ann))?.join(
+            positions,
+            [col("row")],
+            [col("row")],
+            JoinArgs::new(JoinType::Left),
+        );
         let (conv_by, levels) = self.by_variables(
             ctx,
             "conv_by.parquet",
@@ -381,9 +410,18 @@ impl AggregateJob {
         write(ctx, "baselines_mean.parquet", &mut mean)
     }
 
-    /// Final surprisal per (size, row), mean over seeds or one seed, binned.
+    /// Final surprisal per (size, row), mean over seeds or one seed, binned;
+    /// with the final entropy (mean over every seed), binned as confidence.
     fn surprisal(&self, dists: LazyFrame) -> LazyFrame {
         let last = dists.filter(col("step").eq(lit(self.final_step as u32)));
+        let entropy = last
+            .clone()
+            .group_by([col("size"), col("row")])
+            .agg([col("entropy")
+                .cast(DataType::Float64)
+                .mean()
+                .alias("final_entropy")])
+            .with_column(binned("final_entropy", &CONFIDENCE_BINS).alias("confidence_bin"));
         let last = if self.final_surprisal_seed == "mean" {
             last
         } else {
@@ -400,6 +438,12 @@ impl AggregateJob {
                 .mean()
                 .alias("final_surprisal")])
             .with_column(bin.alias("surprisal_bin"))
+            .join(
+                entropy,
+                [col("size"), col("row")],
+                [col("size"), col("row")],
+                JoinArgs::new(JoinType::Left),
+            )
     }
 
     /// `conv_by.parquet` (per pair KL) and `ce_by.parquet` (per seed
