@@ -374,6 +374,7 @@ fn aggregates_match_an_independent_computation() {
         &read("dist/current/tiny-seed11-step300.dist.parquet"),
         &read("dist/current/tiny-seed12-step300.dist.parquet"),
         &read("aggregate/current/llama_stats.parquet"),
+        &read("aggregate/current/ensemble.parquet"),
     );
 
     // Recomputed, every aggregate table is byte-identical (float sums run in
@@ -556,6 +557,7 @@ fn llama_stats_match(
     d11: &arrow_array::RecordBatch,
     d12: &arrow_array::RecordBatch,
     t: &arrow_array::RecordBatch,
+    ens: &arrow_array::RecordBatch,
 ) {
     let kls: Vec<f64> = (0..kl.num_rows())
         .filter(|&i| col::<StringArray>(kl, "seed_a").value(i) == "11")
@@ -611,4 +613,19 @@ fn llama_stats_match(
     assert!((got("nll_cor", i) - cov / (va * vb).sqrt()).abs() < 1e-9);
     assert!((got("dp_mean", j) + got("dp_mean", i)).abs() < 1e-12);
     assert_eq!(got("same_top_p", j), got("same_top_p", i));
+    // The two-seed ensemble's gain at the target: log of the mean
+    // probability minus the mean log-probability, averaged over rows.
+    let gain = mean(
+        &la.iter()
+            .zip(&lb)
+            .map(|(x, y)| ((x.exp() + y.exp()) / 2.0).ln() - (x + y) / 2.0)
+            .collect::<Vec<f64>>(),
+    );
+    let e = (0..ens.num_rows())
+        .find(|&i| col::<UInt32Array>(ens, "step").value(i) == 300)
+        .unwrap();
+    assert!((col::<Float64Array>(ens, "gain").value(e) - gain).abs() < 1e-12);
+    assert!(gain > 0.0);
+    // With two seeds no ensemble survives a seed's deletion.
+    assert!(col::<Float64Array>(ens, "se_seeds").value(e).is_nan());
 }

@@ -4,7 +4,8 @@
 //! (mean ± SE, max, 99.9 … 0.1% percentiles, min), Δp of the gold token
 //! (p_b(y) − p_a(y): mean ± SE, percentiles, RMS Δp ± SE), "same top p"
 //! (share of rows whose argmax agrees, binomial SE) and the correlation of
-//! per-token NLL, Cor(ln PPL(Q), ln PPL(base)). Percentiles follow numpy's
+//! per-token NLL, Cor(ln PPL(Q), ln PPL(base)), with its Spearman (rank)
+//! version (Summers & Dinneen 2021 report both). Percentiles follow numpy's
 //! linear rule; the ± are llama.cpp's i.i.d.-token SEs (the seed- and
 //! document-aware intervals are the aggregate tables' own).
 
@@ -105,7 +106,41 @@ pub struct Battery {
     pub same_top: f64,
     pub same_top_se: f64,
     pub nll_cor: f64,
+    pub nll_spearman: f64,
     pub n: usize,
+}
+
+/// Ranks 1..n, ties given their average rank.
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            r[k] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Pearson correlation of two equally long series.
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    sab / (saa * sbb).sqrt()
 }
 
 /// Mean and llama.cpp's SE, sqrt((mean(x²) − mean²)/(n − 1)).
@@ -138,17 +173,6 @@ pub fn battery(kl: &[f64], lp_a: &[f64], lp_b: &[f64], top_a: &[u32], top_b: &[u
     let (ms, ms_se) = mean_se(&sq);
     let dp_rms = ms.sqrt();
     let same = top_a.iter().zip(top_b).filter(|(a, b)| a == b).count() as f64 / n as f64;
-    // Pearson correlation of per-token NLL.
-    let (ma, mb) = (
-        lp_a.iter().sum::<f64>() / n as f64,
-        lp_b.iter().sum::<f64>() / n as f64,
-    );
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (a, b) in lp_a.iter().zip(lp_b) {
-        sab += (a - ma) * (b - mb);
-        saa += (a - ma) * (a - ma);
-        sbb += (b - mb) * (b - mb);
-    }
     Battery {
         kld_mean,
         kld_se,
@@ -168,8 +192,69 @@ pub fn battery(kl: &[f64], lp_a: &[f64], lp_b: &[f64], top_a: &[u32], top_b: &[u
         },
         same_top: same,
         same_top_se: (same * (1.0 - same) / (n as f64 - 1.0)).sqrt(),
-        nll_cor: sab / (saa * sbb).sqrt(),
+        nll_cor: pearson(lp_a, lp_b),
+        nll_spearman: pearson(&ranks(lp_a), &ranks(lp_b)),
         n,
+    }
+}
+
+/// The seed ensemble's cross-entropy gain at the target, per row:
+/// log mean_i p_i(y) − mean_i log p_i(y) (≥ 0, Jensen), from each seed's
+/// target log-prob `lp[seed][row]`.
+pub fn ensemble_gain(lp: &[&[f64]]) -> Vec<f64> {
+    let k = lp.len() as f64;
+    (0..lp.first().map_or(0, |v| v.len()))
+        .map(|r| {
+            let m = lp.iter().map(|v| v[r]).fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + lp.iter().map(|v| (v[r] - m).exp()).sum::<f64>().ln();
+            (lse - k.ln()) - lp.iter().map(|v| v[r]).sum::<f64>() / k
+        })
+        .collect()
+}
+
+/// The mean ensemble gain of one (size, step) over its rows, with its
+/// leave-one-seed-out (the ensemble of the others) and leave-one-document-out
+/// replicates.
+pub(super) fn ensemble_jackknife(
+    lp: &[Vec<f64>],
+    docs: &[usize],
+    n_docs: usize,
+) -> crate::analysis::intervals::Jackknife {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let all: Vec<&[f64]> = lp.iter().map(Vec::as_slice).collect();
+    let gain = ensemble_gain(&all);
+    let seeds = (0..lp.len())
+        .map(|k| {
+            let rest: Vec<&[f64]> = (0..lp.len())
+                .filter(|&j| j != k)
+                .map(|j| lp[j].as_slice())
+                .collect();
+            if rest.len() < 2 {
+                f64::NAN
+            } else {
+                mean(&ensemble_gain(&rest))
+            }
+        })
+        .collect();
+    let (mut sums, mut counts) = (vec![0.0; n_docs], vec![0.0; n_docs]);
+    for (g, &d) in gain.iter().zip(docs) {
+        sums[d] += g;
+        counts[d] += 1.0;
+    }
+    let (tot, n): (f64, f64) = (sums.iter().sum(), counts.iter().sum());
+    let docs_rep = (0..n_docs)
+        .map(|d| {
+            if n - counts[d] > 0.0 {
+                (tot - sums[d]) / (n - counts[d])
+            } else {
+                f64::NAN
+            }
+        })
+        .collect();
+    crate::analysis::intervals::Jackknife {
+        est: mean(&gain),
+        seeds,
+        docs: docs_rep,
     }
 }
 
@@ -178,6 +263,8 @@ pub fn battery(kl: &[f64], lp_a: &[f64], lp_b: &[f64], top_a: &[u32], top_b: &[u
 pub(super) struct Table {
     keys: Vec<(String, u32, String, String)>,
     rows: Vec<Battery>,
+    /// `ensemble.parquet`: (size, step, seeds) and the gain's jackknife.
+    ensemble: Vec<(String, u32, u32, crate::analysis::intervals::Jackknife)>,
 }
 
 impl Table {
@@ -222,6 +309,41 @@ impl Table {
             self.rows.push(battery(k, &la, &lb, &ta, &tb));
         }
         Ok(())
+    }
+
+    /// The seed ensemble's gain at one (size, step): `seeds` in suite order,
+    /// `docs[i]` the document of `rows[i]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_ensemble(
+        &mut self,
+        size: &str,
+        step: u32,
+        seeds: &[String],
+        rows: &[u32],
+        docs: &[usize],
+        n_docs: usize,
+        dists: &BTreeMap<(String, u32, String), SeedRows>,
+    ) {
+        let lp: Vec<Vec<f64>> = seeds
+            .iter()
+            .filter_map(|s| dists.get(&(size.to_string(), step, s.clone())))
+            .map(|v| {
+                rows.iter()
+                    .map(|&r| {
+                        v.get(r as usize)
+                            .copied()
+                            .flatten()
+                            .map_or(f64::NAN, |x| x.0)
+                    })
+                    .collect()
+            })
+            .collect();
+        if lp.len() < 2 {
+            return;
+        }
+        let jk = ensemble_jackknife(&lp, docs, n_docs);
+        self.ensemble
+            .push((size.to_string(), step, lp.len() as u32, jk));
     }
 
     pub(super) fn write(self, ctx: &JobCtx) -> Result<(), StageError> {
@@ -269,13 +391,34 @@ impl Table {
             f("same_top_p".into(), &|b| b.same_top),
             f("same_top_p_se".into(), &|b| b.same_top_se),
             f("nll_cor".into(), &|b| b.nll_cor),
+            f("nll_spearman".into(), &|b| b.nll_spearman),
             Column::new(
                 "n_rows".into(),
                 self.rows.iter().map(|b| b.n as u32).collect::<Vec<_>>(),
             ),
         ]);
         let mut df = DataFrame::new(n, cols).map_err(perr)?;
-        write(ctx, "llama_stats.parquet", &mut df)
+        write(ctx, "llama_stats.parquet", &mut df)?;
+        let e = &self.ensemble;
+        let ivs: Vec<_> = e.iter().map(|x| x.3.interval()).collect();
+        let mut cols = vec![
+            Column::new(
+                "size".into(),
+                e.iter().map(|x| x.0.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new("step".into(), e.iter().map(|x| x.1).collect::<Vec<_>>()),
+            Column::new(
+                "gain".into(),
+                ivs.iter().map(|i| i.est).collect::<Vec<f64>>(),
+            ),
+        ];
+        cols.extend(super::frames::interval_columns(&ivs, false));
+        cols.push(Column::new(
+            "n_seeds".into(),
+            e.iter().map(|x| x.2).collect::<Vec<_>>(),
+        ));
+        let mut df = DataFrame::new(e.len(), cols).map_err(perr)?;
+        write(ctx, "ensemble.parquet", &mut df)
     }
 }
 
@@ -291,6 +434,18 @@ mod tests {
         let lo = h.floor() as usize;
         let hi = (lo + 1).min(s.len() - 1);
         s[lo] + (h - lo as f64) * (s[hi] - s[lo])
+    }
+
+    #[test]
+    fn ensemble_gain_by_hand() {
+        // Two seeds: p = 0.5 and 0.125 at the target; log(0.3125) − mean log.
+        let a = [0.5f64.ln()];
+        let b = [0.125f64.ln()];
+        let g = ensemble_gain(&[&a, &b]);
+        let want = 0.3125f64.ln() - (0.5f64.ln() + 0.125f64.ln()) / 2.0;
+        assert!((g[0] - want).abs() < 1e-15 && g[0] > 0.0);
+        // Identical seeds gain nothing.
+        assert!(ensemble_gain(&[&a, &a])[0].abs() < 1e-15);
     }
 
     #[test]
@@ -323,6 +478,12 @@ mod tests {
         let r = battery(&kl, &lp_b, &lp_a, &tb, &ta);
         assert!((r.dp_mean + b.dp_mean).abs() < 1e-15);
         assert!((r.nll_cor - b.nll_cor).abs() < 1e-15);
+        // Spearman: ranks of −1, −2, −0.5, −3, −1.5 are 4, 2, 5, 1, 3 and of
+        // −1.2, −1, −0.5, −2, −2.5 are 3, 4, 5, 2, 1: 1 − 6Σd²/(n(n²−1)).
+        let d2 = [1.0f64, 4.0, 0.0, 1.0, 4.0].iter().sum::<f64>();
+        assert!((b.nll_spearman - (1.0 - 6.0 * d2 / (5.0 * 24.0))).abs() < 1e-12);
+        // Ties share their average rank.
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
         // Identical seeds: Δp 0, same top 1, correlation 1.
         let same = battery(&[0.0; 5], &lp_a, &lp_a, &ta, &ta);
         assert_eq!((same.dp_rms, same.same_top), (0.0, 1.0));

@@ -144,6 +144,12 @@ impl AggregateJob {
                 .map(|&(a, b)| (cl.seeds[a].clone(), cl.seeds[b.unwrap_or(a)].clone()))
                 .collect();
             battery.add(&s.size, s.step, &pairs, &matrix, &s.rows, dists, f)?;
+            let docs: Vec<usize> = s
+                .rows
+                .iter()
+                .map(|&r| cl.doc(r, f))
+                .collect::<Result<_, _>>()?;
+            battery.add_ensemble(&s.size, s.step, &cl.seeds, &s.rows, &docs, cl.n_docs, dists);
             stats.push(conv_stats(&matrix));
             ivs.push(s.kl.scaled(-1.0).interval());
             n_pairs.push(matrix.len() as u32);

@@ -38,7 +38,7 @@ mod regression;
 mod seeds;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 11;
+pub const VERSION: u32 = 12;
 
 /// A float column's bin label by upper bounds (the last bin open).
 fn binned(column: &str, bins: &[(f64, &'static str)]) -> Expr {
