@@ -101,6 +101,11 @@ pub const VARIABLES: &[Variable] = &[
         title: Some("position of the target in its window"),
     },
     Variable {
+        name: "label",
+        levels: Levels::Column,
+        title: Some("user label (annotate.labels)"),
+    },
+    Variable {
         name: "context_xpos",
         levels: Levels::Column,
         title: None,

@@ -145,6 +145,11 @@ pub struct AnnotateConfig {
     /// HTML/CSS blocks of their sample).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// User labels, a CSV or Parquet table with `label` and either `doc`
+    /// (per document) or `row` (per row): the conditioning variable `label`
+    /// of `conv_by` / `ce_by` (e.g. a domain, or code vs prose).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<PathBuf>,
 }
 
 impl Default for AnnotateConfig {
@@ -155,6 +160,7 @@ impl Default for AnnotateConfig {
             tagger_test: PathBuf::from("data/ud_english_ewt/en_ewt-ud-test.conllu"),
             pos_file: Default::default(),
             exclude: Default::default(),
+            labels: Default::default(),
         }
     }
 }
@@ -255,6 +261,9 @@ impl Default for AggregateConfig {
 
 impl AnnotateConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        if let Some(l) = &self.labels {
+            ck.file("annotate.labels", l)?;
+        }
         if c.uses_tagger() {
             ck.file("annotate.tagger_train", &self.tagger_train)?;
             ck.file("annotate.tagger_test", &self.tagger_test)?;

@@ -399,6 +399,9 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
     if let Some(p) = c.annotate.pos_file.as_mut() {
         resolve(root, p);
     }
+    if let Some(p) = c.annotate.labels.as_mut() {
+        resolve(root, p);
+    }
     // The tagger's defaults name the shipped EWT files: beside the config
     // if it has them, else in the source tree this binary was built from.
     let defaults = AnnotateConfig::default();

@@ -63,11 +63,15 @@ impl Stage for Annotate {
                 a.exclude.clone()
             },
             pos_file: pos_file.clone(),
+            labels: a.labels.clone(),
         };
-        // The file's content is keyed through the instance's inputs.
-        let inputs = pos_file
+        // The files' content is keyed through the instance's inputs.
+        let mut inputs: Vec<(String, PathBuf)> = pos_file
             .map(|f| vec![("annotate.pos_file".to_string(), f)])
             .unwrap_or_default();
+        if let Some(l) = &a.labels {
+            inputs.push(("annotate.labels".to_string(), l.clone()));
+        }
         vec![self.instance("", job).deps(deps).inputs(inputs)]
     }
 }
@@ -85,6 +89,9 @@ struct AnnotateJob {
     /// unkeyed: its content is the input `annotate.pos_file`.
     #[serde(skip)]
     pos_file: Option<PathBuf>,
+    /// unkeyed: its content is the input `annotate.labels`.
+    #[serde(skip)]
+    labels: Option<PathBuf>,
 }
 
 /// Where the part of speech comes from.
@@ -355,36 +362,44 @@ impl Job for AnnotateJob {
             .collect();
         let group = |k: usize| -> BooleanArray { groups.iter().map(|g| g.map(|g| g[k])).collect() };
         let s = |v: &Vec<Option<String>>| Arc::new(StringArray::from(v.clone())) as ArrayRef;
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("row", DataType::UInt32, false),
-                Field::new("target_id", DataType::UInt32, false),
-                Field::new("count", DataType::UInt64, false),
-                Field::new("freq_bin", DataType::Utf8, false),
-                Field::new("upos", DataType::Utf8, true),
-                Field::new("xpos", DataType::Utf8, true),
-                Field::new("context_upos", DataType::Utf8, true),
-                Field::new("context_xpos", DataType::Utf8, true),
-                Field::new("is_noun", DataType::Boolean, true),
-                Field::new("is_verb", DataType::Boolean, true),
-                Field::new("is_function", DataType::Boolean, true),
-                Field::new("is_content", DataType::Boolean, true),
-            ])),
-            vec![
-                Arc::new(UInt32Array::from(row.clone())),
-                Arc::new(UInt32Array::from(target)),
-                Arc::new(UInt64Array::from(count)),
-                Arc::new(StringArray::from(bins)),
-                s(&tu),
-                s(&tx),
-                s(&cu),
-                s(&cx),
-                Arc::new(group(0)),
-                Arc::new(group(1)),
-                Arc::new(group(2)),
-                Arc::new(group(3)),
-            ],
-        )?;
+        let mut fields = vec![
+            Field::new("row", DataType::UInt32, false),
+            Field::new("target_id", DataType::UInt32, false),
+            Field::new("count", DataType::UInt64, false),
+            Field::new("freq_bin", DataType::Utf8, false),
+            Field::new("upos", DataType::Utf8, true),
+            Field::new("xpos", DataType::Utf8, true),
+            Field::new("context_upos", DataType::Utf8, true),
+            Field::new("context_xpos", DataType::Utf8, true),
+            Field::new("is_noun", DataType::Boolean, true),
+            Field::new("is_verb", DataType::Boolean, true),
+            Field::new("is_function", DataType::Boolean, true),
+            Field::new("is_content", DataType::Boolean, true),
+        ];
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(row.clone())),
+            Arc::new(UInt32Array::from(target)),
+            Arc::new(UInt64Array::from(count)),
+            Arc::new(StringArray::from(bins)),
+            s(&tu),
+            s(&tx),
+            s(&cu),
+            s(&cx),
+            Arc::new(group(0)),
+            Arc::new(group(1)),
+            Arc::new(group(2)),
+            Arc::new(group(3)),
+        ];
+        // User labels only when given: tables without them are unchanged.
+        if let Some(path) = &self.labels {
+            let doc = table::column::<UInt32Array>(&rows, "doc", &rp)?;
+            let dp = ctx.upstream(corpus::NAME, "")?.join("documents.parquet");
+            let n_docs = table::schema(&dp)?.rows as u32;
+            let labels = crate::text::labels::read(path, doc.values(), n_docs)?;
+            fields.push(Field::new("label", DataType::Utf8, true));
+            arrays.push(Arc::new(StringArray::from(labels)));
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
         table::write(
             &ctx.out.join(FILE),
             &batch,

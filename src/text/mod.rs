@@ -6,6 +6,7 @@
 //! part-of-speech mapping votes per character and the tokenizers crate reports
 //! character offsets with `encode_char_offsets`.
 
+pub mod labels;
 pub mod pos;
 pub mod pos_file;
 pub mod tagger;

@@ -27,7 +27,7 @@ pub fn read(path: &Path, stream: &[&str]) -> Result<Vec<String>, StageError> {
             pairs.into_iter().map(|(t, g)| (Some(t), g)).collect()
         }
         "parquet" => indexed(path, &crate::table::read(path)?)?,
-        "csv" => indexed(path, &read_csv(path)?)?,
+        "csv" => indexed(path, &read_csv(path, &["token_index"])?)?,
         _ => {
             return Err(StageError::input(
                 path,
@@ -59,9 +59,9 @@ pub fn read(path: &Path, stream: &[&str]) -> Result<Vec<String>, StageError> {
     Ok(rows.into_iter().map(|(_, g)| g).collect())
 }
 
-/// A CSV with a header (`token_index`, `tag`, optionally `token`), as the
-/// table [`indexed`] reads.
-fn read_csv(path: &Path) -> Result<RecordBatch, StageError> {
+/// A CSV with a header as a table: the `int_columns` parsed as Int64, the
+/// others as text (empty fields null).
+pub(crate) fn read_csv(path: &Path, int_columns: &[&str]) -> Result<RecordBatch, StageError> {
     let bad = |e: csv::Error| StageError::input(path, format!("reading CSV: {e}"));
     let mut r = csv::Reader::from_path(path).map_err(bad)?;
     let names: Vec<String> = r.headers().map_err(bad)?.iter().map(String::from).collect();
@@ -75,7 +75,7 @@ fn read_csv(path: &Path) -> Result<RecordBatch, StageError> {
     let mut fields = Vec::new();
     let mut arrays: Vec<Arc<dyn Array>> = Vec::new();
     for (name, col) in names.iter().zip(cols) {
-        if name == "token_index" {
+        if int_columns.contains(&name.as_str()) {
             let v = col
                 .iter()
                 .enumerate()
@@ -83,7 +83,7 @@ fn read_csv(path: &Path) -> Result<RecordBatch, StageError> {
                     x.as_deref()
                         .map(|x| x.trim().parse::<i64>())
                         .transpose()
-                        .map_err(|e| StageError::input(path, format!("row {i}: token_index: {e}")))
+                        .map_err(|e| StageError::input(path, format!("row {i}: {name}: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             fields.push(Field::new(name, DataType::Int64, true));
@@ -98,7 +98,7 @@ fn read_csv(path: &Path) -> Result<RecordBatch, StageError> {
 }
 
 /// A column's values as i64, whatever integer type it is stored as.
-fn ints(c: &dyn Array) -> Option<Vec<Option<i64>>> {
+pub(crate) fn ints(c: &dyn Array) -> Option<Vec<Option<i64>>> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
     Some(match c.data_type() {
@@ -123,7 +123,7 @@ fn ints(c: &dyn Array) -> Option<Vec<Option<i64>>> {
 }
 
 /// A column's values as text, whichever string layout it is stored in.
-fn strings(c: &dyn Array) -> Option<Vec<Option<String>>> {
+pub(crate) fn strings(c: &dyn Array) -> Option<Vec<Option<String>>> {
     use arrow_array::cast::AsArray;
     let own = |v: Option<&str>| v.map(String::from);
     Some(match c.data_type() {

@@ -19,6 +19,7 @@ mod first_contact;
 mod icl;
 mod init;
 mod keys;
+mod labels;
 mod layers;
 mod mlm;
 mod report;

@@ -38,7 +38,7 @@ mod regression;
 mod seeds;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 12;
+pub const VERSION: u32 = 13;
 
 /// A float column's bin label by upper bounds (the last bin open).
 fn binned(column: &str, bins: &[(f64, &'static str)]) -> Expr {
@@ -222,7 +222,16 @@ impl Job for AggregateJob {
                 col("row"),
                 binned("position", &POSITION_BINS).alias("position_bin"),
             ]);
-        let annotations = scan(std::slice::from_ref(&ann))?.join(
+        // `label` exists only with annotate.labels: otherwise all null.
+        let mut annotations = scan(std::slice::from_ref(&ann))?;
+        if crate::table::schema(&ann)?
+            .schema
+            .field_with_name("label")
+            .is_err()
+        {
+            annotations = annotations.with_column(lit(NULL).cast(DataType::String).alias("label"));
+        }
+        let annotations = annotations.join(
             positions,
             [col("row")],
             [col("row")],
