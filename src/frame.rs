@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{make_array, Array, ArrayRef, RecordBatch};
-use polars::prelude::{CompatLevel, DataFrame, IntoColumn, PolarsError, Series};
+use polars::prelude::{CompatLevel, DataFrame, DataType, IntoColumn, PolarsError, Series};
 
 use crate::error::StageError;
 
@@ -98,4 +98,57 @@ pub fn write(path: &Path, df: &DataFrame, meta: &[(&str, String)]) -> Result<(),
     let batch = RecordBatch::try_from_iter(cols)?;
     debug_assert!(batch.columns().iter().all(|c| c.len() == df.height()));
     crate::table::write(path, &batch, meta)
+}
+
+/// A Parquet table read with polars, with typed column access whose errors
+/// name the file and column.
+pub struct Table {
+    pub df: DataFrame,
+    pub path: PathBuf,
+}
+
+impl Table {
+    pub fn read(path: &Path) -> Result<Table, StageError> {
+        let df = crate::frame::read(&[path.to_path_buf()], None)?;
+        Ok(Table {
+            df,
+            path: path.to_path_buf(),
+        })
+    }
+    pub fn col(&self, name: &str, to: &DataType) -> Result<Series, StageError> {
+        let bad = |e: PolarsError| StageError::input(&self.path, format!("column {name}: {e}"));
+        let c = self.df.column(name).map_err(bad)?;
+        c.as_materialized_series().cast(to).map_err(bad)
+    }
+    pub fn f64(&self, name: &str) -> Result<Vec<f64>, StageError> {
+        let s = self.col(name, &DataType::Float64)?;
+        Ok(s.f64()
+            .expect("cast to f64")
+            .iter()
+            .map(|v| v.unwrap_or(f64::NAN))
+            .collect())
+    }
+    pub fn u64(&self, name: &str) -> Result<Vec<Option<u64>>, StageError> {
+        let s = self.col(name, &DataType::UInt64)?;
+        Ok(s.u64().expect("cast to u64").iter().collect())
+    }
+    pub fn str(&self, name: &str) -> Result<Vec<String>, StageError> {
+        let s = self.col(name, &DataType::String)?;
+        Ok(s.str()
+            .expect("cast to str")
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect())
+    }
+    pub fn bool(&self, name: &str) -> Result<Vec<bool>, StageError> {
+        let s = self.col(name, &DataType::Boolean)?;
+        Ok(s.bool()
+            .expect("cast to bool")
+            .iter()
+            .map(|v| v.unwrap_or(false))
+            .collect())
+    }
+    pub fn height(&self) -> usize {
+        self.df.height()
+    }
 }

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::frame::Table;
 use anyhow::{bail, Context, Result};
-use polars::prelude::{DataFrame, DataType};
 
 use super::inspect::config_entries;
 use super::Session;
@@ -54,12 +54,12 @@ fn side(config: &Path, set: &[String], cancel: Arc<AtomicBool>) -> Result<Side> 
     let (reps, _) = entry(aggregate::NAME, "conv_replicates.parquet")?;
     let (conv, _) = entry(aggregate::NAME, "conv.parquet")?;
     let (_, corpus) = entry(corpus::NAME, "rows.parquet")?;
-    let t = Cols::read(&conv)?;
-    let (size, step, value) = (t.str("size")?, t.u32("step")?, t.f64("conv")?);
+    let t = Table::read(&conv)?;
+    let (size, step, value) = (t.str("size")?, t.u64("step")?, t.f64("conv")?);
     let mut cells: BTreeMap<(String, u32), Jackknife> = BTreeMap::new();
     for i in 0..size.len() {
         cells.insert(
-            (size[i].clone(), step[i]),
+            (size[i].clone(), step[i].unwrap_or(0) as u32),
             Jackknife {
                 est: value[i],
                 seeds: vec![],
@@ -67,17 +67,17 @@ fn side(config: &Path, set: &[String], cancel: Arc<AtomicBool>) -> Result<Side> 
             },
         );
     }
-    let r = Cols::read(&reps)?;
-    let (size, step, value) = (r.str("size")?, r.u32("step")?, r.f64("conv")?);
+    let r = Table::read(&reps)?;
+    let (size, step, value) = (r.str("size")?, r.u64("step")?, r.f64("conv")?);
     let (source, unit) = (r.str("source")?, r.str("unit")?);
     let mut seeds: Vec<String> = Vec::new();
     for i in 0..size.len() {
-        let Some(c) = cells.get_mut(&(size[i].clone(), step[i])) else {
+        let st = step[i].unwrap_or(0) as u32;
+        let Some(c) = cells.get_mut(&(size[i].clone(), st)) else {
             bail!(
-                "{}: size {} step {} is not in conv.parquet",
+                "{}: size {} step {st} is not in conv.parquet",
                 reps.display(),
-                size[i],
-                step[i]
+                size[i]
             );
         };
         match source[i].as_str() {
@@ -230,10 +230,9 @@ fn p_text(p: f64) -> String {
     }
 }
 
+/// The store's atomic write (temp sibling, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+    Ok(crate::engine::fsutil::write_atomic(path, bytes)?)
 }
 
 fn write_table(
@@ -274,42 +273,7 @@ fn write_table(
         Column::new("paired_docs".into(), vec![pairing.docs; n]),
     ]);
     let df = DataFrame::new(n, cols)?;
-    let tmp = path.with_extension("parquet.tmp");
+    let tmp = crate::engine::fsutil::tmp_sibling(path);
     crate::frame::write(&tmp, &df, &[("a", a.to_string()), ("b", b.to_string())])?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
-}
-
-/// A table's columns by name, with errors naming the file and column.
-struct Cols(DataFrame, std::path::PathBuf);
-
-impl Cols {
-    fn read(path: &Path) -> Result<Cols> {
-        Ok(Cols(
-            crate::frame::read(&[path.to_path_buf()], None)?,
-            path.to_path_buf(),
-        ))
-    }
-    fn cast(&self, name: &str, to: &DataType) -> Result<polars::prelude::Series> {
-        let s = self
-            .0
-            .column(name)
-            .and_then(|c| c.as_materialized_series().cast(to))
-            .with_context(|| format!("{}: column {name}", self.1.display()))?;
-        Ok(s)
-    }
-    fn str(&self, name: &str) -> Result<Vec<String>> {
-        let s = self.cast(name, &DataType::String)?;
-        Ok(s.str()?
-            .iter()
-            .map(|v| v.unwrap_or("").to_string())
-            .collect())
-    }
-    fn u32(&self, name: &str) -> Result<Vec<u32>> {
-        let s = self.cast(name, &DataType::UInt32)?;
-        Ok(s.u32()?.iter().map(|v| v.unwrap_or(0)).collect())
-    }
-    fn f64(&self, name: &str) -> Result<Vec<f64>> {
-        let s = self.cast(name, &DataType::Float64)?;
-        Ok(s.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
-    }
 }

@@ -2,9 +2,7 @@
 //! formats, and the log-step chart.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-use polars::prelude::*;
+use std::path::Path;
 
 use crate::error::StageError;
 use crate::render::plot::{Chart, Mark};
@@ -12,58 +10,7 @@ use crate::render::plot::{Chart, Mark};
 /// Palette index of grey (`render::plot::color`).
 const GREY: usize = 7;
 
-/// A Parquet table read with polars, with typed column access whose errors
-/// name the file and column.
-pub(super) struct Table {
-    pub(super) df: DataFrame,
-    pub(super) path: PathBuf,
-}
-
-impl Table {
-    pub(super) fn read(path: &Path) -> Result<Table, StageError> {
-        let df = crate::frame::read(&[path.to_path_buf()], None)?;
-        Ok(Table {
-            df,
-            path: path.to_path_buf(),
-        })
-    }
-    pub(super) fn col(&self, name: &str, to: &DataType) -> Result<Series, StageError> {
-        let bad = |e: PolarsError| StageError::input(&self.path, format!("column {name}: {e}"));
-        let c = self.df.column(name).map_err(bad)?;
-        c.as_materialized_series().cast(to).map_err(bad)
-    }
-    pub(super) fn f64(&self, name: &str) -> Result<Vec<f64>, StageError> {
-        let s = self.col(name, &DataType::Float64)?;
-        Ok(s.f64()
-            .expect("cast to f64")
-            .iter()
-            .map(|v| v.unwrap_or(f64::NAN))
-            .collect())
-    }
-    pub(super) fn u64(&self, name: &str) -> Result<Vec<Option<u64>>, StageError> {
-        let s = self.col(name, &DataType::UInt64)?;
-        Ok(s.u64().expect("cast to u64").iter().collect())
-    }
-    pub(super) fn str(&self, name: &str) -> Result<Vec<String>, StageError> {
-        let s = self.col(name, &DataType::String)?;
-        Ok(s.str()
-            .expect("cast to str")
-            .iter()
-            .map(|v| v.unwrap_or("").to_string())
-            .collect())
-    }
-    pub(super) fn bool(&self, name: &str) -> Result<Vec<bool>, StageError> {
-        let s = self.col(name, &DataType::Boolean)?;
-        Ok(s.bool()
-            .expect("cast to bool")
-            .iter()
-            .map(|v| v.unwrap_or(false))
-            .collect())
-    }
-    pub(super) fn height(&self) -> usize {
-        self.df.height()
-    }
-}
+pub(super) use crate::frame::Table;
 
 /// Numeric order of bin labels such as `1e3-1e4`, `>=1e5`, `[2,4)`.
 pub(super) fn level_key(level: &str) -> Option<f64> {
