@@ -316,29 +316,11 @@ impl ReportJob {
         caption: String,
         h: &crate::render::heatmap::Heatmap,
     ) -> Result<Block, StageError> {
-        let dir = ctx.out.join("figures");
-        std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
         let side = self.cfg.height.max(360);
-        let fail = |e: String| StageError::Other(format!("figure {name}: {e}"));
-        let svg = h.svg((side, side)).map_err(fail)?;
-        let write = |ext: &str, bytes: &[u8]| {
-            let p = dir.join(format!("{name}.{ext}"));
-            std::fs::write(&p, bytes).map_err(|e| StageError::io(&p, e))
-        };
-        write("svg", svg.as_bytes())?;
-        if self.cfg.png {
-            write("png", &h.png((side, side)).map_err(fail)?)?;
-        }
-        write("csv", h.csv().as_bytes())?;
-        Ok(Block::Figure {
-            name: name.to_string(),
-            caption,
-            svg,
-            png: self.cfg.png,
-        })
+        self.write_figure(ctx, name, caption, h, (side, side), h.csv())
     }
 
-    /// Write `figures/<name>.{svg,png,csv}`; return the HTML/Markdown block.
+    /// A line chart as `figures/<name>.{svg,png,csv}`.
     fn figure(
         &self,
         ctx: &JobCtx,
@@ -347,20 +329,34 @@ impl ReportJob {
         chart: &Chart,
         y_name: &str,
     ) -> Result<Block, StageError> {
+        let size = (self.cfg.width, self.cfg.height);
+        self.write_figure(ctx, name, caption, chart, size, chart.csv("step", y_name))
+    }
+
+    /// Write `figures/<name>.{svg,png,csv}` (PNG when `report.png`); return
+    /// the HTML/Markdown block.
+    fn write_figure(
+        &self,
+        ctx: &JobCtx,
+        name: &str,
+        caption: String,
+        fig: &impl Figure,
+        size: (u32, u32),
+        csv: String,
+    ) -> Result<Block, StageError> {
         let dir = ctx.out.join("figures");
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
-        let size = (self.cfg.width, self.cfg.height);
         let fail = |e: String| StageError::Other(format!("figure {name}: {e}"));
-        let svg = chart.svg(size).map_err(fail)?;
+        let svg = fig.svg(size).map_err(fail)?;
         let write = |ext: &str, bytes: &[u8]| {
             let p = dir.join(format!("{name}.{ext}"));
             std::fs::write(&p, bytes).map_err(|e| StageError::io(&p, e))
         };
         write("svg", svg.as_bytes())?;
         if self.cfg.png {
-            write("png", &chart.png(size).map_err(fail)?)?;
+            write("png", &fig.png(size).map_err(fail)?)?;
         }
-        write("csv", chart.csv("step", y_name).as_bytes())?;
+        write("csv", csv.as_bytes())?;
         Ok(Block::Figure {
             name: name.to_string(),
             caption,
