@@ -26,6 +26,8 @@ pub(super) struct StepKl {
     pub cells: Cells,
     pub kl: Jackknife,
     pub rows: Vec<u32>,
+    /// The document of each of `rows`.
+    pub docs: Vec<usize>,
     pub y: Vec<f64>,
     pub y_without_seed: Vec<Vec<f64>>,
 }
@@ -109,6 +111,7 @@ fn step_kl(f: &PathBuf, cl: &Clusters) -> Result<(StepKl, Vec<Vec<f64>>), StageE
             cells,
             kl,
             rows,
+            docs,
             y,
             y_without_seed,
         },
@@ -144,12 +147,9 @@ impl AggregateJob {
                 .map(|&(a, b)| (cl.seeds[a].clone(), cl.seeds[b.unwrap_or(a)].clone()))
                 .collect();
             battery.add(&s.size, s.step, &pairs, &matrix, &s.rows, dists, f)?;
-            let docs: Vec<usize> = s
-                .rows
-                .iter()
-                .map(|&r| cl.doc(r, f))
-                .collect::<Result<_, _>>()?;
-            battery.add_ensemble(&s.size, s.step, &cl.seeds, &s.rows, &docs, cl.n_docs, dists);
+            battery.add_ensemble(
+                &s.size, s.step, &cl.seeds, &s.rows, &s.docs, cl.n_docs, dists,
+            );
             stats.push(conv_stats(&matrix));
             ivs.push(s.kl.scaled(-1.0).interval());
             n_pairs.push(matrix.len() as u32);

@@ -436,12 +436,7 @@ impl AggregateJob {
         } else {
             last.filter(col("seed").eq(lit(self.final_surprisal_seed.clone())))
         };
-        let mut bin = lit(SURPRISAL_BINS[4].1);
-        for &(hi, label) in SURPRISAL_BINS[..4].iter().rev() {
-            bin = when(col("final_surprisal").lt(lit(hi)))
-                .then(lit(label))
-                .otherwise(bin);
-        }
+        let bin = binned("final_surprisal", &SURPRISAL_BINS);
         last.group_by([col("size"), col("row")])
             .agg([(lit(0.0) - col("target_logprob").cast(DataType::Float64))
                 .mean()

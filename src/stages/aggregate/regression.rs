@@ -83,19 +83,21 @@ const GROUP_TERMS: [&str; 7] = [
 /// The columns of a design: names, and each observation's sparse row.
 struct Design {
     names: Vec<String>,
+    /// Column of each name (rows are built once per observation and step).
+    index: std::collections::HashMap<String, usize>,
     intercept: bool,
 }
 
 impl Design {
     fn new(model: RegressionModel, sizes: &[String], feats: &BTreeMap<u32, Features>) -> Design {
         let size_names = sizes.iter().map(|s| format!("size_{s}"));
-        match model {
-            RegressionModel::Groups => Design {
-                names: size_names
+        let (names, intercept): (Vec<String>, bool) = match model {
+            RegressionModel::Groups => (
+                size_names
                     .chain(GROUP_TERMS.iter().map(|t| t.to_string()))
                     .collect(),
-                intercept: false,
-            },
+                false,
+            ),
             RegressionModel::Paper => {
                 let tags = |f: fn(&Features) -> &str| {
                     let mut v: Vec<&str> = feats.values().filter(|x| x.count > 0).map(f).collect();
@@ -107,17 +109,24 @@ impl Design {
                 names.extend(tags(|x| &x.target).iter().map(|t| format!("target_{t}")));
                 names.extend(tags(|x| &x.context).iter().map(|t| format!("context_{t}")));
                 names.extend(size_names);
-                Design {
-                    names,
-                    intercept: true,
-                }
+                (names, true)
             }
+        };
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(j, n)| (n.clone(), j))
+            .collect();
+        Design {
+            names,
+            index,
+            intercept,
         }
     }
 
     /// The row of a (size, row) observation; None when it is left out.
     fn row(&self, model: RegressionModel, size: &str, f: &Features) -> Option<Row> {
-        let col = |n: &str| self.names.iter().position(|x| x == n);
+        let col = |n: &str| self.index.get(n).copied();
         let size = col(&format!("size_{size}"))?;
         match model {
             RegressionModel::Groups => {
@@ -186,7 +195,7 @@ impl AggregateJob {
                     };
                     o.rows.push(row);
                     o.y.push(s.y[i]);
-                    o.doc.push(cl.doc(*r, ann)?);
+                    o.doc.push(s.docs[i]);
                     for (k, y) in o.y_without_seed.iter_mut().enumerate() {
                         y.push(s.y_without_seed[k][i]);
                     }
