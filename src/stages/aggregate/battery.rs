@@ -16,6 +16,7 @@ use arrow_array::{Array, Float32Array, ListArray, StringArray, UInt32Array};
 use polars::prelude::*;
 
 use super::frames::{perr, write};
+use crate::analysis::intervals::{Cells, Jackknife};
 use crate::analysis::stats::quantile;
 use crate::engine::JobCtx;
 use crate::error::StageError;
@@ -143,12 +144,11 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
     sab / (saa * sbb).sqrt()
 }
 
-/// Mean and llama.cpp's SE, sqrt((mean(x²) − mean²)/(n − 1)).
+/// Mean and llama.cpp's SE, sqrt((mean(x²) − mean²)/(n − 1)): the same
+/// value as the sample SD / √n of `stats::mean_se`.
 fn mean_se(x: &[f64]) -> (f64, f64) {
-    let n = x.len() as f64;
-    let m = x.iter().sum::<f64>() / n;
-    let m2 = x.iter().map(|v| v * v).sum::<f64>() / n;
-    (m, ((m2 - m * m).max(0.0) / (n - 1.0)).sqrt())
+    let (m, se, _) = crate::analysis::stats::mean_se(x);
+    (m, se)
 }
 
 /// `kl[i]`, `lp_a[i]`, `lp_b[i]` (target log-probs), `top_a[i]`, `top_b[i]`
@@ -215,11 +215,7 @@ pub fn ensemble_gain(lp: &[&[f64]]) -> Vec<f64> {
 /// The mean ensemble gain of one (size, step) over its rows, with its
 /// leave-one-seed-out (the ensemble of the others) and leave-one-document-out
 /// replicates.
-pub(super) fn ensemble_jackknife(
-    lp: &[Vec<f64>],
-    docs: &[usize],
-    n_docs: usize,
-) -> crate::analysis::intervals::Jackknife {
+pub(super) fn ensemble_jackknife(lp: &[Vec<f64>], docs: &[usize], n_docs: usize) -> Jackknife {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let all: Vec<&[f64]> = lp.iter().map(Vec::as_slice).collect();
     let gain = ensemble_gain(&all);
@@ -236,25 +232,15 @@ pub(super) fn ensemble_jackknife(
             }
         })
         .collect();
-    let (mut sums, mut counts) = (vec![0.0; n_docs], vec![0.0; n_docs]);
+    // The documents' replicates: the gain as one unit's per-row value.
+    let mut cells = Cells::new(0, vec![(0, None)], n_docs);
     for (g, &d) in gain.iter().zip(docs) {
-        sums[d] += g;
-        counts[d] += 1.0;
+        cells.sums[0][d] += g;
+        cells.rows[d] += 1.0;
     }
-    let (tot, n): (f64, f64) = (sums.iter().sum(), counts.iter().sum());
-    let docs_rep = (0..n_docs)
-        .map(|d| {
-            if n - counts[d] > 0.0 {
-                (tot - sums[d]) / (n - counts[d])
-            } else {
-                f64::NAN
-            }
-        })
-        .collect();
-    crate::analysis::intervals::Jackknife {
-        est: mean(&gain),
+    Jackknife {
         seeds,
-        docs: docs_rep,
+        ..cells.jackknife()
     }
 }
 
@@ -264,7 +250,7 @@ pub(super) struct Table {
     keys: Vec<(String, u32, String, String)>,
     rows: Vec<Battery>,
     /// `ensemble.parquet`: (size, step, seeds) and the gain's jackknife.
-    ensemble: Vec<(String, u32, u32, crate::analysis::intervals::Jackknife)>,
+    ensemble: Vec<(String, u32, u32, Jackknife)>,
 }
 
 impl Table {
