@@ -114,7 +114,7 @@ impl Job for BlimpConvJob {
             let mut by_pair: [BTreeMap<(usize, usize), Vec<f64>>; 2] = Default::default();
             let n_par = paradigms.len();
             let mut per_seed_acc: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-            for (paradigm, seeds) in paradigms {
+            for (p_idx, (paradigm, seeds)) in paradigms.iter().enumerate() {
                 let (field, term) = &meta[paradigm];
                 let mean: BTreeMap<&str, (f64, f64)> = seeds
                     .iter()
@@ -140,7 +140,6 @@ impl Job for BlimpConvJob {
                     .filter(|s| mean.contains_key(s))
                     .collect();
                 let (mut ordered, mut unordered) = (vec![], vec![]);
-                let p_idx = paradigms.keys().position(|k| k == paradigm).unwrap_or(0);
                 let at = |s: &str| self.seeds.iter().position(|x| x == s).unwrap_or(0);
                 for (i, a) in order.iter().enumerate() {
                     for (j, b) in order.iter().enumerate() {
