@@ -201,7 +201,7 @@ pub fn compare(args: &CompareArgs, global_set: &[String], cancel: Arc<AtomicBool
             iv.est,
             iv.low,
             iv.high,
-            p_text(iv.p)
+            crate::stages::report::fmt_p(iv.p)
         );
     }
     write_atomic(&args.out.join("compare.md"), md.as_bytes())?;
@@ -214,20 +214,10 @@ pub fn compare(args: &CompareArgs, global_set: &[String], cancel: Arc<AtomicBool
         last.3.est,
         last.3.low,
         last.3.high,
-        p_text(last.3.p)
+        crate::stages::report::fmt_p(last.3.p)
     );
     println!("{}", args.out.join("compare.md").display());
     Ok(())
-}
-
-fn p_text(p: f64) -> String {
-    if !p.is_finite() {
-        "–".into()
-    } else if p < 1e-4 {
-        "< 0.0001".into()
-    } else {
-        format!("{p:.4}")
-    }
 }
 
 /// The store's atomic write (temp sibling, fsync, rename).

@@ -83,7 +83,7 @@ pub(super) fn comparisons(r: &Inputs) -> Result<Vec<Block>, StageError> {
 }
 
 /// A p-value to about two significant digits, small ones as a bound.
-pub(super) fn fmt_p(p: f64) -> String {
+pub fn fmt_p(p: f64) -> String {
     if !p.is_finite() {
         "–".into()
     } else if p < 1e-4 {

@@ -13,6 +13,7 @@ mod baselines;
 mod battery;
 mod common;
 mod compare;
+pub use compare::fmt_p;
 mod conditional;
 mod convergence;
 mod downstream;
