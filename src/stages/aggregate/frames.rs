@@ -168,7 +168,8 @@ pub(super) fn conditional(
     let mut jks = Vec::new();
     // Each unit's seeds, and its per-document sums.
     let unit_seeds: Vec<Vec<String>> = m.units.iter().map(|u| strs(u)).collect::<Result<_, _>>()?;
-    let what = || std::path::PathBuf::from(format!("{} ({variable})", m.out));
+    // What an error names (built once: `doc` runs for every row).
+    let what = std::path::PathBuf::from(format!("{} ({variable})", m.out));
     let rows_list = per_unit
         .column("rows")
         .map_err(perr)?
@@ -186,7 +187,7 @@ pub(super) fn conditional(
             let r = r.as_ref().u32().map_err(perr)?;
             let v = v.as_ref().f64().map_err(perr)?;
             for (row, x) in r.into_no_null_iter().zip(v.into_no_null_iter()) {
-                let d = cl.doc(row, &what())?;
+                let d = cl.doc(row, &what)?;
                 sums[d] += x;
                 counts[d] += 1.0;
             }
@@ -203,9 +204,9 @@ pub(super) fn conditional(
         let (mean, sd) = mean_sd(&unit_mean[i..j]);
         let units = (i..j)
             .map(|u| {
-                let a = cl.seed(&unit_seeds[0][u], &what())?;
+                let a = cl.seed(&unit_seeds[0][u], &what)?;
                 let b = match unit_seeds.get(1) {
-                    Some(s) => Some(cl.seed(&s[u], &what())?),
+                    Some(s) => Some(cl.seed(&s[u], &what)?),
                     None => None,
                 };
                 Ok((a, b))
