@@ -27,11 +27,13 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "kl";
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Rows per step when every seed's log-probs come from an array.
 const ARRAY_SPAN: usize = 2048;
-/// Each instance's per-row KL table.
+/// Each instance's per-(row, ordered pair) table: KL and the pair battery.
 pub const FILE: &str = "kl.parquet";
+/// Each instance's per-row table of the seed-group measures.
+pub const GROUP_FILE: &str = "group.parquet";
 
 /// The `kl` stage: one instance per (size, step) of a suite of ≥ 2 seeds.
 pub struct Kl;
@@ -117,11 +119,18 @@ enum Source {
     Model(Box<(OrtModel, LogProbGraph)>),
 }
 
-/// What the exact pass leaves: per row and pair the KL (`[row][pair]`), and
-/// the validated rows' top-k estimates (`[validated row][k]`).
+/// What the exact pass leaves: per row and pair the KL (`[row][pair]`),
+/// the validated rows' top-k estimates (`[validated row][k]`), and the
+/// battery: per row and unordered pair the TV (`[row][a < b]`), per row
+/// the JSD, and per row and seed the argmax and the target's log-prob
+/// (`[row][seed]`).
 struct Exact {
     kl: Vec<f64>,
     est_rows: Vec<Vec<f64>>,
+    tv: Vec<f64>,
+    jsd: Vec<f64>,
+    top: Vec<u32>,
+    target_lp: Vec<f64>,
 }
 
 impl Job for KlJob {
@@ -157,7 +166,8 @@ impl Job for KlJob {
             ("size", self.size.clone()),
             ("step", self.step.to_string()),
         ];
-        self.write_kl(ctx, &plan, &pairs, &exact.kl, &meta)?;
+        self.write_kl(ctx, &plan, &pairs, &exact, &meta)?;
+        self.write_group(ctx, &plan, &exact, &meta)?;
         self.write_conv(ctx, &plan, np, &exact.kl, &meta)?;
         let v = validation_summary(&exact.kl, np, every, &exact.est_rows, ks.len());
         self.write_validation(ctx, &ks, n, exact.est_rows.len(), &v, &meta)?;
@@ -221,17 +231,45 @@ impl KlJob {
         Ok(sources)
     }
 
-    /// `kl.parquet`: one row per (row, ordered pair).
+    /// `kl.parquet`: one row per (row, ordered pair): KL(a ‖ b), the total
+    /// variation, Δp of the target p_b(y) − p_a(y), and whether the argmaxes
+    /// agree.
     fn write_kl(
         &self,
         ctx: &JobCtx,
         plan: &EvalPlan,
         pairs: &[(usize, usize)],
-        kl: &[f64],
+        ex: &Exact,
         meta: &[(&str, String)],
     ) -> Result<(), StageError> {
         let np = pairs.len();
         let long = plan.rows.len() * np;
+        let seeds = self.ckpts.len();
+        let unordered = seeds * (seeds - 1) / 2;
+        // Index of the unordered pair {a, b} among a < b in order.
+        let upair = |a: usize, b: usize| {
+            let (a, b) = (a.min(b), a.max(b));
+            a * (2 * seeds - a - 1) / 2 + (b - a - 1)
+        };
+        let per = |f: &dyn Fn(usize, (usize, usize)) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from(
+                (0..long)
+                    .map(|i| f(i / np, pairs[i % np]))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let tv = per(&|r, (a, b)| ex.tv[r * unordered + upair(a, b)]);
+        let dp =
+            per(&|r, (a, b)| ex.target_lp[r * seeds + b].exp() - ex.target_lp[r * seeds + a].exp());
+        let agree: ArrayRef = Arc::new(arrow_array::BooleanArray::from(
+            (0..long)
+                .map(|i| {
+                    let (r, (a, b)) = (i / np, pairs[i % np]);
+                    ex.top[r * seeds + a] == ex.top[r * seeds + b]
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let kl = &ex.kl;
         let seed_names: Vec<&str> = self.ckpts.iter().map(|c| c.seed.as_str()).collect();
         let seed = |side: fn(&(usize, usize)) -> usize| -> ArrayRef {
             Arc::new(StringArray::from(
@@ -258,8 +296,52 @@ impl KlJob {
                 )),
             ),
             ("kl", Arc::new(Float64Array::from(kl.to_vec()))),
+            ("tv", tv),
+            ("dp", dp),
+            ("top1_agree", agree),
         ])?;
         table::write(&ctx.out.join(FILE), &batch, meta)
+    }
+
+    /// `group.parquet`: per row the measures of the whole seed group: the
+    /// generalised JSD (mutual information of seed and token) and the
+    /// ensemble's gain at the target, ln mean_s p_s(y) − mean_s ln p_s(y).
+    fn write_group(
+        &self,
+        ctx: &JobCtx,
+        plan: &EvalPlan,
+        ex: &Exact,
+        meta: &[(&str, String)],
+    ) -> Result<(), StageError> {
+        let rows = plan.rows.len();
+        let seeds = self.ckpts.len();
+        let gain: Vec<f64> = ex
+            .target_lp
+            .chunks(seeds)
+            .map(|lp| {
+                let m = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mix = m + (lp.iter().map(|v| (v - m).exp()).sum::<f64>() / seeds as f64).ln();
+                mix - lp.iter().sum::<f64>() / seeds as f64
+            })
+            .collect();
+        let batch = table::columns(vec![
+            (
+                "size",
+                Arc::new(StringArray::from(vec![self.size.as_str(); rows])),
+            ),
+            (
+                "step",
+                Arc::new(UInt32Array::from(vec![self.step as u32; rows])),
+            ),
+            ("row", Arc::new(UInt32Array::from(plan.rows.clone()))),
+            ("jsd", Arc::new(Float64Array::from(ex.jsd.clone()))),
+            ("ens_gain", Arc::new(Float64Array::from(gain))),
+            (
+                "n_seeds",
+                Arc::new(UInt32Array::from(vec![seeds as u32; rows])),
+            ),
+        ])?;
+        table::write(&ctx.out.join(GROUP_FILE), &batch, meta)
     }
 
     /// `conv.parquet`: per row, −(mean KL over the pairs).
@@ -361,8 +443,13 @@ fn exact_pass(
 ) -> Result<Exact, StageError> {
     let rows = plan.rows.len();
     let seeds = sources.len();
+    let unordered = seeds * (seeds - 1) / 2;
     let mut kl = vec![0f64; rows * pairs.len()];
     let mut est_rows: Vec<Vec<f64>> = Vec::new();
+    let mut tv = vec![0f64; rows * unordered];
+    let mut jsd = vec![0f64; rows];
+    let mut top = vec![0u32; rows * seeds];
+    let mut target_lp = vec![0f64; rows * seeds];
     let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
     let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
         (0..rows)
@@ -394,11 +481,19 @@ fn exact_pass(
                 Source::Model(_) => r.as_slice(),
             })
             .collect();
-        let per_row = block_kl(&views, range.clone(), n, pairs, ks, every);
-        for (j, (exact, est)) in per_row.into_iter().enumerate() {
+        let per_row = block_kl(&views, range.clone(), n, pairs, ks, every, true);
+        for (j, out) in per_row.into_iter().enumerate() {
             let r = range.start + j;
-            kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&exact);
-            est_rows.extend(est);
+            kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&out.kl);
+            est_rows.extend(out.est);
+            let (b, t) = out.battery.expect("the stage asks for the battery");
+            tv[r * unordered..(r + 1) * unordered].copy_from_slice(&b.tv);
+            jsd[r] = b.jsd;
+            top[r * seeds..(r + 1) * seeds].copy_from_slice(&t);
+            let y = plan.targets[r] as usize;
+            for (s, v) in views.iter().enumerate() {
+                target_lp[r * seeds + s] = if y < n { v[j * n + y] as f64 } else { f64::NAN };
+            }
         }
         // Each recomputed seed's array back to its graph for the next
         // batch (a fresh one faults every page: 100 MB at 50k).
@@ -408,7 +503,14 @@ fn exact_pass(
             }
         }
     }
-    Ok(Exact { kl, est_rows })
+    Ok(Exact {
+        kl,
+        est_rows,
+        tv,
+        jsd,
+        top,
+        target_lp,
+    })
 }
 
 /// The top-k validation of one (size, step), per k: means over the
@@ -478,11 +580,22 @@ pub fn validation_stride(rows: usize, target: usize) -> usize {
     }
 }
 
+/// One row of [`block_kl`]: the exact KL of every pair, the top-k
+/// estimates (validated rows), and with the battery its sums and each
+/// seed's argmax.
+pub struct RowOut {
+    pub kl: Vec<f64>,
+    pub est: Option<Vec<f64>>,
+    pub battery: Option<(kernels::RowBattery, Vec<u32>)>,
+}
+
 /// Exact KL of every ordered pair for each of the rows `range`, given each
 /// seed's log-probs for those rows (`range.len() × n`, row-major), and for
 /// the rows whose index is a multiple of `every` the top-k estimates (one
-/// sum over the pairs per k in `ks`, ascending). Rows run in parallel,
-/// each thread reusing its own buffers for p = exp(lp).
+/// sum over the pairs per k in `ks`, ascending); with `battery`, each row's
+/// [`kernels::RowBattery`] and every seed's argmax (from the block maxima
+/// the same pass leaves). Rows run in parallel, each thread reusing its own
+/// buffers for p = exp(lp).
 pub fn block_kl(
     blocks: &[&[f32]],
     range: std::ops::Range<usize>,
@@ -490,7 +603,8 @@ pub fn block_kl(
     pairs: &[(usize, usize)],
     ks: &[usize],
     every: usize,
-) -> Vec<(Vec<f64>, Option<Vec<f64>>)> {
+    battery: bool,
+) -> Vec<RowOut> {
     let kmax = ks.last().copied().unwrap_or(0);
     let seeds = blocks.len();
     let first = range.start;
@@ -500,16 +614,39 @@ pub fn block_kl(
             || {
                 // Each seed's top-k from block maxima found in the exact
                 // pass (no second full read of the row).
+                let with_maxima = kmax > 0 || battery;
                 let maxima =
-                    vec![vec![0f32; kernels::max_blocks(n)]; if kmax > 0 { seeds } else { 0 }];
+                    vec![vec![0f32; kernels::max_blocks(n)]; if with_maxima { seeds } else { 0 }];
                 (kernels::row_buffer(seeds), vec![0u32; n], maxima)
             },
             |(pbuf, rank, maxima), j| {
                 let lp: Vec<&[f32]> = blocks.iter().map(|b| &b[j * n..(j + 1) * n]).collect();
-                if !(first + j).is_multiple_of(every) {
-                    return (kernels::kl_row(&lp, pbuf, pairs), None);
+                let validate = (first + j).is_multiple_of(every);
+                if !validate && !battery {
+                    return RowOut {
+                        kl: kernels::kl_row(&lp, pbuf, pairs),
+                        est: None,
+                        battery: None,
+                    };
                 }
-                let exact = kernels::kl_row_maxima(&lp, pbuf, pairs, maxima);
+                let mut sums = kernels::RowBattery::default();
+                let exact =
+                    kernels::kl_row_full(&lp, pbuf, pairs, maxima, battery.then_some(&mut sums));
+                let battery = battery.then(|| {
+                    let top = lp
+                        .iter()
+                        .zip(maxima.iter())
+                        .map(|(l, m)| kernels::top_k_with(l, 1, m)[0])
+                        .collect();
+                    (sums, top)
+                });
+                if !validate {
+                    return RowOut {
+                        kl: exact,
+                        est: None,
+                        battery,
+                    };
+                }
                 let mut est = vec![0f64; ks.len()];
                 if kmax > 0 {
                     // Per seed: its top ids, their probabilities and the
@@ -568,7 +705,11 @@ pub fn block_kl(
                         }
                     }
                 }
-                (exact, Some(est))
+                RowOut {
+                    kl: exact,
+                    est: Some(est),
+                    battery,
+                }
             },
         )
         .collect()
@@ -600,17 +741,24 @@ mod tests {
         let views: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
         let pairs = [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)];
         let ks = [4, 16];
-        let all = block_kl(&views, 0..rows, n, &pairs, &ks, 1);
+        let all = block_kl(&views, 0..rows, n, &pairs, &ks, 1, false);
         // A span that starts mid-way keeps the rows' own indices.
         let part: Vec<&[f32]> = views.iter().map(|v| &v[4 * n..]).collect();
-        let some = block_kl(&part, 4..rows, n, &pairs, &ks, 3);
-        for (j, (exact, est)) in some.iter().enumerate() {
+        let some = block_kl(&part, 4..rows, n, &pairs, &ks, 3, true);
+        for (j, out) in some.iter().enumerate() {
             let r = 4 + j;
-            assert_eq!(exact, &all[r].0, "row {r}: exact KL bits");
-            assert_eq!(est.is_some(), r % 3 == 0, "row {r}");
-            if let Some(e) = est {
-                assert_eq!(Some(e), all[r].1.as_ref());
+            assert_eq!(out.kl, all[r].kl, "row {r}: exact KL bits");
+            assert_eq!(out.est.is_some(), r % 3 == 0, "row {r}");
+            if let Some(e) = &out.est {
+                assert_eq!(Some(e), all[r].est.as_ref());
             }
+            // The battery's argmax is the row's top-1.
+            let (_, top) = out.battery.as_ref().expect("asked for");
+            for (s, &t) in top.iter().enumerate() {
+                let row = &data[s][r * n..(r + 1) * n];
+                assert_eq!(t, divergence::top_k(row, 1)[0], "row {r} seed {s}");
+            }
+            assert!(all[r].battery.is_none());
         }
         assert_eq!(validation_stride(4662, 256), 19);
         assert_eq!(validation_stride(4662, 512), 10);

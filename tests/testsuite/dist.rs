@@ -7,7 +7,9 @@
 use crate::common;
 use common::{fixtures, Project};
 
-use arrow_array::{Array, Float32Array, Float64Array, ListArray, StringArray, UInt32Array};
+use arrow_array::{
+    Array, BooleanArray, Float32Array, Float64Array, ListArray, StringArray, UInt32Array,
+};
 use seedconv::lm::onnx::runtime::OrtModel;
 
 use common::{causal, hf_suite_config as suite_config};
@@ -686,6 +688,67 @@ fn external_suite_dist_and_kl_match_an_independent_float64_computation() {
         }
         let rel = ((got_sum - want_sum) / want_sum).abs();
         assert!(rel < 1e-3, "step {step}: mean KL off by {rel:e}");
+        // The pair battery: total variation, Δp of the target, top-1
+        // agreement; and the group's JSD and ensemble gain.
+        let (tv, dp, agree) = (
+            col::<Float64Array>(&k, "tv"),
+            col::<Float64Array>(&k, "dp"),
+            col::<BooleanArray>(&k, "top1_agree"),
+        );
+        let argmax = |l: &[f64]| {
+            (0..l.len())
+                .max_by(|&x, &y| l[x].total_cmp(&l[y]).then(y.cmp(&x)))
+                .unwrap()
+        };
+        for i in 0..k.num_rows() {
+            let (a, b) = if sa.value(i) == "11" { (0, 1) } else { (1, 0) };
+            let r = i / 2;
+            let (la, lb) = (&lps[a][r], &lps[b][r]);
+            let want_tv = 0.5
+                * la.iter()
+                    .zip(lb)
+                    .map(|(x, y)| (x.exp() - y.exp()).abs())
+                    .sum::<f64>();
+            assert!(
+                (tv.value(i) - want_tv).abs() < 1e-5,
+                "step {step} row {r}: tv {} vs {want_tv}",
+                tv.value(i)
+            );
+            let y = targets[r] as usize;
+            let want_dp = lb[y].exp() - la[y].exp();
+            assert!((dp.value(i) - want_dp).abs() < 1e-5, "row {r}: dp");
+            assert_eq!(
+                agree.value(i),
+                argmax(la) == argmax(lb),
+                "row {r}: agreement"
+            );
+        }
+        let g =
+            seedconv::table::read(&store.join(format!("kl/current/tiny-step{step}.group.parquet")))
+                .unwrap();
+        assert_eq!(g.num_rows(), row_pos.len());
+        let (jsd, gain) = (
+            col::<Float64Array>(&g, "jsd"),
+            col::<Float64Array>(&g, "ens_gain"),
+        );
+        for r in 0..row_pos.len() {
+            let (la, lb) = (&lps[0][r], &lps[1][r]);
+            let h = |q: &mut dyn Iterator<Item = f64>| {
+                -q.filter(|&x| x > 0.0).map(|x| x * x.ln()).sum::<f64>()
+            };
+            let mix = h(&mut la.iter().zip(lb).map(|(x, y)| 0.5 * (x.exp() + y.exp())));
+            let want = mix
+                - 0.5 * (h(&mut la.iter().map(|x| x.exp())) + h(&mut lb.iter().map(|x| x.exp())));
+            assert!(
+                (jsd.value(r) - want).abs() < 1e-5,
+                "step {step} row {r}: jsd {} vs {want}",
+                jsd.value(r)
+            );
+            assert!(jsd.value(r) <= 2f64.ln() + 1e-6);
+            let y = targets[r] as usize;
+            let want_gain = (0.5 * (la[y].exp() + lb[y].exp())).ln() - 0.5 * (la[y] + lb[y]);
+            assert!((gain.value(r) - want_gain).abs() < 1e-4, "row {r}: gain");
+        }
         let conv =
             seedconv::table::read(&store.join(format!("kl/current/tiny-step{step}.conv.parquet")))
                 .unwrap();

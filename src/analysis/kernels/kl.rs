@@ -115,6 +115,7 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
     buf: &mut RowBuffer,
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
+    battery: Option<&mut RowBattery>,
 ) -> Vec<f64> {
     let seeds = lp.len();
     let n = lp.first().map_or(0, |l| l.len());
@@ -129,6 +130,10 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
     let others = seeds.saturating_sub(1);
     assert!(buf.p.len() >= seeds * BLOCK && buf.d.len() >= others * BLOCK);
     let RowBuffer { p: p32, d: d64 } = buf;
+    // The battery's totals: per unordered pair Σ max(p_a, p_b), and
+    // Σ p̄·(lp_0 − ln p̄).
+    let mut tv = vec![0f64; seeds * others / 2];
+    let mut j0 = 0f64;
     let mut acc_z = vec![[0f64; LANES]; seeds];
     let tile = TILE && seeds == TILE_A;
     let mut acc_g = vec![[0f64; LANES]; seeds * others];
@@ -184,6 +189,9 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
             unsafe {
                 gram_tile(p, lb, l0, &mut acc_g, &mut acc_z)
             };
+            if battery.is_some() {
+                battery_block::<TILE>(&p, &lp[0][start..end], &mut tv, &mut j0);
+            }
             start = end;
             continue;
         }
@@ -208,6 +216,12 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
                     _ => unreachable!("chunks of one to four"),
                 }
             }
+        }
+        if battery.is_some() {
+            let p: Vec<&[f32]> = (0..seeds)
+                .map(|a| &p32[a * BLOCK..a * BLOCK + len])
+                .collect();
+            battery_block::<false>(&p, &lp[0][start..end], &mut tv, &mut j0);
         }
         start = end;
     }
@@ -242,10 +256,204 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
         });
         combine(acc_g[a * others + b - 1], tail)
     };
+    if let Some(out) = battery {
+        // The last n mod LANES entries through the same block sums.
+        let tp: Vec<Vec<f32>> = lp
+            .iter()
+            .map(|l| l[n8..].iter().map(|&v| exp_f32_with::<true>(v)).collect())
+            .collect();
+        let tp: Vec<&[f32]> = tp.iter().map(|v| v.as_slice()).collect();
+        battery_block::<false>(&tp, &lp[0][n8..], &mut tv, &mut j0);
+        let mut t = 0;
+        out.tv = Vec::with_capacity(tv.len());
+        for a in 0..seeds {
+            for b in a + 1..seeds {
+                out.tv.push(tv[t] - 0.5 * (z[a] + z[b]));
+                t += 1;
+            }
+        }
+        let k = seeds as f64;
+        let z_mean = z.iter().sum::<f64>() / k;
+        out.jsd = (0..seeds).map(|a| g(a, a) / z[a]).sum::<f64>() / k + j0 / z_mean;
+    }
     pairs
         .iter()
         .map(|&(a, b)| (g(a, a) - g(a, b)) / z[a] - z[a].ln() + z[b].ln())
         .collect()
+}
+
+/// f32 lanes of the battery's sums within a block.
+const XL: usize = 16;
+
+/// The battery's sums over one block (`p`: each seed's block, `l0`: seed
+/// 0's log-probs there): per
+/// unordered pair a < b, in order, Σ max(p_a, p_b) into `tv` (Σ|p_a − p_b|
+/// = 2 Σ max − Z_a − Z_b), and Σ p̄·(lp_0 − ln p̄) into `j0`, p̄ the seeds'
+/// mean (JSD = mean_a Σ p_a·(lp_a − ln p̄), the mutual information of seed
+/// and token, is that plus the Gram sums' mean_a Σ p_a·(lp_a − lp_0): both
+/// parts small where the seeds are close). Each sum runs in f32 lanes over
+/// the block's whole chunks of [`XL`] (32 entries per lane), then over the
+/// rest, each added to its f64 total, lanes in order: the same operations
+/// on every path, so the same bits (five seeds with AVX-512:
+/// [`battery_tile`]).
+#[inline(always)]
+fn battery_block<const TILE: bool>(p: &[&[f32]], l0: &[f32], tv: &mut [f64], j0: &mut f64) {
+    let len = l0.len();
+    let whole = len / XL * XL;
+    #[cfg(target_arch = "x86_64")]
+    if TILE && p.len() == TILE_A {
+        let pt: [&[f32]; TILE_A] = std::array::from_fn(|s| &p[s][..whole]);
+        // SAFETY: TILE is true only in the AVX-512 kernel.
+        unsafe { battery_tile(pt, &l0[..whole], tv, j0) };
+    } else {
+        battery_lanes(p, l0, 0..whole, tv, j0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    battery_lanes(p, l0, 0..whole, tv, j0);
+    battery_lanes(p, l0, whole..len, tv, j0);
+}
+
+/// [`battery_block`]'s sums over the entries `range` in lanes of [`XL`]
+/// (the last chunk may be partial), flushed once.
+#[inline(always)]
+fn battery_lanes(
+    p: &[&[f32]],
+    l0: &[f32],
+    range: std::ops::Range<usize>,
+    tv: &mut [f64],
+    j0: &mut f64,
+) {
+    let k = p.len();
+    if range.is_empty() {
+        return;
+    }
+    let inv = 1.0 / k as f32;
+    let ps: Vec<&[f32]> = p.iter().map(|x| &x[range.clone()]).collect();
+    let l0 = &l0[range];
+    let mut acc = [0f32; XL];
+    for (i, &l) in l0.iter().enumerate() {
+        let m = ps.iter().fold(0f32, |t, s| t + s[i]) * inv;
+        acc[i % XL] = m.mul_add(l - log_f32_with::<true>(m), acc[i % XL]);
+    }
+    *j0 += flush(acc);
+    let mut t = 0;
+    for a in 0..k {
+        for b in a + 1..k {
+            let mut acc = [0f32; XL];
+            for (x, y) in ps[a].chunks(XL).zip(ps[b].chunks(XL)) {
+                for i in 0..x.len() {
+                    acc[i] += x[i].max(y[i]);
+                }
+            }
+            tv[t] += flush(acc);
+            t += 1;
+        }
+    }
+}
+
+/// f32 lanes summed into f64 in lane order.
+#[inline(always)]
+fn flush(acc: [f32; XL]) -> f64 {
+    acc.iter().fold(0f64, |t, &x| t + x as f64)
+}
+
+/// [`log_f32_with::<true>`] of sixteen lanes, the same operations.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn log16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let splat = _mm512_set1_ps;
+    let x = _mm512_max_ps(x, splat(f32::MIN_POSITIVE));
+    let bits = _mm512_castps_si512(x);
+    let mut e = _mm512_sub_epi32(
+        _mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)),
+        _mm512_set1_epi32(126),
+    );
+    let m = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_and_si512(bits, _mm512_set1_epi32(0x807f_ffff_u32 as i32)),
+        _mm512_set1_epi32(0x3f00_0000),
+    ));
+    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m, splat(std::f32::consts::FRAC_1_SQRT_2));
+    e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
+    let m = _mm512_mask_blend_ps(
+        small,
+        _mm512_sub_ps(m, splat(1.0)),
+        _mm512_sub_ps(_mm512_add_ps(m, m), splat(1.0)),
+    );
+    let z = _mm512_mul_ps(m, m);
+    let mut y = splat(7.037_683_6e-2);
+    for k in [
+        -1.151_461_1e-1,
+        1.167_699_9e-1,
+        -1.242_014_1e-1,
+        1.424_932_3e-1,
+        -1.666_805_8e-1,
+        2.000_071_4e-1,
+        -2.499_999_4e-1,
+        0.333_333_3,
+    ] {
+        y = _mm512_fmadd_ps(y, m, splat(k));
+    }
+    y = _mm512_mul_ps(_mm512_mul_ps(y, m), z);
+    let ef = _mm512_cvtepi32_ps(e);
+    y = _mm512_fmadd_ps(ef, splat(-2.121_944_4e-4), y);
+    y = _mm512_fmadd_ps(splat(-0.5), z, y);
+    _mm512_fmadd_ps(ef, splat(0.693_359_4), _mm512_add_ps(m, y))
+}
+
+/// [`battery_lanes`] over whole chunks for five seeds in AVX-512
+/// registers: each chunk's p of every seed is loaded once for p̄ and the
+/// ten pairs, and the eleven sums stay in registers for the block. The
+/// same operations lane by lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn battery_tile(p: [&[f32]; TILE_A], l0: &[f32], tv: &mut [f64], j0: &mut f64) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(XL == 16);
+    const PAIRS: usize = TILE_A * (TILE_A - 1) / 2;
+    let len = l0.len();
+    assert!(len.is_multiple_of(XL) && p.iter().all(|x| x.len() == len));
+    assert!(tv.len() == PAIRS);
+    let inv = _mm512_set1_ps(1.0 / TILE_A as f32);
+    let mut acc_j = _mm512_setzero_ps();
+    let mut acc_t = [_mm512_setzero_ps(); PAIRS];
+    for c in (0..len).step_by(XL) {
+        let pc: [__m512; TILE_A] = std::array::from_fn(|s| _mm512_loadu_ps(p[s].as_ptr().add(c)));
+        let mut m = _mm512_add_ps(_mm512_setzero_ps(), pc[0]);
+        for x in &pc[1..] {
+            m = _mm512_add_ps(m, *x);
+        }
+        let m = _mm512_mul_ps(m, inv);
+        let d = _mm512_sub_ps(_mm512_loadu_ps(l0.as_ptr().add(c)), log16(m));
+        acc_j = _mm512_fmadd_ps(m, d, acc_j);
+        let mut t = 0;
+        for a in 0..TILE_A {
+            for b in a + 1..TILE_A {
+                acc_t[t] = _mm512_add_ps(acc_t[t], _mm512_max_ps(pc[a], pc[b]));
+                t += 1;
+            }
+        }
+    }
+    let out = |v: __m512| {
+        let mut a = [0f32; XL];
+        _mm512_storeu_ps(a.as_mut_ptr(), v);
+        flush(a)
+    };
+    *j0 += out(acc_j);
+    for (ts, v) in tv.iter_mut().zip(acc_t) {
+        *ts += out(v);
+    }
+}
+
+/// What the battery adds to a row's exact pass: per unordered seed pair
+/// (a < b, in order) the total variation ½Σ|p_a − p_b|, and the seeds'
+/// generalised Jensen–Shannon divergence H(p̄) − mean_s H(p_s), the mutual
+/// information between seed and next token (≤ ln K), both in f64 to
+/// ~1e-6 (f32 lanes within a block, f32 ln p̄).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowBattery {
+    pub tv: Vec<f64>,
+    pub jsd: f64,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -255,8 +463,9 @@ pub(super) unsafe fn kl_row_avx2(
     buf: &mut RowBuffer,
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
+    battery: Option<&mut RowBattery>,
 ) -> Vec<f64> {
-    kl_row_body::<true, false>(lp, buf, pairs, maxima)
+    kl_row_body::<true, false>(lp, buf, pairs, maxima, battery)
 }
 
 /// [`kl_row_avx2`] in 512-bit registers: half the instructions, and 32
@@ -268,8 +477,9 @@ pub(super) unsafe fn kl_row_avx512(
     buf: &mut RowBuffer,
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
+    battery: Option<&mut RowBattery>,
 ) -> Vec<f64> {
-    kl_row_body::<true, true>(lp, buf, pairs, maxima)
+    kl_row_body::<true, true>(lp, buf, pairs, maxima, battery)
 }
 
 /// Exact KL(a ‖ b) in nats for each of `pairs` of one row, given each
@@ -279,7 +489,7 @@ pub(super) unsafe fn kl_row_avx512(
 /// the distributions they describe are measured exactly:
 /// KL = Σ p_a(lp_a − lp_b)/Z_a − ln Z_a + ln Z_b with p = exp(lp), Z = Σ p.
 pub fn kl_row(lp: &[&[f32]], buf: &mut RowBuffer, pairs: &[(usize, usize)]) -> Vec<f64> {
-    kl_row_maxima(lp, buf, pairs, &mut [])
+    kl_row_full(lp, buf, pairs, &mut [], None)
 }
 
 /// [`kl_row`], also filling `maxima[s]` (when given: one per seed, each of
@@ -291,6 +501,19 @@ pub fn kl_row_maxima(
     pairs: &[(usize, usize)],
     maxima: &mut [Vec<f32>],
 ) -> Vec<f64> {
+    kl_row_full(lp, buf, pairs, maxima, None)
+}
+
+/// [`kl_row_maxima`], also filling `battery` (when given) with the row's
+/// total variations and Jensen–Shannon divergence, summed while each block
+/// is in cache.
+pub fn kl_row_full(
+    lp: &[&[f32]],
+    buf: &mut RowBuffer,
+    pairs: &[(usize, usize)],
+    maxima: &mut [Vec<f32>],
+    battery: Option<&mut RowBattery>,
+) -> Vec<f64> {
     assert!(lp.windows(2).all(|w| w[0].len() == w[1].len()));
     let n = lp.first().map_or(0, |l| l.len());
     assert!(maxima.is_empty() || maxima.len() == lp.len());
@@ -298,11 +521,11 @@ pub fn kl_row_maxima(
     #[cfg(target_arch = "x86_64")]
     match simd() {
         // SAFETY: the CPU has the features (checked by `simd`).
-        Simd::Avx512 => return unsafe { kl_row_avx512(lp, buf, pairs, maxima) },
-        Simd::Avx2 => return unsafe { kl_row_avx2(lp, buf, pairs, maxima) },
+        Simd::Avx512 => return unsafe { kl_row_avx512(lp, buf, pairs, maxima, battery) },
+        Simd::Avx2 => return unsafe { kl_row_avx2(lp, buf, pairs, maxima, battery) },
         Simd::None => {}
     }
-    kl_row_body::<false, false>(lp, buf, pairs, maxima)
+    kl_row_body::<false, false>(lp, buf, pairs, maxima, battery)
 }
 
 /// What [`kl_row`] works in, for one block: each seed's p, and each but

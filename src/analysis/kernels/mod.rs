@@ -15,7 +15,7 @@ mod rows;
 mod tests;
 mod topk;
 
-pub use kl::{exp_wide, kl_row, kl_row_maxima, row_buffer, RowBuffer};
+pub use kl::{exp_wide, kl_row, kl_row_full, kl_row_maxima, row_buffer, RowBattery, RowBuffer};
 pub use rows::{log_softmax, row_stats, row_stats_logits};
 pub use topk::{max_blocks, top_k, top_k_with};
 
@@ -70,6 +70,39 @@ fn exp_f32_with<const FUSED: bool>(x: f32) -> f32 {
     } else {
         y * scale
     }
+}
+
+/// ln(x) in f32 for a probability: Cephes' `logf` (mantissa in
+/// [√½, √2), degree-8 polynomial, ≤ 2 ulp away from 0), branch-free so that
+/// it vectorises beside [`exp_f32_with`]. Inputs below the smallest normal
+/// f32 are raised to it (ln = −87.34): the exact pass weighs the result by
+/// a probability as small, so nothing measurable is lost.
+#[inline(always)]
+fn log_f32_with<const FUSED: bool>(x: f32) -> f32 {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let x = x.max(f32::MIN_POSITIVE);
+    let bits = x.to_bits();
+    // x = m · 2^e with m in [½, 1).
+    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
+    let m = f32::from_bits((bits & 0x807f_ffff) | 0x3f00_0000);
+    let small = m < SQRT_HALF;
+    e -= small as i32;
+    let m = if small { m + m - 1.0 } else { m - 1.0 };
+    let z = m * m;
+    let mut y = 7.037_683_6e-2;
+    y = madd::<FUSED>(y, m, -1.151_461_1e-1);
+    y = madd::<FUSED>(y, m, 1.167_699_9e-1);
+    y = madd::<FUSED>(y, m, -1.242_014_1e-1);
+    y = madd::<FUSED>(y, m, 1.424_932_3e-1);
+    y = madd::<FUSED>(y, m, -1.666_805_8e-1);
+    y = madd::<FUSED>(y, m, 2.000_071_4e-1);
+    y = madd::<FUSED>(y, m, -2.499_999_4e-1);
+    y = madd::<FUSED>(y, m, 0.333_333_3);
+    y = y * m * z;
+    let ef = e as f32;
+    y = madd::<FUSED>(ef, -2.121_944_4e-4, y);
+    y = madd::<FUSED>(-0.5, z, y);
+    madd::<FUSED>(ef, 0.693_359_4, m + y)
 }
 
 /// f64 lanes of the sums: two AVX2 registers per sum; kl_row keeps two

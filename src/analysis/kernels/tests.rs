@@ -104,7 +104,7 @@ fn portable_and_dispatched_paths_agree_bit_for_bit() {
     let lp: [&[f32]; 3] = [&a, &b, &p];
     let pairs = [(0, 1), (1, 0), (2, 1), (0, 2)];
     let x = kl_row(&lp, &mut buf, &pairs);
-    let y = kl_row_body::<false, false>(&lp, &mut buf, &pairs, &mut []);
+    let y = kl_row_body::<false, false>(&lp, &mut buf, &pairs, &mut [], None);
     assert_eq!(x, y);
     // Every vector width this CPU has gives the same bits.
     #[cfg(target_arch = "x86_64")]
@@ -117,8 +117,8 @@ fn portable_and_dispatched_paths_agree_bit_for_bit() {
             // SAFETY: the CPU has the level's features (checked above).
             let z = unsafe {
                 match level {
-                    Simd::Avx512 => kl_row_avx512(&lp, &mut buf, &pairs, &mut []),
-                    _ => kl_row_avx2(&lp, &mut buf, &pairs, &mut []),
+                    Simd::Avx512 => kl_row_avx512(&lp, &mut buf, &pairs, &mut [], None),
+                    _ => kl_row_avx2(&lp, &mut buf, &pairs, &mut [], None),
                 }
             };
             assert_eq!(x, z, "{level:?}");
@@ -132,12 +132,12 @@ fn portable_and_dispatched_paths_agree_bit_for_bit() {
         .collect();
     let mut buf5 = row_buffer(5);
     let x5 = kl_row(&lp5, &mut buf5, &all);
-    let y5 = kl_row_body::<false, false>(&lp5, &mut buf5, &all, &mut []);
+    let y5 = kl_row_body::<false, false>(&lp5, &mut buf5, &all, &mut [], None);
     assert_eq!(x5, y5, "five seeds");
     #[cfg(target_arch = "x86_64")]
     if simd() != Simd::None {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        let z5 = unsafe { kl_row_avx2(&lp5, &mut buf5, &all, &mut []) };
+        let z5 = unsafe { kl_row_avx2(&lp5, &mut buf5, &all, &mut [], None) };
         assert_eq!(x5, z5, "five seeds, AVX2");
     }
     // Blocked or not, the lanes see the same sums: KL(0‖1) is
@@ -400,4 +400,151 @@ fn top_k_equals_the_sorting_definition_with_ties() {
             );
         }
     }
+}
+
+#[test]
+fn log_is_within_two_ulp_of_f64_and_floors_at_the_smallest_normal() {
+    let mut x = 1e-37f32;
+    while x < 1.0 {
+        for fused in [false, true] {
+            let got = if fused {
+                log_f32_with::<true>(x)
+            } else {
+                log_f32_with::<false>(x)
+            } as f64;
+            let want = (x as f64).ln();
+            assert!(
+                (got - want).abs() <= 2.0 * f32::EPSILON as f64 * want.abs().max(1.0),
+                "ln {x}: {got} vs {want}"
+            );
+        }
+        x *= 1.0137;
+    }
+    assert_eq!(log_f32_with::<true>(1.0), 0.0);
+    let floor = log_f32_with::<true>(f32::MIN_POSITIVE);
+    assert_eq!(log_f32_with::<true>(0.0), floor);
+    assert!((floor as f64 - (f32::MIN_POSITIVE as f64).ln()).abs() < 1e-5);
+}
+
+/// Float64 references of the battery: TV per unordered pair and the
+/// generalised JSD, from normalised probabilities.
+fn battery_reference(lp: &[&[f32]]) -> (Vec<f64>, f64) {
+    let k = lp.len();
+    let p: Vec<Vec<f64>> = lp
+        .iter()
+        .map(|l| {
+            let e: Vec<f64> = l.iter().map(|&v| (v as f64).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        })
+        .collect();
+    let mut tv = Vec::new();
+    for a in 0..k {
+        for b in a + 1..k {
+            tv.push(
+                0.5 * p[a]
+                    .iter()
+                    .zip(&p[b])
+                    .map(|(x, y)| (x - y).abs())
+                    .sum::<f64>(),
+            );
+        }
+    }
+    let n = p[0].len();
+    let h = |q: &[f64]| {
+        -q.iter()
+            .filter(|&&x| x > 0.0)
+            .map(|x| x * x.ln())
+            .sum::<f64>()
+    };
+    let mix: Vec<f64> = (0..n)
+        .map(|i| p.iter().map(|s| s[i]).sum::<f64>() / k as f64)
+        .collect();
+    let jsd = h(&mix) - p.iter().map(|s| h(s)).sum::<f64>() / k as f64;
+    (tv, jsd)
+}
+
+#[test]
+fn battery_matches_a_float64_reference_on_every_path_and_is_bounded() {
+    for (seed, n, k) in [
+        (1u64, 50_277usize, 5usize),
+        (2, 1001, 3),
+        (3, 4103, 2),
+        (4, 517, 5),
+    ] {
+        let rows: Vec<Vec<f32>> = (0..k as u64)
+            .map(|s| {
+                let mut lp = vec![0f32; n];
+                divergence::log_softmax(&rand(seed * 10 + s, n, 9.0), &mut lp).unwrap();
+                lp
+            })
+            .collect();
+        let lp: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let pairs: Vec<(usize, usize)> = (0..k)
+            .flat_map(|a| (0..k).filter(move |&b| b != a).map(move |b| (a, b)))
+            .collect();
+        let mut buf = row_buffer(k);
+        let mut got = RowBattery::default();
+        let kl = kl_row_full(&lp, &mut buf, &pairs, &mut [], Some(&mut got));
+        // The battery leaves the KL's bits alone.
+        assert_eq!(kl, kl_row(&lp, &mut buf, &pairs));
+        let (tv, jsd) = battery_reference(&lp);
+        assert_eq!(got.tv.len(), k * (k - 1) / 2);
+        for (g, w) in got.tv.iter().zip(&tv) {
+            assert!((g - w).abs() <= 1e-6 * w + 1e-7, "n {n} tv {g} vs {w}");
+        }
+        assert!(
+            (got.jsd - jsd).abs() <= 1e-5 * jsd + 1e-6,
+            "n {n} jsd {} vs {jsd}",
+            got.jsd
+        );
+        assert!(got.jsd > 0.0 && got.jsd <= (k as f64).ln());
+        // Every path: the same bits.
+        let mut plain = RowBattery::default();
+        kl_row_body::<false, false>(&lp, &mut buf, &pairs, &mut [], Some(&mut plain));
+        assert_eq!(plain, got, "portable, n {n}");
+        #[cfg(target_arch = "x86_64")]
+        if simd() != Simd::None {
+            let mut wide = RowBattery::default();
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { kl_row_avx2(&lp, &mut buf, &pairs, &mut [], Some(&mut wide)) };
+            assert_eq!(wide, got, "AVX2, n {n}");
+        }
+    }
+}
+
+#[test]
+fn battery_of_identical_seeds_is_zero_and_of_disjoint_ones_is_its_bound() {
+    let n = 3000;
+    let mut lp = vec![0f32; n];
+    divergence::log_softmax(&rand(5, n, 9.0), &mut lp).unwrap();
+    let same: Vec<&[f32]> = vec![&lp; 5];
+    let mut got = RowBattery::default();
+    kl_row_full(
+        &same,
+        &mut row_buffer(5),
+        &[(0, 1)],
+        &mut [],
+        Some(&mut got),
+    );
+    assert!(got.tv.iter().all(|&t| t.abs() < 1e-6), "{:?}", got.tv);
+    assert!(got.jsd.abs() < 1e-6, "{}", got.jsd);
+    // Three seeds each certain of a different token: JSD = ln 3, TV = 1.
+    let rows: Vec<Vec<f32>> = (0..3)
+        .map(|s| {
+            let mut x = vec![-80.0f32; n];
+            x[s * 7] = 0.0;
+            let mut l = vec![0f32; n];
+            divergence::log_softmax(&x, &mut l).unwrap();
+            l
+        })
+        .collect();
+    let lp3: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+    kl_row_full(&lp3, &mut row_buffer(3), &[(0, 1)], &mut [], Some(&mut got));
+    assert!((got.jsd - 3f64.ln()).abs() < 1e-5, "{}", got.jsd);
+    assert!(
+        got.tv.iter().all(|&t| (t - 1.0).abs() < 1e-5),
+        "{:?}",
+        got.tv
+    );
 }
