@@ -7,6 +7,7 @@ pub mod conditioning;
 pub mod divergence;
 pub mod intervals;
 pub mod kernels;
+pub mod measures;
 pub mod phases;
 pub mod regression;
 pub mod stats;

@@ -242,6 +242,13 @@ pub struct AggregateConfig {
     /// Relative band around the step-0 E[KL] that counts as "unchanged" when
     /// locating the four phases.
     pub phase_tolerance: f64,
+    /// The divergences averaged in `measures.parquet` and conditioned in
+    /// `measures_by.parquet` (default: every one: kl, tv, abs_dp, churn,
+    /// jsd, ens_gain).
+    pub measures: Vec<String>,
+    /// The conditioning variables of `measures_by.parquet` (default: every
+    /// one; `conv_by` and `ce_by` always have them all).
+    pub variables: Vec<String>,
 }
 
 impl Default for AggregateConfig {
@@ -255,6 +262,14 @@ impl Default for AggregateConfig {
             token_table_n: 20,
             token_table_pooled: Default::default(),
             phase_tolerance: 0.05,
+            measures: crate::analysis::measures::MEASURES
+                .iter()
+                .map(|m| m.name.to_string())
+                .collect(),
+            variables: crate::analysis::conditioning::VARIABLES
+                .iter()
+                .map(|v| v.name.to_string())
+                .collect(),
         }
     }
 }
@@ -307,6 +322,23 @@ impl AnnotateConfig {
 
 impl AggregateConfig {
     pub(super) fn check(&self, c: &Config, ck: &Check) -> Result<(), ConfigError> {
+        use crate::analysis::{conditioning::VARIABLES, measures};
+        let names = |key: &str, given: &[String], known: &[&str]| {
+            for g in given {
+                if !known.contains(&g.as_str()) {
+                    let hint = match measures::closest(g, known.iter().copied()) {
+                        Some(c) => format!(" — did you mean {c}?"),
+                        None => format!(" — expected one of: {}", known.join(", ")),
+                    };
+                    return Err(ck.bad(key, format!("unknown name \"{g}\"{hint}")));
+                }
+            }
+            super::no_duplicates(ck, key, given)
+        };
+        let m: Vec<&str> = measures::MEASURES.iter().map(|m| m.name).collect();
+        names("aggregate.measures", &self.measures, &m)?;
+        let v: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        names("aggregate.variables", &self.variables, &v)?;
         if self.final_surprisal_seed != "mean" {
             let seeds = super::suite_seeds(c);
             if !seeds.contains(&self.final_surprisal_seed) {

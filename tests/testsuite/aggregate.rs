@@ -371,6 +371,15 @@ fn aggregates_match_an_independent_computation() {
         &read("kl/current/tiny-step300.kl.parquet"),
         &read("aggregate/current/token_table_pooled.parquet"),
     );
+    measures_match(
+        &read("kl/current/tiny-step300.kl.parquet"),
+        &read("kl/current/tiny-step300.group.parquet"),
+        &read("aggregate/current/measures.parquet"),
+        &read("aggregate/current/measures_by.parquet"),
+        &conv,
+        &bin_of_row,
+        &doc_of_row,
+    );
     llama_stats_match(
         &read("kl/current/tiny-step300.kl.parquet"),
         &read("dist/current/tiny-seed11-step300.dist.parquet"),
@@ -394,6 +403,123 @@ fn aggregates_match_an_independent_computation() {
         !r.computed_ids().contains(&"report".to_string()),
         "early cutoff"
     );
+}
+
+/// The measures' tables at step 300, recomputed from the kl stage's per-row
+/// tables: each measure's mean over rows (both pairs share them), its
+/// document jackknife, and its mean within each frequency bin.
+fn measures_match(
+    kl: &arrow_array::RecordBatch,
+    group: &arrow_array::RecordBatch,
+    m: &arrow_array::RecordBatch,
+    by: &arrow_array::RecordBatch,
+    conv: &arrow_array::RecordBatch,
+    bin_of_row: &BTreeMap<u32, String>,
+    doc_of_row: &BTreeMap<u32, u32>,
+) {
+    // (measure, row, value) of every per-row value.
+    let mut vals: Vec<(&str, u32, f64)> = Vec::new();
+    let row = col::<UInt32Array>(kl, "row");
+    for i in 0..kl.num_rows() {
+        let r = row.value(i);
+        vals.push(("kl", r, col::<Float64Array>(kl, "kl").value(i)));
+        vals.push(("tv", r, col::<Float64Array>(kl, "tv").value(i)));
+        vals.push(("abs_dp", r, col::<Float64Array>(kl, "dp").value(i).abs()));
+        let agree = col::<BooleanArray>(kl, "top1_agree").value(i);
+        vals.push(("churn", r, if agree { 0.0 } else { 1.0 }));
+    }
+    let grow = col::<UInt32Array>(group, "row");
+    for i in 0..group.num_rows() {
+        let r = grow.value(i);
+        vals.push(("jsd", r, col::<Float64Array>(group, "jsd").value(i)));
+        vals.push((
+            "ens_gain",
+            r,
+            col::<Float64Array>(group, "ens_gain").value(i),
+        ));
+    }
+    let find = |t: &arrow_array::RecordBatch, measure: &str, level: Option<&str>| {
+        (0..t.num_rows()).find(|&i| {
+            col::<StringArray>(t, "measure").value(i) == measure
+                && col::<UInt32Array>(t, "step").value(i) == 300
+                && level.is_none_or(|l| {
+                    col::<StringArray>(t, "variable").value(i) == "freq_bin"
+                        && col::<StringArray>(t, "level").value(i) == l
+                })
+        })
+    };
+    let names: Vec<&str> = seedconv::analysis::measures::MEASURES
+        .iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names.len(), 6);
+    for name in names {
+        let v: Vec<(u32, f64)> = vals
+            .iter()
+            .filter(|x| x.0 == name)
+            .map(|x| (x.1, x.2))
+            .collect();
+        let mean = v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+        let i = find(m, name, None).unwrap_or_else(|| panic!("{name} missing"));
+        let got = |c: &str| col::<Float64Array>(m, c).value(i);
+        assert!(
+            (got("value") - mean).abs() <= 1e-12 * mean.abs().max(1e-12),
+            "{name}: {} vs {mean}",
+            got("value")
+        );
+        // Two seeds: no seed can leave (a pair or a group of one seed is
+        // no estimate), so only the three documents vary.
+        assert!(got("se_seeds").is_nan(), "{name}");
+        let mut by_doc: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
+        for &(r, x) in &v {
+            let e = by_doc.entry(doc_of_row[&r]).or_default();
+            e.0 += x;
+            e.1 += 1.0;
+        }
+        let (tot, n) = by_doc
+            .values()
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let reps: Vec<f64> = by_doc.values().map(|(s, c)| (tot - s) / (n - c)).collect();
+        let rm = reps.iter().sum::<f64>() / reps.len() as f64;
+        let k = reps.len() as f64;
+        let se = ((k - 1.0) / k * reps.iter().map(|x| (x - rm).powi(2)).sum::<f64>()).sqrt();
+        assert!(
+            (got("se") - se).abs() <= 1e-9 * se.max(1e-12),
+            "{name} se {} vs {se}",
+            got("se")
+        );
+        assert!(got("ci_low") <= mean && mean <= got("ci_high"));
+        // Within each frequency bin.
+        let mut per_bin: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        for &(r, x) in &v {
+            let e = per_bin.entry(bin_of_row[&r].as_str()).or_default();
+            e.0 += x;
+            e.1 += 1.0;
+        }
+        for (bin, (s, c)) in per_bin {
+            let j = find(by, name, Some(bin)).unwrap_or_else(|| panic!("{name} {bin}"));
+            let got = col::<Float64Array>(by, "value").value(j);
+            assert!(
+                (got - s / c).abs() <= 1e-12 * got.abs().max(1e-12),
+                "{name} {bin}"
+            );
+        }
+    }
+    // KL's row is E[conv]'s, sign aside, interval and all.
+    let i = find(m, "kl", None).unwrap();
+    let c = (0..conv.num_rows())
+        .find(|&j| col::<UInt32Array>(conv, "step").value(j) == 300)
+        .unwrap();
+    for (a, b) in [("value", "conv"), ("se", "se")] {
+        let (x, y) = (
+            col::<Float64Array>(m, a).value(i),
+            col::<Float64Array>(conv, b).value(c),
+        );
+        assert!(
+            (x.abs() - y.abs()).abs() <= 1e-12 * y.abs(),
+            "{a}: {x} vs {y}"
+        );
+    }
 }
 
 /// Penn groups (noun, verb, function) of a tag, UPOS where Penn is missing.

@@ -325,3 +325,27 @@ fn multiberts_preset_is_the_papers_grid_and_points_at_the_exports() {
         r.stderr
     );
 }
+
+#[test]
+fn unknown_measure_or_variable_is_one_line_with_the_closest_name() {
+    for (table, want) in [
+        (
+            "[aggregate]\nmeasures = [\"kl\", \"jds\"]\n",
+            "aggregate.measures at pipeline.toml:",
+        ),
+        (
+            "[aggregate]\nvariables = [\"freq_bin\", \"postion_bin\"]\n",
+            "aggregate.variables at pipeline.toml:",
+        ),
+    ] {
+        let r = bad_config(&format!("{}\n{table}", Project::micro_config()));
+        assert!(r.stderr.contains(want), "{}", r.stderr);
+        let hint = if table.contains("jds") {
+            "unknown name \"jds\" — did you mean jsd?"
+        } else {
+            "unknown name \"postion_bin\" — did you mean position_bin?"
+        };
+        assert!(r.stderr.contains(hint), "{}", r.stderr);
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    }
+}

@@ -34,11 +34,12 @@ mod battery;
 pub mod compare;
 mod conv;
 mod frames;
+mod measures;
 mod regression;
 mod seeds;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 13;
+pub const VERSION: u32 = 14;
 
 /// A float column's bin label by upper bounds (the last bin open).
 fn binned(column: &str, bins: &[(f64, &'static str)]) -> Expr {
@@ -141,6 +142,12 @@ impl Stage for Aggregate {
             phase_tolerance: a.phase_tolerance,
             regression: a.regression,
             compares: cx.config().compare.clone(),
+            measures: a
+                .measures
+                .iter()
+                .filter_map(|n| crate::analysis::measures::find(n))
+                .collect(),
+            variables: a.variables.clone(),
         };
         vec![self.instance("", job).deps(deps)]
     }
@@ -164,6 +171,10 @@ struct AggregateJob {
     phase_tolerance: f64,
     regression: RegressionModel,
     compares: Vec<CompareConfig>,
+    /// The selected measures' whole declarations (a changed definition or
+    /// kernel re-keys).
+    measures: Vec<&'static crate::analysis::measures::Measure>,
+    variables: Vec<String>,
 }
 
 impl Job for AggregateJob {
@@ -184,13 +195,8 @@ impl Job for AggregateJob {
             &ctx.upstream(corpus::NAME, "")?.join("rows.parquet"),
         )?;
         let mut llama = battery::Table::default();
-        let steps = self.conv(
-            ctx,
-            &kl_files,
-            &cl,
-            &battery::read_dists(&dist_files)?,
-            &mut llama,
-        )?;
+        let seed_rows = battery::read_dists(&dist_files)?;
+        let steps = self.conv(ctx, &kl_files, &cl, &seed_rows, &mut llama)?;
         llama.write(ctx)?;
         self.phases(ctx, &steps, &cl)?;
         let flagged = self.seeds(ctx, &steps, &cl)?;
@@ -262,6 +268,36 @@ impl Job for AggregateJob {
             surprisal.clone(),
             &cl,
         )?;
+        // Every declared measure, unconditional and by each variable.
+        let group_files: Vec<PathBuf> = self
+            .kls
+            .iter()
+            .map(|l| ctx.upstream(kl::NAME, l).map(|d| d.join(kl::GROUP_FILE)))
+            .collect::<Result<_, _>>()?;
+        let files: Vec<measures::StepFiles> = kl_files
+            .iter()
+            .zip(&group_files)
+            .map(|(kl, group)| measures::StepFiles { kl, group })
+            .collect();
+        let vars: Vec<&crate::analysis::conditioning::Variable> = VARIABLES
+            .iter()
+            .filter(|v| self.variables.iter().any(|n| n == v.name))
+            .collect();
+        let (measure_rows, measure_by_rows) = measures::measures(
+            ctx,
+            &files,
+            &self.measures,
+            &vars,
+            surprisal.clone().join(
+                annotations.clone(),
+                [col("row")],
+                [col("row")],
+                JoinArgs::new(JoinType::Left),
+            ),
+            &cl,
+            &seed_rows,
+            self.min_rows,
+        )?;
         let regression = self.regression(ctx, &steps, &ann, &cl)?;
         let compare = self.compare(ctx, &steps, &levels)?;
         self.final_surprisal(ctx, surprisal)?;
@@ -274,6 +310,8 @@ impl Job for AggregateJob {
             "compare_rows": compare,
             "flagged_seed_steps": flagged,
             "conv_by_rows": conv_by.height(),
+            "measures_rows": measure_rows,
+            "measures_by_rows": measure_by_rows,
             "ce_by_rows": ce_by.height(),
             "regression_rows": regression,
             "token_table_rows": token_table.height(),
