@@ -17,6 +17,7 @@ pub use compare::fmt_p;
 mod conditional;
 mod convergence;
 mod downstream;
+mod measures;
 mod regression;
 mod seeds;
 mod suite;
@@ -38,7 +39,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -221,6 +222,10 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: None,
         write: seeds::outliers,
+    },
+    Section {
+        needs: None,
+        write: measures::measures,
     },
     Section {
         needs: None,
