@@ -174,11 +174,16 @@ impl Engine {
                 .filter(|x| x.stage == *stage)
                 .map(|x| x.label.clone())
                 .collect();
-            let evicted = report.outcomes.iter().any(|(_, o)| {
-                matches!(o, Outcome::Reused(m) | Outcome::Computed(m) if m.evicted && m.stage == *stage)
+            // The view is rewritten when an entry was evicted, or computed:
+            // a recompute under the same key (`run --force` after a code
+            // change) may leave other file names than the entry it replaced.
+            let refresh = report.outcomes.iter().any(|(_, o)| match o {
+                Outcome::Reused(m) => m.evicted && m.stage == *stage,
+                Outcome::Computed(m) => m.stage == *stage,
+                _ => false,
             });
             self.store
-                .update_index_refreshing(stage, up, Some(&labels), evicted)?;
+                .update_index_refreshing(stage, up, Some(&labels), refresh)?;
         }
         self.memo.save()?;
         Ok(report)

@@ -151,3 +151,56 @@ fn plan_rejects_cycles_duplicates_and_unknown_dependencies() {
         .unwrap();
     assert!(e.to_string().contains("bad label"));
 }
+
+/// Writes each of its names into the output folder.
+struct Files(Vec<&'static str>);
+
+impl Job for Files {
+    fn run(
+        &self,
+        ctx: &seedconv::engine::JobCtx,
+    ) -> Result<serde_json::Value, seedconv::error::StageError> {
+        for n in &self.0 {
+            std::fs::write(ctx.out.join(n), n)
+                .map_err(|e| seedconv::error::StageError::io(ctx.out, e))?;
+        }
+        Ok(serde_json::Value::Null)
+    }
+}
+
+#[test]
+fn a_forced_recompute_under_the_same_key_refreshes_the_current_view() {
+    // Code changed without a version bump: same key, other files. `run
+    // --force` recomputes it, and the view must show the new files.
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = tmp.path().join("stages");
+    let plan = |files: Vec<&'static str>| {
+        Plan::new(vec![Instance::new(
+            "figs",
+            1,
+            "",
+            json!({}),
+            Box::new(Files(files)),
+        )])
+        .unwrap()
+    };
+    let opts = RunOptions {
+        jobs: 1,
+        ..Default::default()
+    };
+    let e = Engine::open(&store).unwrap();
+    e.run(&plan(vec!["a.txt"]), &opts, &Silent).unwrap();
+    assert!(store.join("figs/current/a.txt").exists());
+    let forced = RunOptions {
+        force: vec!["figs".into()],
+        ..opts
+    };
+    let r = e
+        .run(&plan(vec!["a.txt", "b.txt"]), &forced, &Silent)
+        .unwrap();
+    assert_eq!(computed(&r), vec!["figs"]);
+    assert_eq!(
+        std::fs::read_to_string(store.join("figs/current/b.txt")).unwrap(),
+        "b.txt"
+    );
+}
