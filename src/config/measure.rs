@@ -101,6 +101,12 @@ pub struct KlConfig {
     /// rows put the relative errors' standard errors at a few tenths to
     /// three percentage points on the default suite.
     pub validation_rows: usize,
+    /// Trajectories (the `drift` stage): each checkpoint's exact KL and TV
+    /// to its own previous and final checkpoints, and, in suites with
+    /// several sizes of one vocabulary width, between the sizes of one seed
+    /// at each step. Each checkpoint's model runs once more per comparison
+    /// group unless `dist.retain_full` holds its array.
+    pub drift: bool,
 }
 
 impl Default for KlConfig {
@@ -108,6 +114,7 @@ impl Default for KlConfig {
         KlConfig {
             validation_k: vec![16, 64, 256],
             validation_rows: 256,
+            drift: true,
         }
     }
 }

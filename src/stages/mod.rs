@@ -23,6 +23,7 @@ pub mod blimp;
 pub mod blimp_conv;
 pub mod corpus;
 pub mod dist;
+pub mod drift;
 pub mod fetch;
 pub mod frequency;
 pub mod icl;
@@ -103,6 +104,7 @@ pub const REGISTRY: &[&dyn DynStage] = &[
     &fetch::Fetch,
     &dist::Dist,
     &kl::Kl,
+    &drift::Drift,
     &aggregate::Aggregate,
     &blimp::Blimp,
     &blimp_conv::BlimpConv,

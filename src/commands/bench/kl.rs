@@ -62,6 +62,7 @@ pub fn kl(a: &BenchKlArgs) -> Result<()> {
     let crate::config::KlConfig {
         validation_k: ks,
         validation_rows: sample,
+        ..
     } = crate::config::KlConfig::default();
     let every = validation_stride(rows, sample);
     let (mut kl_secs, mut val_secs, mut all_secs) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);

@@ -23,7 +23,7 @@ use crate::analysis::intervals::{Cells, Jackknife};
 use crate::config::{CompareConfig, RegressionModel};
 use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
-use crate::stages::{annotate, corpus, dist, kl, tokenizer, PlanCtx, Stage};
+use crate::stages::{annotate, corpus, dist, drift, kl, tokenizer, PlanCtx, Stage};
 pub use frames::interval_columns;
 use frames::{
     conditional, perr, scan, scan_columns, seq_means, write, CellKey, Measure, CONV, CROSS_ENTROPY,
@@ -37,9 +37,10 @@ mod frames;
 mod measures;
 mod regression;
 mod seeds;
+mod trajectories;
 
 pub const NAME: &str = "aggregate";
-pub const VERSION: u32 = 14;
+pub const VERSION: u32 = 15;
 
 /// A float column's bin label by upper bounds (the last bin open).
 fn binned(column: &str, bins: &[(f64, &'static str)]) -> Expr {
@@ -128,9 +129,17 @@ impl Stage for Aggregate {
         let dists: Vec<String> = suite.checkpoints.iter().map(|c| c.label()).collect();
         deps.extend(kls.iter().map(|k| (kl::NAME, k.clone())));
         deps.extend(dists.iter().map(|d| (dist::NAME, d.clone())));
+        let drifts: Vec<String> = cx
+            .planned
+            .iter()
+            .filter(|i| i.stage == drift::NAME)
+            .map(|i| i.label.clone())
+            .collect();
+        deps.extend(drifts.iter().map(|d| (drift::NAME, d.clone())));
         let job = AggregateJob {
             kls,
             dists,
+            drifts,
             seeds: suite.seeds.clone(),
             final_step: suite.steps.iter().copied().max().unwrap_or(0),
             bootstrap: a.bootstrap,
@@ -160,6 +169,8 @@ struct AggregateJob {
     kls: Vec<String>,
     #[serde(skip)]
     dists: Vec<String>,
+    #[serde(skip)]
+    drifts: Vec<String>,
     seeds: Vec<String>,
     final_step: usize,
     bootstrap: usize,
@@ -298,6 +309,16 @@ impl Job for AggregateJob {
             &seed_rows,
             self.min_rows,
         )?;
+        let drift_files: Vec<PathBuf> = self
+            .drifts
+            .iter()
+            .map(|l| ctx.upstream(drift::NAME, l).map(|d| d.join(drift::FILE)))
+            .collect::<Result<_, _>>()?;
+        let trajectory_rows = if drift_files.is_empty() {
+            0
+        } else {
+            trajectories::trajectories(ctx, &drift_files, &cl)?
+        };
         let regression = self.regression(ctx, &steps, &ann, &cl)?;
         let compare = self.compare(ctx, &steps, &levels)?;
         self.final_surprisal(ctx, surprisal)?;
@@ -312,6 +333,7 @@ impl Job for AggregateJob {
             "conv_by_rows": conv_by.height(),
             "measures_rows": measure_rows,
             "measures_by_rows": measure_by_rows,
+            "trajectory_rows": trajectory_rows,
             "ce_by_rows": ce_by.height(),
             "regression_rows": regression,
             "token_table_rows": token_table.height(),

@@ -34,7 +34,7 @@ use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::render::doc::{Block, Doc};
 use crate::render::plot::{Chart, Figure};
-use crate::stages::{aggregate, blimp_conv, icl_summary, kl, PlanCtx, Stage};
+use crate::stages::{aggregate, blimp_conv, drift, icl_summary, kl, PlanCtx, Stage};
 use crate::suite::Suite;
 use common::{Conv, Phases};
 
@@ -226,6 +226,10 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: None,
         write: measures::measures,
+    },
+    Section {
+        needs: Some(drift::NAME),
+        write: measures::trajectories,
     },
     Section {
         needs: None,

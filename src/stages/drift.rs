@@ -1,0 +1,355 @@
+//! `drift`: how far each checkpoint moves, beside how far seeds part.
+//! Trajectory instances, one per (size, seed): every checkpoint's exact
+//! KL(p_t ‖ p_ref) and total variation per row against its own previous
+//! checkpoint and against its own final one (self-drift; the final one
+//! against itself is 0). Across instances, one per (seed, step) of a suite
+//! with several sizes of one logits width: every ordered pair of sizes.
+//!
+//! The full distributions come from dist's retained arrays when they are
+//! held (`dist.retain_full`), else from the models again: each checkpoint's
+//! model runs once per instance, its whole array held in memory while the
+//! next one is compared with it (rows × kept vocabulary × 4 B each: 58 MB on
+//! the default study, 0.94 GB for a Pythia group of 4,662 rows), so a
+//! trajectory costs one more forward pass per checkpoint than dist already
+//! made, and an across instance one per size.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::analysis::kernels;
+use crate::engine::{Instance, Job, JobCtx};
+use crate::error::StageError;
+use crate::lm::eval::{self, EvalPlan, RunSettings};
+use crate::lm::onnx::logprobs::LogProbGraph;
+use crate::stages::{corpus, dist, tokenizer, PlanCtx, Stage};
+use crate::suite::Checkpoint;
+use crate::table;
+
+pub const NAME: &str = "drift";
+pub const VERSION: u32 = 1;
+/// Each instance's per-(row, comparison) table.
+pub const FILE: &str = "drift.parquet";
+
+/// The `drift` stage (with `kl.drift`).
+pub struct Drift;
+
+impl Stage for Drift {
+    const NAME: &'static str = NAME;
+    const VERSION: u32 = VERSION;
+    fn instances(&self, cx: &PlanCtx) -> Vec<Instance> {
+        let Some(suite) = cx.suite else {
+            return vec![];
+        };
+        if !cx.config().kl.drift {
+            return vec![];
+        }
+        let set = eval::settings(cx.loaded);
+        let mut out = Vec::new();
+        let mut add = |label: String, kind: Kind, ckpts: Vec<Checkpoint>| {
+            let mut deps = vec![
+                (corpus::NAME, String::new()),
+                (tokenizer::NAME, String::new()),
+            ];
+            let mut inputs = Vec::new();
+            for c in &ckpts {
+                deps.push((dist::NAME, c.label()));
+                let (d, i) = c.reach();
+                deps.extend(d);
+                inputs.extend(
+                    i.into_iter()
+                        .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
+                );
+            }
+            let job = DriftJob {
+                kind,
+                labels: ckpts.iter().map(Checkpoint::label).collect(),
+                ckpts,
+                vocab: suite.vocab,
+                set: set.clone(),
+            };
+            let gpu = job.set.uses_gpu();
+            out.push(
+                self.instance(label, job)
+                    .inputs(inputs)
+                    .deps(deps)
+                    .on_gpu(gpu),
+            );
+        };
+        for size in &suite.sizes {
+            for seed in &suite.seeds {
+                let ckpts: Vec<Checkpoint> = suite
+                    .steps
+                    .iter()
+                    .filter_map(|&t| suite.get(size, seed, t).cloned())
+                    .collect();
+                if ckpts.len() >= 2 {
+                    add(format!("{size}-seed{seed}"), Kind::Trajectory, ckpts);
+                }
+            }
+        }
+        if suite.sizes.len() >= 2 {
+            for seed in &suite.seeds {
+                for &step in &suite.steps {
+                    let ckpts: Vec<Checkpoint> = suite
+                        .sizes
+                        .iter()
+                        .filter_map(|s| suite.get(s, seed, step).cloned())
+                        .collect();
+                    if ckpts.len() >= 2 {
+                        add(format!("seed{seed}-step{step}"), Kind::Across, ckpts);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What an instance compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    /// One (size, seed)'s checkpoints in step order: each against the
+    /// previous and the final one.
+    Trajectory,
+    /// One (seed, step)'s checkpoints of every size: each ordered pair.
+    Across,
+}
+
+#[derive(Serialize)]
+struct DriftJob {
+    kind: Kind,
+    /// The checkpoints compared, in order (their models are keyed as
+    /// inputs or upstream outputs).
+    labels: Vec<String>,
+    #[serde(skip)]
+    ckpts: Vec<Checkpoint>,
+    vocab: Option<usize>,
+    #[serde(flatten)]
+    set: RunSettings,
+}
+
+/// A checkpoint's full log-probs: dist's retained array, or its model's
+/// output held in memory.
+enum Full {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<f32>),
+}
+
+impl Full {
+    fn values(&self) -> &[f32] {
+        match self {
+            Full::Mapped(m) => eval::full_values(m),
+            Full::Owned(v) => v,
+        }
+    }
+}
+
+/// One comparison's per-row KL(a ‖ b) and TV.
+struct Compared {
+    a: usize,
+    b: usize,
+    reference: &'static str,
+    kl: Vec<f64>,
+    tv: Vec<f64>,
+}
+
+impl Job for DriftJob {
+    fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
+        let n = tokenizer::kept_vocab(self.vocab, ctx)?;
+        let plan = corpus::eval_plan(ctx, &self.set)?;
+        self.check_widths(ctx)?;
+        let mut done: Vec<Compared> = Vec::new();
+        let mut recomputed = 0;
+        let mut load = |i: usize| -> Result<Full, StageError> {
+            let full = self.full(ctx, &plan, i, n)?;
+            recomputed += matches!(full, Full::Owned(_)) as usize;
+            Ok(full)
+        };
+        match self.kind {
+            Kind::Trajectory => {
+                let last = self.ckpts.len() - 1;
+                let fin = load(last)?;
+                let mut prev: Option<Full> = None;
+                for i in 0..=last {
+                    ctx.progress(i as u64, self.ckpts.len() as u64, "checkpoints");
+                    ctx.check_cancel()?;
+                    // The final checkpoint against itself: the same array
+                    // twice (its drift is 0 by the same arithmetic).
+                    let cur = if i == last { None } else { Some(load(i)?) };
+                    let cur_v = cur.as_ref().unwrap_or(&fin).values();
+                    let mut views = vec![cur_v, fin.values()];
+                    if let Some(p) = &prev {
+                        views.push(p.values());
+                    }
+                    let per = compare(&views, plan.rows.len(), n);
+                    done.push(Compared {
+                        a: i,
+                        b: last,
+                        reference: "final",
+                        kl: per.iter().map(|r| r.0[0]).collect(),
+                        tv: per.iter().map(|r| r.1[0]).collect(),
+                    });
+                    if prev.is_some() {
+                        done.push(Compared {
+                            a: i,
+                            b: i - 1,
+                            reference: "previous",
+                            kl: per.iter().map(|r| r.0[1]).collect(),
+                            tv: per.iter().map(|r| r.1[1]).collect(),
+                        });
+                    }
+                    prev = cur;
+                }
+            }
+            Kind::Across => {
+                let fulls: Vec<Full> = (0..self.ckpts.len())
+                    .map(&mut load)
+                    .collect::<Result<_, _>>()?;
+                let views: Vec<&[f32]> = fulls.iter().map(Full::values).collect();
+                for a in 0..views.len() {
+                    for b in (0..views.len()).filter(|&b| b != a) {
+                        let per = compare(&[views[a], views[b]], plan.rows.len(), n);
+                        done.push(Compared {
+                            a,
+                            b,
+                            reference: "size",
+                            kl: per.iter().map(|r| r.0[0]).collect(),
+                            tv: per.iter().map(|r| r.1[0]).collect(),
+                        });
+                    }
+                }
+            }
+        }
+        self.write(ctx, &plan, &done)?;
+        let mean = |r: &str| {
+            let v: Vec<f64> = done
+                .iter()
+                .filter(|c| c.reference == r)
+                .flat_map(|c| c.kl.iter().copied())
+                .collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        };
+        Ok(json!({
+            "comparisons": done.len(),
+            "rows": plan.rows.len(),
+            "mean_kl_previous": mean("previous"),
+            "mean_kl_final": mean("final"),
+            "mean_kl_size": mean("size"),
+            "models_run": recomputed,
+        }))
+    }
+}
+
+/// Per row, KL(views[0] ‖ views[j]) and TV(views[0], views[j]) for each
+/// j ≥ 1, in order.
+fn compare(views: &[&[f32]], rows: usize, n: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let k = views.len();
+    let pairs: Vec<(usize, usize)> = (1..k).map(|j| (0, j)).collect();
+    (0..rows)
+        .into_par_iter()
+        .map_init(
+            || kernels::row_buffer(k),
+            |buf, r| {
+                let lp: Vec<&[f32]> = views.iter().map(|v| &v[r * n..(r + 1) * n]).collect();
+                let mut b = kernels::RowBattery::default();
+                let kl = kernels::kl_row_full(&lp, buf, &pairs, &mut [], Some(&mut b));
+                // The battery's pairs a < b in order start (0, 1), (0, 2), …
+                (kl, b.tv[..k - 1].to_vec())
+            },
+        )
+        .collect()
+}
+
+impl DriftJob {
+    /// Every checkpoint compared must emit as many logits as the others.
+    fn check_widths(&self, ctx: &JobCtx) -> Result<(), StageError> {
+        let mut first: Option<(usize, &Checkpoint)> = None;
+        for c in &self.ckpts {
+            let w = dist::logits_width(ctx, &c.label())?;
+            match first {
+                Some((w0, c0)) if w0 != w => {
+                    return Err(StageError::Other(format!(
+                        "drift compares checkpoints of different vocabulary widths: {} emits {w0} logits, {} emits {w} (set kl.drift = false for this suite)",
+                        c0.name(),
+                        c.name()
+                    )))
+                }
+                None => first = Some((w, c)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint `i`'s full log-probs (rows × n).
+    fn full(&self, ctx: &JobCtx, plan: &EvalPlan, i: usize, n: usize) -> Result<Full, StageError> {
+        let c = &self.ckpts[i];
+        let scratch = ctx.upstream_scratch(dist::NAME, &c.label())?;
+        if let Some(map) = eval::read_full(scratch, plan.rows.len(), n) {
+            return Ok(Full::Mapped(map));
+        }
+        let (mut model, _) = self.set.open(&c.model_path(ctx)?, ctx.threads, ctx.gpu)?;
+        let mut graph = LogProbGraph::new(self.set.threads(ctx.threads));
+        let mut out = Vec::with_capacity(plan.rows.len() * n);
+        for b in &plan.batches {
+            ctx.check_cancel()?;
+            let lp = plan.forward_graph(&mut model, &mut graph, b, n)?;
+            out.extend_from_slice(&lp);
+            graph.recycle(lp);
+        }
+        Ok(Full::Owned(out))
+    }
+
+    /// `drift.parquet`: per (comparison, row) `kl` = KL(p_a ‖ p_b) and `tv`.
+    fn write(&self, ctx: &JobCtx, plan: &EvalPlan, done: &[Compared]) -> Result<(), StageError> {
+        let rows = plan.rows.len();
+        let long = done.len() * rows;
+        let each = |f: &dyn Fn(&Compared) -> String| -> ArrayRef {
+            Arc::new(StringArray::from(
+                done.iter()
+                    .flat_map(|c| std::iter::repeat_n(f(c), rows))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let each_u32 = |f: &dyn Fn(&Compared) -> u32| -> ArrayRef {
+            Arc::new(UInt32Array::from(
+                done.iter()
+                    .flat_map(|c| std::iter::repeat_n(f(c), rows))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let ck = &self.ckpts;
+        let batch = table::columns(vec![
+            ("reference", each(&|c| c.reference.to_string())),
+            ("seed", each(&|c| ck[c.a].seed.clone())),
+            ("size", each(&|c| ck[c.a].size.clone())),
+            ("step", each_u32(&|c| ck[c.a].step as u32)),
+            ("ref_size", each(&|c| ck[c.b].size.clone())),
+            ("ref_step", each_u32(&|c| ck[c.b].step as u32)),
+            (
+                "row",
+                Arc::new(UInt32Array::from(
+                    (0..long).map(|i| plan.rows[i % rows]).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "kl",
+                Arc::new(Float64Array::from(
+                    done.iter().flat_map(|c| c.kl.clone()).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "tv",
+                Arc::new(Float64Array::from(
+                    done.iter().flat_map(|c| c.tv.clone()).collect::<Vec<_>>(),
+                )),
+            ),
+        ])?;
+        table::write(&ctx.out.join(FILE), &batch, &[("stage", NAME.to_string())])
+    }
+}
