@@ -12,6 +12,7 @@ mod cli;
 mod compare;
 mod dist;
 mod docs;
+mod drift;
 mod engine;
 mod executor;
 mod fetch;
