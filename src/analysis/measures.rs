@@ -54,6 +54,9 @@ pub struct Measure {
     /// pairs of the left-out seed; a group measure must be recomputed on
     /// the other seeds, which the exact pass does not do for the JSD).
     pub seed_replicates: bool,
+    /// Whether the paper's phases are located on its curve too: divergences
+    /// that start near 0 at initialisation and grow (churn starts at ~1).
+    pub phases: bool,
 }
 
 /// Every measure, in report order.
@@ -67,6 +70,7 @@ pub const MEASURES: &[Measure] = &[
         source: Source::Pair("kl"),
         kernel: "kernels::kl_row (Gram sums of the exact pass)",
         seed_replicates: true,
+        phases: true,
     },
     Measure {
         name: "tv",
@@ -77,6 +81,7 @@ pub const MEASURES: &[Measure] = &[
         source: Source::Pair("tv"),
         kernel: "kernels::kl_row_full (battery block sums)",
         seed_replicates: true,
+        phases: true,
     },
     Measure {
         name: "abs_dp",
@@ -87,6 +92,7 @@ pub const MEASURES: &[Measure] = &[
         source: Source::PairAbs("dp"),
         kernel: "kl stage: each seed's log-prob of the target",
         seed_replicates: true,
+        phases: true,
     },
     Measure {
         name: "churn",
@@ -97,6 +103,7 @@ pub const MEASURES: &[Measure] = &[
         source: Source::PairNot("top1_agree"),
         kernel: "kl stage: argmax from the exact pass's block maxima",
         seed_replicates: true,
+        phases: false,
     },
     Measure {
         name: "jsd",
@@ -107,6 +114,7 @@ pub const MEASURES: &[Measure] = &[
         source: Source::Group("jsd"),
         kernel: "kernels::kl_row_full (battery block sums)",
         seed_replicates: false,
+        phases: true,
     },
     Measure {
         name: "ens_gain",
@@ -117,6 +125,7 @@ pub const MEASURES: &[Measure] = &[
         source: Source::Group("ens_gain"),
         kernel: "kl stage: each seed's log-prob of the target",
         seed_replicates: true,
+        phases: true,
     },
 ];
 

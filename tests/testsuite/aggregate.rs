@@ -349,9 +349,31 @@ fn aggregates_match_an_independent_computation() {
         };
         assert_eq!(sbin[&r], bin);
     }
-    // Four phases per size, the uniform one starting at step 0.
+    // Four phases per size, the uniform one starting at step 0; the same
+    // rule on the measures' curves finds KL's phases where E[KL]'s are.
     let ph = read("aggregate/current/phases.parquet");
     assert_eq!(ph.num_rows(), 4);
+    let mp = read("aggregate/current/measure_phases.parquet");
+    let kl_rows: Vec<usize> = (0..mp.num_rows())
+        .filter(|&i| col::<StringArray>(&mp, "measure").value(i) == "kl")
+        .collect();
+    assert_eq!(kl_rows.len(), 4);
+    for &i in &kl_rows {
+        let k = (0..4)
+            .find(|&k| {
+                col::<StringArray>(&ph, "phase").value(k)
+                    == col::<StringArray>(&mp, "phase").value(i)
+            })
+            .unwrap();
+        for c in ["start_step", "end_step"] {
+            let (a, b) = (col::<UInt32Array>(&mp, c), col::<UInt32Array>(&ph, c));
+            assert_eq!(a.is_null(i), b.is_null(k), "{c}");
+            if !a.is_null(i) {
+                assert_eq!(a.value(i), b.value(k), "{c}");
+            }
+        }
+    }
+    assert!(!(0..mp.num_rows()).any(|i| col::<StringArray>(&mp, "measure").value(i) == "churn"));
     assert_eq!(col::<StringArray>(&ph, "phase").value(0), "uniform");
     assert_eq!(col::<UInt32Array>(&ph, "start_step").value(0), 0);
     let t = read("aggregate/current/token_table.parquet");

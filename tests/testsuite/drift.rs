@@ -9,6 +9,9 @@ use arrow_array::{Float64Array, StringArray, UInt32Array};
 use common::{causal, col, hf_suite_config, read_table, Project};
 use seedconv::lm::onnx::runtime::OrtModel;
 
+/// Row id → (kl, tv) of one comparison.
+type PerRow = BTreeMap<u32, (f64, f64)>;
+
 /// Float64 log-softmax over the first `n` of `logits`.
 fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
     let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();
@@ -85,7 +88,7 @@ fn self_drift_and_sizes_match_float64_and_a_checkpoint_against_itself_is_zero() 
         );
         let (dk, dt) = (col::<Float64Array>(&d, "kl"), col::<Float64Array>(&d, "tv"));
         // (reference, step, ref_step) → row id → (kl, tv)
-        let mut got: BTreeMap<(String, u32, u32), BTreeMap<u32, (f64, f64)>> = BTreeMap::new();
+        let mut got: BTreeMap<(String, u32, u32), PerRow> = BTreeMap::new();
         for i in 0..d.num_rows() {
             got.entry((
                 reference.value(i).to_string(),

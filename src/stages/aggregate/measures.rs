@@ -166,6 +166,7 @@ pub(super) fn measures(
     cl: &Clusters,
     dists: &BTreeMap<(String, u32, String), SeedRows>,
     min_rows: usize,
+    phase_tolerance: f64,
 ) -> Result<(usize, usize), StageError> {
     let levels = row_levels(joined, vars)?;
     let mut all = Vec::new();
@@ -181,7 +182,56 @@ pub(super) fn measures(
     write(ctx, "measures.parquet", &mut t)?;
     let mut t = frame(&by, true, min_rows)?;
     write(ctx, "measures_by.parquet", &mut t)?;
+    let mut t = measure_phases(&all, measures, phase_tolerance)?;
+    write(ctx, "measure_phases.parquet", &mut t)?;
     Ok((na, nb))
+}
+
+/// `measure_phases.parquet`: the paper's phases located on each size's
+/// curve of every measure that has them (the same rule as `phases.parquet`
+/// on E[KL], without its replicate draws).
+fn measure_phases(
+    all: &[Out],
+    measures: &[&'static Measure],
+    tol: f64,
+) -> Result<DataFrame, StageError> {
+    let mut curves: BTreeMap<(&str, &str), Vec<(u64, f64)>> = BTreeMap::new();
+    for o in all {
+        if measures.iter().any(|m| m.name == o.measure && m.phases) {
+            curves
+                .entry((o.measure, o.size.as_str()))
+                .or_default()
+                .push((o.step as u64, o.iv.est));
+        }
+    }
+    let (mut m, mut sz, mut ph, mut present, mut start, mut end, mut note) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((measure, size), mut c) in curves {
+        c.sort_by_key(|p| p.0);
+        for p in crate::analysis::phases::detect(&c, tol) {
+            m.push(measure);
+            sz.push(size.to_string());
+            ph.push(p.name);
+            present.push(p.span.is_some());
+            start.push(p.span.map(|s| s.0 as u32));
+            end.push(p.span.map(|s| s.1 as u32));
+            note.push(p.note);
+        }
+    }
+    let n = m.len();
+    DataFrame::new(
+        n,
+        vec![
+            Column::new("measure".into(), m),
+            Column::new("size".into(), sz),
+            Column::new("phase".into(), ph),
+            Column::new("present".into(), present),
+            Column::new("start_step".into(), start),
+            Column::new("end_step".into(), end),
+            Column::new("note".into(), note),
+        ],
+    )
+    .map_err(perr)
 }
 
 /// The per-row values of one measure, with each row's id (pair measures:

@@ -308,6 +308,7 @@ impl Job for AggregateJob {
             &cl,
             &seed_rows,
             self.min_rows,
+            self.phase_tolerance,
         )?;
         let drift_files: Vec<PathBuf> = self
             .drifts

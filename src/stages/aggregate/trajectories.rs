@@ -16,18 +16,23 @@ use crate::analysis::intervals::{Cells, Interval};
 use crate::engine::JobCtx;
 use crate::error::StageError;
 
-/// (reference, size, ref_size, step, measure) → per seed, per-document sums
-/// (and the rows per document, the same for every seed).
+/// (reference, size, ref_size, step, measure).
 type Key = (String, String, String, u32, &'static str);
+
+/// One key's sums: per seed its per-document sums, the rows per document,
+/// and the seed whose rows are counted (the first seen: all share them).
+struct Sums {
+    per_seed: BTreeMap<usize, Vec<f64>>,
+    rows: Vec<f64>,
+    counter: usize,
+}
 
 pub(super) fn trajectories(
     ctx: &JobCtx,
     files: &[PathBuf],
     cl: &Clusters,
 ) -> Result<usize, StageError> {
-    // Per key: per seed its per-document sums, the rows per document, and
-    // the seed whose rows are counted (the first seen: all share them).
-    let mut acc: BTreeMap<Key, (BTreeMap<usize, Vec<f64>>, Vec<f64>, usize)> = BTreeMap::new();
+    let mut acc: BTreeMap<Key, Sums> = BTreeMap::new();
     for f in files {
         ctx.check_cancel()?;
         let t = crate::table::read(f)?;
@@ -61,16 +66,18 @@ pub(super) fn trajectories(
                     step.value(i),
                     m,
                 );
-                let e = acc
-                    .entry(key)
-                    .or_insert_with(|| (BTreeMap::new(), vec![0.0; cl.n_docs], sd));
-                let counts = sd == e.2;
-                let sums = e.0.entry(sd).or_insert_with(|| vec![0.0; cl.n_docs]);
+                let e = acc.entry(key).or_insert_with(|| Sums {
+                    per_seed: BTreeMap::new(),
+                    rows: vec![0.0; cl.n_docs],
+                    counter: sd,
+                });
+                let counts = sd == e.counter;
+                let sums = e.per_seed.entry(sd).or_insert_with(|| vec![0.0; cl.n_docs]);
                 for j in i..end {
                     let d = cl.doc(row.value(j), f)?;
                     sums[d] += x.value(j);
                     if counts {
-                        e.1[d] += 1.0;
+                        e.rows[d] += 1.0;
                     }
                 }
             }
@@ -82,7 +89,7 @@ pub(super) fn trajectories(
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut o_iv, mut o_seeds, mut o_rows): (Vec<Interval>, Vec<u32>, Vec<u32>) =
         (vec![], vec![], vec![]);
-    for ((r, s, rs, st, m), (per_seed, rows, _)) in acc {
+    for ((r, s, rs, st, m), Sums { per_seed, rows, .. }) in acc {
         let units: Vec<(usize, Option<usize>)> = per_seed.keys().map(|&k| (k, None)).collect();
         let mut cells = Cells::new(cl.seeds.len(), units, cl.n_docs);
         for (c, sums) in cells.sums.iter_mut().zip(per_seed.values()) {

@@ -80,6 +80,38 @@ pub(super) fn measures(r: &Inputs) -> Result<Vec<Block>, StageError> {
         rows,
         numeric,
     });
+    // Where each measure's phases fall (the rule of the phase table).
+    let ph = crate::frame::Table::read(&r.agg.join("measure_phases.parquet"))?;
+    let (pm, ps, pn, pst, pen) = (
+        ph.str("measure")?,
+        ph.str("size")?,
+        ph.str("phase")?,
+        ph.u64("start_step")?,
+        ph.u64("end_step")?,
+    );
+    let mut lines = Vec::new();
+    for s in sizes {
+        let parts: Vec<String> = MEASURES
+            .iter()
+            .filter_map(|m| {
+                let i = (0..ph.height())
+                    .find(|&i| pm[i] == m.name && &ps[i] == s && pn[i] == "sharp divergence")?;
+                Some(match (pst[i], pen[i]) {
+                    (Some(a), Some(b)) => format!("{} {a}–{b}", m.name),
+                    _ => format!("{} none", m.name),
+                })
+            })
+            .collect();
+        if !parts.is_empty() {
+            lines.push(format!("{s}: {}", parts.join(", ")));
+        }
+    }
+    if !lines.is_empty() {
+        blocks.push(Block::Para(format!(
+            "Sharp divergence (first to last step) on each measure's curve, located as on E[KL] (aggregate/measure_phases.parquet): {}.",
+            lines.join("; ")
+        )));
+    }
     Ok(blocks)
 }
 
