@@ -29,10 +29,13 @@ pub fn detect(curve: &[(u64, f64)], tol: f64) -> Vec<Phase> {
         )];
     }
     let k0 = curve[0].1;
-    let (lo, hi) = (k0 * (1.0 - tol), k0 * (1.0 + tol));
+    // A band of ±tol·|k0|: a divergence measured at rounding level can be
+    // a hair below 0 (a JSD of −1e-9), and the band must still hold it.
+    let (lo, hi) = (k0 - tol * k0.abs(), k0 + tol * k0.abs());
     let peak = (0..curve.len()).fold(0, |b, i| if curve[i].1 > curve[b].1 { i } else { b });
     // First point outside the band.
     let exit = curve.iter().position(|p| p.1 < lo || p.1 > hi);
+    debug_assert!(exit != Some(0), "the first point lies in its own band");
     let mut out = Vec::new();
     let Some(exit) = exit else {
         out.push(phase(
@@ -155,6 +158,20 @@ mod tests {
     fn a_flat_curve_has_only_the_uniform_phase() {
         let c = curve([1.0; 12]);
         let p = detect(&c, 0.05);
+        assert_eq!(spans(&p), [Some((0, 1000)), None, None, None]);
+    }
+
+    #[test]
+    fn a_curve_at_rounding_level_below_zero_is_uniform() {
+        // Identical seeds: a JSD of −1e-9 at every step, then 0 and −3e-9.
+        let mut v = [-1e-9; 12];
+        v[5] = 0.0;
+        v[7] = -3e-9;
+        let p = detect(&curve(v), 0.05);
+        assert_eq!(p[0].name, "uniform");
+        assert_eq!(p[0].span.map(|s| s.0), Some(0));
+        // Exactly 0 everywhere never leaves its band.
+        let p = detect(&curve([0.0; 12]), 0.05);
         assert_eq!(spans(&p), [Some((0, 1000)), None, None, None]);
     }
 

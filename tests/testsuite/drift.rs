@@ -179,3 +179,56 @@ fn self_drift_and_sizes_match_float64_and_a_checkpoint_against_itself_is_zero() 
     }
     assert_eq!(checked, 2);
 }
+
+#[test]
+fn identical_seeds_have_zero_divergence_and_agree_on_every_top_token() {
+    // Seed 12's checkpoints are seed 11's files: every measure of the
+    // battery must say "the same model".
+    let p = Project::micro();
+    let models = p.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for seed in [11, 12] {
+        std::os::unix::fs::symlink(
+            causal().join("neox-seed11"),
+            models.join(format!("neox-seed{seed}")),
+        )
+        .unwrap();
+    }
+    let template = format!(
+        "{}/neox-seed{{seed}}/step{{step}}/model.onnx",
+        models.display()
+    );
+    p.write_config(&format!(
+        "{}\n[kl]\ndrift = false\n",
+        hf_suite_config(&template, "[0, 300]")
+    ));
+    p.ok(&["run"]);
+    let s = p.store();
+    assert!(!s.join("drift").exists() || std::fs::read_dir(s.join("drift")).unwrap().count() == 0);
+    for step in [0, 300] {
+        let k = read_table(&s.join(format!("kl/current/tiny-step{step}.kl.parquet")));
+        assert!(col::<Float64Array>(&k, "kl")
+            .values()
+            .iter()
+            .all(|&x| x == 0.0));
+        assert!(col::<Float64Array>(&k, "tv")
+            .values()
+            .iter()
+            .all(|&x| x.abs() < 1e-6));
+        assert!(col::<Float64Array>(&k, "dp")
+            .values()
+            .iter()
+            .all(|&x| x == 0.0));
+        let agree = col::<arrow_array::BooleanArray>(&k, "top1_agree");
+        assert_eq!(agree.true_count(), k.num_rows());
+        let g = read_table(&s.join(format!("kl/current/tiny-step{step}.group.parquet")));
+        assert!(col::<Float64Array>(&g, "jsd")
+            .values()
+            .iter()
+            .all(|&x| x.abs() < 1e-6));
+        assert!(col::<Float64Array>(&g, "ens_gain")
+            .values()
+            .iter()
+            .all(|&x| x.abs() < 1e-12));
+    }
+}
