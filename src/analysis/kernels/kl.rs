@@ -357,48 +357,33 @@ fn flush(acc: [f32; XL]) -> f64 {
     acc.iter().fold(0f64, |t, &x| t + x as f64)
 }
 
-/// [`log_f32_with::<true>`] of sixteen lanes, the same operations.
+/// [`log_f32_with::<true>`] of sixteen lanes, the same operations; the
+/// tables are one register each, looked up by a permute.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn log16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use super::{LN2_HI, LN2_LO, LOG_R, LOG_T};
     use std::arch::x86_64::*;
     let splat = _mm512_set1_ps;
+    let table = |t: &[u32; 16]| _mm512_loadu_ps(t.as_ptr() as *const f32);
     let x = _mm512_max_ps(x, splat(f32::MIN_POSITIVE));
     let bits = _mm512_castps_si512(x);
-    let mut e = _mm512_sub_epi32(
-        _mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)),
-        _mm512_set1_epi32(126),
-    );
-    let m = _mm512_castsi512_ps(_mm512_or_si512(
-        _mm512_and_si512(bits, _mm512_set1_epi32(0x807f_ffff_u32 as i32)),
-        _mm512_set1_epi32(0x3f00_0000),
+    let e = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+        _mm512_srli_epi32::<23>(bits),
+        _mm512_set1_epi32(127),
     ));
-    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(m, splat(std::f32::consts::FRAC_1_SQRT_2));
-    e = _mm512_mask_sub_epi32(e, small, e, _mm512_set1_epi32(1));
-    let m = _mm512_mask_blend_ps(
-        small,
-        _mm512_sub_ps(m, splat(1.0)),
-        _mm512_sub_ps(_mm512_add_ps(m, m), splat(1.0)),
-    );
-    let z = _mm512_mul_ps(m, m);
-    let mut y = splat(7.037_683_6e-2);
-    for k in [
-        -1.151_461_1e-1,
-        1.167_699_9e-1,
-        -1.242_014_1e-1,
-        1.424_932_3e-1,
-        -1.666_805_8e-1,
-        2.000_071_4e-1,
-        -2.499_999_4e-1,
-        0.333_333_3,
-    ] {
-        y = _mm512_fmadd_ps(y, m, splat(k));
-    }
-    y = _mm512_mul_ps(_mm512_mul_ps(y, m), z);
-    let ef = _mm512_cvtepi32_ps(e);
-    y = _mm512_fmadd_ps(ef, splat(-2.121_944_4e-4), y);
-    y = _mm512_fmadd_ps(splat(-0.5), z, y);
-    _mm512_fmadd_ps(ef, splat(0.693_359_4), _mm512_add_ps(m, y))
+    let j = _mm512_and_si512(_mm512_srli_epi32::<19>(bits), _mm512_set1_epi32(15));
+    let m = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)),
+        _mm512_set1_epi32(0x3f80_0000),
+    ));
+    let f = _mm512_fmadd_ps(m, _mm512_permutexvar_ps(j, table(&LOG_R)), splat(-1.0));
+    let mut q = _mm512_fmadd_ps(splat(-0.25), f, splat(1.0 / 3.0));
+    q = _mm512_fmadd_ps(q, f, splat(-0.5));
+    q = _mm512_fmadd_ps(q, f, splat(1.0));
+    let t = _mm512_add_ps(_mm512_permutexvar_ps(j, table(&LOG_T)), _mm512_mul_ps(q, f));
+    let y = _mm512_fmadd_ps(e, splat(LN2_LO), t);
+    _mm512_fmadd_ps(e, splat(LN2_HI), y)
 }
 
 /// [`battery_lanes`] over whole chunks for five seeds in AVX-512

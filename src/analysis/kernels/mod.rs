@@ -72,37 +72,43 @@ fn exp_f32_with<const FUSED: bool>(x: f32) -> f32 {
     }
 }
 
-/// ln(x) in f32 for a probability: Cephes' `logf` (mantissa in
-/// [√½, √2), degree-8 polynomial, ≤ 2 ulp away from 0), branch-free so that
-/// it vectorises beside [`exp_f32_with`]. Inputs below the smallest normal
-/// f32 are raised to it (ln = −87.34): the exact pass weighs the result by
-/// a probability as small, so nothing measurable is lost.
+/// Reciprocals r_j ≈ 1/(1 + (j + ½)/16) of the sixteen mantissa intervals
+/// of [`log_f32_with`] (f32 bit patterns, so every path reads the same).
+const LOG_R: [u32; 16] = [
+    0x3f78_3e10, 0x3f6a_0ea1, 0x3f5d_67c9, 0x3f52_0d21, 0x3f47_ce0c, 0x3f3e_82fa, 0x3f36_0b61,
+    0x3f2e_4c41, 0x3f27_2f05, 0x3f20_a0a1, 0x3f1a_90e8, 0x3f14_f209, 0x3f0f_b824, 0x3f0a_d8f3,
+    0x3f06_4b8a, 0x3f02_0821,
+];
+/// −ln r_j, rounded to f32.
+const LOG_T: [u32; 16] = [
+    0x3cfc_14c8, 0x3db7_8694, 0x3e14_aa96, 0x3e4a_92d4, 0x3e7d_c8c6, 0x3e97_4716, 0x3eae_8ded,
+    0x3ec4_d19d, 0x3eda_27bd, 0x3eee_a34f, 0x3f01_2a95, 0x3f0a_a61f, 0x3f13_caf0, 0x3f1c_9f07,
+    0x3f25_27c4, 0x3f2d_6a01,
+];
+/// ln 2 in two parts: e · `LN2_HI` is exact for |e| < 2^9.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// ln(x) in f32 for a probability, by table: x = m · 2^e with m in [1, 2);
+/// the top four bits of m pick r_j ≈ 1/m from sixteen, f = m·r_j − 1 is
+/// within ±0.031, and ln x = e·ln 2 − ln r_j + ln(1 + f) with ln(1 + f) to
+/// f⁴ (truncation ≤ 5e-9). Absolute error ≤ 1e-7 (the battery weighs it by
+/// a probability). Branch-free, so it vectorises; sixteen entries are one
+/// AVX-512 register, so the lookup is one permute there ([`kl`]'s
+/// `log16`). Inputs below the smallest normal f32 are raised to it.
 #[inline(always)]
 fn log_f32_with<const FUSED: bool>(x: f32) -> f32 {
-    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
     let x = x.max(f32::MIN_POSITIVE);
     let bits = x.to_bits();
-    // x = m · 2^e with m in [½, 1).
-    let mut e = ((bits >> 23) & 0xff) as i32 - 126;
-    let m = f32::from_bits((bits & 0x807f_ffff) | 0x3f00_0000);
-    let small = m < SQRT_HALF;
-    e -= small as i32;
-    let m = if small { m + m - 1.0 } else { m - 1.0 };
-    let z = m * m;
-    let mut y = 7.037_683_6e-2;
-    y = madd::<FUSED>(y, m, -1.151_461_1e-1);
-    y = madd::<FUSED>(y, m, 1.167_699_9e-1);
-    y = madd::<FUSED>(y, m, -1.242_014_1e-1);
-    y = madd::<FUSED>(y, m, 1.424_932_3e-1);
-    y = madd::<FUSED>(y, m, -1.666_805_8e-1);
-    y = madd::<FUSED>(y, m, 2.000_071_4e-1);
-    y = madd::<FUSED>(y, m, -2.499_999_4e-1);
-    y = madd::<FUSED>(y, m, 0.333_333_3);
-    y = y * m * z;
-    let ef = e as f32;
-    y = madd::<FUSED>(ef, -2.121_944_4e-4, y);
-    y = madd::<FUSED>(-0.5, z, y);
-    madd::<FUSED>(ef, 0.693_359_4, m + y)
+    let e = ((bits >> 23) as i32 - 127) as f32;
+    let j = ((bits >> 19) & 15) as usize;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let f = madd::<FUSED>(m, f32::from_bits(LOG_R[j]), -1.0);
+    let mut q = madd::<FUSED>(-0.25, f, 1.0 / 3.0);
+    q = madd::<FUSED>(q, f, -0.5);
+    q = madd::<FUSED>(q, f, 1.0);
+    let y = madd::<FUSED>(e, LN2_LO, f32::from_bits(LOG_T[j]) + q * f);
+    madd::<FUSED>(e, LN2_HI, y)
 }
 
 /// f64 lanes of the sums: two AVX2 registers per sum; kl_row keeps two

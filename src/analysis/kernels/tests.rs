@@ -403,7 +403,7 @@ fn top_k_equals_the_sorting_definition_with_ties() {
 }
 
 #[test]
-fn log_is_within_two_ulp_of_f64_and_floors_at_the_smallest_normal() {
+fn log_is_within_1e7_of_f64_and_floors_at_the_smallest_normal() {
     let mut x = 1e-37f32;
     while x < 1.0 {
         for fused in [false, true] {
@@ -414,13 +414,13 @@ fn log_is_within_two_ulp_of_f64_and_floors_at_the_smallest_normal() {
             } as f64;
             let want = (x as f64).ln();
             assert!(
-                (got - want).abs() <= 2.0 * f32::EPSILON as f64 * want.abs().max(1.0),
+                (got - want).abs() <= f32::EPSILON as f64 * want.abs().max(1.0),
                 "ln {x}: {got} vs {want}"
             );
         }
         x *= 1.0137;
     }
-    assert_eq!(log_f32_with::<true>(1.0), 0.0);
+    assert!(log_f32_with::<true>(1.0).abs() < 1e-7);
     let floor = log_f32_with::<true>(f32::MIN_POSITIVE);
     assert_eq!(log_f32_with::<true>(0.0), floor);
     assert!((floor as f64 - (f32::MIN_POSITIVE as f64).ln()).abs() < 1e-5);
