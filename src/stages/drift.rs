@@ -123,9 +123,9 @@ enum Kind {
 #[derive(Serialize)]
 struct DriftJob {
     kind: Kind,
-    /// The checkpoints compared, in order (their models are keyed as
-    /// inputs or upstream outputs).
+    /// The checkpoints compared, in order.
     labels: Vec<String>,
+    /// unkeyed: their models are keyed as inputs or upstream outputs.
     #[serde(skip)]
     ckpts: Vec<Checkpoint>,
     vocab: Option<usize>,

@@ -75,15 +75,41 @@ fn exp_f32_with<const FUSED: bool>(x: f32) -> f32 {
 /// Reciprocals r_j ≈ 1/(1 + (j + ½)/16) of the sixteen mantissa intervals
 /// of [`log_f32_with`] (f32 bit patterns, so every path reads the same).
 const LOG_R: [u32; 16] = [
-    0x3f78_3e10, 0x3f6a_0ea1, 0x3f5d_67c9, 0x3f52_0d21, 0x3f47_ce0c, 0x3f3e_82fa, 0x3f36_0b61,
-    0x3f2e_4c41, 0x3f27_2f05, 0x3f20_a0a1, 0x3f1a_90e8, 0x3f14_f209, 0x3f0f_b824, 0x3f0a_d8f3,
-    0x3f06_4b8a, 0x3f02_0821,
+    0x3f78_3e10,
+    0x3f6a_0ea1,
+    0x3f5d_67c9,
+    0x3f52_0d21,
+    0x3f47_ce0c,
+    0x3f3e_82fa,
+    0x3f36_0b61,
+    0x3f2e_4c41,
+    0x3f27_2f05,
+    0x3f20_a0a1,
+    0x3f1a_90e8,
+    0x3f14_f209,
+    0x3f0f_b824,
+    0x3f0a_d8f3,
+    0x3f06_4b8a,
+    0x3f02_0821,
 ];
 /// −ln r_j, rounded to f32.
 const LOG_T: [u32; 16] = [
-    0x3cfc_14c8, 0x3db7_8694, 0x3e14_aa96, 0x3e4a_92d4, 0x3e7d_c8c6, 0x3e97_4716, 0x3eae_8ded,
-    0x3ec4_d19d, 0x3eda_27bd, 0x3eee_a34f, 0x3f01_2a95, 0x3f0a_a61f, 0x3f13_caf0, 0x3f1c_9f07,
-    0x3f25_27c4, 0x3f2d_6a01,
+    0x3cfc_14c8,
+    0x3db7_8694,
+    0x3e14_aa96,
+    0x3e4a_92d4,
+    0x3e7d_c8c6,
+    0x3e97_4716,
+    0x3eae_8ded,
+    0x3ec4_d19d,
+    0x3eda_27bd,
+    0x3eee_a34f,
+    0x3f01_2a95,
+    0x3f0a_a61f,
+    0x3f13_caf0,
+    0x3f1c_9f07,
+    0x3f25_27c4,
+    0x3f2d_6a01,
 ];
 /// ln 2 in two parts: e · `LN2_HI` is exact for |e| < 2^9.
 const LN2_HI: f32 = 0.693_359_4;
