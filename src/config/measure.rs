@@ -105,7 +105,9 @@ pub struct KlConfig {
     /// to its own previous and final checkpoints, and, in suites with
     /// several sizes of one vocabulary width, between the sizes of one seed
     /// at each step. Each checkpoint's model runs once more per comparison
-    /// group unless `dist.retain_full` holds its array.
+    /// group unless `dist.retain_full` holds its array. Not with fetched
+    /// checkpoints kept `until_consumed` (a trajectory needs every step's
+    /// model on disk at once).
     pub drift: bool,
 }
 

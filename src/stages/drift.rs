@@ -47,6 +47,16 @@ impl Stage for Drift {
         if !cx.config().kl.drift {
             return vec![];
         }
+        // Fetched checkpoints deleted after use sit on disk one group (size
+        // × step) at a time: a trajectory would need every step of a seed at
+        // once, so there are none (the kl.drift doc says so).
+        let evicting =
+            cx.config().suite.as_ref().is_some_and(|su| {
+                su.fetch.is_some() && su.keep == crate::config::Keep::UntilConsumed
+            });
+        if evicting {
+            return vec![];
+        }
         let set = eval::settings(cx.loaded);
         let mut out = Vec::new();
         let mut add = |label: String, kind: Kind, ckpts: Vec<Checkpoint>| {

@@ -161,8 +161,26 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
     // conv, 7 conditional panels (frequency, PoS group, UPOS, XPOS,
     // surprisal, confidence, position) of convergence and 7 of
     // cross-entropy, 2 of the regression, spread, baselines, cross-entropy,
-    // the seed matrix at the last step.
-    assert_eq!(figures.len(), 21, "{figures:?}");
+    // the seed matrix at the last step, one per divergence measure (6) and
+    // the trajectory of the one size.
+    assert_eq!(figures.len(), 28, "{figures:?}");
+    // A measure's curve is its table's column.
+    let m = read_table(&s.join("aggregate/current/measures.parquet"));
+    let mcsv = read_csv(&dir.join("figures/measure_tv.csv"));
+    let mut checked = 0;
+    for i in 0..m.num_rows() {
+        if col::<StringArray>(&m, "measure").value(i) != "tv" {
+            continue;
+        }
+        let step = col::<UInt32Array>(&m, "step").value(i) as f64;
+        let r = mcsv
+            .iter()
+            .find(|r| r.0 == "tiny" && r.1 == step)
+            .unwrap_or_else(|| panic!("tv at {step} missing"));
+        assert_eq!(r.2, col::<Float64Array>(&m, "value").value(i));
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
     // One cross-entropy curve and the regression's coefficients, as tabled.
     let ce = read_table(&s.join("aggregate/current/ce_by.parquet"));
     let ccsv = read_csv(&dir.join("figures/ce_by_freq_bin_tiny.csv"));
