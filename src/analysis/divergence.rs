@@ -95,6 +95,15 @@ pub fn row_stats(lp: &[f32], target: usize, k: usize, lq: &[f64]) -> RowStats {
     }
 }
 
+/// The seed ensemble's cross-entropy gain at one row's target, from each
+/// seed's log-prob of it: ln mean_s p_s(y) − mean_s ln p_s(y) (≥ 0, Jensen).
+pub fn ensemble_gain(lp: &[f64]) -> f64 {
+    let k = lp.len() as f64;
+    let m = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + lp.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    (lse - k.ln()) - lp.iter().sum::<f64>() / k
+}
+
 /// Exact forward KL(p_a ‖ p_b) in nats from log-probabilities.
 pub fn kl(lp_a: &[f32], lp_b: &[f32]) -> f64 {
     lp_a.iter()

@@ -25,7 +25,7 @@ use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::lm::eval::{self, EvalPlan, RunSettings};
 use crate::lm::onnx::logprobs::LogProbGraph;
-use crate::stages::{corpus, dist, tokenizer, PlanCtx, Stage};
+use crate::stages::{corpus, dist, kl, tokenizer, PlanCtx, Stage};
 use crate::suite::Checkpoint;
 use crate::table;
 
@@ -60,20 +60,7 @@ impl Stage for Drift {
         let set = eval::settings(cx.loaded);
         let mut out = Vec::new();
         let mut add = |label: String, kind: Kind, ckpts: Vec<Checkpoint>| {
-            let mut deps = vec![
-                (corpus::NAME, String::new()),
-                (tokenizer::NAME, String::new()),
-            ];
-            let mut inputs = Vec::new();
-            for c in &ckpts {
-                deps.push((dist::NAME, c.label()));
-                let (d, i) = c.reach();
-                deps.extend(d);
-                inputs.extend(
-                    i.into_iter()
-                        .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
-                );
-            }
+            let (deps, inputs) = kl::checkpoints_reach(&ckpts);
             let job = DriftJob {
                 kind,
                 labels: ckpts.iter().map(Checkpoint::label).collect(),

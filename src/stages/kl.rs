@@ -54,20 +54,7 @@ impl Stage for Kl {
                     .iter()
                     .filter_map(|seed| suite.get(size, seed, step).cloned())
                     .collect();
-                let mut deps = vec![
-                    (corpus::NAME, String::new()),
-                    (tokenizer::NAME, String::new()),
-                ];
-                let mut inputs = Vec::new();
-                for c in &ckpts {
-                    deps.push((dist::NAME, c.label()));
-                    let (d, i) = c.reach();
-                    deps.extend(d);
-                    inputs.extend(
-                        i.into_iter()
-                            .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
-                    );
-                }
+                let (deps, inputs) = checkpoints_reach(&ckpts);
                 let job = KlJob {
                     size: size.clone(),
                     step,
@@ -90,6 +77,32 @@ impl Stage for Kl {
         }
         out
     }
+}
+
+/// What an instance comparing `ckpts`' full distributions depends on: the
+/// corpus, the tokenizer, each checkpoint's dist instance and what reaches
+/// its model (upstream instances, and input files named by checkpoint).
+pub type Reach = (
+    Vec<(&'static str, String)>,
+    Vec<(String, std::path::PathBuf)>,
+);
+
+pub fn checkpoints_reach(ckpts: &[Checkpoint]) -> Reach {
+    let mut deps = vec![
+        (corpus::NAME, String::new()),
+        (tokenizer::NAME, String::new()),
+    ];
+    let mut inputs = Vec::new();
+    for c in ckpts {
+        deps.push((dist::NAME, c.label()));
+        let (d, i) = c.reach();
+        deps.extend(d);
+        inputs.extend(
+            i.into_iter()
+                .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
+        );
+    }
+    (deps, inputs)
 }
 
 #[derive(Serialize)]
@@ -318,11 +331,7 @@ impl KlJob {
         let gain: Vec<f64> = ex
             .target_lp
             .chunks(seeds)
-            .map(|lp| {
-                let m = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mix = m + (lp.iter().map(|v| (v - m).exp()).sum::<f64>() / seeds as f64).ln();
-                mix - lp.iter().sum::<f64>() / seeds as f64
-            })
+            .map(divergence::ensemble_gain)
             .collect();
         let batch = table::columns(vec![
             (

@@ -12,7 +12,7 @@ use arrow_array::{
 };
 use seedconv::lm::onnx::runtime::OrtModel;
 
-use common::{causal, hf_suite_config as suite_config};
+use common::{causal, hf_suite_config as suite_config, lsm64};
 
 fn probe_ids() -> Vec<i64> {
     let m: serde_json::Value = serde_json::from_slice(
@@ -560,14 +560,6 @@ fn two_forward_workers_give_one_sessions_tables_byte_for_byte() {
     for s in &seen[1..] {
         assert!(seen[0] == *s, "two workers changed a dist or kl table");
     }
-}
-
-/// Float64 log-softmax over the first `n` of `logits`.
-fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
-    let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();
-    let m = x.iter().cloned().fold(f64::MIN, f64::max);
-    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-    x.iter().map(|v| v - lse).collect()
 }
 
 #[test]

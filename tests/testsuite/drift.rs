@@ -6,19 +6,11 @@ use std::collections::BTreeMap;
 
 use crate::common;
 use arrow_array::{Float64Array, StringArray, UInt32Array};
-use common::{causal, col, hf_suite_config, read_table, Project};
+use common::{causal, col, hf_suite_config, lsm64, read_table, Project};
 use seedconv::lm::onnx::runtime::OrtModel;
 
 /// Row id → (kl, tv) of one comparison.
 type PerRow = BTreeMap<u32, (f64, f64)>;
-
-/// Float64 log-softmax over the first `n` of `logits`.
-fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
-    let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();
-    let m = x.iter().cloned().fold(f64::MIN, f64::max);
-    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-    x.iter().map(|v| v - lse).collect()
-}
 
 #[test]
 fn self_drift_and_sizes_match_float64_and_a_checkpoint_against_itself_is_zero() {

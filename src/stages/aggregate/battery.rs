@@ -202,12 +202,27 @@ pub fn battery(kl: &[f64], lp_a: &[f64], lp_b: &[f64], top_a: &[u32], top_b: &[u
 /// log mean_i p_i(y) − mean_i log p_i(y) (≥ 0, Jensen), from each seed's
 /// target log-prob `lp[seed][row]`.
 pub fn ensemble_gain(lp: &[&[f64]]) -> Vec<f64> {
-    let k = lp.len() as f64;
+    let mut row = vec![0.0; lp.len()];
     (0..lp.first().map_or(0, |v| v.len()))
         .map(|r| {
-            let m = lp.iter().map(|v| v[r]).fold(f64::NEG_INFINITY, f64::max);
-            let lse = m + lp.iter().map(|v| (v[r] - m).exp()).sum::<f64>().ln();
-            (lse - k.ln()) - lp.iter().map(|v| v[r]).sum::<f64>() / k
+            for (x, v) in row.iter_mut().zip(lp) {
+                *x = v[r];
+            }
+            crate::analysis::divergence::ensemble_gain(&row)
+        })
+        .collect()
+}
+
+/// Per seed k, the gain per row of the ensemble of the other seeds (None
+/// when fewer than two are left).
+pub fn ensemble_gain_without(lp: &[Vec<f64>]) -> Vec<Option<Vec<f64>>> {
+    (0..lp.len())
+        .map(|k| {
+            let rest: Vec<&[f64]> = (0..lp.len())
+                .filter(|&j| j != k)
+                .map(|j| lp[j].as_slice())
+                .collect();
+            (rest.len() >= 2).then(|| ensemble_gain(&rest))
         })
         .collect()
 }
@@ -219,18 +234,9 @@ pub(super) fn ensemble_jackknife(lp: &[Vec<f64>], docs: &[usize], n_docs: usize)
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let all: Vec<&[f64]> = lp.iter().map(Vec::as_slice).collect();
     let gain = ensemble_gain(&all);
-    let seeds = (0..lp.len())
-        .map(|k| {
-            let rest: Vec<&[f64]> = (0..lp.len())
-                .filter(|&j| j != k)
-                .map(|j| lp[j].as_slice())
-                .collect();
-            if rest.len() < 2 {
-                f64::NAN
-            } else {
-                mean(&ensemble_gain(&rest))
-            }
-        })
+    let seeds = ensemble_gain_without(lp)
+        .iter()
+        .map(|g| g.as_deref().map_or(f64::NAN, mean))
         .collect();
     // The documents' replicates: the gain as one unit's per-row value.
     let mut cells = Cells::new(0, vec![(0, None)], n_docs);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::{BooleanArray, Float64Array, StringArray, UInt32Array};
 use polars::prelude::*;
 
-use super::battery::{ensemble_gain, SeedRows};
+use super::battery::{ensemble_gain_without, SeedRows};
 use super::frames::{interval_columns, perr, write};
 use super::Clusters;
 use crate::analysis::conditioning::{Levels, Variable};
@@ -320,18 +320,9 @@ fn one_step(
                     .collect()
             })
             .collect();
-        (0..lp.len())
-            .map(|k| {
-                let rest: Vec<&[f64]> = (0..lp.len())
-                    .filter(|&j| j != k)
-                    .map(|j| lp[j].as_slice())
-                    .collect();
-                if rest.len() < 2 {
-                    vec![f64::NAN; rows.len()]
-                } else {
-                    ensemble_gain(&rest)
-                }
-            })
+        ensemble_gain_without(&lp)
+            .into_iter()
+            .map(|g| g.unwrap_or_else(|| vec![f64::NAN; rows.len()]))
             .collect()
     };
     let lv = levels.get(&size);

@@ -444,3 +444,11 @@ pub fn assert_dist_tables_close(
         );
     }
 }
+
+/// Float64 log-softmax over the first `n` of `logits`.
+pub fn lsm64(logits: &[f32], n: usize) -> Vec<f64> {
+    let x: Vec<f64> = logits[..n].iter().map(|&v| v as f64).collect();
+    let m = x.iter().cloned().fold(f64::MIN, f64::max);
+    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    x.iter().map(|v| v - lse).collect()
+}
