@@ -60,6 +60,25 @@ impl Eviction {
         }
     }
 
+    /// A selected instance reading more groups than may be open at once
+    /// could never start (its groups stay open for it while it waits for
+    /// the others): the first such one, as a one-line plan error.
+    pub fn check(&self, plan: &Plan, sel: &[bool]) -> Result<(), String> {
+        if self.max_groups == 0 {
+            return Ok(());
+        }
+        match (0..plan.len()).find(|&k| sel[k] && self.touches[k].len() > self.max_groups) {
+            None => Ok(()),
+            Some(k) => Err(format!(
+                "{} reads {} groups of evictable entries ({}, …) but at most {} may be on disk at once (fetch.max_groups_on_disk)",
+                plan.instances[k].id(),
+                self.touches[k].len(),
+                self.touches[k][0],
+                self.max_groups
+            )),
+        }
+    }
+
     /// Whether instance `i` may start now: it has no group, its group is
     /// open, or one more may open.
     pub fn may_start(&self, plan: &Plan, i: usize) -> bool {

@@ -203,6 +203,8 @@ impl Executor for Local {
                 *w += 1;
             }
         }
+        let evict = Eviction::new(plan, work.sel, self.max_groups);
+        evict.check(plan, work.sel).map_err(EngineError::Plan)?;
         let total = work.sel.iter().filter(|&&s| s).count();
         // Limited classes run beside the cores' work: room for them too.
         let limits: BTreeMap<&'static str, usize> =
@@ -220,7 +222,7 @@ impl Executor for Local {
             free_gpus: self.gpus.iter().rev().copied().collect(),
             limited: BTreeMap::new(),
             limits,
-            evict: Eviction::new(plan, work.sel, self.max_groups),
+            evict,
         });
         let cv = Condvar::new();
         reporter.start(total);

@@ -204,3 +204,61 @@ fn a_forced_recompute_under_the_same_key_refreshes_the_current_view() {
         "b.txt"
     );
 }
+
+#[test]
+fn an_instance_reading_more_evictable_groups_than_may_be_open_is_a_plan_error() {
+    // Two evictable entries in two groups and one reader of both, with one
+    // group open at a time: the reader could never start (it used to wait
+    // forever); the run refuses it up front, naming it.
+    let tmp = tempfile::TempDir::new().unwrap();
+    let store = tmp.path().join("stages");
+    let plan = Plan::new(vec![
+        Instance::new(
+            "fetched",
+            1,
+            "a",
+            json!({"a": 1}),
+            Box::new(Files(vec!["m.txt"])),
+        )
+        .evictable_in(true, "step0"),
+        Instance::new(
+            "fetched",
+            1,
+            "b",
+            json!({"b": 1}),
+            Box::new(Files(vec!["m.txt"])),
+        )
+        .evictable_in(true, "step1"),
+        Instance::new(
+            "trajectory",
+            1,
+            "",
+            json!({}),
+            Box::new(Files(vec!["t.txt"])),
+        )
+        .deps(vec![("fetched", "a".into()), ("fetched", "b".into())]),
+    ])
+    .unwrap();
+    let opts = RunOptions {
+        jobs: 1,
+        max_groups: 1,
+        ..Default::default()
+    };
+    let e = Engine::open(&store).unwrap();
+    let err = e
+        .run(&plan, &opts, &Silent)
+        .err()
+        .expect("a plan error")
+        .to_string();
+    assert!(
+        err.contains("trajectory reads 2 groups") && err.contains("fetch.max_groups_on_disk"),
+        "{err}"
+    );
+    // Two groups open at once: it runs.
+    let opts = RunOptions {
+        max_groups: 2,
+        ..opts
+    };
+    let r = e.run(&plan, &opts, &Silent).unwrap();
+    assert_eq!(r.computed, 3);
+}
