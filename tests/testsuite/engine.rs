@@ -245,11 +245,10 @@ fn an_instance_reading_more_evictable_groups_than_may_be_open_is_a_plan_error() 
         ..Default::default()
     };
     let e = Engine::open(&store).unwrap();
-    let err = e
-        .run(&plan, &opts, &Silent)
-        .err()
-        .expect("a plan error")
-        .to_string();
+    let err = match e.run(&plan, &opts, &Silent) {
+        Ok(_) => panic!("expected a plan error"),
+        Err(e) => e.to_string(),
+    };
     assert!(
         err.contains("trajectory reads 2 groups") && err.contains("fetch.max_groups_on_disk"),
         "{err}"
