@@ -134,29 +134,16 @@ pub fn find(name: &str) -> Option<&'static Measure> {
     MEASURES.iter().find(|m| m.name == name)
 }
 
-/// The closest of `names` to `name` (for "did you mean"), if close.
-pub fn closest<'a>(name: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .into_iter()
-        .map(|c| (strsim::levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min()
-        .map(|(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_are_unique_and_closest_names_are_found() {
+    fn names_are_unique() {
         let mut names: Vec<&str> = MEASURES.iter().map(|m| m.name).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), MEASURES.len());
-        assert_eq!(closest("jds", names.iter().copied()), Some("jsd"));
-        assert_eq!(closest("chrun", names.iter().copied()), Some("churn"));
-        assert_eq!(closest("entropy", names.iter().copied()), None);
         assert!(find("tv").is_some() && find("TV").is_none());
     }
 }

@@ -335,10 +335,7 @@ impl AggregateConfig {
         let names = |key: &str, given: &[String], known: &[&str]| {
             for g in given {
                 if !known.contains(&g.as_str()) {
-                    let hint = match measures::closest(g, known.iter().copied()) {
-                        Some(c) => format!(" — did you mean {c}?"),
-                        None => format!(" — expected one of: {}", known.join(", ")),
-                    };
+                    let hint = super::suggestion(g, known);
                     return Err(ck.bad(key, format!("unknown name \"{g}\"{hint}")));
                 }
             }

@@ -264,13 +264,7 @@ pub fn parse(raw: &str, file: &str) -> Result<Config, ConfigError> {
             } else {
                 format!("{path}.{name}")
             };
-            let suggestion = expected
-                .iter()
-                .map(|c| (strsim::levenshtein(&name, c), c))
-                .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-                .min()
-                .map(|(_, c)| format!(" — did you mean {c}?"))
-                .unwrap_or_else(|| format!(" — expected one of: {}", expected.join(", ")));
+            let suggestion = suggestion(&name, &expected);
             ConfigError::UnknownKey {
                 file: file.to_string(),
                 line,
@@ -293,6 +287,21 @@ pub fn parse(raw: &str, file: &str) -> Result<Config, ConfigError> {
 }
 
 /// 1-based line number of a byte offset.
+/// What an error about the unknown `name` adds: " — did you mean X?" for
+/// the closest of `known` by edit distance, when close, else the list.
+fn suggestion(name: &str, known: &[impl AsRef<str>]) -> String {
+    known
+        .iter()
+        .map(|c| (strsim::levenshtein(name, c.as_ref()), c.as_ref()))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| format!(" — did you mean {c}?"))
+        .unwrap_or_else(|| {
+            let all: Vec<&str> = known.iter().map(AsRef::as_ref).collect();
+            format!(" — expected one of: {}", all.join(", "))
+        })
+}
+
 pub fn line_of(raw: &str, offset: usize) -> usize {
     raw[..offset.min(raw.len())].matches('\n').count() + 1
 }
@@ -593,6 +602,17 @@ pub fn render(c: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suggestions_name_the_closest_or_list_them_all() {
+        let names = ["kl", "tv", "abs_dp", "churn", "jsd", "ens_gain"];
+        assert_eq!(suggestion("jds", &names), " — did you mean jsd?");
+        assert_eq!(suggestion("chrun", &names), " — did you mean churn?");
+        assert_eq!(
+            suggestion("entropy", &names),
+            " — expected one of: kl, tv, abs_dp, churn, jsd, ens_gain"
+        );
+    }
 
     #[test]
     fn a_missing_key_points_at_its_table() {

@@ -265,22 +265,14 @@ fn compare(views: &[&[f32]], rows: usize, n: usize) -> Vec<(Vec<f64>, Vec<f64>)>
 impl DriftJob {
     /// Every checkpoint compared must emit as many logits as the others.
     fn check_widths(&self, ctx: &JobCtx) -> Result<(), StageError> {
-        let mut first: Option<(usize, &Checkpoint)> = None;
-        for c in &self.ckpts {
-            let w = dist::logits_width(ctx, &c.label())?;
-            match first {
-                Some((w0, c0)) if w0 != w => {
-                    return Err(StageError::Other(format!(
-                        "drift compares checkpoints of different vocabulary widths: {} emits {w0} logits, {} emits {w} (set kl.drift = false for this suite)",
-                        c0.name(),
-                        c.name()
-                    )))
-                }
-                None => first = Some((w, c)),
-                _ => {}
-            }
+        match kl::width_mismatch(ctx, &self.ckpts)? {
+            None => Ok(()),
+            Some(((w0, c0), (w, c))) => Err(StageError::Other(format!(
+                "drift compares checkpoints of different vocabulary widths: {} emits {w0} logits, {} emits {w} (set kl.drift = false for this suite)",
+                c0.name(),
+                c.name()
+            ))),
         }
-        Ok(())
     }
 
     /// Checkpoint `i`'s full log-probs (rows × n).

@@ -105,6 +105,26 @@ pub fn checkpoints_reach(ckpts: &[Checkpoint]) -> Reach {
     (deps, inputs)
 }
 
+/// A checkpoint's logits width, with it.
+pub type Width<'a> = (usize, &'a Checkpoint);
+
+/// The first checkpoint of `ckpts` whose logits width differs from the one
+/// before it, with both (None when all agree).
+pub fn width_mismatch<'a>(
+    ctx: &JobCtx,
+    ckpts: &'a [Checkpoint],
+) -> Result<Option<(Width<'a>, Width<'a>)>, StageError> {
+    let mut prev: Option<Width> = None;
+    for c in ckpts {
+        let w = dist::logits_width(ctx, &c.label())?;
+        match prev {
+            Some((w0, c0)) if w0 != w => return Ok(Some(((w0, c0), (w, c)))),
+            _ => prev = Some((w, c)),
+        }
+    }
+    Ok(None)
+}
+
 #[derive(Serialize)]
 struct KlJob {
     size: String,
@@ -208,22 +228,15 @@ impl Job for KlJob {
 impl KlJob {
     /// Every seed of a size must emit the same number of logits.
     fn check_widths(&self, ctx: &JobCtx) -> Result<(), StageError> {
-        let mut width: Option<(usize, &Checkpoint)> = None;
-        for c in &self.ckpts {
-            let w = dist::logits_width(ctx, &c.label())?;
-            match width {
-                Some((w0, c0)) if w0 != w => {
-                    return Err(StageError::Other(format!(
-                    "vocabulary widths differ within size {}: {} emits {w0} logits, {} emits {w}",
-                    self.size,
-                    c0.name(),
-                    c.name()
-                )))
-                }
-                _ => width = Some((w, c)),
-            }
+        match width_mismatch(ctx, &self.ckpts)? {
+            None => Ok(()),
+            Some(((w0, c0), (w, c))) => Err(StageError::Other(format!(
+                "vocabulary widths differ within size {}: {} emits {w0} logits, {} emits {w}",
+                self.size,
+                c0.name(),
+                c.name()
+            ))),
         }
-        Ok(())
     }
 
     /// Each seed's log-probs: its retained array, else its model again.
@@ -333,24 +346,19 @@ impl KlJob {
             .chunks(seeds)
             .map(divergence::ensemble_gain)
             .collect();
-        let batch = table::columns(vec![
+        let mut cols = self.row_keys(plan);
+        cols.extend([
             (
-                "size",
-                Arc::new(StringArray::from(vec![self.size.as_str(); rows])),
+                "jsd",
+                Arc::new(Float64Array::from(ex.jsd.clone())) as ArrayRef,
             ),
-            (
-                "step",
-                Arc::new(UInt32Array::from(vec![self.step as u32; rows])),
-            ),
-            ("row", Arc::new(UInt32Array::from(plan.rows.clone()))),
-            ("jsd", Arc::new(Float64Array::from(ex.jsd.clone()))),
             ("ens_gain", Arc::new(Float64Array::from(gain))),
             (
                 "n_seeds",
                 Arc::new(UInt32Array::from(vec![seeds as u32; rows])),
             ),
-        ])?;
-        table::write(&ctx.out.join(GROUP_FILE), &batch, meta)
+        ]);
+        table::write(&ctx.out.join(GROUP_FILE), &table::columns(cols)?, meta)
     }
 
     /// `conv.parquet`: per row, −(mean KL over the pairs).
@@ -367,7 +375,25 @@ impl KlJob {
             .chunks(np)
             .map(|c| -c.iter().sum::<f64>() / np as f64)
             .collect();
-        let batch = table::columns(vec![
+        let mut cols = self.row_keys(plan);
+        cols.extend([
+            (
+                "target_id",
+                Arc::new(UInt32Array::from(plan.targets.clone())) as ArrayRef,
+            ),
+            ("conv", Arc::new(Float64Array::from(conv))),
+            (
+                "n_pairs",
+                Arc::new(UInt32Array::from(vec![np as u32; rows])),
+            ),
+        ]);
+        table::write(&ctx.out.join("conv.parquet"), &table::columns(cols)?, meta)
+    }
+
+    /// The key columns of a per-row table: `size`, `step`, `row`.
+    fn row_keys(&self, plan: &EvalPlan) -> Vec<(&'static str, ArrayRef)> {
+        let rows = plan.rows.len();
+        vec![
             (
                 "size",
                 Arc::new(StringArray::from(vec![self.size.as_str(); rows])),
@@ -377,17 +403,7 @@ impl KlJob {
                 Arc::new(UInt32Array::from(vec![self.step as u32; rows])),
             ),
             ("row", Arc::new(UInt32Array::from(plan.rows.clone()))),
-            (
-                "target_id",
-                Arc::new(UInt32Array::from(plan.targets.clone())),
-            ),
-            ("conv", Arc::new(Float64Array::from(conv))),
-            (
-                "n_pairs",
-                Arc::new(UInt32Array::from(vec![np as u32; rows])),
-            ),
-        ])?;
-        table::write(&ctx.out.join("conv.parquet"), &batch, meta)
+        ]
     }
 
     /// `topk_validation.parquet`: per k, the top-k estimate against the

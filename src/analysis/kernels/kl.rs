@@ -479,19 +479,8 @@ pub fn kl_row(lp: &[&[f32]], buf: &mut RowBuffer, pairs: &[(usize, usize)]) -> V
 
 /// [`kl_row`], also filling `maxima[s]` (when given: one per seed, each of
 /// [`max_blocks`] entries) with the block maxima [`top_k_with`] selects
-/// from, read while each block is in cache.
-pub fn kl_row_maxima(
-    lp: &[&[f32]],
-    buf: &mut RowBuffer,
-    pairs: &[(usize, usize)],
-    maxima: &mut [Vec<f32>],
-) -> Vec<f64> {
-    kl_row_full(lp, buf, pairs, maxima, None)
-}
-
-/// [`kl_row_maxima`], also filling `battery` (when given) with the row's
-/// total variations and Jensen–Shannon divergence, summed while each block
-/// is in cache.
+/// from, and `battery` (when given) with the row's total variations and
+/// Jensen–Shannon divergence, both read while each block is in cache.
 pub fn kl_row_full(
     lp: &[&[f32]],
     buf: &mut RowBuffer,

@@ -15,7 +15,7 @@ mod rows;
 mod tests;
 mod topk;
 
-pub use kl::{exp_wide, kl_row, kl_row_full, kl_row_maxima, row_buffer, RowBattery, RowBuffer};
+pub use kl::{exp_wide, kl_row, kl_row_full, row_buffer, RowBattery, RowBuffer};
 pub use rows::{log_softmax, row_stats, row_stats_logits};
 pub use topk::{max_blocks, top_k, top_k_with};
 

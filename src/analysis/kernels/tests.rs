@@ -343,7 +343,7 @@ fn block_maxima_from_the_exact_pass_give_the_same_kl_and_top_k() {
         let mut buf = row_buffer(3);
         let plain = kl_row(&lp, &mut buf, &pairs);
         let mut maxima = vec![vec![f32::NAN; max_blocks(n)]; 3];
-        let fused = kl_row_maxima(&lp, &mut buf, &pairs, &mut maxima);
+        let fused = kl_row_full(&lp, &mut buf, &pairs, &mut maxima, None);
         assert_eq!(
             plain.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             fused.iter().map(|v| v.to_bits()).collect::<Vec<_>>()

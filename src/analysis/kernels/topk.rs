@@ -120,7 +120,7 @@ pub(super) fn block_maxima<const AVX2: bool>(x: &[f32], out: &mut [f32]) {
 }
 
 /// [`top_k`] of a row given the maxima of its 64-entry blocks (as
-/// [`kl_row_maxima`] leaves them). A row of fewer than k blocks has every
+/// [`kl_row_full`] leaves them). A row of fewer than k blocks has every
 /// entry as a candidate: one selection, as [`top_k`] does for short rows.
 pub fn top_k_with(x: &[f32], k: usize, maxima: &[f32]) -> Vec<u32> {
     let n = x.len();

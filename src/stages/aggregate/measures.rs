@@ -236,9 +236,10 @@ fn measure_phases(
 
 /// The per-row values of one measure, with each row's id (pair measures:
 /// one per row and pair, with the pair's unit index).
-struct Values {
-    rows: Vec<u32>,
-    units: Vec<usize>,
+struct Values<'a> {
+    rows: &'a [u32],
+    /// None: one unit (a group measure).
+    units: Option<&'a [usize]>,
     vals: Vec<f64>,
 }
 
@@ -272,12 +273,11 @@ fn one_step(
     }
     let group = crate::table::read(f.group)?;
     let grow = crate::table::column::<UInt32Array>(&group, "row", f.group)?;
-    let group_rows: Vec<u32> = grow.values().to_vec();
     let values = |m: &Measure| -> Result<Values, StageError> {
         let pair = |g: &dyn Fn(usize) -> f64| -> Result<Values, StageError> {
             Ok(Values {
-                rows: krow.values().to_vec(),
-                units: pair_unit.clone(),
+                rows: krow.values(),
+                units: Some(&pair_unit),
                 vals: (0..kl.num_rows()).map(g).collect(),
             })
         };
@@ -297,8 +297,8 @@ fn one_step(
             Source::Group(c) => {
                 let x = crate::table::column::<Float64Array>(&group, c, f.group)?;
                 Ok(Values {
-                    rows: group_rows.clone(),
-                    units: vec![0; group.num_rows()],
+                    rows: grow.values(),
+                    units: None,
                     vals: x.values().to_vec(),
                 })
             }
@@ -337,7 +337,7 @@ fn one_step(
             units.clone()
         };
         let loo = if group && m.seed_replicates {
-            Some(loo_gain(&v.rows))
+            Some(loo_gain(v.rows))
         } else {
             None
         };
@@ -354,7 +354,7 @@ fn one_step(
         }
         let no_levels: Vec<u16> = Vec::new();
         for i in 0..v.vals.len() {
-            let (r, u, x) = (v.rows[i], v.units[i], v.vals[i]);
+            let (r, u, x) = (v.rows[i], v.units.map_or(0, |u| u[i]), v.vals[i]);
             let d = cl.doc(r, &what)?;
             let add = |acc: &mut Acc| {
                 acc.cells.sums[u][d] += x;
