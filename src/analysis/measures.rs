@@ -101,7 +101,7 @@ pub const MEASURES: &[Measure] = &[
         scale: "share",
         unit: Unit::UnorderedPair,
         source: Source::PairNot("top1_agree"),
-        kernel: "kl stage: argmax from the exact pass's block maxima",
+        kernel: "kl stage: argmax from the exact pass's lane maxima",
         seed_replicates: true,
         phases: false,
     },

@@ -27,7 +27,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "kl";
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 /// Rows per step when every seed's log-probs come from an array.
 const ARRAY_SPAN: usize = 2048;
 /// Each instance's per-(row, ordered pair) table: KL and the pair battery.
@@ -511,10 +511,10 @@ fn exact_pass(
             let r = range.start + j;
             kl[r * pairs.len()..(r + 1) * pairs.len()].copy_from_slice(&out.kl);
             est_rows.extend(out.est);
-            let (b, t) = out.battery.expect("the stage asks for the battery");
+            let b = out.battery.expect("the stage asks for the battery");
             tv[r * unordered..(r + 1) * unordered].copy_from_slice(&b.tv);
             jsd[r] = b.jsd;
-            top[r * seeds..(r + 1) * seeds].copy_from_slice(&t);
+            top[r * seeds..(r + 1) * seeds].copy_from_slice(&b.top);
             let y = plan.targets[r] as usize;
             for (s, v) in views.iter().enumerate() {
                 target_lp[r * seeds + s] = if y < n { v[j * n + y] as f64 } else { f64::NAN };
@@ -611,15 +611,14 @@ pub fn validation_stride(rows: usize, target: usize) -> usize {
 pub struct RowOut {
     pub kl: Vec<f64>,
     pub est: Option<Vec<f64>>,
-    pub battery: Option<(kernels::RowBattery, Vec<u32>)>,
+    pub battery: Option<kernels::RowBattery>,
 }
 
 /// Exact KL of every ordered pair for each of the rows `range`, given each
 /// seed's log-probs for those rows (`range.len() × n`, row-major), and for
 /// the rows whose index is a multiple of `every` the top-k estimates (one
 /// sum over the pairs per k in `ks`, ascending); with `battery`, each row's
-/// [`kernels::RowBattery`] and every seed's argmax (from the block maxima
-/// the same pass leaves). Rows run in parallel, each thread reusing its own
+/// [`kernels::RowBattery`] (with every seed's argmax). Rows run in parallel, each thread reusing its own
 /// buffers for p = exp(lp).
 pub fn block_kl(
     blocks: &[&[f32]],
@@ -639,9 +638,8 @@ pub fn block_kl(
             || {
                 // Each seed's top-k from block maxima found in the exact
                 // pass (no second full read of the row).
-                let with_maxima = kmax > 0 || battery;
                 let maxima =
-                    vec![vec![0f32; kernels::max_blocks(n)]; if with_maxima { seeds } else { 0 }];
+                    vec![vec![0f32; kernels::max_blocks(n)]; if kmax > 0 { seeds } else { 0 }];
                 (kernels::row_buffer(seeds), vec![0u32; n], maxima)
             },
             |(pbuf, rank, maxima), j| {
@@ -655,16 +653,11 @@ pub fn block_kl(
                     };
                 }
                 let mut sums = kernels::RowBattery::default();
-                let exact =
-                    kernels::kl_row_full(&lp, pbuf, pairs, maxima, battery.then_some(&mut sums));
-                let battery = battery.then(|| {
-                    let top = lp
-                        .iter()
-                        .zip(maxima.iter())
-                        .map(|(l, m)| kernels::top_k_with(l, 1, m)[0])
-                        .collect();
-                    (sums, top)
-                });
+                // Only a validated row needs the block maxima (its top-k);
+                // the battery's argmax is kept by the pass itself.
+                let m: &mut [Vec<f32>] = if validate { maxima } else { &mut [] };
+                let exact = kernels::kl_row_full(&lp, pbuf, pairs, m, battery.then_some(&mut sums));
+                let battery = battery.then_some(sums);
                 if !validate {
                     return RowOut {
                         kl: exact,
@@ -778,7 +771,7 @@ mod tests {
                 assert_eq!(Some(e), all[r].est.as_ref());
             }
             // The battery's argmax is the row's top-1.
-            let (_, top) = out.battery.as_ref().expect("asked for");
+            let top = &out.battery.as_ref().expect("asked for").top;
             for (s, &t) in top.iter().enumerate() {
                 let row = &data[s][r * n..(r + 1) * n];
                 assert_eq!(t, divergence::top_k(row, 1)[0], "row {r} seed {s}");

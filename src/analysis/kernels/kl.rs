@@ -131,12 +131,20 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
     assert!(buf.p.len() >= seeds * BLOCK && buf.d.len() >= others * BLOCK);
     let RowBuffer { p: p32, d: d64 } = buf;
     // The battery's totals: per unordered pair Σ max(p_a, p_b), and
-    // Σ p̄·(lp_0 − ln p̄).
-    let mut tv = vec![0f64; seeds * others / 2];
-    let mut j0 = 0f64;
+    // K·Σ p̄·(lp_0 − ln p̄) (ln p̄ from the table shifted by −ln K).
+    let mut tv = vec![[0f64; XL]; seeds * others / 2];
+    let lt = log_table(-(seeds as f64).ln());
+    let mut j0 = [0f64; XL];
     let mut acc_z = vec![[0f64; LANES]; seeds];
     let tile = TILE && seeds == TILE_A;
     let mut acc_g = vec![[0f64; LANES]; seeds * others];
+    // The battery's argmax without the block maxima (a validated row has
+    // them): per seed and lane of sixteen the largest log-prob seen and the
+    // first block holding it, taken while the block is in cache (one max
+    // per sixteen entries, where the maxima cost a max per eight and a
+    // reduction per 64); then one block is searched.
+    let track = battery.is_some() && maxima.is_empty();
+    let mut best = vec![([f32::NEG_INFINITY; 16], [0u32; 16]); if track { seeds } else { 0 }];
     let mut start = 0;
     while start < n8 {
         let end = (start + BLOCK).min(n8);
@@ -145,21 +153,9 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
             // exp in f32 lanes (sixteen or eight per instruction); the sums
             // widen p to f64 as they read it.
             let p = &mut p32[s * BLOCK..s * BLOCK + len];
-            for (c, (d, x)) in p
-                .chunks_exact_mut(16)
-                .zip(l[start..end].chunks_exact(16))
-                .enumerate()
-            {
-                prefetch(l, start + c * 16 + AHEAD);
-                for i in 0..16 {
-                    d[i] = exp_f32_with::<true>(x[i]);
-                }
-            }
-            for (d, &x) in p[len / 16 * 16..]
-                .iter_mut()
-                .zip(&l[start + len / 16 * 16..end])
-            {
-                *d = exp_f32_with::<true>(x);
+            exp_block(l, start, p);
+            if let Some(b) = best.get_mut(s) {
+                keep_first_max(b, lane_max16(&l[start..end]), start);
             }
             // The top-k's block maxima while the block is in cache.
             if let Some(m) = maxima.get_mut(s) {
@@ -190,7 +186,7 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
                 gram_tile(p, lb, l0, &mut acc_g, &mut acc_z)
             };
             if battery.is_some() {
-                battery_block::<TILE>(&p, &lp[0][start..end], &mut tv, &mut j0);
+                battery_block::<TILE>(&p, l0, &lt, &mut tv, &mut j0);
             }
             start = end;
             continue;
@@ -221,7 +217,7 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
             let p: Vec<&[f32]> = (0..seeds)
                 .map(|a| &p32[a * BLOCK..a * BLOCK + len])
                 .collect();
-            battery_block::<false>(&p, &lp[0][start..end], &mut tv, &mut j0);
+            battery_block::<false>(&p, l0, &lt, &mut tv, &mut j0);
         }
         start = end;
     }
@@ -257,29 +253,131 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
         combine(acc_g[a * others + b - 1], tail)
     };
     if let Some(out) = battery {
+        out.top = if track {
+            lp.iter()
+                .zip(&best)
+                .map(|(l, (v, at))| {
+                    // The earliest block holding the lanes' maximum, the
+                    // tail after the blocks, then the first entry equal to
+                    // the maximum (ties to the lower id, as top_k).
+                    let mut b = (f32::NEG_INFINITY, 0usize);
+                    for (&v, &at) in v.iter().zip(at) {
+                        let at = at as usize;
+                        if v > b.0 || (v == b.0 && at < b.1) {
+                            b = (v, at);
+                        }
+                    }
+                    let (m, at) = l[n8..]
+                        .iter()
+                        .fold(b, |b, &v| if v > b.0 { (v, n8) } else { b });
+                    let end = if at == n8 { n } else { (at + BLOCK).min(n8) };
+                    let i = l[at..end].iter().position(|&v| v == m);
+                    (at + i.unwrap_or(0)) as u32
+                })
+                .collect()
+        } else {
+            lp.iter()
+                .zip(maxima.iter())
+                .map(|(l, m)| top_k_with(l, 1, m)[0])
+                .collect()
+        };
         // The last n mod LANES entries through the same block sums.
         let tp: Vec<Vec<f32>> = lp
             .iter()
             .map(|l| l[n8..].iter().map(|&v| exp_f32_with::<true>(v)).collect())
             .collect();
         let tp: Vec<&[f32]> = tp.iter().map(|v| v.as_slice()).collect();
-        battery_block::<false>(&tp, &lp[0][n8..], &mut tv, &mut j0);
+        battery_block::<false>(&tp, &lp[0][n8..], &lt, &mut tv, &mut j0);
         let mut t = 0;
         out.tv = Vec::with_capacity(tv.len());
         for a in 0..seeds {
             for b in a + 1..seeds {
-                out.tv.push(tv[t] - 0.5 * (z[a] + z[b]));
+                out.tv.push(total(&tv[t]) - 0.5 * (z[a] + z[b]));
                 t += 1;
             }
         }
         let k = seeds as f64;
         let z_mean = z.iter().sum::<f64>() / k;
-        out.jsd = (0..seeds).map(|a| g(a, a) / z[a]).sum::<f64>() / k + j0 / z_mean;
+        out.jsd = (0..seeds).map(|a| g(a, a) / z[a]).sum::<f64>() / k + total(&j0) / k / z_mean;
     }
     pairs
         .iter()
         .map(|&(a, b)| (g(a, a) - g(a, b)) / z[a] - z[a].ln() + z[b].ln())
         .collect()
+}
+
+/// p = exp(lp) of one block (`l[start..]`, as long as `p`) into `p`,
+/// prefetching ahead in the row `l`.
+#[inline(always)]
+fn exp_block(l: &[f32], start: usize, p: &mut [f32]) {
+    let len = p.len();
+    for (c, (d, x)) in p
+        .chunks_exact_mut(16)
+        .zip(l[start..start + len].chunks_exact(16))
+        .enumerate()
+    {
+        prefetch(l, start + c * 16 + AHEAD);
+        // A copy: the loop then needs no check that p and l overlap.
+        let x: [f32; 16] = x.try_into().expect("sixteen");
+        for i in 0..16 {
+            d[i] = exp_f32_with::<true>(x[i]);
+        }
+    }
+    let rest = len / 16 * 16;
+    for (d, &x) in p[rest..].iter_mut().zip(&l[start + rest..start + len]) {
+        *d = exp_f32_with::<true>(x);
+    }
+}
+
+/// The largest value of each of sixteen lanes of `x` (entries after the
+/// last whole sixteen in lane 0): one max per sixteen entries, no
+/// reduction across lanes, in four independent chains (one chain waits on
+/// each max's latency).
+#[inline(always)]
+fn lane_max16(x: &[f32]) -> [f32; 16] {
+    let top = |m: &mut [f32; 16], c: &[f32]| keep_max(m, c.try_into().expect("sixteen"));
+    let mut m = [[f32::NEG_INFINITY; 16]; 4];
+    let quads = x.len() / 64 * 64;
+    for q in x[..quads].chunks_exact(64) {
+        for (mj, c) in m.iter_mut().zip(q.chunks_exact(16)) {
+            top(mj, c);
+        }
+    }
+    let whole = x.len() / 16 * 16;
+    for c in x[quads..whole].chunks_exact(16) {
+        top(&mut m[0], c);
+    }
+    let [mut a, b, c, d] = m;
+    keep_max(&mut a, &b);
+    keep_max(&mut a, &c);
+    keep_max(&mut a, &d);
+    for &v in &x[whole..] {
+        a[0] = if v > a[0] { v } else { a[0] };
+    }
+    a
+}
+
+/// Each lane's largest value of `x` kept in `m`.
+#[inline(always)]
+fn keep_max(m: &mut [f32; 16], x: &[f32; 16]) {
+    for i in 0..16 {
+        m[i] = if x[i] > m[i] { x[i] } else { m[i] };
+    }
+}
+
+/// The battery's argmax, per lane: `b` holds the largest value so far and
+/// the first block (by its start) that holds it; `lm` is block `start`'s
+/// lanes. A compare and two blends per block.
+#[inline(always)]
+fn keep_first_max(b: &mut ([f32; 16], [u32; 16]), lm: [f32; 16], start: usize) {
+    // Locals, so the blends vectorise.
+    let (mut v, mut at) = *b;
+    for i in 0..16 {
+        let up = lm[i] > v[i];
+        v[i] = if up { lm[i] } else { v[i] };
+        at[i] = if up { start as u32 } else { at[i] };
+    }
+    *b = (v, at);
 }
 
 /// f32 lanes of the battery's sums within a block.
@@ -297,20 +395,26 @@ const XL: usize = 16;
 /// on every path, so the same bits (five seeds with AVX-512:
 /// [`battery_tile`]).
 #[inline(always)]
-fn battery_block<const TILE: bool>(p: &[&[f32]], l0: &[f32], tv: &mut [f64], j0: &mut f64) {
+fn battery_block<const TILE: bool>(
+    p: &[&[f32]],
+    l0: &[f32],
+    lt: &[f32; 32],
+    tv: &mut [Wide],
+    j0: &mut Wide,
+) {
     let len = l0.len();
     let whole = len / XL * XL;
     #[cfg(target_arch = "x86_64")]
     if TILE && p.len() == TILE_A {
         let pt: [&[f32]; TILE_A] = std::array::from_fn(|s| &p[s][..whole]);
         // SAFETY: TILE is true only in the AVX-512 kernel.
-        unsafe { battery_tile(pt, &l0[..whole], tv, j0) };
+        unsafe { battery_tile(pt, &l0[..whole], lt, tv, j0) };
     } else {
-        battery_lanes(p, l0, 0..whole, tv, j0);
+        battery_lanes(p, l0, 0..whole, lt, tv, j0);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    battery_lanes(p, l0, 0..whole, tv, j0);
-    battery_lanes(p, l0, whole..len, tv, j0);
+    battery_lanes(p, l0, 0..whole, lt, tv, j0);
+    battery_lanes(p, l0, whole..len, lt, tv, j0);
 }
 
 /// [`battery_block`]'s sums over the entries `range` in lanes of [`XL`]
@@ -320,22 +424,24 @@ fn battery_lanes(
     p: &[&[f32]],
     l0: &[f32],
     range: std::ops::Range<usize>,
-    tv: &mut [f64],
-    j0: &mut f64,
+    lt: &[f32; 32],
+    tv: &mut [Wide],
+    j0: &mut Wide,
 ) {
     let k = p.len();
     if range.is_empty() {
         return;
     }
-    let inv = 1.0 / k as f32;
     let ps: Vec<&[f32]> = p.iter().map(|x| &x[range.clone()]).collect();
     let l0 = &l0[range];
     let mut acc = [0f32; XL];
     for (i, &l) in l0.iter().enumerate() {
-        let m = ps.iter().fold(0f32, |t, s| t + s[i]) * inv;
-        acc[i % XL] = m.mul_add(l - log_f32_with::<true>(m), acc[i % XL]);
+        // S = Σ_s p_s = K·p̄, and ln p̄ = ln S − ln K from the shifted
+        // table: K·Σ p̄(lp_0 − ln p̄), divided by K once per row.
+        let m = ps[1..].iter().fold(ps[0][i], |t, s| t + s[i]);
+        acc[i % XL] = m.mul_add(l - log_f32_in::<true>(m, lt), acc[i % XL]);
     }
-    *j0 += flush(acc);
+    widen(acc, j0);
     let mut t = 0;
     for a in 0..k {
         for b in a + 1..k {
@@ -345,45 +451,55 @@ fn battery_lanes(
                     acc[i] += x[i].max(y[i]);
                 }
             }
-            tv[t] += flush(acc);
+            widen(acc, &mut tv[t]);
             t += 1;
         }
     }
 }
 
-/// f32 lanes summed into f64 in lane order.
+/// The battery's f64 totals, lane by lane: each block's f32 lanes are
+/// added to them (exact widening, one add per lane), and they are summed
+/// in lane order once per row ([`total`]), not per block.
+type Wide = [f64; XL];
+
 #[inline(always)]
-fn flush(acc: [f32; XL]) -> f64 {
-    acc.iter().fold(0f64, |t, &x| t + x as f64)
+fn widen(acc: [f32; XL], to: &mut Wide) {
+    for (t, &x) in to.iter_mut().zip(&acc) {
+        *t += x as f64;
+    }
 }
 
-/// [`log_f32_with::<true>`] of sixteen lanes, the same operations; the
-/// tables are one register each, looked up by a permute.
+#[inline(always)]
+fn total(w: &Wide) -> f64 {
+    w.iter().fold(0f64, |t, &x| t + x)
+}
+
+/// A 32-entry table in two AVX-512 registers.
+#[cfg(target_arch = "x86_64")]
+type Table = (std::arch::x86_64::__m512, std::arch::x86_64::__m512);
+
+/// [`log_f32_in::<true>`] of sixteen lanes, the same operations, given its
+/// tables (`r`: the r_j, `t`: the −ln r_j, maybe shifted) in registers;
+/// each lookup is one two-table permute.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn log16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use super::{LN2_HI, LN2_LO, LOG_R, LOG_T};
+unsafe fn log16(x: std::arch::x86_64::__m512, r: Table, t: Table) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let splat = _mm512_set1_ps;
-    let table = |t: &[u32; 16]| _mm512_loadu_ps(t.as_ptr() as *const f32);
+    let look = |j: __m512i, (lo, hi): Table| _mm512_permutex2var_ps(lo, j, hi);
     let x = _mm512_max_ps(x, splat(f32::MIN_POSITIVE));
-    let bits = _mm512_castps_si512(x);
-    let e = _mm512_cvtepi32_ps(_mm512_sub_epi32(
-        _mm512_srli_epi32::<23>(bits),
-        _mm512_set1_epi32(127),
-    ));
-    let j = _mm512_and_si512(_mm512_srli_epi32::<19>(bits), _mm512_set1_epi32(15));
-    let m = _mm512_castsi512_ps(_mm512_or_si512(
-        _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)),
-        _mm512_set1_epi32(0x3f80_0000),
-    ));
-    let f = _mm512_fmadd_ps(m, _mm512_permutexvar_ps(j, table(&LOG_R)), splat(-1.0));
-    let mut q = _mm512_fmadd_ps(splat(-0.25), f, splat(1.0 / 3.0));
-    q = _mm512_fmadd_ps(q, f, splat(-0.5));
+    // x is normal: its exponent and its mantissa in [1, 2) as the portable
+    // code takes them from the bits, one instruction each.
+    let e = _mm512_getexp_ps(x);
+    let m = _mm512_getmant_ps::<_MM_MANT_NORM_1_2, _MM_MANT_SIGN_SRC>(x);
+    // The permutes read only each index's low five bits: the top five of
+    // the mantissa, with no mask.
+    let j = _mm512_srli_epi32::<18>(_mm512_castps_si512(x));
+    let f = _mm512_fmadd_ps(m, look(j, r), splat(-1.0));
+    let mut q = _mm512_fmadd_ps(splat(1.0 / 3.0), f, splat(-0.5));
     q = _mm512_fmadd_ps(q, f, splat(1.0));
-    let t = _mm512_add_ps(_mm512_permutexvar_ps(j, table(&LOG_T)), _mm512_mul_ps(q, f));
-    let y = _mm512_fmadd_ps(e, splat(LN2_LO), t);
-    _mm512_fmadd_ps(e, splat(LN2_HI), y)
+    let y = _mm512_fmadd_ps(q, f, look(j, t));
+    _mm512_fmadd_ps(e, splat(std::f32::consts::LN_2), y)
 }
 
 /// [`battery_lanes`] over whole chunks for five seeds in AVX-512
@@ -392,24 +508,31 @@ unsafe fn log16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 /// same operations lane by lane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn battery_tile(p: [&[f32]; TILE_A], l0: &[f32], tv: &mut [f64], j0: &mut f64) {
+unsafe fn battery_tile(
+    p: [&[f32]; TILE_A],
+    l0: &[f32],
+    lt: &[f32; 32],
+    tv: &mut [Wide],
+    j0: &mut Wide,
+) {
     use std::arch::x86_64::*;
     const _: () = assert!(XL == 16);
     const PAIRS: usize = TILE_A * (TILE_A - 1) / 2;
     let len = l0.len();
     assert!(len.is_multiple_of(XL) && p.iter().all(|x| x.len() == len));
     assert!(tv.len() == PAIRS);
-    let inv = _mm512_set1_ps(1.0 / TILE_A as f32);
+    let table = |t: *const f32| (_mm512_loadu_ps(t), _mm512_loadu_ps(t.add(16)));
+    let r = table(super::LOG_R.as_ptr() as *const f32);
+    let lt = table(lt.as_ptr());
     let mut acc_j = _mm512_setzero_ps();
     let mut acc_t = [_mm512_setzero_ps(); PAIRS];
     for c in (0..len).step_by(XL) {
         let pc: [__m512; TILE_A] = std::array::from_fn(|s| _mm512_loadu_ps(p[s].as_ptr().add(c)));
-        let mut m = _mm512_add_ps(_mm512_setzero_ps(), pc[0]);
+        let mut m = pc[0];
         for x in &pc[1..] {
             m = _mm512_add_ps(m, *x);
         }
-        let m = _mm512_mul_ps(m, inv);
-        let d = _mm512_sub_ps(_mm512_loadu_ps(l0.as_ptr().add(c)), log16(m));
+        let d = _mm512_sub_ps(_mm512_loadu_ps(l0.as_ptr().add(c)), log16(m, r, lt));
         acc_j = _mm512_fmadd_ps(m, d, acc_j);
         let mut t = 0;
         for a in 0..TILE_A {
@@ -419,14 +542,19 @@ unsafe fn battery_tile(p: [&[f32]; TILE_A], l0: &[f32], tv: &mut [f64], j0: &mut
             }
         }
     }
-    let out = |v: __m512| {
-        let mut a = [0f32; XL];
-        _mm512_storeu_ps(a.as_mut_ptr(), v);
-        flush(a)
+    // [`widen`] in registers: the two halves to f64, one add each.
+    let out = |v: __m512, to: &mut Wide| {
+        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )));
+        let t = to.as_mut_ptr();
+        _mm512_storeu_pd(t, _mm512_add_pd(_mm512_loadu_pd(t), lo));
+        _mm512_storeu_pd(t.add(8), _mm512_add_pd(_mm512_loadu_pd(t.add(8)), hi));
     };
-    *j0 += out(acc_j);
+    out(acc_j, j0);
     for (ts, v) in tv.iter_mut().zip(acc_t) {
-        *ts += out(v);
+        out(v, ts);
     }
 }
 
@@ -439,6 +567,8 @@ unsafe fn battery_tile(p: [&[f32]; TILE_A], l0: &[f32], tv: &mut [f64], j0: &mut
 pub struct RowBattery {
     pub tv: Vec<f64>,
     pub jsd: f64,
+    /// Each seed's argmax (ties to the lower id).
+    pub top: Vec<u32>,
 }
 
 #[cfg(target_arch = "x86_64")]

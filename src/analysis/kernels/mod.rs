@@ -72,69 +72,105 @@ fn exp_f32_with<const FUSED: bool>(x: f32) -> f32 {
     }
 }
 
-/// Reciprocals r_j ≈ 1/(1 + (j + ½)/16) of the sixteen mantissa intervals
-/// of [`log_f32_with`] (f32 bit patterns, so every path reads the same).
-const LOG_R: [u32; 16] = [
-    0x3f78_3e10,
-    0x3f6a_0ea1,
-    0x3f5d_67c9,
-    0x3f52_0d21,
-    0x3f47_ce0c,
-    0x3f3e_82fa,
-    0x3f36_0b61,
-    0x3f2e_4c41,
-    0x3f27_2f05,
-    0x3f20_a0a1,
-    0x3f1a_90e8,
-    0x3f14_f209,
-    0x3f0f_b824,
-    0x3f0a_d8f3,
-    0x3f06_4b8a,
-    0x3f02_0821,
+/// Reciprocals r_j ≈ 1/(1 + (j + ½)/32) of the 32 mantissa intervals of
+/// [`log_f32_in`] (f32 bit patterns, so every path reads the same).
+const LOG_R: [u32; 32] = [
+    0x3f7c_0fc1,
+    0x3f74_898d,
+    0x3f6d_7304,
+    0x3f66_c2b4,
+    0x3f60_7038,
+    0x3f5a_740e,
+    0x3f54_c77b,
+    0x3f4f_6475,
+    0x3f4a_4588,
+    0x3f45_65c8,
+    0x3f40_c0c1,
+    0x3f3c_5264,
+    0x3f38_1703,
+    0x3f34_0b41,
+    0x3f30_2c0b,
+    0x3f2c_7692,
+    0x3f28_e83f,
+    0x3f25_7eb5,
+    0x3f22_37c3,
+    0x3f1f_1166,
+    0x3f1c_09c1,
+    0x3f19_1f1a,
+    0x3f16_4fda,
+    0x3f13_9a86,
+    0x3f10_fdbc,
+    0x3f0e_7835,
+    0x3f0c_08c1,
+    0x3f09_ae41,
+    0x3f07_67ab,
+    0x3f05_3408,
+    0x3f03_126f,
+    0x3f01_0204,
 ];
 /// −ln r_j, rounded to f32.
-const LOG_T: [u32; 16] = [
-    0x3cfc_14c8,
-    0x3db7_8694,
-    0x3e14_aa96,
-    0x3e4a_92d4,
-    0x3e7d_c8c6,
-    0x3e97_4716,
-    0x3eae_8ded,
-    0x3ec4_d19d,
-    0x3eda_27bd,
-    0x3eee_a34f,
-    0x3f01_2a95,
-    0x3f0a_a61f,
-    0x3f13_caf0,
-    0x3f1c_9f07,
-    0x3f25_27c4,
-    0x3f2d_6a01,
+const LOG_T: [u32; 32] = [
+    0x3c7e_0545,
+    0x3d3b_a2ce,
+    0x3d9a_0eba,
+    0x3dd4_936c,
+    0x3e06_bbf4,
+    0x3e22_695a,
+    0x3e3d_5c48,
+    0x3e57_9e49,
+    0x3e71_383b,
+    0x3e85_1928,
+    0x3e91_4a0f,
+    0x3e9d_3263,
+    0x3ea8_d56c,
+    0x3eb4_3640,
+    0x3ebf_57c2,
+    0x3eca_3c9f,
+    0x3ed4_e766,
+    0x3edf_5a6d,
+    0x3ee9_97f4,
+    0x3ef3_a213,
+    0x3efd_7ac3,
+    0x3f03_91f3,
+    0x3f08_4f9e,
+    0x3f0c_f735,
+    0x3f11_8987,
+    0x3f16_0750,
+    0x3f1a_7144,
+    0x3f1e_c812,
+    0x3f23_0c5f,
+    0x3f27_3ec1,
+    0x3f2b_5fce,
+    0x3f2f_7015,
 ];
-/// ln 2 in two parts: e · `LN2_HI` is exact for |e| < 2^9.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-
 /// ln(x) in f32 for a probability, by table: x = m · 2^e with m in [1, 2);
-/// the top four bits of m pick r_j ≈ 1/m from sixteen, f = m·r_j − 1 is
-/// within ±0.031, and ln x = e·ln 2 − ln r_j + ln(1 + f) with ln(1 + f) to
-/// f⁴ (truncation ≤ 5e-9). Absolute error ≤ 1e-7 (the battery weighs it by
-/// a probability). Branch-free, so it vectorises; sixteen entries are one
-/// AVX-512 register, so the lookup is one permute there ([`kl`]'s
-/// `log16`). Inputs below the smallest normal f32 are raised to it.
+/// the top five bits of m pick r_j ≈ 1/m from 32, f = m·r_j − 1 is within
+/// ±0.0154, and ln x = e·ln 2 − ln r_j + ln(1 + f) with ln(1 + f) to f³
+/// (truncation ≤ 1.4e-8) and ln 2 as one f32 (off by 1.9e-9 per unit of
+/// e: below the rounding of the result). Within an f32 epsilon of
+/// max(|ln x|, 1) (the battery weighs it by a probability). Branch-free,
+/// so it vectorises; 32 entries are two AVX-512 registers, so each lookup
+/// is one two-table permute there ([`kl`]'s `log16`). Inputs below the
+/// smallest normal f32 are raised to it. With its table of −ln r_j
+/// given: [`log_table`]`(s)` gives ln(x) + s in the same operations.
 #[inline(always)]
-fn log_f32_with<const FUSED: bool>(x: f32) -> f32 {
+fn log_f32_in<const FUSED: bool>(x: f32, t: &[f32; 32]) -> f32 {
     let x = x.max(f32::MIN_POSITIVE);
     let bits = x.to_bits();
     let e = ((bits >> 23) as i32 - 127) as f32;
-    let j = ((bits >> 19) & 15) as usize;
+    let j = ((bits >> 18) & 31) as usize;
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
     let f = madd::<FUSED>(m, f32::from_bits(LOG_R[j]), -1.0);
-    let mut q = madd::<FUSED>(-0.25, f, 1.0 / 3.0);
-    q = madd::<FUSED>(q, f, -0.5);
+    let mut q = madd::<FUSED>(1.0 / 3.0, f, -0.5);
     q = madd::<FUSED>(q, f, 1.0);
-    let y = madd::<FUSED>(e, LN2_LO, f32::from_bits(LOG_T[j]) + q * f);
-    madd::<FUSED>(e, LN2_HI, y)
+    madd::<FUSED>(e, std::f32::consts::LN_2, madd::<FUSED>(q, f, t[j]))
+}
+
+/// [`log_f32_in`]'s table for ln(x) + `shift`: each −ln r_j + shift,
+/// rounded to f32 (the battery's ln p̄ = ln Σ_s p_s − ln K without a
+/// division per entry).
+fn log_table(shift: f64) -> [f32; 32] {
+    LOG_T.map(|t| (f32::from_bits(t) as f64 + shift) as f32)
 }
 
 /// f64 lanes of the sums: two AVX2 registers per sum; kl_row keeps two

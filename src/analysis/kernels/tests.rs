@@ -403,26 +403,41 @@ fn top_k_equals_the_sorting_definition_with_ties() {
 }
 
 #[test]
-fn log_is_within_1e7_of_f64_and_floors_at_the_smallest_normal() {
+fn log_is_within_an_epsilon_of_f64_shifts_by_its_table_and_floors_at_the_smallest_normal() {
+    let plain = log_table(0.0);
+    assert_eq!(
+        plain.map(f32::to_bits),
+        LOG_T,
+        "an unshifted table is the table"
+    );
+    let five = log_table(-5f64.ln());
     let mut x = 1e-37f32;
-    while x < 1.0 {
+    while x < 5.0 {
         for fused in [false, true] {
-            let got = if fused {
-                log_f32_with::<true>(x)
-            } else {
-                log_f32_with::<false>(x)
-            } as f64;
+            let ln = |t| {
+                if fused {
+                    log_f32_in::<true>(x, t)
+                } else {
+                    log_f32_in::<false>(x, t)
+                }
+            };
             let want = (x as f64).ln();
+            let (got, shifted) = (ln(&plain) as f64, ln(&five) as f64);
             assert!(
                 (got - want).abs() <= f32::EPSILON as f64 * want.abs().max(1.0),
                 "ln {x}: {got} vs {want}"
             );
+            let want = want - 5f64.ln();
+            assert!(
+                (shifted - want).abs() <= f32::EPSILON as f64 * want.abs().max(1.0),
+                "ln {x}/5: {shifted} vs {want}"
+            );
         }
         x *= 1.0137;
     }
-    assert!(log_f32_with::<true>(1.0).abs() < 1e-7);
-    let floor = log_f32_with::<true>(f32::MIN_POSITIVE);
-    assert_eq!(log_f32_with::<true>(0.0), floor);
+    assert!(log_f32_in::<true>(1.0, &plain).abs() < 1e-7);
+    let floor = log_f32_in::<true>(f32::MIN_POSITIVE, &plain);
+    assert_eq!(log_f32_in::<true>(0.0, &plain), floor);
     assert!((floor as f64 - (f32::MIN_POSITIVE as f64).ln()).abs() < 1e-5);
 }
 
@@ -547,4 +562,51 @@ fn battery_of_identical_seeds_is_zero_and_of_disjoint_ones_is_its_bound() {
         "{:?}",
         got.tv
     );
+}
+
+#[test]
+fn battery_argmax_is_the_first_largest_log_prob_on_every_path() {
+    // Rows whose largest value sits in the first block, a later block, a
+    // late lane, the entries after the last whole block, or ties between
+    // blocks and lanes (the lower id wins, as top_k).
+    let n = 3 * BLOCK + 21;
+    let cases: Vec<Vec<usize>> = vec![
+        vec![0],
+        vec![BLOCK + 15],
+        vec![2 * BLOCK + 7, BLOCK + 300],
+        vec![n - 1],
+        vec![n - 3, n - 1],
+        vec![BLOCK + 31, 2 * BLOCK + 2, BLOCK + 17],
+        vec![40, 41, 3 * BLOCK + 1],
+    ];
+    for (c, tops) in cases.iter().enumerate() {
+        let seeds: Vec<Vec<f32>> = (0..5u64)
+            .map(|s| {
+                let mut x = rand(100 + c as u64 * 7 + s, n, 9.0);
+                // Seed s has the case's maxima shifted by s entries, all
+                // ties at the same value.
+                for &t in tops {
+                    x[(t + s as usize) % n] = 20.0;
+                }
+                let mut lp = vec![0f32; n];
+                divergence::log_softmax(&x, &mut lp).unwrap();
+                lp
+            })
+            .collect();
+        let lp: Vec<&[f32]> = seeds.iter().map(|r| r.as_slice()).collect();
+        let want: Vec<u32> = lp.iter().map(|l| divergence::top_k(l, 1)[0]).collect();
+        let pairs = [(0, 1)];
+        let mut buf = row_buffer(5);
+        let mut got = RowBattery::default();
+        kl_row_full(&lp, &mut buf, &pairs, &mut [], Some(&mut got));
+        assert_eq!(got.top, want, "case {c}");
+        // From the block maxima (a validated row) and on the portable path.
+        let mut maxima = vec![vec![0f32; max_blocks(n)]; 5];
+        let mut with = RowBattery::default();
+        kl_row_full(&lp, &mut buf, &pairs, &mut maxima, Some(&mut with));
+        assert_eq!(with, got, "case {c}: with maxima");
+        let mut plain = RowBattery::default();
+        kl_row_body::<false, false>(&lp, &mut buf, &pairs, &mut [], Some(&mut plain));
+        assert_eq!(plain, got, "case {c}: portable");
+    }
 }
