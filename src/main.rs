@@ -6,7 +6,24 @@ use clap::Parser;
 use seedconv::cli::{Cli, Command};
 use seedconv::commands::{self, Session};
 
+/// mimalloc, keeping freed pages for the next allocation, where glibc's
+/// malloc returns each large buffer to the kernel and faults its pages in
+/// again on the next: aggregate's system time 18% → 4% of its CPU time, its
+/// wall time −20% (docs/benchmarks.md, "System time and memory").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3
+/// headers: retired options keep their places).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Freed memory is never purged back to the kernel while the process
+    // runs (each run or worker is a process; its peak is unchanged): the
+    // aggregates free and reallocate buffers of hundreds of MB, and every
+    // purge made the next one fault and zero its pages again.
+    // SAFETY: sets one option; mimalloc reads it at its next purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     // Training runs in worker processes of this binary (their own thread pools).
     if let Ok(exe) = std::env::current_exe() {
         seedconv::stages::train::register_worker(exe);
