@@ -29,6 +29,8 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
 
+from machine import cpu_name
+
 
 def timed(cmd):
     """Run `cmd`; return (wall s, cpu s, peak RSS MB) of that process tree's leader."""
@@ -73,19 +75,6 @@ def main():
           f"peak memory {med(ours, 2) / med(theirs, 2):.2f}, disk {sc_disk / result['disk']:.2f} "
           f"({result['checkpoints']} checkpoints, {result['rows']} rows, vocab {result['vocab']}, "
           f"median of {args.repeats} alternating runs; CPU: {cpu_name()}, {os.cpu_count()} cores)")
-
-
-def cpu_name():
-    """The CPU's model name, as /proc/cpuinfo gives it (timings mean little without it)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.machine()
 
 
 def current(store, stage):
