@@ -652,7 +652,7 @@ pub fn block_kl(
                         battery: None,
                     };
                 }
-                let mut sums = kernels::RowBattery::default();
+                let mut sums = kernels::RowBattery::with_argmax();
                 // Only a validated row needs the block maxima (its top-k);
                 // the battery's argmax is kept by the pass itself.
                 let m: &mut [Vec<f32>] = if validate { maxima } else { &mut [] };

@@ -143,7 +143,8 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
     // first block holding it, taken while the block is in cache (one max
     // per sixteen entries, where the maxima cost a max per eight and a
     // reduction per 64); then one block is searched.
-    let track = battery.is_some() && maxima.is_empty();
+    let argmax = battery.as_deref().is_some_and(|b| b.argmax);
+    let track = argmax && maxima.is_empty();
     let mut best = vec![([f32::NEG_INFINITY; 16], [0u32; 16]); if track { seeds } else { 0 }];
     let mut start = 0;
     while start < n8 {
@@ -253,7 +254,9 @@ pub(super) fn kl_row_body<const AVX2: bool, const TILE: bool>(
         combine(acc_g[a * others + b - 1], tail)
     };
     if let Some(out) = battery {
-        out.top = if track {
+        out.top = if !argmax {
+            Vec::new()
+        } else if track {
             lp.iter()
                 .zip(&best)
                 .map(|(l, (v, at))| {
@@ -567,8 +570,21 @@ unsafe fn battery_tile(
 pub struct RowBattery {
     pub tv: Vec<f64>,
     pub jsd: f64,
-    /// Each seed's argmax (ties to the lower id).
+    /// Each seed's argmax (ties to the lower id), when asked for
+    /// ([`RowBattery::with_argmax`]); else empty.
     pub top: Vec<u32>,
+    argmax: bool,
+}
+
+impl RowBattery {
+    /// A battery that also takes each seed's argmax (the kl stage's churn;
+    /// drift, which reads only TV, does without its cost).
+    pub fn with_argmax() -> Self {
+        Self {
+            argmax: true,
+            ..Self::default()
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -610,7 +626,8 @@ pub fn kl_row(lp: &[&[f32]], buf: &mut RowBuffer, pairs: &[(usize, usize)]) -> V
 /// [`kl_row`], also filling `maxima[s]` (when given: one per seed, each of
 /// [`max_blocks`] entries) with the block maxima [`top_k_with`] selects
 /// from, and `battery` (when given) with the row's total variations and
-/// Jensen–Shannon divergence, both read while each block is in cache.
+/// Jensen–Shannon divergence (and each seed's argmax, for a
+/// [`RowBattery::with_argmax`]), all read while each block is in cache.
 pub fn kl_row_full(
     lp: &[&[f32]],
     buf: &mut RowBuffer,

@@ -597,15 +597,15 @@ fn battery_argmax_is_the_first_largest_log_prob_on_every_path() {
         let want: Vec<u32> = lp.iter().map(|l| divergence::top_k(l, 1)[0]).collect();
         let pairs = [(0, 1)];
         let mut buf = row_buffer(5);
-        let mut got = RowBattery::default();
+        let mut got = RowBattery::with_argmax();
         kl_row_full(&lp, &mut buf, &pairs, &mut [], Some(&mut got));
         assert_eq!(got.top, want, "case {c}");
         // From the block maxima (a validated row) and on the portable path.
         let mut maxima = vec![vec![0f32; max_blocks(n)]; 5];
-        let mut with = RowBattery::default();
+        let mut with = RowBattery::with_argmax();
         kl_row_full(&lp, &mut buf, &pairs, &mut maxima, Some(&mut with));
         assert_eq!(with, got, "case {c}: with maxima");
-        let mut plain = RowBattery::default();
+        let mut plain = RowBattery::with_argmax();
         kl_row_body::<false, false>(&lp, &mut buf, &pairs, &mut [], Some(&mut plain));
         assert_eq!(plain, got, "case {c}: portable");
     }
