@@ -54,6 +54,10 @@ pub enum Command {
     /// Copy the current tables into a plain folder (one Parquet per table,
     /// the report, provenance.json).
     Export(ExportArgs),
+    /// A local, read-only web viewer over the tables: the evaluation text
+    /// shaded by how much the seeds disagree, each seed's predictions per
+    /// token, the most divergent tokens (127.0.0.1 unless --host).
+    Explore(ExploreArgs),
     /// Compare two procedures: E[conv] of pipeline A minus pipeline B per
     /// (size, step), with 95% intervals and p-values (both must have run).
     Compare(CompareArgs),
@@ -170,6 +174,23 @@ pub struct ExportArgs {
     pub dir: PathBuf,
     /// Only these stages (default: every stage with results).
     pub stages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExploreArgs {
+    /// Port to listen on (0: any free one; the URL is printed).
+    #[arg(long, default_value_t = 8737)]
+    pub port: u16,
+    /// Address to listen on. Anything but loopback serves every table of
+    /// the store to whoever reaches it (warned on stderr).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Open the page in the default browser.
+    #[arg(long)]
+    pub open: bool,
+    /// Requests answered at once.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Args)]

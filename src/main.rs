@@ -81,6 +81,9 @@ fn dispatch(cli: &Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Command::Export(args) => {
             commands::export(&Session::open(&cli.config, &cli.set, cancel)?, args)
         }
+        Command::Explore(args) => {
+            commands::explore(&Session::open(&cli.config, &cli.set, cancel)?, args)
+        }
         Command::Compare(args) => commands::compare(args, &cli.set, cancel),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

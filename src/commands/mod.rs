@@ -13,6 +13,7 @@ use crate::stages;
 
 mod bench;
 mod compare;
+mod explore;
 mod export;
 mod gc;
 mod init;
@@ -22,6 +23,7 @@ mod slurm;
 
 pub use bench::bench;
 pub use compare::compare;
+pub use explore::explore;
 pub use export::export;
 pub use gc::gc;
 pub use init::init;

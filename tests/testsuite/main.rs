@@ -15,6 +15,7 @@ mod docs;
 mod drift;
 mod engine;
 mod executor;
+mod explore;
 mod fetch;
 mod first_contact;
 mod icl;

@@ -12,7 +12,7 @@ use seedconv::lm::onnx::runtime::OrtModel;
 const VOCAB: usize = 600;
 const MASK_ID: i64 = 4;
 
-fn config(scoring: &str, special: bool) -> String {
+pub(crate) fn config(scoring: &str, special: bool) -> String {
     let mlm = fixtures().join("hf_onnx_samples/mlm");
     format!(
         r#"[tokenizer]

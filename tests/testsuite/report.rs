@@ -36,7 +36,7 @@ fn read_csv(path: &Path) -> Vec<CsvRow> {
         .collect()
 }
 
-fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+pub(crate) fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     let mut r = png::Decoder::new(std::io::Cursor::new(bytes))
         .read_info()
         .unwrap();
@@ -52,7 +52,7 @@ fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
 }
 
 /// Pixels within `tol` of `c` in every channel.
-fn count_color(rgb: &[u8], c: [u8; 3], tol: i32) -> usize {
+pub(crate) fn count_color(rgb: &[u8], c: [u8; 3], tol: i32) -> usize {
     rgb.chunks(3)
         .filter(|p| (0..3).all(|i| (p[i] as i32 - c[i] as i32).abs() <= tol))
         .count()
@@ -61,7 +61,7 @@ fn count_color(rgb: &[u8], c: [u8; 3], tol: i32) -> usize {
 /// Tableau blue, the first series colour.
 const BLUE: [u8; 3] = [31, 119, 180];
 
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     if let Ok(p) = std::env::var("SEEDCONV_CHROMIUM") {
         return PathBuf::from(p);
     }
