@@ -179,7 +179,7 @@ pub struct ExportArgs {
 #[derive(Debug, Args)]
 pub struct ExploreArgs {
     /// Port to listen on (0: any free one; the URL is printed).
-    #[arg(long, default_value_t = 8737)]
+    #[arg(long, default_value_t = crate::config::EXPLORE_PORT)]
     pub port: u16,
     /// Address to listen on. Anything but loopback serves every table of
     /// the store to whoever reaches it (warned on stderr).
@@ -277,6 +277,10 @@ pub enum BenchWhat {
     /// BLiMP scoring throughput (sentences/s) by batch size: the shipped
     /// BLiMP pairs, Pythia-tokenized, on a random model of the given shape.
     Blimp(BenchBlimpArgs),
+    /// `explore`'s cost: opening a store, the first view, a token lookup,
+    /// a trajectory, memory — on the config's store and a synthetic
+    /// Pythia-scale one.
+    Explore(BenchExploreArgs),
     /// Training throughput (tokens/s) of each model size in the config's [train].
     Train(BenchTrainArgs),
     /// The Slurm executor: submitting a synthetic plan (held, then
@@ -336,6 +340,27 @@ pub struct BenchKlArgs {
     /// logits uniform on [0, 12): logit = −2 ln u, so p ∝ u^−2.
     #[arg(long)]
     pub zipf: bool,
+}
+
+/// Arguments of `bench explore` (the synthetic store's shape).
+#[derive(Debug, Args)]
+pub struct BenchExploreArgs {
+    #[arg(long, default_value_t = 5)]
+    pub seeds: usize,
+    #[arg(long, default_value_t = 4662)]
+    pub rows: usize,
+    /// Checkpoint steps (Pythia's first N of 154).
+    #[arg(long, default_value_t = 154, value_parser = clap::value_parser!(u64).range(1..=154))]
+    pub steps: u64,
+    #[arg(long, default_value_t = 50_277)]
+    pub vocab: usize,
+    /// Only the synthetic store (not the config's).
+    #[arg(long)]
+    pub synthetic_only: bool,
+    /// Measure the synthetic store in this folder (the child process the
+    /// benchmark starts).
+    #[arg(long, hide = true)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Arguments of `bench blimp`.

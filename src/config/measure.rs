@@ -81,6 +81,9 @@ impl Default for DistConfig {
 /// rest of dist beside ONNX Runtime (docs/benchmarks.md, "bench dist --top-k").
 pub const DEFAULT_TOP_K: usize = 16;
 
+/// `seedconv explore`'s port, which the report's links name.
+pub const EXPLORE_PORT: u16 = 8737;
+
 impl DistConfig {
     pub fn scratch_budget_bytes(&self) -> u64 {
         (self.scratch_budget.max(0.0) * 1e9) as u64

@@ -28,7 +28,7 @@ pub use inputs::{
 };
 pub use measure::{
     AggregateConfig, AnnotateConfig, CompareConfig, Device, DistConfig, KlConfig, PosSource,
-    RegressionModel, Selection, Statistics, DEFAULT_TOP_K,
+    RegressionModel, Selection, Statistics, DEFAULT_TOP_K, EXPLORE_PORT,
 };
 pub use reference::reference;
 pub use report::{Band, ReportConfig};

@@ -7,6 +7,12 @@ use std::fmt::Write as _;
 pub enum Block {
     Heading(String),
     Para(String),
+    /// A paragraph ending in a link: text, the link's label, its target.
+    Link {
+        text: String,
+        label: String,
+        href: String,
+    },
     /// Name of the figure's files (without extension), caption, SVG text,
     /// and whether a PNG was written beside the SVG.
     Figure {
@@ -74,6 +80,15 @@ impl Doc {
                 Block::Para(t) => {
                     let _ = writeln!(h, "<p>{}</p>", escape(t));
                 }
+                Block::Link { text, label, href } => {
+                    let _ = writeln!(
+                        h,
+                        "<p>{} <a href=\"{}\">{}</a></p>",
+                        escape(text),
+                        escape(href),
+                        escape(label)
+                    );
+                }
                 Block::Figure {
                     name, caption, svg, ..
                 } => {
@@ -126,6 +141,9 @@ impl Doc {
                 }
                 Block::Para(t) => {
                     let _ = write!(m, "\n{t}\n");
+                }
+                Block::Link { text, label, href } => {
+                    let _ = write!(m, "\n{text} [{label}]({href})\n");
                 }
                 Block::Figure {
                     name, caption, png, ..

@@ -37,6 +37,10 @@ impl Drop for Server {
 
 impl Server {
     fn start(p: &Project) -> Server {
+        Server::start_with(p, &[])
+    }
+
+    fn start_with(p: &Project, args: &[&str]) -> Server {
         let log = p.path().join(format!(
             "explore-{}.log",
             std::time::SystemTime::now()
@@ -45,7 +49,7 @@ impl Server {
                 .as_nanos()
         ));
         let mut child = p
-            .cmd(&["explore", "--port", "0"])
+            .cmd(&[&["explore", "--port", "0"], args].concat())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -413,6 +417,48 @@ fn explore_answers_from_the_tables_and_serves_nothing_else() {
     );
 }
 
+#[test]
+fn explore_says_what_to_run_and_warns_when_it_leaves_this_machine() {
+    // Nothing run yet: one line naming the command that makes the tables.
+    let p = Project::micro();
+    p.write_config(&hf_suite_config(&hf_models(), "[0]"));
+    let r = p.run(&["explore", "--port", "0"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("no corpus tables for this config yet: run `seedconv run corpus`"),
+        "{}",
+        r.stderr
+    );
+    p.ok(&["run", "corpus"]);
+    let r = p.run(&["explore", "--port", "0"]);
+    assert!(
+        r.stderr
+            .contains("no kl tables for this config yet: run `seedconv run kl`"),
+        "{}",
+        r.stderr
+    );
+    // Any address but loopback is said loudly.
+    p.ok(&["run", "kl"]);
+    let sv = Server::start_with(&p, &["--host", "0.0.0.0"]);
+    let meta = sv.ok("/api/meta");
+    let notes = meta["notes"].to_string();
+    for stage in ["annotate", "aggregate"] {
+        assert!(
+            notes.contains(&format!("run `seedconv run {stage}`")),
+            "{notes}"
+        );
+    }
+    assert!(
+        sv.log()
+            .contains("WARNING: explore is serving this store's tables to the network"),
+        "{}",
+        sv.log()
+    );
+    let local = Server::start(&p);
+    assert!(!local.log().contains("WARNING"), "{}", local.log());
+}
+
 /// `k=v&…`, URL-encoded.
 fn form(kv: &[(&str, &str)]) -> String {
     kv.iter()
@@ -438,16 +484,23 @@ fn explore_keeps_answering_while_a_run_rewrites_the_tables() {
     let p = project();
     let sv = Server::start(&p);
     let before = std::fs::read(kl_table(&p, 50)).unwrap();
-    let mut run = p
-        .cmd(&["run", "--force", "kl", "dist"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (mut n, mut statuses) = (0, std::collections::BTreeMap::new());
+    // Five forced reruns back to back: every entry of kl and dist is
+    // replaced (removed, renamed into place) five times.
+    let cmd = || p.cmd(&["run", "--force", "kl", "dist"]);
+    let mut cmds: Vec<Command> = (0..5).map(|_| cmd()).collect();
+    let run = std::thread::spawn(move || {
+        cmds.iter_mut().all(|c| {
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        })
+    });
+    let (mut n, mut during, mut statuses) = (0, 0, std::collections::BTreeMap::new());
     let t0 = Instant::now();
     loop {
-        let done = run.try_wait().unwrap().is_some();
+        let done = run.is_finished();
         for step in [0, 50, 300] {
             let (s, b) = sv.request("GET", &format!("/tables/kl/tiny-step{step}.kl.parquet"));
             *statuses.entry(s).or_insert(0) += 1;
@@ -462,18 +515,58 @@ fn explore_keeps_answering_while_a_run_rewrites_the_tables() {
         if done {
             break;
         }
+        during += 1;
         assert!(
             t0.elapsed() < Duration::from_secs(300),
             "run did not finish"
         );
     }
-    assert!(run.wait().unwrap().success());
+    assert!(run.join().unwrap(), "a forced run failed");
     assert_eq!(
         statuses.keys().copied().collect::<Vec<_>>(),
         [200],
         "{statuses:?}"
     );
     assert!(n >= 6);
+    eprintln!("{n} requests, {during} rounds during the run");
+    assert!(
+        during >= 3,
+        "the run ended before the requests overlapped it"
+    );
+    // An entry caught between removal and rename: the request waits for
+    // it; one that does not come back is a 503 asking to retry.
+    let entry = std::fs::canonicalize(kl_table(&p, 50))
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let aside = entry.with_extension("aside");
+    std::fs::rename(&entry, &aside).unwrap();
+    let back = {
+        let (a, e) = (aside.clone(), entry.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(800));
+            std::fs::rename(a, e).unwrap();
+        })
+    };
+    let t0 = Instant::now();
+    let (s, b) = sv.request("GET", "/tables/kl/tiny-step50.kl.parquet");
+    assert_eq!(s, 200);
+    assert_eq!(b, before);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+    back.join().unwrap();
+    std::fs::rename(&entry, &aside).unwrap();
+    let (s, v) = sv.json("/tables/kl/tiny-step50.kl.parquet");
+    assert_eq!(s, 503);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("being rewritten by a run; try again"));
+    std::fs::rename(&aside, &entry).unwrap();
     // After the run, answers are still the tables'.
     let t = sv.ok("/api/token?size=tiny&step=300&row=5");
     check_token(&p, &t, 300, 5);
@@ -582,6 +675,8 @@ fn explore_page_shows_a_tokens_seeds_in_a_real_browser() {
         sv.addr
     );
     let dom = browser(&p, &["--dump-dom".to_string()], &url);
+    // The rendered elements, not the script's templates.
+    let dom = &dom[..dom.find("<script>").unwrap_or(dom.len())];
     assert!(
         dom.contains(r#"data-ready="1""#),
         "the page did not finish: {dom}"
@@ -591,9 +686,9 @@ fn explore_page_shows_a_tokens_seeds_in_a_real_browser() {
         "{dom}"
     );
     // Each seed's probability of the target, as the dist tables have it.
-    let seeds = attrs(&dom, "<tr", "data-seed");
+    let seeds = attrs(dom, "<tr", "data-seed");
     assert_eq!(seeds, ["11", "12"]);
-    let ps = attrs(&dom, "<td class=\"num target-p\"", "data-p");
+    let ps = attrs(dom, "<td class=\"num target-p\"", "data-p");
     for (seed, p_dom) in seeds.iter().zip(&ps) {
         let d = p
             .store()
@@ -606,16 +701,16 @@ fn explore_page_shows_a_tokens_seeds_in_a_real_browser() {
     }
     // The pairs' KL, as the kl table has it.
     let pairs = pairs_of(&kl_table(&p, 300), row);
-    let a = attrs(&dom, "<tr", "data-a");
-    let b = attrs(&dom, "<tr", "data-b");
-    let k = attrs(&dom, "<tr", "data-kl");
+    let a = attrs(dom, "<tr", "data-a");
+    let b = attrs(dom, "<tr", "data-b");
+    let k = attrs(dom, "<tr", "data-kl");
     assert_eq!(k.len(), pairs.len());
     for ((a, b), k) in a.iter().zip(&b).zip(&k) {
         let want = pairs.iter().find(|x| &x.0 == a && &x.1 == b).unwrap().2;
         assert_eq!(k.parse::<f64>().unwrap(), want);
     }
     // The most divergent list is ordered, and is the table's.
-    let listed: Vec<f64> = attrs(&dom, "<li", "data-value")
+    let listed: Vec<f64> = attrs(dom, "<li", "data-value")
         .iter()
         .map(|v| v.parse().unwrap())
         .collect();

@@ -2,11 +2,13 @@
 //! the machine it ran on. One module a benchmark, each taking its own clap
 //! arguments (`cli::Bench*Args`): `engine` (the engine's own overhead on a
 //! synthetic plan), `slurm` (submission and per-task key resolution),
-//! `train`, `dist` (against bare ONNX Runtime), `kl` and `blimp`.
+//! `train`, `dist` (against bare ONNX Runtime), `kl`, `blimp` and `explore`
+//! (the viewer's latency and memory).
 
 mod blimp;
 mod dist;
 mod engine;
+mod explore;
 mod kl;
 mod slurm;
 mod train;
@@ -31,6 +33,7 @@ pub fn bench(
         BenchWhat::Dist(a) => dist::dist(a),
         BenchWhat::Kl(a) => kl::kl(a),
         BenchWhat::Blimp(a) => blimp::blimp(a),
+        BenchWhat::Explore(a) => explore::explore(a, session),
         BenchWhat::Slurm(a) => slurm::slurm(&session()?, a),
         BenchWhat::Train(a) => train::train(&crate::config::load_with(config, set)?, a),
     }

@@ -68,10 +68,6 @@ impl Catalog {
         Ok(Catalog { root, files })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The table names of a stage, in order.
     pub fn names<'a>(&'a self, stage: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.files

@@ -171,6 +171,17 @@ impl Pairs {
     }
 }
 
+/// A row's value of a measure at one (size, step), by row index.
+type Values = Arc<Vec<f64>>;
+
+/// The last step's surprisal of a row (aggregate/final_surprisal.parquet).
+#[derive(Clone)]
+struct Final {
+    surprisal: f64,
+    bin: String,
+    confidence: String,
+}
+
 pub struct Explorer {
     cat: Catalog,
     pub sizes: Vec<Size>,
@@ -184,12 +195,12 @@ pub struct Explorer {
     row_index: HashMap<u32, usize>,
     ann: Option<Vec<Ann>>,
     /// Size → per row index (final surprisal, its bin, confidence bin).
-    surprisal: BTreeMap<String, Vec<Option<(f64, String, String)>>>,
+    surprisal: BTreeMap<String, Vec<Option<Final>>>,
     vocab: Vec<String>,
     pub mlm: bool,
     n_docs: u32,
     levels: BTreeMap<&'static str, Vec<String>>,
-    values: Mutex<LruCache<(usize, u32, Measure), Arc<Vec<f64>>>>,
+    values: Mutex<LruCache<(usize, u32, Measure), Values>>,
     pairs: Mutex<LruCache<(usize, u32), Arc<Pairs>>>,
     missing: Vec<String>,
 }
@@ -331,10 +342,14 @@ impl Explorer {
                 );
                 for i in 0..b.num_rows() {
                     if let Some(&ix) = row_index.get(&row[i]) {
-                        let v: &mut Vec<Option<(f64, String, String)>> = surprisal
+                        let v: &mut Vec<Option<Final>> = surprisal
                             .entry(sz[i].clone())
                             .or_insert_with(|| vec![None; rows.len()]);
-                        v[ix] = Some((s[i], bin[i].clone(), conf[i].clone()));
+                        v[ix] = Some(Final {
+                            surprisal: s[i],
+                            bin: bin[i].clone(),
+                            confidence: conf[i].clone(),
+                        });
                     }
                 }
             }
@@ -398,7 +413,7 @@ impl Explorer {
                 .values()
                 .flatten()
                 .flatten()
-                .map(|x| x.1.clone())
+                .map(|x| x.bin.clone())
                 .collect();
             levels.insert("surprisal_bin", ordered(all));
         }
@@ -634,7 +649,7 @@ impl Explorer {
 
     /// Each row's value of a measure at (size, step), by row index (NaN
     /// where the row has none).
-    pub fn values(&self, size: usize, step: u32, m: Measure) -> Result<Arc<Vec<f64>>, ApiError> {
+    pub fn values(&self, size: usize, step: u32, m: Measure) -> Result<Values, ApiError> {
         if let Some(v) = self.values.lock().expect("cache").get(&(size, step, m)) {
             return Ok(v.clone());
         }
@@ -706,7 +721,7 @@ impl Explorer {
                 .surprisal
                 .get(size)
                 .and_then(|v| v[ix].as_ref())
-                .map(|x| vec![x.1.clone()])
+                .map(|x| vec![x.bin.clone()])
                 .unwrap_or_default(),
             "doc" => vec![self.rows[ix].doc.to_string()],
             _ => vec![],
@@ -933,9 +948,9 @@ impl Explorer {
             "context_upos": a.as_ref().map(|a| a.context_upos.clone()),
             "context_xpos": a.as_ref().map(|a| a.context_xpos.clone()),
             "pos_group": a.as_ref().map(|a| a.groups.clone()),
-            "final_surprisal": fs.as_ref().map(|x| x.0),
-            "surprisal_bin": fs.as_ref().map(|x| x.1.clone()),
-            "confidence_bin": fs.as_ref().map(|x| x.2.clone()),
+            "final_surprisal": fs.as_ref().map(|x| x.surprisal),
+            "surprisal_bin": fs.as_ref().map(|x| x.bin.clone()),
+            "confidence_bin": fs.as_ref().map(|x| x.confidence.clone()),
             "measures": measures, "pairs": pairs, "seeds": seeds, "dist_note": dist_note,
         }))
     }

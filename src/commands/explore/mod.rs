@@ -15,7 +15,7 @@ use anyhow::{anyhow, Result};
 
 pub use catalog::Catalog;
 pub use data::Explorer;
-pub use http::{route, Reply};
+pub use http::route;
 
 use super::Session;
 use crate::cli::ExploreArgs;

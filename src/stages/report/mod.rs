@@ -39,7 +39,7 @@ use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.

@@ -51,6 +51,19 @@ pub(super) fn tokens(r: &Inputs) -> Result<Vec<Block>, StageError> {
             numeric: vec![false, false, false, true, true],
         },
     ];
+    if let Some(size) = job.info.sizes.first() {
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        blocks.push(Block::Link {
+            text: "These tokens in their text, with each seed's predictions: run `seedconv explore` and".into(),
+            label: "open in explore".into(),
+            href: format!(
+                "http://127.0.0.1:{}/?size={}&step={}&measure=kl",
+                crate::config::EXPLORE_PORT,
+                enc(size),
+                job.info.steps.iter().max().unwrap_or(&0)
+            ),
+        });
+    }
     let pooled = agg.join("token_table_pooled.parquet");
     if pooled.exists() {
         let t = Table::read(&pooled)?;
