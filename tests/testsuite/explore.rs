@@ -5,7 +5,7 @@
 //! `run`, a masked-LM suite, and the page in headless Chromium.
 
 use crate::common;
-use crate::report::{chromium, count_color, decode_png};
+use crate::report::{chromium, count_color, decode_png, HEADLESS};
 use common::{col, hf_models, hf_suite_config, read_table, Project};
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -627,12 +627,8 @@ fn explore_shows_a_masked_lm_suite() {
 fn browser(p: &Project, args: &[String], url: &str) -> String {
     let log = p.path().join("chromium-explore.log");
     let child = Command::new(chromium())
+        .args(HEADLESS)
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
             "--window-size=1400,1000",
             // Let the page's requests finish before the DOM is taken.
             "--virtual-time-budget=20000",

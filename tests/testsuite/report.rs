@@ -61,6 +61,15 @@ pub(crate) fn count_color(rgb: &[u8], c: [u8; 3], tol: i32) -> usize {
 /// Tableau blue, the first series colour.
 const BLUE: [u8; 3] = [31, 119, 180];
 
+/// Chromium's flags for a headless run in a container.
+pub(crate) const HEADLESS: [&str; 5] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+];
+
 pub(crate) fn chromium() -> PathBuf {
     if let Ok(p) = std::env::var("SEEDCONV_CHROMIUM") {
         return PathBuf::from(p);
@@ -260,14 +269,8 @@ fn report_plots_the_tables_and_renders_in_a_browser() {
     // A real browser renders it: the inline SVG lines are on the screenshot.
     let shot = p.path().join("shot.png");
     let mut child = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            "--window-size=1000,1400",
-        ])
+        .args(HEADLESS)
+        .arg("--window-size=1000,1400")
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", html_path.display()))
         .current_dir(p.path())

@@ -220,6 +220,19 @@ fn header(k: &str, v: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
 }
 
+fn respond<R: std::io::Read>(
+    rq: tiny_http::Request,
+    r: tiny_http::Response<R>,
+    status: u16,
+    headers: [tiny_http::Header; 4],
+) -> std::io::Result<()> {
+    let mut r = r.with_status_code(status);
+    for h in headers {
+        r.add_header(h);
+    }
+    rq.respond(r)
+}
+
 /// Answer requests on `threads` threads until `stop` is set.
 pub fn serve(
     ex: Arc<Explorer>,
@@ -262,20 +275,10 @@ pub fn serve(
                     ];
                     let res = match reply.body {
                         Body::Bytes(b) => {
-                            let mut r =
-                                tiny_http::Response::from_data(b).with_status_code(reply.status);
-                            for h in headers {
-                                r.add_header(h);
-                            }
-                            rq.respond(r)
+                            respond(rq, tiny_http::Response::from_data(b), reply.status, headers)
                         }
                         Body::File(f) => {
-                            let mut r =
-                                tiny_http::Response::from_file(f).with_status_code(reply.status);
-                            for h in headers {
-                                r.add_header(h);
-                            }
-                            rq.respond(r)
+                            respond(rq, tiny_http::Response::from_file(f), reply.status, headers)
                         }
                     };
                     if let Err(e) = res {
