@@ -114,6 +114,9 @@ pub struct Suite {
     pub checkpoints: Vec<Checkpoint>,
     pub builtin: bool,
     pub objective: Objective,
+    /// What each seed's run varied, by seed label and factor (`init`,
+    /// `data`): the built-in suite's split seeds, or `suite.seed_factors`.
+    pub factors: Option<BTreeMap<String, crate::config::Factors>>,
 }
 
 impl Suite {
@@ -206,6 +209,23 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
                 }
             }
         }
+        // Split seeds name their factors; one number for both does not.
+        let factors = t
+            .seeds
+            .iter()
+            .any(|s| matches!(s, crate::config::SeedSpec::Split { .. }))
+            .then(|| {
+                t.seeds
+                    .iter()
+                    .map(|s| {
+                        let f = [
+                            ("init".to_string(), s.init()),
+                            ("data".to_string(), s.data()),
+                        ];
+                        (s.label(), f.into_iter().collect())
+                    })
+                    .collect()
+            });
         return Ok(Some(Suite {
             sizes: t.sizes.keys().cloned().collect(),
             seeds,
@@ -214,6 +234,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
             checkpoints,
             builtin: true,
             objective: t.objective,
+            factors,
         }));
     }
     let Some(su) = &c.suite else {
@@ -225,12 +246,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
     for size in &sizes {
         for seed in &su.seeds {
             for &step in &su.steps {
-                let path = PathBuf::from(
-                    su.models
-                        .replace("{size}", size)
-                        .replace("{seed}", &seed.to_string())
-                        .replace("{step}", &step.to_string()),
-                );
+                let path = PathBuf::from(su.expand(&su.models, size, &seed.to_string(), step));
                 let mut ckpt = Checkpoint {
                     size: size.clone(),
                     seed: seed.to_string(),
@@ -279,6 +295,7 @@ pub fn from_config(l: &Loaded) -> Result<Option<Suite>, ConfigError> {
         checkpoints,
         builtin: false,
         objective: su.kind,
+        factors: su.factors(),
     }))
 }
 

@@ -32,7 +32,9 @@ pub use measure::{
 };
 pub use reference::reference;
 pub use report::{Band, ReportConfig};
-pub use suite::{FetchConfig, Keep, SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE};
+pub use suite::{
+    Factors, FetchConfig, Keep, SeedName, SeedSpec, SizeConfig, SuiteConfig, TrainConfig, ONE_SIZE,
+};
 
 pub const DEFAULT_CONFIG: &str = "pipeline.toml";
 

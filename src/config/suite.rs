@@ -54,6 +54,29 @@ impl SeedSpec {
     }
 }
 
+/// An external suite's seed: a number (`3`) or a name (`"data-seed1"`),
+/// each `{seed}` in the path template.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(untagged)]
+pub enum SeedName {
+    Number(u64),
+    Name(String),
+}
+
+impl std::fmt::Display for SeedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeedName::Number(n) => write!(f, "{n}"),
+            SeedName::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A seed's factors: what its run varied, e.g. `{ init = 1, data = 0 }`.
+pub type Factors = std::collections::BTreeMap<String, u64>;
+
 /// A built-in seed suite: sizes × seeds, trained on `train_corpus`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -145,8 +168,21 @@ pub struct SuiteConfig {
     /// called `ONE_SIZE`.
     #[serde(default)]
     pub sizes: Vec<String>,
-    /// Seed labels, each `{seed}` in the template (e.g. `[1, 3, 5, 7, 9]`).
-    pub seeds: Vec<u64>,
+    /// Seed labels, each `{seed}` in the template: numbers (`[1, 3, 5,
+    /// 7, 9]`) or names (`["data-seed1", "weight-seed1"]`; letters, digits,
+    /// `.`, `_`, `-`).
+    pub seeds: Vec<SeedName>,
+    /// What each seed's run varied, by factor (e.g. `"data-seed1" = {
+    /// init = 0, data = 1 }`): every seed, the same factors. With factors,
+    /// `aggregate` splits the divergence by the factors a pair differs in
+    /// (`seed_factors.parquet`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub seed_factors: std::collections::BTreeMap<String, Factors>,
+    /// A name per run, `{run}` in `models` and `fetch`, keyed
+    /// `"{size}/{seed}"` (runs whose hub names do not follow one pattern,
+    /// e.g. Mistral's `alias-gpt2-small-x21`); every size and seed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub runs: std::collections::BTreeMap<String, String>,
     /// Checkpoint steps, each `{step}` in the template; a step missing a
     /// checkpoint of some seed is an error naming the file.
     pub steps: Vec<usize>,
@@ -279,10 +315,97 @@ impl TrainConfig {
     }
 }
 
+impl SuiteConfig {
+    fn check_runs(&self, ck: &Check, used: bool) -> Result<(), ConfigError> {
+        let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
+        for key in self.runs.keys() {
+            let ok = key.split_once('/').is_some_and(|(z, s)| {
+                self.size_names().iter().any(|x| x == z) && seeds.iter().any(|x| x == s)
+            });
+            if !ok {
+                return Err(ck.bad(
+                    "suite.runs",
+                    format!("{key:?} is not \"size/seed\" of a listed size and seed"),
+                ));
+            }
+        }
+        if used {
+            for z in self.size_names() {
+                for s in &seeds {
+                    if !self.runs.contains_key(&format!("{z}/{s}")) {
+                        return Err(ck.bad(
+                            "suite.runs",
+                            format!(
+                                "the templates use {{run}} but no run is named for \"{z}/{s}\""
+                            ),
+                        ));
+                    }
+                }
+            }
+        } else if !self.runs.is_empty() {
+            return Err(ck.bad(
+                "suite.runs",
+                "neither suite.models nor suite.fetch uses {run}".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_factors(&self, ck: &Check) -> Result<(), ConfigError> {
+        if self.seed_factors.is_empty() {
+            return Ok(());
+        }
+        let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
+        if let Some(k) = self.seed_factors.keys().find(|k| !seeds.contains(k)) {
+            return Err(ck.bad("suite.seed_factors", format!("{k:?} is not a listed seed")));
+        }
+        if let Some(s) = seeds.iter().find(|s| !self.seed_factors.contains_key(*s)) {
+            return Err(ck.bad(
+                "suite.seed_factors",
+                format!("seed {s:?} has no factors (give every seed)"),
+            ));
+        }
+        let names = |f: &Factors| f.keys().cloned().collect::<Vec<_>>();
+        let first = names(self.seed_factors.values().next().expect("not empty"));
+        if first.is_empty() {
+            return Err(ck.bad("suite.seed_factors", "no factors given".into()));
+        }
+        if let Some((s, f)) = self.seed_factors.iter().find(|(_, f)| names(f) != first) {
+            return Err(ck.bad(
+                "suite.seed_factors",
+                format!(
+                    "seed {s:?} has factors {} where the others have {}",
+                    names(f).join(", "),
+                    first.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The size name of a suite whose path template has no `{size}`.
 pub const ONE_SIZE: &str = "model";
 
 impl SuiteConfig {
+    /// A template (`models`, `fetch`) with `{size}`, `{seed}`, `{step}`
+    /// and `{run}` filled in (`{out}` stays).
+    pub fn expand(&self, template: &str, size: &str, seed: &str, step: usize) -> String {
+        let mut t = template
+            .replace("{size}", size)
+            .replace("{seed}", seed)
+            .replace("{step}", &step.to_string());
+        if let Some(run) = self.runs.get(&format!("{size}/{seed}")) {
+            t = t.replace("{run}", run);
+        }
+        t
+    }
+
+    /// The seeds' factors by label, when given.
+    pub fn factors(&self) -> Option<std::collections::BTreeMap<String, Factors>> {
+        (!self.seed_factors.is_empty()).then(|| self.seed_factors.clone())
+    }
+
     /// The sizes: as listed, or the one unnamed size.
     pub fn size_names(&self) -> Vec<String> {
         if self.sizes.is_empty() {
@@ -309,16 +432,36 @@ impl SuiteConfig {
                 "the path template has {size}: list the sizes".into(),
             ));
         }
-        let needed: &[&str] = if su.sizes.len() > 1 {
-            &["{size}", "{seed}", "{step}"]
-        } else {
-            &["{seed}", "{step}"]
+        let uses_run = su.models.contains("{run}");
+        let needed: &[&str] = match (su.sizes.len() > 1, uses_run) {
+            (_, true) => &["{step}"],
+            (true, false) => &["{size}", "{seed}", "{step}"],
+            (false, false) => &["{seed}", "{step}"],
         };
         for ph in needed {
             if !su.models.contains(ph) {
                 return Err(ck.bad("suite.models", format!("the path template lacks {ph}")));
             }
         }
+        for seed in &su.seeds {
+            if let SeedName::Name(n) = seed {
+                if n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                {
+                    return Err(ck.bad(
+                        "suite.seeds",
+                        format!("{n:?}: a seed name is letters, digits, '.', '_' and '-'"),
+                    ));
+                }
+            }
+        }
+        self.check_runs(
+            ck,
+            uses_run || su.fetch.as_ref().is_some_and(|f| f.contains("{run}")),
+        )?;
+        self.check_factors(ck)?;
         if su.seeds.len() < 2 || su.steps.is_empty() {
             return Err(ck.bad("suite", "needs at least two seeds, and steps".into()));
         }

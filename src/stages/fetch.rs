@@ -47,10 +47,7 @@ impl Stage for Fetch {
                     size: c.size.clone(),
                     seed: c.seed.clone(),
                     step: c.step,
-                    command: template
-                        .replace("{size}", &c.size)
-                        .replace("{seed}", &c.seed)
-                        .replace("{step}", &c.step.to_string()),
+                    command: su.expand(template, &c.size, &c.seed, c.step),
                     objective: su.kind,
                     root: cx.loaded.root.clone(),
                 };

@@ -28,5 +28,6 @@ mod report;
 mod robustness;
 mod seeds;
 mod slurm;
+mod suites;
 mod train;
 mod workflow;

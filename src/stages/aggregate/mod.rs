@@ -33,6 +33,7 @@ pub use seeds::Z_APART;
 mod battery;
 pub mod compare;
 mod conv;
+mod factors;
 mod frames;
 mod measures;
 mod regression;
@@ -157,6 +158,7 @@ impl Stage for Aggregate {
                 .filter_map(|n| crate::analysis::measures::find(n))
                 .collect(),
             variables: a.variables.clone(),
+            factors: suite.factors.clone().unwrap_or_default(),
         };
         vec![self.instance("", job).deps(deps)]
     }
@@ -186,6 +188,10 @@ struct AggregateJob {
     /// kernel re-keys).
     measures: Vec<&'static crate::analysis::measures::Measure>,
     variables: Vec<String>,
+    /// What each seed's run varied (`seed_factors.parquet`); absent from
+    /// the key when there are none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    factors: BTreeMap<String, crate::config::Factors>,
 }
 
 impl Job for AggregateJob {
@@ -211,6 +217,7 @@ impl Job for AggregateJob {
         llama.write(ctx)?;
         self.phases(ctx, &steps, &cl)?;
         let flagged = self.seeds(ctx, &steps, &cl)?;
+        self.seed_factors(ctx, &steps, &cl)?;
         // The per-row statistics, not the top-k lists (inspection only).
         let dists = scan_columns(
             &dist_files,

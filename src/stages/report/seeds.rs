@@ -46,7 +46,77 @@ pub(super) fn outliers(r: &Inputs) -> Result<Vec<Block>, StageError> {
         Block::Para(format!("Per step, each seed's mean KL to the others (over the ordered pairs that contain it, aggregate/seeds.parquet has the whole seed × seed matrix); a seed stands apart where its robust z, (d − median) / max(1.4826·MAD, 5% of the median), exceeds {}, and is flagged where it does so at two neighbouring steps (aggregate/seed_outliers.parquet). {}.", crate::stages::aggregate::Z_APART, lines.join("; "))),
     ];
     blocks.extend(matrices(r)?);
+    blocks.extend(factors(r)?);
     Ok(blocks)
+}
+
+/// Where the seeds name what their runs varied: E[KL] by the factors a
+/// pair differs in, and each factor's share, at the last step.
+fn factors(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    let path = r.agg.join("seed_factors.parquet");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let last = r.job.info.steps.iter().copied().max().unwrap_or(0) as u64;
+    let t = Table::read(&path)?;
+    let (size, step, differs, kl) = (
+        t.str("size")?,
+        t.u64("step")?,
+        t.str("differs")?,
+        t.f64("kl")?,
+    );
+    let (lo, hi, n) = (t.f64("ci_low")?, t.f64("ci_high")?, t.u64("n_pairs")?);
+    let rows: Vec<Vec<String>> = (0..t.height())
+        .filter(|&i| step[i] == Some(last))
+        .map(|i| {
+            vec![
+                size[i].clone(),
+                differs[i].clone(),
+                fmt(kl[i]),
+                format!("[{}, {}]", fmt(lo[i]), fmt(hi[i])),
+                n[i].unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    let s = Table::read(&r.agg.join("seed_factor_shares.parquet"))?;
+    let (ssize, sstep, factor, share) = (
+        s.str("size")?,
+        s.u64("step")?,
+        s.str("factor")?,
+        s.f64("share")?,
+    );
+    let (slo, shi) = (s.f64("ci_low")?, s.f64("ci_high")?);
+    let shares: Vec<Vec<String>> = (0..s.height())
+        .filter(|&i| sstep[i] == Some(last))
+        .map(|i| {
+            vec![
+                ssize[i].clone(),
+                factor[i].clone(),
+                fmt(share[i]),
+                format!("[{}, {}]", fmt(slo[i]), fmt(shi[i])),
+            ]
+        })
+        .collect();
+    let mut out = vec![
+        Block::Heading("Sources of divergence".into()),
+        Block::Para(format!("The seeds name what their runs varied: at step {last}, E[KL] over the ordered pairs that differ in the factors given (aggregate/seed_factors.parquet, every step there), with 95% seed- and document-aware intervals.")),
+        Block::Table {
+            header: ["size", "pairs differ in", "E[KL]", "95% CI", "pairs"].map(String::from).to_vec(),
+            rows,
+            numeric: vec![false, false, true, false, true],
+        },
+    ];
+    if !shares.is_empty() {
+        out.push(Block::Para("Each factor's share: E[KL] of the pairs that differ in it alone over E[KL] of the pairs that differ in every factor; the interaction is 1 − their sum (aggregate/seed_factor_shares.parquet).".into()));
+        out.push(Block::Table {
+            header: ["size", "factor", "share", "95% CI"]
+                .map(String::from)
+                .to_vec(),
+            rows: shares,
+            numeric: vec![false, false, true, false],
+        });
+    }
+    Ok(out)
 }
 
 /// Each size's seed × seed mean KL at the chosen steps (default: the last).

@@ -1,0 +1,320 @@
+//! Suites as they exist: seeds with names, seeds that name what their runs
+//! varied (the divergence split by factor), runs with names of their own
+//! (`{run}`), and the presets for Mistral's GPT-2 seeds and PolyPythia's
+//! decoupled 160M runs.
+
+use crate::common;
+use common::{causal, col, read_table, Project, REPO};
+
+use arrow_array::{Float64Array, StringArray, UInt32Array};
+
+/// Copy the shipped GPT-NeoX samples under new run names: `w1d1`, `w1d2`
+/// are seed 11's files, `w2d1`, `w2d2` seed 12's — so pairs that differ in
+/// `data` only are identical models (KL 0) and the rest are 11 vs 12.
+fn renamed_suite(p: &Project) {
+    for (name, src) in [("w1d1", 11), ("w1d2", 11), ("w2d1", 12), ("w2d2", 12)] {
+        for step in [0, 50] {
+            let from = causal().join(format!("neox-seed{src}/step{step}"));
+            let to = p.path().join(format!("models/neox-{name}/step{step}"));
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(&from).unwrap().flatten() {
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        }
+    }
+}
+
+fn named_config(extra: &str) -> String {
+    format!(
+        r#"[tokenizer]
+path = "{tok}"
+
+[corpus]
+path = "text/eval.conllu"
+window = 24
+
+[frequency]
+files = ["text/a.txt"]
+
+[suite]
+models = "models/neox-{{seed}}/step{{step}}/model.onnx"
+sizes = ["tiny"]
+seeds = ["w1d1", "w2d1", "w1d2", "w2d2"]
+steps = [0, 50]
+{extra}
+
+[dist]
+top_k = 8
+batch_size = 3
+"#,
+        tok = causal().join("tokenizer.json").display()
+    )
+}
+
+const FACTORS: &str = r#"
+[suite.seed_factors]
+w1d1 = { init = 1, data = 1 }
+w2d1 = { init = 2, data = 1 }
+w1d2 = { init = 1, data = 2 }
+w2d2 = { init = 2, data = 2 }
+"#;
+
+#[test]
+fn named_seeds_with_factors_split_the_divergence_through_to_the_report() {
+    let p = Project::micro();
+    renamed_suite(&p);
+    p.write_config(&named_config(FACTORS));
+    p.ok(&["run"]);
+    let s = p.store();
+    // The names reach the tables.
+    let kl = read_table(&s.join("kl/current/tiny-step50.kl.parquet"));
+    let seeds: std::collections::BTreeSet<&str> = {
+        let a = col::<StringArray>(&kl, "seed_a");
+        (0..kl.num_rows()).map(|i| a.value(i)).collect()
+    };
+    assert_eq!(
+        seeds.into_iter().collect::<Vec<_>>(),
+        ["w1d1", "w1d2", "w2d1", "w2d2"]
+    );
+    // Per class, E[KL] is the mean over its pairs' rows, computed here.
+    let (a, b) = (
+        col::<StringArray>(&kl, "seed_a"),
+        col::<StringArray>(&kl, "seed_b"),
+    );
+    let k = col::<Float64Array>(&kl, "kl");
+    let class = |x: &str, y: &str| {
+        let (i, d) = (x[1..2] != y[1..2], x[3..4] != y[3..4]);
+        match (i, d) {
+            (true, false) => "init",
+            (false, true) => "data",
+            _ => "data+init",
+        }
+    };
+    let mut want: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for i in 0..kl.num_rows() {
+        let e = want.entry(class(a.value(i), b.value(i))).or_default();
+        e.0 += k.value(i);
+        e.1 += 1;
+    }
+    let t = read_table(&s.join("aggregate/current/seed_factors.parquet"));
+    let (st, differs) = (
+        col::<UInt32Array>(&t, "step"),
+        col::<StringArray>(&t, "differs"),
+    );
+    let (v, lo, hi) = (
+        col::<Float64Array>(&t, "kl"),
+        col::<Float64Array>(&t, "ci_low"),
+        col::<Float64Array>(&t, "ci_high"),
+    );
+    let n_pairs = col::<UInt32Array>(&t, "n_pairs");
+    let mut seen = 0;
+    for i in (0..t.num_rows()).filter(|&i| st.value(i) == 50) {
+        let (sum, n) = want[differs.value(i)];
+        assert!((v.value(i) - sum / n as f64).abs() <= 1e-12 * (sum / n as f64).max(1e-300));
+        assert_eq!(n_pairs.value(i), 4, "{}", differs.value(i));
+        assert!(lo.value(i) <= v.value(i) && v.value(i) <= hi.value(i));
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    // Data-only pairs are the same model twice: KL 0. So init explains it
+    // all: share 1, data 0, interaction 0.
+    assert_eq!(want["data"].0, 0.0);
+    let sh = read_table(&s.join("aggregate/current/seed_factor_shares.parquet"));
+    let (sst, f, share) = (
+        col::<UInt32Array>(&sh, "step"),
+        col::<StringArray>(&sh, "factor"),
+        col::<Float64Array>(&sh, "share"),
+    );
+    let get = |name: &str| {
+        (0..sh.num_rows())
+            .find(|&i| sst.value(i) == 50 && f.value(i) == name)
+            .map(|i| share.value(i))
+            .unwrap()
+    };
+    assert!((get("init") - 1.0).abs() < 1e-12, "{}", get("init"));
+    assert_eq!(get("data"), 0.0);
+    assert!(get("interaction").abs() < 1e-12);
+    let html = std::fs::read_to_string(s.join("report/current/report.html")).unwrap();
+    assert!(html.contains("<h2>Sources of divergence</h2>"));
+    assert!(html.contains("<td>w1d1</td>") || html.contains("w1d1"));
+}
+
+#[test]
+fn seed_names_runs_and_factors_are_checked() {
+    let p = Project::micro();
+    renamed_suite(&p);
+    for (extra, says) in [
+        (
+            "[suite.seed_factors]\nw1d1 = { init = 1, data = 1 }\n",
+            "seed \"w2d1\" has no factors (give every seed)",
+        ),
+        (
+            "[suite.seed_factors]\nw1d1 = { init = 1, data = 1 }\nw2d1 = { init = 2 }\nw1d2 = { init = 1, data = 2 }\nw2d2 = { init = 2, data = 2 }\n",
+            "seed \"w2d1\" has factors init where the others have data, init",
+        ),
+        (
+            "[suite.seed_factors]\nnope = { init = 1 }\n",
+            "\"nope\" is not a listed seed",
+        ),
+        (
+            "[suite.runs]\n\"tiny/w1d1\" = \"x\"\n",
+            "neither suite.models nor suite.fetch uses {run}",
+        ),
+    ] {
+        p.write_config(&named_config(extra));
+        let r = p.run(&["status"]);
+        assert_eq!(r.code, 2, "{extra}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{extra}: {}", r.stderr);
+        assert!(r.stderr.contains("suite."), "{}", r.stderr);
+    }
+    // A name with a slash.
+    p.write_config(&named_config("").replace("\"w2d2\"]", "\"w2/d2\"]"));
+    let r = p.run(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("\"w2/d2\": a seed name is letters, digits"),
+        "{}",
+        r.stderr
+    );
+    // `{run}` names each run's folder; one not named is an error.
+    let runs = "models = \"models/{run}/step{step}/model.onnx\"";
+    let cfg = named_config(
+        "[suite.runs]\n\"tiny/w1d1\" = \"neox-w1d1\"\n\"tiny/w2d1\" = \"neox-w2d1\"\n\"tiny/w1d2\" = \"neox-w1d2\"\n",
+    )
+    .replace("models = \"models/neox-{seed}/step{step}/model.onnx\"", runs);
+    p.write_config(&cfg);
+    let r = p.run(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("the templates use {run} but no run is named for \"tiny/w2d2\""),
+        "{}",
+        r.stderr
+    );
+    p.write_config(&cfg.replace(
+        "\"tiny/w1d2\" = \"neox-w1d2\"\n",
+        "\"tiny/w1d2\" = \"neox-w1d2\"\n\"tiny/w2d2\" = \"neox-w2d2\"\n",
+    ));
+    let r = p.run(&["status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// `status --json` of a preset with its store in `p`: instances missing
+/// per stage.
+fn preset_status(p: &Project, name: &str) -> serde_json::Value {
+    let preset = std::path::Path::new(REPO).join(format!("presets/{name}.toml"));
+    let store = format!("store.dir={}", p.store().display());
+    let r = p.run(&[
+        "-c",
+        preset.to_str().unwrap(),
+        "--set",
+        &store,
+        "status",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+    let dag = p.run(&["-c", preset.to_str().unwrap(), "--set", &store, "dag"]);
+    assert_eq!(dag.code, 0, "{name}: {}", dag.stderr);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+fn missing(st: &serde_json::Value, stage: &str) -> u64 {
+    st["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == stage)
+        .map_or(0, |s| {
+            s["missing"].as_u64().unwrap() + s["pending"].as_u64().unwrap()
+        })
+}
+
+#[test]
+fn mistral_and_decoupled_polypythia_presets_load_without_the_network() {
+    let p = Project::micro();
+    // Mistral: 2 sizes × 5 seeds × 16 checkpoints, each run named.
+    let st = preset_status(&p, "mistral-gpt2");
+    assert_eq!(missing(&st, "fetch"), 160);
+    let ids: Vec<&str> = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["stage"] == "fetch")
+        .map(|i| i["label"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"medium-seedx777-step400000"), "{ids:?}");
+    let v: toml::Value = toml::from_str(
+        &std::fs::read_to_string(std::path::Path::new(REPO).join("presets/mistral-gpt2.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v["suite"]["runs"]["medium/x81"].as_str(),
+        Some("celebrimbor-gpt2-medium-x81")
+    );
+    assert!(v["suite"]["fetch"]
+        .as_str()
+        .unwrap()
+        .contains("stanford-crfm/{run} --revision checkpoint-{step}"));
+    // The shipped GPT-2 tokenizer encodes as GPT-2 does.
+    let tok = tokenizers::Tokenizer::from_file(
+        std::path::Path::new(REPO).join("data/gpt2/tokenizer.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        tok.encode("Hello world", false).unwrap().get_ids(),
+        [15496, 995]
+    );
+    // PolyPythia decoupled: 9 named runs of 160m × 20 checkpoints, factors.
+    let p = Project::micro();
+    let st = preset_status(&p, "polypythia-decoupled");
+    assert_eq!(missing(&st, "fetch"), 180);
+    let v: toml::Value = toml::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(REPO).join("presets/polypythia-decoupled.toml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v["suite"]["seed_factors"]["weight-seed2"]["init"].as_integer(),
+        Some(2)
+    );
+    assert_eq!(
+        v["suite"]["seed_factors"]["weight-seed2"]["data"].as_integer(),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_trainers_split_seeds_are_factors() {
+    let p = Project::micro();
+    p.write_config(&common::builtin_suite(
+        "[{ init_seed = 1, data_seed = 1 }, { init_seed = 2, data_seed = 1 }, { init_seed = 1, data_seed = 2 }]",
+        "[0, 24]",
+        "",
+    ));
+    p.ok(&["run", "aggregate"]);
+    let t = read_table(&p.store().join("aggregate/current/seed_factors.parquet"));
+    let (st, d, n) = (
+        col::<UInt32Array>(&t, "step"),
+        col::<StringArray>(&t, "differs"),
+        col::<UInt32Array>(&t, "n_pairs"),
+    );
+    let at24: Vec<(&str, u32)> = (0..t.num_rows())
+        .filter(|&i| st.value(i) == 24)
+        .map(|i| (d.value(i), n.value(i)))
+        .collect();
+    // i1-d1 vs i2-d1: init; i1-d1 vs i1-d2: data; i2-d1 vs i1-d2: both.
+    assert_eq!(at24, [("data", 2), ("data+init", 2), ("init", 2)]);
+    let sh = read_table(
+        &p.store()
+            .join("aggregate/current/seed_factor_shares.parquet"),
+    );
+    assert_eq!(
+        sh.num_rows(),
+        2 * 3,
+        "init, data, interaction at both steps"
+    );
+}
