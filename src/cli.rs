@@ -281,6 +281,10 @@ pub enum BenchWhat {
     /// a trajectory, memory — on the config's store and a synthetic
     /// Pythia-scale one.
     Explore(BenchExploreArgs),
+    /// The lineage check (weights' norms and distances to every start)
+    /// against the forward passes of one checkpoint, on random models
+    /// (default: Pythia-70M's shape).
+    Lineage(BenchLineageArgs),
     /// Training throughput (tokens/s) of each model size in the config's [train].
     Train(BenchTrainArgs),
     /// The Slurm executor: submitting a synthetic plan (held, then
@@ -361,6 +365,27 @@ pub struct BenchExploreArgs {
     /// benchmark starts).
     #[arg(long, hide = true)]
     pub dir: Option<PathBuf>,
+}
+
+/// Arguments of `bench lineage`.
+#[derive(Debug, Args)]
+pub struct BenchLineageArgs {
+    #[arg(long, default_value_t = 50_304)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 512)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 6)]
+    pub layers: usize,
+    /// Runs (each a start and one later checkpoint).
+    #[arg(long, default_value_t = 2)]
+    pub seeds: usize,
+    /// Tokens per forward window.
+    #[arg(long, default_value_t = 2048)]
+    pub window: usize,
+    /// Windows per checkpoint in the dist stage (the paper's 4,662 rows in
+    /// windows of 2,048 with stride 1,024: 4).
+    #[arg(long, default_value_t = 4)]
+    pub windows: usize,
 }
 
 /// Arguments of `bench blimp`.

@@ -225,10 +225,37 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
     if !quiet {
         eprintln!("{summary}");
     }
+    warn_lineage(s, &report);
     if let (Some(html), false) = (html, args.json) {
         println!("report: {}", html.display());
     }
     Ok(())
+}
+
+/// Say again, after the summary, which runs' checkpoints the lineage check
+/// flagged (computed now or reused): a result that rests on them is suspect.
+fn warn_lineage(s: &Session, report: &RunReport) {
+    for (_, o) in &report.outcomes {
+        let (Outcome::Computed(m) | Outcome::Reused(m)) = o else {
+            continue;
+        };
+        if m.stage != stages::lineage::NAME {
+            continue;
+        }
+        let path = s
+            .engine
+            .store
+            .entry_dir(&m.stage, &m.key)
+            .join(stages::lineage::FILE);
+        match stages::lineage::flagged(&path) {
+            Ok(lines) => {
+                for l in lines {
+                    tracing::warn!("lineage: {l}");
+                }
+            }
+            Err(e) => tracing::warn!("lineage: {e}"),
+        }
+    }
 }
 
 /// Record what this run made current in this config's root (merged with

@@ -29,6 +29,7 @@ pub mod frequency;
 pub mod icl;
 pub mod icl_summary;
 pub mod kl;
+pub mod lineage;
 pub mod report;
 pub mod tagger;
 pub mod tokenizer;
@@ -102,6 +103,7 @@ pub const REGISTRY: &[&dyn DynStage] = &[
     &traindata::TrainData,
     &train::Train,
     &fetch::Fetch,
+    &lineage::Lineage,
     &dist::Dist,
     &kl::Kl,
     &drift::Drift,

@@ -318,3 +318,88 @@ fn the_trainers_split_seeds_are_factors() {
         "init, data, interaction at both steps"
     );
 }
+
+/// The shipped samples copied into `p` as `neox-seed{11,12}`, with seed 12's
+/// later checkpoints replaced by seed 11's when `swap`.
+fn copied_suite(p: &Project, swap: bool) -> String {
+    for seed in [11, 12] {
+        for step in [0, 50, 300] {
+            let src = if swap && seed == 12 && step > 0 {
+                11
+            } else {
+                seed
+            };
+            let from = causal().join(format!("neox-seed{src}/step{step}"));
+            let to = p.path().join(format!("models/neox-seed{seed}/step{step}"));
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(&from).unwrap().flatten() {
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        }
+    }
+    common::hf_suite_config(
+        "models/neox-seed{seed}/step{step}/model.onnx",
+        "[0, 50, 300]",
+    )
+}
+
+#[test]
+fn lineage_flags_checkpoints_that_descend_from_another_seed_and_not_a_clean_suite() {
+    use arrow_array::BooleanArray;
+    let p = Project::micro();
+    p.write_config(&copied_suite(&p, false));
+    let r = p.ok(&["run"]);
+    assert!(!r.stderr.contains("lineage:"), "{}", r.stderr);
+    let t = read_table(&p.store().join("lineage/current/tiny.lineage.parquet"));
+    let flagged = col::<BooleanArray>(&t, "flagged");
+    assert_eq!(t.num_rows(), 6);
+    assert!((0..6).all(|i| !flagged.value(i)));
+    // Every later checkpoint is nearer its own start than the other's.
+    let (own, other) = (
+        col::<Float64Array>(&t, "rel_to_own_start"),
+        col::<Float64Array>(&t, "rel_to_nearest_other_start"),
+    );
+    let step = col::<UInt32Array>(&t, "step");
+    for i in 0..6 {
+        if step.value(i) == 0 {
+            assert_eq!(own.value(i), 0.0);
+        }
+        assert!(own.value(i) < other.value(i), "row {i}");
+    }
+    let html = std::fs::read_to_string(p.store().join("report/current/report.html")).unwrap();
+    assert!(html.contains("no run flagged"), "clean suite");
+
+    // Seed 12's steps 50 and 300 are seed 11's: flagged, naming both.
+    let p = Project::micro();
+    p.write_config(&copied_suite(&p, true));
+    let r = p.ok(&["run"]);
+    assert!(
+        r.stderr.contains(
+            "lineage: tiny seed 12: checkpoints at steps 50, 300 sit nearer seed 11's step 0 than its own"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(r
+        .stderr
+        .contains("tiny seed 12 step 50 has the same weights as seed 11 step 50"));
+    let t = read_table(&p.store().join("lineage/current/tiny.lineage.parquet"));
+    let (seed, flagged, near) = (
+        col::<StringArray>(&t, "seed"),
+        col::<BooleanArray>(&t, "flagged"),
+        col::<StringArray>(&t, "nearest_other_start"),
+    );
+    let step = col::<UInt32Array>(&t, "step");
+    for i in 0..t.num_rows() {
+        let bad = seed.value(i) == "12" && step.value(i) > 0;
+        assert_eq!(flagged.value(i), bad, "row {i}");
+        if bad {
+            assert_eq!(near.value(i), "11");
+        }
+    }
+    let html = std::fs::read_to_string(p.store().join("report/current/report.html")).unwrap();
+    assert!(html.contains("WARNING: tiny seed 12: checkpoints at steps 50, 300"));
+    // A rerun that computes nothing still says so.
+    let r = p.ok(&["run"]);
+    assert!(r.stderr.contains("lineage: tiny seed 12"), "{}", r.stderr);
+}

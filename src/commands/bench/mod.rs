@@ -10,6 +10,7 @@ mod dist;
 mod engine;
 mod explore;
 mod kl;
+mod lineage;
 mod slurm;
 mod train;
 
@@ -34,6 +35,7 @@ pub fn bench(
         BenchWhat::Kl(a) => kl::kl(a),
         BenchWhat::Blimp(a) => blimp::blimp(a),
         BenchWhat::Explore(a) => explore::explore(a, session),
+        BenchWhat::Lineage(a) => lineage::lineage(a),
         BenchWhat::Slurm(a) => slurm::slurm(&session()?, a),
         BenchWhat::Train(a) => train::train(&crate::config::load_with(config, set)?, a),
     }

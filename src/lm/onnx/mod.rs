@@ -8,6 +8,7 @@ pub mod head;
 pub mod logprobs;
 pub mod runtime;
 pub mod statgraph;
+pub mod weights;
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

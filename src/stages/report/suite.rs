@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::Inputs;
 use crate::error::StageError;
 use crate::render::doc::Block;
-use crate::stages::{corpus, tokenizer};
+use crate::stages::{corpus, lineage, tokenizer};
 
 pub(super) fn suite(r: &Inputs) -> Result<Vec<Block>, StageError> {
     let job = r.job;
@@ -56,6 +56,22 @@ pub(super) fn suite(r: &Inputs) -> Result<Vec<Block>, StageError> {
             format!("{} (ordered)", n * (n - 1)),
         ],
     ];
+    // The lineage check's findings (stages before this one name them too).
+    let mut lineage = Vec::new();
+    for size in &info.sizes {
+        if let Ok(dir) = ctx.upstream(lineage::NAME, size) {
+            lineage.extend(lineage::flagged(&dir.join(lineage::FILE))?);
+        }
+    }
+    let mut rows = rows;
+    rows.push(vec![
+        "lineage check".into(),
+        if lineage.is_empty() {
+            "no run flagged: no checkpoint sits nearer another run's step 0 than its own, no two share weights (lineage/*.lineage.parquet)".into()
+        } else {
+            format!("WARNING: {}", lineage.join("; "))
+        },
+    ]);
     Ok(vec![
         Block::Heading("Suite".into()),
         Block::Table {
