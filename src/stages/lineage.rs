@@ -30,7 +30,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "lineage";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const FILE: &str = "lineage.parquet";
 pub const STARTS: &str = "starts.parquet";
 
@@ -176,11 +176,16 @@ pub struct Measured {
     /// Relative distance to each start: `rel[c][s]`.
     pub rel: Vec<Vec<f64>>,
     pub hash: Vec<String>,
+    /// Parameters compared (constants of the export left out).
+    pub params: usize,
 }
 
 /// Norms, distances to the starts and hashes of `models`; `starts[s]` is
 /// the index in `models` of start s. Tensor by tensor, so at most one
-/// tensor of each model is in memory.
+/// tensor of each model is in memory. A tensor equal in every checkpoint
+/// is a constant of the export (a causal mask of −1e9s, position ids), not
+/// a weight: it is hashed but left out of norms and distances, where it
+/// would swamp them.
 pub fn measure(
     models: &[Weights],
     starts: &[usize],
@@ -194,6 +199,7 @@ pub fn measure(
             hash: blake3::Hasher::new(),
         })
         .collect();
+    let mut params = 0usize;
     for name in names {
         let start_vals: Vec<Arc<Vec<f32>>> = starts
             .iter()
@@ -203,29 +209,40 @@ pub fn measure(
                     .map(|t| Arc::new(t.unwrap_or_default()))
             })
             .collect::<Result<_, _>>()?;
-        acc.par_iter_mut()
-            .zip(models)
-            .try_for_each(|(a, m)| -> Result<(), StageError> {
+        // Per model: (Σx², squared distance to each start, hash, length).
+        type Part = (f64, Vec<f64>, blake3::Hash, usize);
+        let parts: Vec<Part> = models
+            .par_iter()
+            .map(|m| -> Result<Part, StageError> {
                 let x = m.tensor(name)?.unwrap_or_default();
-                a.hash.update(name.as_bytes());
-                a.hash.update(bytemuck::cast_slice(&x));
-                a.sq += x.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
-                for (d, y) in a.d2.iter_mut().zip(&start_vals) {
-                    if y.len() == x.len() {
-                        *d += x
-                            .iter()
+                let sq = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+                let d2 = start_vals
+                    .iter()
+                    .map(|y| {
+                        if y.len() != x.len() {
+                            return f64::NAN;
+                        }
+                        x.iter()
                             .zip(y.iter())
-                            .map(|(&p, &q)| {
-                                let e = p as f64 - q as f64;
-                                e * e
-                            })
-                            .sum::<f64>();
-                    } else {
-                        *d = f64::NAN;
-                    }
-                }
-                Ok(())
-            })?;
+                            .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+                            .sum::<f64>()
+                    })
+                    .collect();
+                Ok((sq, d2, blake3::hash(bytemuck::cast_slice(&x)), x.len()))
+            })
+            .collect::<Result<_, _>>()?;
+        let constant = models.len() > 1 && parts.windows(2).all(|w| w[0].2 == w[1].2);
+        if !constant {
+            params += parts[0].3;
+        }
+        for (a, p) in acc.iter_mut().zip(parts) {
+            a.hash.update(name.as_bytes());
+            a.hash.update(p.2.as_bytes());
+            if !constant {
+                a.sq += p.0;
+                a.d2.iter_mut().zip(&p.1).for_each(|(d, x)| *d += x);
+            }
+        }
     }
     let l2: Vec<f64> = acc.iter().map(|a| a.sq.sqrt()).collect();
     let rel = acc
@@ -244,6 +261,7 @@ pub fn measure(
             .into_iter()
             .map(|a| a.hash.finalize().to_hex().to_string())
             .collect(),
+        params,
     })
 }
 
@@ -426,7 +444,9 @@ impl Job for LineageJob {
             &starts_batch,
             &[("seedconv.stage", NAME.into())],
         )?;
-        Ok(json!({ "flagged": flagged, "tensors_compared": names.len() }))
+        Ok(
+            json!({ "flagged": flagged, "tensors_compared": names.len(), "parameters_compared": m.params }),
+        )
     }
 }
 
@@ -508,6 +528,28 @@ mod tests {
         // Equal weights, equal hashes; different weights, different ones.
         let again = write(dir.path(), "s1b", &shape, &s1);
         let m2 = measure(&[again], &[0], &names).unwrap();
+        // Constants of the export (equal in all four) are left out: the
+        // norm of a start is its weights'.
+        let norm = s1
+            .values()
+            .flat_map(|(_, x)| x)
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (m.l2[0] - norm).abs() <= 1e-9 * norm,
+            "{} vs {norm}",
+            m.l2[0]
+        );
+        // (The biases, zero at init and nudged by zero, are equal in all
+        // four too.)
+        let zeros: usize = shape
+            .params()
+            .iter()
+            .filter(|p| matches!(p.2, crate::lm::model::Init::Zeros))
+            .map(|p| p.1.iter().product::<usize>())
+            .sum();
+        assert_eq!(m.params, shape.n_params() - zeros);
         assert_eq!(m2.hash[0], m.hash[0]);
         assert_ne!(m.hash[0], m.hash[2]);
     }
