@@ -18,6 +18,50 @@ pub enum BlimpVocab {
     Kept,
 }
 
+/// Per-item results of lm-evaluation-harness runs (`--log_samples`), one
+/// file per checkpoint and task, compared item by item across seeds.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LmEvalConfig {
+    /// Path template of a checkpoint's samples file for a task, with
+    /// `{size}`, `{seed}`, `{step}` and `{task}`; its file name may hold a `*`
+    /// for the harness's timestamp (`samples_{task}_*.jsonl`). Exactly one
+    /// file must match.
+    pub samples: String,
+    /// Tasks, each `{task}` in the template (e.g. `["arc_easy", "piqa"]`).
+    pub tasks: Vec<String>,
+    /// The per-item metric read as correctness.
+    #[serde(default = "default_metric")]
+    #[schemars(extend("default" = "acc"))]
+    pub metric: String,
+    /// Which filter's rows to read where a task logs several per item
+    /// (e.g. `strict-match`).
+    #[serde(default = "default_filter")]
+    #[schemars(extend("default" = "none"))]
+    pub filter: String,
+}
+
+fn default_metric() -> String {
+    "acc".into()
+}
+fn default_filter() -> String {
+    "none".into()
+}
+
+impl LmEvalConfig {
+    pub(super) fn check(&self, ck: &Check) -> Result<(), ConfigError> {
+        for ph in ["{seed}", "{step}", "{task}"] {
+            if !self.samples.contains(ph) {
+                return Err(ck.bad("lm_eval.samples", format!("the template lacks {ph}")));
+            }
+        }
+        if self.tasks.is_empty() {
+            return Err(ck.bad("lm_eval.tasks", "no tasks".into()));
+        }
+        super::no_duplicates(ck, "lm_eval.tasks", &self.tasks)
+    }
+}
+
 /// BLiMP minimal pairs scored at every checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

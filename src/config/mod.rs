@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-pub use downstream::{BlimpConfig, BlimpVocab, IclConfig};
+pub use downstream::{BlimpConfig, BlimpVocab, IclConfig, LmEvalConfig};
 pub use executor::{ExecutorConfig, ExecutorKind, ResourcesConfig, SlurmConfig, StageResources};
 pub use inputs::{
     CorpusConfig, CorpusMode, FrequencyConfig, MlmScoring, Objective, StoreConfig, TextFormat,
@@ -74,6 +74,10 @@ pub struct Config {
     /// BLiMP downstream convergence (absent: not scored).
     #[serde(default)]
     pub blimp: Option<BlimpConfig>,
+    /// Item-level downstream agreement from lm-evaluation-harness sample
+    /// files (absent: only BLiMP's pairs, when scored).
+    #[serde(default)]
+    pub lm_eval: Option<LmEvalConfig>,
     /// The in-context-learning score (absent: not computed).
     #[serde(default)]
     pub icl: Option<IclConfig>,
@@ -437,6 +441,11 @@ fn resolve_paths(c: &mut Config, root: &Path, file: &str, raw: &str) -> Result<(
             b.dir = shipped;
         }
     }
+    if let Some(e) = c.lm_eval.as_mut() {
+        if Path::new(&e.samples).is_relative() {
+            e.samples = root.join(&e.samples).to_string_lossy().to_string();
+        }
+    }
     if let Some(su) = c.suite.as_mut() {
         if Path::new(&su.models).is_relative() {
             su.models = root.join(&su.models).to_string_lossy().to_string();
@@ -499,6 +508,9 @@ fn validate(l: &Loaded, raw: &str) -> Result<(), ConfigError> {
     c.report.check(c, &ck)?;
     if let Some(b) = &c.blimp {
         b.check(&ck)?;
+    }
+    if let Some(e) = &c.lm_eval {
+        e.check(&ck)?;
     }
     check_objective(c, &ck)?;
     if let Some(i) = &c.icl {

@@ -18,6 +18,7 @@
 //! (`tests/testsuite/layers.rs` checks it).
 
 pub mod aggregate;
+pub mod agreement;
 pub mod annotate;
 pub mod blimp;
 pub mod blimp_conv;
@@ -110,6 +111,7 @@ pub const REGISTRY: &[&dyn DynStage] = &[
     &aggregate::Aggregate,
     &blimp::Blimp,
     &blimp_conv::BlimpConv,
+    &agreement::Agreement,
     &icl::Icl,
     &icl_summary::IclSummary,
     &report::Report,
@@ -118,6 +120,7 @@ pub const REGISTRY: &[&dyn DynStage] = &[
 /// Expand a loaded configuration into the plan of stage instances.
 pub fn plan(l: &Loaded) -> Result<Plan, ConfigError> {
     let suite = crate::suite::from_config(l)?;
+    agreement::check(l, suite.as_ref())?;
     if let Some(s) = suite.as_ref() {
         aggregate::compare::check(&l.config.compare, &s.sizes, &s.steps)
             .map_err(|e| ConfigError::Plan(format!("{}: {e}", l.file_name())))?;

@@ -403,3 +403,195 @@ fn lineage_flags_checkpoints_that_descend_from_another_seed_and_not_a_clean_suit
     let r = p.ok(&["run"]);
     assert!(r.stderr.contains("lineage: tiny seed 12"), "{}", r.stderr);
 }
+
+/// A multiple-choice task's per-item log as lm-evaluation-harness 0.4
+/// writes it with `--log_samples` (lm_eval/evaluator.py: `doc_id`, `doc`,
+/// `target`, `arguments`, `resps`, `filtered_resps` — per choice
+/// `[log-likelihood, is_greedy]` —, `filter`, `metrics`, the hashes, then
+/// each metric's value): 4 choices, the gold one `doc_id % 4`.
+fn lm_eval_line(doc: usize, lls: &[f64], filter: &str) -> String {
+    let best = (0..lls.len()).fold(0, |b, i| if lls[i] > lls[b] { i } else { b });
+    let acc = if best == doc % 4 { 1.0 } else { 0.0 };
+    let choices: Vec<serde_json::Value> = lls
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::json!([l, i == best]))
+        .collect();
+    serde_json::json!({
+        "doc_id": doc,
+        "doc": {"question": format!("q{doc}"), "choices": ["a", "b", "c", "d"]},
+        "target": doc % 4,
+        "arguments": (0..4).map(|i| serde_json::json!({"arg_0": format!("q{doc}"), "arg_1": format!(" {i}")})).collect::<Vec<_>>(),
+        "resps": choices.iter().map(|c| vec![c.clone()]).collect::<Vec<_>>(),
+        "filtered_resps": choices,
+        "filter": filter,
+        "metrics": ["acc", "acc_norm"],
+        "doc_hash": format!("h{doc}"),
+        "prompt_hash": "p",
+        "target_hash": "t",
+        "acc": acc,
+        "acc_norm": acc,
+    })
+    .to_string()
+}
+
+/// Log-likelihoods of run (seed, step) on item `doc`: a shared part (the
+/// item's difficulty), a seed part that fades with training.
+fn lls(seed: u64, step: u64, doc: usize) -> Vec<f64> {
+    let h = |x: u64| {
+        let mut z = x.wrapping_mul(0x9E3779B97F4A7C15);
+        z ^= z >> 29;
+        z = z.wrapping_mul(0xBF58476D1CE4E5B9);
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let noise = if step == 0 { 2.0 } else { 0.7 };
+    (0..4)
+        .map(|c| {
+            -3.0 * h(doc as u64 * 10 + c)
+                - noise * h(seed * 1_000_003 + step * 7919 + doc as u64 * 10 + c)
+                + if c as usize == doc % 4 { 0.8 } else { 0.0 }
+        })
+        .collect()
+}
+
+fn write_samples(p: &Project, skip: Option<(u64, u64)>) {
+    for seed in [11u64, 12] {
+        for step in [0u64, 50] {
+            if skip == Some((seed, step)) {
+                continue;
+            }
+            let d = p.path().join(format!("evals/tiny-seed{seed}/step{step}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let mut text = String::new();
+            for doc in 0..60 {
+                text += &lm_eval_line(doc, &lls(seed, step, doc), "none");
+                text.push('\n');
+                // A second filter's row, which the config does not read.
+                text += &lm_eval_line(doc, &[0.0, -1.0, -2.0, -3.0], "other");
+                text.push('\n');
+            }
+            std::fs::write(d.join("samples_mc_2026-12-07T10-00-00.123.jsonl"), text).unwrap();
+        }
+    }
+}
+
+fn cohen_ref(a: &[usize], b: &[usize]) -> f64 {
+    let n = a.len() as f64;
+    let po = a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / n;
+    let pe: f64 = (0..4)
+        .map(|c| {
+            (a.iter().filter(|&&x| x == c).count() as f64 / n)
+                * (b.iter().filter(|&&x| x == c).count() as f64 / n)
+        })
+        .sum();
+    (po - pe) / (1.0 - pe)
+}
+
+#[test]
+fn lm_eval_samples_give_item_level_agreement() {
+    let p = Project::micro();
+    let lm = "\n[lm_eval]\nsamples = \"evals/{size}-seed{seed}/step{step}/samples_{task}_*.jsonl\"\ntasks = [\"mc\"]\n";
+    p.write_config(&format!(
+        "{}{lm}",
+        common::hf_suite_config(&common::hf_models(), "[0, 50]")
+    ));
+    // A missing file: one line naming the checkpoint, before any work.
+    write_samples(&p, Some((12, 50)));
+    let r = p.run(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("1 of 4 samples files are missing or ambiguous: tiny seed 12 step 50, task mc: no samples file"),
+        "{}",
+        r.stderr
+    );
+    write_samples(&p, None);
+    p.ok(&["run", "agreement"]);
+    let dir = p.store().join("agreement/current");
+    let pred = |seed: u64, step: u64| -> Vec<usize> {
+        (0..60)
+            .map(|d| {
+                let l = lls(seed, step, d);
+                (0..4).fold(0, |b, i| if l[i] > l[b] { i } else { b })
+            })
+            .collect()
+    };
+    let k = read_table(&dir.join("kappa.parquet"));
+    let (kind, st, kap) = (
+        col::<StringArray>(&k, "kind"),
+        col::<UInt32Array>(&k, "step"),
+        col::<Float64Array>(&k, "kappa"),
+    );
+    let get = |kd: &str, s: u32, a: &str| {
+        let sa = col::<StringArray>(&k, "seed_a");
+        (0..k.num_rows())
+            .find(|&i| kind.value(i) == kd && st.value(i) == s && sa.value(i) == a)
+            .map(|i| kap.value(i))
+            .unwrap()
+    };
+    for step in [0u64, 50] {
+        let want = cohen_ref(&pred(11, step), &pred(12, step));
+        assert!(
+            (get("pair", step as u32, "11") - want).abs() < 1e-12,
+            "step {step}"
+        );
+    }
+    // Self-consistency: step 0 against the last step, per seed.
+    let want = cohen_ref(&pred(12, 0), &pred(12, 50));
+    assert!((get("self_last", 0, "12") - want).abs() < 1e-12);
+    assert!((get("self_last", 50, "12") - 1.0).abs() < 1e-12);
+    // Accuracy and answer KL against the generated log-likelihoods.
+    let s = read_table(&dir.join("summary.parquet"));
+    let (sst, accm, akl, fl) = (
+        col::<UInt32Array>(&s, "step"),
+        col::<Float64Array>(&s, "accuracy_mean"),
+        col::<Float64Array>(&s, "answer_kl"),
+        col::<Float64Array>(&s, "fleiss_kappa"),
+    );
+    let i = (0..s.num_rows()).find(|&i| sst.value(i) == 50).unwrap();
+    let acc = |seed| (0..60).filter(|&d| pred(seed, 50)[d] == d % 4).count() as f64 / 60.0;
+    assert!((accm.value(i) - (acc(11) + acc(12)) / 2.0).abs() < 1e-12);
+    let softmax = |l: &[f64]| {
+        let z: f64 = l.iter().map(|x| x.exp()).sum();
+        l.iter().map(|x| x.exp() / z).collect::<Vec<f64>>()
+    };
+    let mut kl = 0.0;
+    for d in 0..60 {
+        let (a, b) = (softmax(&lls(11, 50, d)), softmax(&lls(12, 50, d)));
+        for (x, y) in [(&a, &b), (&b, &a)] {
+            kl += x
+                .iter()
+                .zip(y.iter())
+                .map(|(p, q)| p * (p / q).ln())
+                .sum::<f64>();
+        }
+    }
+    assert!(
+        (akl.value(i) - kl / 120.0).abs() < 1e-12,
+        "{} vs {}",
+        akl.value(i),
+        kl / 120.0
+    );
+    // Fleiss' κ of two raters: Scott's π, from pooled marginals.
+    let (a, b) = (pred(11, 50), pred(12, 50));
+    let po = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / 60.0;
+    let pe: f64 = (0..4)
+        .map(|c| ((a.iter().chain(&b).filter(|&&x| x == c).count()) as f64 / 120.0).powi(2))
+        .sum();
+    assert!((fl.value(i) - (po - pe) / (1.0 - pe)).abs() < 1e-12);
+
+    // A malformed line: one error naming the file and the line.
+    let f = p
+        .path()
+        .join("evals/tiny-seed11/step0/samples_mc_2026-12-07T10-00-00.123.jsonl");
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text = text.replacen('\n', "\n{\"doc_id\": 3, \"acc\": \n", 1);
+    std::fs::write(&f, text).unwrap();
+    let r = p.run(&["run", "agreement"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("samples_mc_2026-12-07T10-00-00.123.jsonl:2: not JSON"),
+        "{}",
+        r.stderr
+    );
+}

@@ -5,7 +5,7 @@ use super::Inputs;
 use crate::error::StageError;
 use crate::render::doc::Block;
 use crate::render::plot::Line;
-use crate::stages::{blimp_conv, icl_summary};
+use crate::stages::{agreement, blimp_conv, icl_summary};
 
 /// BLiMP: −KL between the seeds' paradigm-level q (95% interval over seeds
 /// and paradigms) and accuracy (± 1 SD over seeds).
@@ -115,5 +115,53 @@ pub(super) fn icl(r: &Inputs) -> Result<Vec<Block>, StageError> {
         Block::Heading("In-context learning".into()),
         Block::Para("Per document long enough: the loss on one token given a short context minus the loss given a long one (settings in [icl]), the paper's sign: positive values mean the model uses the longer context. The tables (icl/icl.parquet, icl_summary/*.parquet: mean and SE per seed and pooled, with the pooled 95% interval over seeds and documents) keep the opposite sign, long minus short, which the authors' plotting helper negates too: this is the sign their figure shows.".into()),
         job.figure(ctx, "icl", "In-context-learning score, mean over seeds × documents, 95% CI over seeds and documents.".into(), &chart, "icl")?,
+    ])
+}
+
+/// Item-level agreement (the `agreement` stage): per task and size, at the
+/// first and last step, accuracy, Cohen's κ of the seeds' answers (every
+/// pair, and with the first seed), Fleiss' κ, self-consistency with the
+/// last step and the KL of the answer distributions.
+pub(super) fn agreement(r: &Inputs) -> Result<Vec<Block>, StageError> {
+    let t = Table::read(&r.ctx.upstream(agreement::NAME, "")?.join("summary.parquet"))?;
+    let (task, size, step) = (t.str("task")?, t.str("size")?, t.u64("step")?);
+    let cols = [
+        "accuracy_mean",
+        "kappa_pairs",
+        "kappa_first_seed",
+        "fleiss_kappa",
+        "self_consistency",
+        "answer_kl",
+    ];
+    let vals: Vec<Vec<f64>> = cols.iter().map(|c| t.f64(c)).collect::<Result<_, _>>()?;
+    let n = t.u64("n_items")?;
+    let steps: Vec<u64> = step.iter().flatten().copied().collect();
+    let (first, last) = (
+        steps.iter().copied().min().unwrap_or(0),
+        steps.iter().copied().max().unwrap_or(0),
+    );
+    let rows: Vec<Vec<String>> = (0..t.height())
+        .filter(|&i| step[i] == Some(first) || step[i] == Some(last))
+        .map(|i| {
+            let mut row = vec![
+                task[i].clone(),
+                size[i].clone(),
+                step[i].unwrap_or(0).to_string(),
+            ];
+            row.extend(vals.iter().map(|v| fmt(v[i])));
+            row.push(n[i].unwrap_or(0).to_string());
+            row
+        })
+        .collect();
+    Ok(vec![
+        Block::Heading("Item-level agreement".into()),
+        Block::Para("Do the seeds get the same items right? Per task (lm-evaluation-harness sample files; BLiMP's pairs as task blimp): the seeds' mean accuracy, Cohen's κ of two seeds' answers (the argmax choice) averaged over every pair and over the pairs with the first seed, Fleiss' κ across the seeds, each seed's κ with itself at the last step (self-consistency), and the KL of the seeds' answer distributions; first and last step (agreement/summary.parquet has every step, kappa.parquet every pair).".into()),
+        Block::Table {
+            header: ["task", "size", "step", "accuracy", "κ pairs", "κ first seed", "Fleiss κ", "self-consistency", "answer KL", "items"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            numeric: vec![false, false, true, true, true, true, true, true, true, true],
+        },
     ])
 }

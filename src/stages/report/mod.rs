@@ -34,12 +34,12 @@ use crate::engine::{Instance, Job, JobCtx};
 use crate::error::StageError;
 use crate::render::doc::{Block, Doc};
 use crate::render::plot::{Chart, Figure};
-use crate::stages::{aggregate, blimp_conv, drift, icl_summary, kl, PlanCtx, Stage};
+use crate::stages::{aggregate, agreement, blimp_conv, drift, icl_summary, kl, PlanCtx, Stage};
 use crate::suite::Suite;
 use common::{Conv, Phases};
 
 pub const NAME: &str = "report";
-pub const VERSION: u32 = 10;
+pub const VERSION: u32 = 11;
 pub const HTML: &str = "report.html";
 
 /// The `report` stage: one instance when the plan has an `aggregate`.
@@ -246,6 +246,10 @@ const SECTIONS: &[Section] = &[
     Section {
         needs: Some(blimp_conv::NAME),
         write: downstream::blimp,
+    },
+    Section {
+        needs: Some(agreement::NAME),
+        write: downstream::agreement,
     },
     Section {
         needs: Some(icl_summary::NAME),
