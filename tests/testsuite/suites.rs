@@ -595,3 +595,20 @@ fn lm_eval_samples_give_item_level_agreement() {
         r.stderr
     );
 }
+
+#[test]
+fn lineage_names_runs_that_share_an_init_label_but_not_a_start() {
+    let p = Project::micro();
+    // Seeds 11 and 12 both claim init 1; their step-0 weights differ.
+    let cfg = copied_suite(&p, false).replace(
+        "steps = [0, 50, 300]",
+        "steps = [0, 50, 300]\n\n[suite.seed_factors]\n11 = { init = 1, data = 1 }\n12 = { init = 1, data = 2 }",
+    );
+    p.write_config(&cfg);
+    let r = p.ok(&["run", "lineage"]);
+    assert!(
+        r.stderr.contains("lineage: tiny seed 11 shares its init label with seed(s) 12 but not its step-0 weights"),
+        "{}",
+        r.stderr
+    );
+}
