@@ -233,7 +233,13 @@ impl Job for AggregateJob {
             ],
         )?;
         self.baselines(ctx, &dists, &cl)?;
-        let surprisal = self.surprisal(dists.clone());
+        // Collected once (per size and row: small), so that the per-row
+        // statistics of every checkpoint can go after the cross-entropy.
+        let surprisal = self
+            .surprisal(dists.clone())
+            .collect()
+            .map_err(perr)?
+            .lazy();
         // Each row's target position in its window, binned, beside its tags.
         let rows = ctx.upstream(corpus::NAME, "")?.join("rows.parquet");
         let positions = scan_columns(&[rows], &["row", "context_start"])?
@@ -265,7 +271,12 @@ impl Job for AggregateJob {
             ctx,
             "conv_by.parquet",
             &CONV,
-            scan(&kl_files)?,
+            kl_files.iter().map(|f| {
+                scan_columns(
+                    std::slice::from_ref(f),
+                    &["size", "step", "seed_a", "seed_b", "row", "kl"],
+                )
+            }),
             annotations.clone(),
             surprisal.clone(),
             &cl,
@@ -281,7 +292,7 @@ impl Job for AggregateJob {
             ctx,
             "ce_by.parquet",
             &CROSS_ENTROPY,
-            per_seed,
+            std::iter::once(Ok(per_seed)),
             annotations.clone(),
             surprisal.clone(),
             &cl,
@@ -527,49 +538,54 @@ impl AggregateJob {
         ctx: &JobCtx,
         file: &str,
         m: &Measure,
-        values: LazyFrame,
+        chunks: impl Iterator<Item = Result<LazyFrame, StageError>>,
         annotations: LazyFrame,
         surprisal: LazyFrame,
         cl: &Clusters,
     ) -> Result<(DataFrame, Vec<(CellKey, Jackknife)>), StageError> {
-        let joined = values
-            .join(
-                annotations,
-                [col("row")],
-                [col("row")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .join(
-                surprisal,
-                [col("size"), col("row")],
-                [col("size"), col("row")],
-                JoinArgs::new(JoinType::Left),
-            );
         let mut parts = Vec::new();
         let mut jks = Vec::new();
-        let mut add = |(df, j): (DataFrame, Vec<(CellKey, Jackknife)>)| {
-            parts.push(df.lazy());
-            jks.extend(j);
-        };
-        for v in VARIABLES {
-            ctx.check_cancel()?;
-            match v.levels {
-                Levels::Column => add(conditional(
-                    joined.clone().filter(col(v.name).is_not_null()),
-                    col(v.name).cast(DataType::String),
-                    v.name,
-                    m,
-                    cl,
-                )?),
-                Levels::Flags(flags) => {
-                    for &(flag, label) in flags {
-                        add(conditional(
-                            joined.clone().filter(col(flag).eq(lit(true))),
-                            lit(label),
-                            v.name,
-                            m,
-                            cl,
-                        )?);
+        // One chunk (a step's table) at a time: every cell is within one
+        // (size, step), and the whole suite's pairs × rows joined with the
+        // annotations at once held gigabytes.
+        for values in chunks {
+            let joined = values?
+                .join(
+                    annotations.clone(),
+                    [col("row")],
+                    [col("row")],
+                    JoinArgs::new(JoinType::Left),
+                )
+                .join(
+                    surprisal.clone(),
+                    [col("size"), col("row")],
+                    [col("size"), col("row")],
+                    JoinArgs::new(JoinType::Left),
+                );
+            let mut add = |(df, j): (DataFrame, Vec<(CellKey, Jackknife)>)| {
+                parts.push(df.lazy());
+                jks.extend(j);
+            };
+            for v in VARIABLES {
+                ctx.check_cancel()?;
+                match v.levels {
+                    Levels::Column => add(conditional(
+                        joined.clone().filter(col(v.name).is_not_null()),
+                        col(v.name).cast(DataType::String),
+                        v.name,
+                        m,
+                        cl,
+                    )?),
+                    Levels::Flags(flags) => {
+                        for &(flag, label) in flags {
+                            add(conditional(
+                                joined.clone().filter(col(flag).eq(lit(true))),
+                                lit(label),
+                                v.name,
+                                m,
+                                cl,
+                            )?);
+                        }
                     }
                 }
             }
@@ -601,6 +617,18 @@ impl AggregateJob {
         Ok(())
     }
 
+    /// The kl tables of the final step (of `kl_files`, in `self.kls` order):
+    /// only those are read for the token tables.
+    fn final_files(&self, kl_files: &[PathBuf]) -> Vec<PathBuf> {
+        let suffix = format!("-step{}", self.final_step);
+        kl_files
+            .iter()
+            .zip(&self.kls)
+            .filter(|(_, l)| l.ends_with(&suffix))
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
     /// `token_table.parquet`: at the final step, mean KL per target token;
     /// the lowest, middle and highest of each size.
     fn token_table(
@@ -609,7 +637,7 @@ impl AggregateJob {
         kl_files: &[PathBuf],
         annotations: LazyFrame,
     ) -> Result<DataFrame, StageError> {
-        let rows = scan(kl_files)?
+        let rows = scan(&self.final_files(kl_files))?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id")]),
@@ -667,7 +695,7 @@ impl AggregateJob {
         kl_files: &[PathBuf],
         annotations: LazyFrame,
     ) -> Result<(), StageError> {
-        let rows = scan(kl_files)?
+        let rows = scan(&self.final_files(kl_files))?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id"), col("xpos"), col("upos")]),
