@@ -271,17 +271,7 @@ fn polypythia_preset_is_the_papers_grid_and_valid_but_for_the_checkpoints() {
     // checkpoints not exported yet are fetched by the `fetch` stage.
     let p = Project::micro();
     // (Its store in the temp folder, not beside the preset.)
-    let store = format!("store.dir={}", p.store().display());
-    let r = p.run(&[
-        "-c",
-        preset.to_str().unwrap(),
-        "--set",
-        &store,
-        "status",
-        "--json",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let st: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let st = common::preset_status(&p, "polypythia");
     let fetch = st["stages"]
         .as_array()
         .unwrap()

@@ -24,30 +24,15 @@ fn renamed_suite(p: &Project) {
     }
 }
 
+/// The samples' micro pipeline (`common::hf_suite_config`) over the renamed
+/// copies, `extra` appended (TOML subtables of `[suite]`).
 fn named_config(extra: &str) -> String {
     format!(
-        r#"[tokenizer]
-path = "{tok}"
-
-[corpus]
-path = "text/eval.conllu"
-window = 24
-
-[frequency]
-files = ["text/a.txt"]
-
-[suite]
-models = "models/neox-{{seed}}/step{{step}}/model.onnx"
-sizes = ["tiny"]
-seeds = ["w1d1", "w2d1", "w1d2", "w2d2"]
-steps = [0, 50]
-{extra}
-
-[dist]
-top_k = 8
-batch_size = 3
-"#,
-        tok = causal().join("tokenizer.json").display()
+        "{}\n{extra}\n",
+        common::hf_suite_config("models/neox-{seed}/step{step}/model.onnx", "[0, 50]").replace(
+            "seeds = [11, 12]",
+            "seeds = [\"w1d1\", \"w2d1\", \"w1d2\", \"w2d2\"]"
+        )
     )
 }
 
@@ -200,25 +185,6 @@ fn seed_names_runs_and_factors_are_checked() {
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
-/// `status --json` of a preset with its store in `p`: instances missing
-/// per stage.
-fn preset_status(p: &Project, name: &str) -> serde_json::Value {
-    let preset = std::path::Path::new(REPO).join(format!("presets/{name}.toml"));
-    let store = format!("store.dir={}", p.store().display());
-    let r = p.run(&[
-        "-c",
-        preset.to_str().unwrap(),
-        "--set",
-        &store,
-        "status",
-        "--json",
-    ]);
-    assert_eq!(r.code, 0, "{name}: {}", r.stderr);
-    let dag = p.run(&["-c", preset.to_str().unwrap(), "--set", &store, "dag"]);
-    assert_eq!(dag.code, 0, "{name}: {}", dag.stderr);
-    serde_json::from_str(&r.stdout).unwrap()
-}
-
 fn missing(st: &serde_json::Value, stage: &str) -> u64 {
     st["stages"]
         .as_array()
@@ -234,7 +200,7 @@ fn missing(st: &serde_json::Value, stage: &str) -> u64 {
 fn mistral_and_decoupled_polypythia_presets_load_without_the_network() {
     let p = Project::micro();
     // Mistral: 2 sizes × 5 seeds × 16 checkpoints, each run named.
-    let st = preset_status(&p, "mistral-gpt2");
+    let st = common::preset_status(&p, "mistral-gpt2");
     assert_eq!(missing(&st, "fetch"), 160);
     let ids: Vec<&str> = st["instances"]
         .as_array()
@@ -268,7 +234,7 @@ fn mistral_and_decoupled_polypythia_presets_load_without_the_network() {
     );
     // PolyPythia decoupled: 9 named runs of 160m × 20 checkpoints, factors.
     let p = Project::micro();
-    let st = preset_status(&p, "polypythia-decoupled");
+    let st = common::preset_status(&p, "polypythia-decoupled");
     assert_eq!(missing(&st, "fetch"), 180);
     let v: toml::Value = toml::from_str(
         &std::fs::read_to_string(

@@ -297,6 +297,19 @@ pub fn builtin_suite(seeds: &str, checkpoints: &str, extra: &str) -> String {
     )
 }
 
+/// `status --json` of a shipped preset with its store in `p` (the preset
+/// loads, plans and draws its `dag` without the network).
+pub fn preset_status(p: &Project, name: &str) -> serde_json::Value {
+    let preset = Path::new(REPO).join(format!("presets/{name}.toml"));
+    let store = format!("store.dir={}", p.store().display());
+    let cfg = preset.to_str().unwrap();
+    let r = p.run(&["-c", cfg, "--set", &store, "status", "--json"]);
+    assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+    let dag = p.run(&["-c", cfg, "--set", &store, "dag"]);
+    assert_eq!(dag.code, 0, "{name}: {}", dag.stderr);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
 /// A micro pipeline over an external suite of the samples (seeds 11, 12).
 pub fn hf_suite_config(models: &str, steps: &str) -> String {
     format!(
