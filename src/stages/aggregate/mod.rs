@@ -292,7 +292,12 @@ impl Job for AggregateJob {
             ctx,
             "ce_by.parquet",
             &CROSS_ENTROPY,
-            std::iter::once(Ok(per_seed)),
+            // One (size, step) at a time, as conv_by.
+            self.size_steps().into_iter().map(|(size, step)| {
+                Ok(per_seed
+                    .clone()
+                    .filter(col("size").eq(lit(size)).and(col("step").eq(lit(step)))))
+            }),
             annotations.clone(),
             surprisal.clone(),
             &cl,
@@ -615,6 +620,18 @@ impl AggregateJob {
             .map_err(perr)?;
         write(ctx, "final_surprisal.parquet", &mut s)?;
         Ok(())
+    }
+
+    /// Every (size, step) of the suite, in `self.kls` order (labels
+    /// `{size}-step{step}`).
+    fn size_steps(&self) -> Vec<(String, u32)> {
+        self.kls
+            .iter()
+            .filter_map(|l| {
+                let (size, step) = l.rsplit_once("-step")?;
+                Some((size.to_string(), step.parse().ok()?))
+            })
+            .collect()
     }
 
     /// The kl tables of the final step (of `kl_files`, in `self.kls` order):
