@@ -104,6 +104,21 @@ impl Checkpoint {
     }
 }
 
+/// What reaches the models of several checkpoints: their upstream
+/// instances, and their files as inputs named `<checkpoint label>.<name>`.
+pub fn models_reach(ckpts: &[Checkpoint]) -> Reach {
+    let (mut deps, mut inputs) = (Vec::new(), Vec::new());
+    for c in ckpts {
+        let (d, i) = c.reach();
+        deps.extend(d);
+        inputs.extend(
+            i.into_iter()
+                .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
+        );
+    }
+    (deps, inputs)
+}
+
 #[derive(Debug, Clone)]
 pub struct Suite {
     pub sizes: Vec<String>,

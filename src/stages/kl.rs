@@ -82,26 +82,14 @@ impl Stage for Kl {
 /// What an instance comparing `ckpts`' full distributions depends on: the
 /// corpus, the tokenizer, each checkpoint's dist instance and what reaches
 /// its model (upstream instances, and input files named by checkpoint).
-pub type Reach = (
-    Vec<(&'static str, String)>,
-    Vec<(String, std::path::PathBuf)>,
-);
-
-pub fn checkpoints_reach(ckpts: &[Checkpoint]) -> Reach {
+pub fn checkpoints_reach(ckpts: &[Checkpoint]) -> crate::suite::Reach {
+    let (models, inputs) = crate::suite::models_reach(ckpts);
     let mut deps = vec![
         (corpus::NAME, String::new()),
         (tokenizer::NAME, String::new()),
     ];
-    let mut inputs = Vec::new();
-    for c in ckpts {
-        deps.push((dist::NAME, c.label()));
-        let (d, i) = c.reach();
-        deps.extend(d);
-        inputs.extend(
-            i.into_iter()
-                .map(|(name, p)| (format!("{}.{name}", c.label()), p)),
-        );
-    }
+    deps.extend(ckpts.iter().map(|c| (dist::NAME, c.label())));
+    deps.extend(models);
     (deps, inputs)
 }
 

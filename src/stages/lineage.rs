@@ -71,15 +71,7 @@ impl Stage for Lineage {
                     .cloned()
                     .collect();
                 // The models: files, or the train / fetch entries holding them.
-                let (mut deps, mut inputs) = (vec![], vec![]);
-                for c in &checkpoints {
-                    let (d, i) = c.reach();
-                    deps.extend(d);
-                    inputs.extend(
-                        i.into_iter()
-                            .map(|(n, p)| (format!("{}.{n}", c.label()), p)),
-                    );
-                }
+                let (mut deps, inputs) = crate::suite::models_reach(&checkpoints);
                 deps.sort();
                 deps.dedup();
                 let job = LineageJob {

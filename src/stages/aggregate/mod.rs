@@ -293,10 +293,12 @@ impl Job for AggregateJob {
             "ce_by.parquet",
             &CROSS_ENTROPY,
             // One (size, step) at a time, as conv_by.
-            self.size_steps().into_iter().map(|(size, step)| {
-                Ok(per_seed
-                    .clone()
-                    .filter(col("size").eq(lit(size)).and(col("step").eq(lit(step)))))
+            steps.iter().map(|s| {
+                Ok(per_seed.clone().filter(
+                    col("size")
+                        .eq(lit(s.size.clone()))
+                        .and(col("step").eq(lit(s.step))),
+                ))
             }),
             annotations.clone(),
             surprisal.clone(),
@@ -346,9 +348,17 @@ impl Job for AggregateJob {
         let regression = self.regression(ctx, &steps, &ann, &cl)?;
         let compare = self.compare(ctx, &steps, &levels)?;
         self.final_surprisal(ctx, surprisal)?;
-        let token_table = self.token_table(ctx, &kl_files, annotations.clone())?;
+        // Only the last step's kl tables are read for the token tables
+        // (`steps` is per kl file, in order).
+        let final_files: Vec<PathBuf> = kl_files
+            .iter()
+            .zip(&steps)
+            .filter(|(_, s)| s.step as usize == self.final_step)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let token_table = self.token_table(ctx, &final_files, annotations.clone())?;
         if self.token_table_pooled {
-            self.token_table_pooled(ctx, &kl_files, annotations)?;
+            self.token_table_pooled(ctx, &final_files, annotations)?;
         }
         Ok(json!({
             "conv_rows": steps.len(),
@@ -622,39 +632,15 @@ impl AggregateJob {
         Ok(())
     }
 
-    /// Every (size, step) of the suite, in `self.kls` order (labels
-    /// `{size}-step{step}`).
-    fn size_steps(&self) -> Vec<(String, u32)> {
-        self.kls
-            .iter()
-            .filter_map(|l| {
-                let (size, step) = l.rsplit_once("-step")?;
-                Some((size.to_string(), step.parse().ok()?))
-            })
-            .collect()
-    }
-
-    /// The kl tables of the final step (of `kl_files`, in `self.kls` order):
-    /// only those are read for the token tables.
-    fn final_files(&self, kl_files: &[PathBuf]) -> Vec<PathBuf> {
-        let suffix = format!("-step{}", self.final_step);
-        kl_files
-            .iter()
-            .zip(&self.kls)
-            .filter(|(_, l)| l.ends_with(&suffix))
-            .map(|(f, _)| f.clone())
-            .collect()
-    }
-
     /// `token_table.parquet`: at the final step, mean KL per target token;
     /// the lowest, middle and highest of each size.
     fn token_table(
         &self,
         ctx: &JobCtx,
-        kl_files: &[PathBuf],
+        final_files: &[PathBuf],
         annotations: LazyFrame,
     ) -> Result<DataFrame, StageError> {
-        let rows = scan(&self.final_files(kl_files))?
+        let rows = scan(final_files)?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id")]),
@@ -709,10 +695,10 @@ impl AggregateJob {
     fn token_table_pooled(
         &self,
         ctx: &JobCtx,
-        kl_files: &[PathBuf],
+        final_files: &[PathBuf],
         annotations: LazyFrame,
     ) -> Result<(), StageError> {
-        let rows = scan(&self.final_files(kl_files))?
+        let rows = scan(final_files)?
             .filter(col("step").eq(lit(self.final_step as u32)))
             .join(
                 annotations.select([col("row"), col("target_id"), col("xpos"), col("upos")]),
