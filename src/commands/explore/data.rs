@@ -22,6 +22,7 @@ use parquet::arrow::ProjectionMask;
 use serde_json::{json, Value};
 
 use super::catalog::{Catalog, Refusal};
+use crate::analysis::measures::{Source, MEASURES};
 use crate::error::StageError;
 use crate::table;
 
@@ -67,58 +68,24 @@ impl From<StageError> for ApiError {
     }
 }
 
-/// The divergences a token can be shaded by: per row, a mean over the
-/// ordered seed pairs of the kl table, or the group table's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Measure {
-    Kl,
-    Tv,
-    Jsd,
-    Churn,
-    AbsDp,
-    EnsGain,
-}
+/// What a token can be shaded by: any measure of the battery
+/// (`analysis::measures::MEASURES`), per row — a mean over the ordered
+/// seed pairs of the kl table, or the group table's value, as its `source`
+/// says.
+pub type Measure = &'static crate::analysis::measures::Measure;
 
-impl Measure {
-    pub const ALL: [Measure; 6] = [
-        Measure::Kl,
-        Measure::Tv,
-        Measure::Jsd,
-        Measure::Churn,
-        Measure::AbsDp,
-        Measure::EnsGain,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            Measure::Kl => "kl",
-            Measure::Tv => "tv",
-            Measure::Jsd => "jsd",
-            Measure::Churn => "churn",
-            Measure::AbsDp => "abs_dp",
-            Measure::EnsGain => "ens_gain",
-        }
-    }
-    pub fn about(self) -> &'static str {
-        match self {
-            Measure::Kl => "E[KL] over ordered seed pairs (nats; conv table, sign flipped)",
-            Measure::Tv => "total variation, mean over seed pairs",
-            Measure::Jsd => "Jensen–Shannon divergence of the seeds (nats; group table)",
-            Measure::Churn => "churn: 1 − top-1 agreement, mean over seed pairs",
-            Measure::AbsDp => "|Δp| of the target, mean over seed pairs",
-            Measure::EnsGain => "ensemble gain at the target (nats; group table)",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Measure, ApiError> {
-        Measure::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                ApiError::Bad(format!(
-                    "unknown measure {s:?} (measures: {})",
-                    Measure::ALL.map(Measure::name).join(", ")
-                ))
-            })
-    }
+/// The declared measure of that name.
+pub fn measure(name: &str) -> Result<Measure, ApiError> {
+    crate::analysis::measures::find(name).ok_or_else(|| {
+        ApiError::Bad(format!(
+            "unknown measure {name:?} (measures: {})",
+            MEASURES
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 /// The conditioning variables a list can be filtered by.
@@ -200,7 +167,8 @@ pub struct Explorer {
     pub mlm: bool,
     n_docs: u32,
     levels: BTreeMap<&'static str, Vec<String>>,
-    values: Mutex<LruCache<(usize, u32, Measure), Values>>,
+    /// By (size, step, measure name).
+    values: Mutex<LruCache<(usize, u32, &'static str), Values>>,
     pairs: Mutex<LruCache<(usize, u32), Arc<Pairs>>>,
     missing: Vec<String>,
 }
@@ -650,7 +618,12 @@ impl Explorer {
     /// Each row's value of a measure at (size, step), by row index (NaN
     /// where the row has none).
     pub fn values(&self, size: usize, step: u32, m: Measure) -> Result<Values, ApiError> {
-        if let Some(v) = self.values.lock().expect("cache").get(&(size, step, m)) {
+        if let Some(v) = self
+            .values
+            .lock()
+            .expect("cache")
+            .get(&(size, step, m.name))
+        {
             return Ok(v.clone());
         }
         let sz = &self.sizes[size].name;
@@ -667,30 +640,53 @@ impl Explorer {
             }
             Ok(out)
         };
-        let v = match m {
-            Measure::Kl if self.cat.has("kl", &format!("{sz}-step{step}.conv.parquet")) => {
+        let v = match m.source {
+            // conv.parquet holds kl's per-row mean already (−E[KL] over the
+            // ordered pairs), a twentieth of the kl table to read.
+            Source::Pair("kl") if self.cat.has("kl", &format!("{sz}-step{step}.conv.parquet")) => {
                 let mut v = by_row(format!("{sz}-step{step}.conv.parquet"), "conv")?;
                 v.iter_mut().for_each(|x| *x = -*x);
                 v
             }
-            Measure::Jsd => by_row(format!("{sz}-step{step}.group.parquet"), "jsd")?,
-            Measure::EnsGain => by_row(format!("{sz}-step{step}.group.parquet"), "ens_gain")?,
-            _ => {
+            Source::Group(c) => by_row(format!("{sz}-step{step}.group.parquet"), c)?,
+            Source::Pair(c) | Source::PairAbs(c) | Source::PairNot(c) => {
                 let p = self.pairs(size, step)?;
                 let np = p.pairs.len();
+                let unknown = || {
+                    ApiError::Internal(format!(
+                        "measure {} reads kl column {c}, which explore does not read",
+                        m.name
+                    ))
+                };
+                // Per row and pair: the measure's value, NaN where absent.
+                let x: Vec<f64> = match (m.source, c) {
+                    (Source::PairNot(_), "top1_agree") => p
+                        .agree
+                        .iter()
+                        .map(|&a| if a == 2 { f64::NAN } else { 1.0 - a as f64 })
+                        .collect(),
+                    (Source::PairNot(_), _) => return Err(unknown()),
+                    _ => {
+                        let col = match c {
+                            "kl" => &p.kl,
+                            "tv" => &p.tv,
+                            "dp" => &p.dp,
+                            _ => return Err(unknown()),
+                        };
+                        if matches!(m.source, Source::PairAbs(_)) {
+                            col.iter().map(|d| d.abs()).collect()
+                        } else {
+                            col.clone()
+                        }
+                    }
+                };
                 (0..self.rows.len())
                     .map(|ix| {
-                        let at = ix * np..(ix + 1) * np;
-                        let xs: Vec<f64> = match m {
-                            Measure::Kl => p.kl[at].to_vec(),
-                            Measure::Tv => p.tv[at].to_vec(),
-                            Measure::AbsDp => p.dp[at].iter().map(|d| d.abs()).collect(),
-                            _ => p.agree[at]
-                                .iter()
-                                .map(|&a| if a == 2 { f64::NAN } else { 1.0 - a as f64 })
-                                .collect(),
-                        };
-                        let xs: Vec<f64> = xs.into_iter().filter(|x| !x.is_nan()).collect();
+                        let xs: Vec<f64> = x[ix * np..(ix + 1) * np]
+                            .iter()
+                            .copied()
+                            .filter(|x| !x.is_nan())
+                            .collect();
                         if xs.is_empty() {
                             f64::NAN
                         } else {
@@ -704,7 +700,7 @@ impl Explorer {
         self.values
             .lock()
             .expect("cache")
-            .put((size, step, m), v.clone());
+            .put((size, step, m.name), v.clone());
         Ok(v)
     }
 
@@ -770,7 +766,7 @@ impl Explorer {
     pub fn meta(&self) -> Value {
         json!({
             "sizes": self.sizes.iter().map(|s| json!({"name": s.name, "steps": s.steps})).collect::<Vec<_>>(),
-            "measures": Measure::ALL.iter().map(|m| json!({"name": m.name(), "about": m.about()})).collect::<Vec<_>>(),
+            "measures": MEASURES.iter().map(|m| json!({"name": m.name, "about": m.title})).collect::<Vec<_>>(),
             "levels": self.levels,
             "n_rows": self.rows.len(),
             "n_tokens": self.tokens.len(),
@@ -892,12 +888,12 @@ impl Explorer {
             })
             .collect();
         let mut measures = serde_json::Map::new();
-        for m in Measure::ALL {
+        for m in MEASURES {
             let v = match self.values(size, step, m) {
                 Ok(v) => json!(v[ix]),
                 Err(_) => Value::Null,
             };
-            measures.insert(m.name().into(), v);
+            measures.insert(m.name.into(), v);
         }
         let mut seeds = Vec::new();
         let mut dist_note = None;
@@ -963,7 +959,7 @@ impl Explorer {
             let v = self.values(size, step, m)?;
             pts.push(json!({"step": step, "value": v[ix]}));
         }
-        Ok(json!({"size": self.sizes[size].name, "row": row, "measure": m.name(), "points": pts}))
+        Ok(json!({"size": self.sizes[size].name, "row": row, "measure": m.name, "points": pts}))
     }
 
     pub fn catalog(&self) -> &Catalog {

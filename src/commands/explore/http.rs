@@ -12,7 +12,7 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
-use super::data::{ApiError, Explorer, Measure, PAGE, VARIABLES};
+use super::data::{measure, ApiError, Explorer, PAGE, VARIABLES};
 
 const PAGE_HTML: &str = include_str!("page.html");
 
@@ -105,10 +105,9 @@ fn api(ex: &Explorer, path: &str, query: &str) -> Result<Value, ApiError> {
         ex.check_step(size, step)?;
         Ok((size, step))
     };
-    let measure = |p: &BTreeMap<String, String>| match p.get("measure") {
-        Some(m) => Measure::parse(m),
-        None => Ok(Measure::Kl),
-    };
+    // The `measure` parameter; kl when absent.
+    let shade =
+        |p: &BTreeMap<String, String>| measure(p.get("measure").map_or("kl", String::as_str));
     match path {
         "/api/meta" => {
             params(query, &[])?;
@@ -122,7 +121,7 @@ fn api(ex: &Explorer, path: &str, query: &str) -> Result<Value, ApiError> {
             ex.text(
                 size,
                 step,
-                measure(&p)?,
+                shade(&p)?,
                 number(&p, "start", Some(0))?,
                 number(&p, "len", Some(PAGE))?,
                 &f,
@@ -133,7 +132,7 @@ fn api(ex: &Explorer, path: &str, query: &str) -> Result<Value, ApiError> {
             let (size, step) = at(&p)?;
             let f = filters(&p);
             ex.check_filters(&f)?;
-            ex.top(size, step, measure(&p)?, number(&p, "n", Some(25))?, &f)
+            ex.top(size, step, shade(&p)?, number(&p, "n", Some(25))?, &f)
         }
         "/api/token" => {
             let p = params(query, &["size", "step", "row"])?;
@@ -143,7 +142,7 @@ fn api(ex: &Explorer, path: &str, query: &str) -> Result<Value, ApiError> {
         "/api/trajectory" => {
             let p = params(query, &["size", "row", "measure"])?;
             let size = ex.size_index(get(&p, "size")?)?;
-            ex.trajectory(size, number(&p, "row", None)?, measure(&p)?)
+            ex.trajectory(size, number(&p, "row", None)?, shade(&p)?)
         }
         _ => Err(ApiError::Missing(format!("no endpoint {path}"))),
     }
