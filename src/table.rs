@@ -149,6 +149,13 @@ pub fn read(path: &Path) -> Result<RecordBatch, StageError> {
     Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
 }
 
+/// Only `columns` of a Parquet file, in one batch (one missing is an error
+/// naming the file and the column).
+pub fn read_columns(path: &Path, columns: &[&str]) -> Result<RecordBatch, StageError> {
+    let (schema, batches) = batches(path, Some(columns))?;
+    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
+}
+
 /// What `seedconv show --schema` prints of a file.
 pub struct FileInfo {
     pub schema: Arc<Schema>,

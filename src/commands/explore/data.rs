@@ -225,12 +225,6 @@ fn f64s(b: &RecordBatch, name: &str, p: &Path) -> Result<Vec<f64>, StageError> {
         .collect())
 }
 
-/// A whole table, only the columns named.
-fn read_cols(path: &Path, cols: &[&str]) -> Result<RecordBatch, StageError> {
-    let (schema, batches) = table::batches(path, Some(cols))?;
-    Ok(arrow_select::concat::concat_batches(&schema, &batches)?)
-}
-
 fn missing_msg(stage: &str, what: &str) -> String {
     format!("no {what} for this config yet: run `seedconv run {stage}` (explore only reads tables)")
 }
@@ -243,7 +237,7 @@ impl Explorer {
                 .map_err(|_| anyhow::anyhow!("{}", missing_msg(stage, what)))
         };
         let tp = need("corpus", "tokens.parquet", "corpus tables")?;
-        let tb = read_cols(&tp, &["pos", "token", "doc"])?;
+        let tb = table::read_columns(&tp, &["pos", "token", "doc"])?;
         let pos = u32s(&tb, "pos", &tp)?;
         if pos.iter().enumerate().any(|(i, &p)| p as usize != i) {
             anyhow::bail!("{}: pos is not 0, 1, 2, …", tp.display());
@@ -253,7 +247,7 @@ impl Explorer {
         let rp = need("corpus", "rows.parquet", "corpus tables")?;
         let schema = table::schema(&rp)?.schema;
         let mlm = schema.index_of("context_end").is_ok();
-        let rb = read_cols(&rp, &["row", "target_id", "doc"])?;
+        let rb = table::read_columns(&rp, &["row", "target_id", "doc"])?;
         let (ids, tids, docs) = (
             u32s(&rb, "row", &rp)?,
             u32s(&rb, "target_id", &rp)?,
@@ -291,7 +285,7 @@ impl Explorer {
         let mut surprisal = BTreeMap::new();
         match cat.resolve("aggregate", "final_surprisal.parquet") {
             Ok(p) => {
-                let b = read_cols(
+                let b = table::read_columns(
                     &p,
                     &[
                         "size",
@@ -325,7 +319,7 @@ impl Explorer {
         }
         let vocab = match cat.resolve("tokenizer", "vocab.parquet") {
             Ok(p) => {
-                let b = read_cols(&p, &["token_id", "text"])?;
+                let b = table::read_columns(&p, &["token_id", "text"])?;
                 let (id, text) = (u32s(&b, "token_id", &p)?, strings(&b, "text", &p)?);
                 let mut v = vec![String::new(); id.iter().max().map_or(0, |m| *m as usize + 1)];
                 for (i, t) in id.into_iter().zip(text) {
@@ -545,7 +539,7 @@ impl Explorer {
         }
         let name = format!("{}-step{step}.kl.parquet", self.sizes[size].name);
         let b = self.read("kl", &name, |p| {
-            read_cols(
+            table::read_columns(
                 p,
                 &["seed_a", "seed_b", "row", "kl", "tv", "dp", "top1_agree"],
             )
@@ -629,7 +623,7 @@ impl Explorer {
         let sz = &self.sizes[size].name;
         let by_row = |name: String, col: &'static str| -> Result<Vec<f64>, ApiError> {
             let (row, v) = self.read("kl", &name, |p| {
-                let b = read_cols(p, &["row", col])?;
+                let b = table::read_columns(p, &["row", col])?;
                 Ok((u32s(&b, "row", p)?, f64s(&b, col, p)?))
             })?;
             let mut out = vec![f64::NAN; self.rows.len()];

@@ -30,7 +30,7 @@ pub fn explore(s: &Session, args: &ExploreArgs) -> Result<()> {
         .server_addr()
         .to_ip()
         .ok_or_else(|| anyhow!("explore: not listening on an IP address"))?;
-    if !is_loopback(args.host) {
+    if !args.host.is_loopback() {
         eprintln!(
             "WARNING: explore is serving this store's tables to the network on {bound}: \
              anyone who can reach this address can read them (no authentication). \
@@ -68,10 +68,6 @@ pub fn explore(s: &Session, args: &ExploreArgs) -> Result<()> {
     }
     http::serve(ex, Arc::new(server), s.engine.cancel.clone(), args.threads);
     Ok(())
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
 }
 
 /// A viewer over a folder of `<stage>/<table>.parquet` (the benchmark's
