@@ -9,7 +9,10 @@ kl` (its upstream stages prepared once, untimed). Each is run as its own
 process, alternating, `--repeats` times; the table gives medians of wall
 time, CPU seconds (user + system) and peak resident memory (from wait4),
 durable disk, the accuracy of the paper's fp16 means against seedconv's
-exact KL, and the ratio of wall times.
+exact KL, and the ratio of wall times. A third process times the floor:
+bare ONNX Runtime forward passes over the same windows (16 windows a call,
+nothing kept). `--config scripts/bench_suite_trained.toml` runs it on the
+default study's own 120 checkpoints (after `seedconv run train`).
 
 Needs: pip install numpy onnxruntime==1.31.1 pyarrow
 Usage: python3 scripts/bench_paper_method.py [--config scripts/bench_suite.toml]
@@ -51,18 +54,24 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="/tmp/paper_method")
     ap.add_argument("--paper-only", metavar="STORE", help=argparse.SUPPRESS)
+    ap.add_argument("--bare-only", metavar="STORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.paper_only:
         paper(args.paper_only, args.out)
+        return
+    if args.bare_only:
+        bare(args.bare_only)
         return
     sc = [args.seedconv, "-q", "-c", args.config]
     subprocess.run(sc + ["run", "kl"], check=True, stdout=subprocess.DEVNULL)
     store = subprocess.run(sc + ["config", "--json"], check=True, capture_output=True, text=True)
     store = json.loads(store.stdout)["config"]["store"]["dir"]
-    ours, theirs = [], []
+    ours, theirs, floor = [], [], []
+    me = [sys.executable, os.path.abspath(__file__)]
     for _ in range(args.repeats):
         ours.append(timed(sc + ["run", "kl", "--force", "dist", "--force", "kl"]))
-        theirs.append(timed([sys.executable, os.path.abspath(__file__), "--paper-only", store, "--out", args.out]))
+        theirs.append(timed(me + ["--paper-only", store, "--out", args.out]))
+        floor.append(timed(me + ["--bare-only", store]))
     result = json.load(open(os.path.join(args.out, "result.json")))
     dists, kls = current(store, "dist"), current(store, "kl")
     sc_disk = sum(o["bytes"] for m in dists + kls for o in m["outputs"].values())
@@ -71,8 +80,10 @@ def main():
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| paper: ORT → fp16 .npy → numpy KL | {med(theirs, 0):.1f} | {med(theirs, 1):.1f} | {med(theirs, 2):.0f} MB | {result['disk'] / 1e6:.0f} MB | max error {result['max_err'] * 100:.3f}%, median {result['median_err'] * 100:.3f}% |")
     print(f"| seedconv run kl (dist + kl) | {med(ours, 0):.1f} | {med(ours, 1):.1f} | {med(ours, 2):.0f} MB | {sc_disk / 1e6:.0f} MB | exact (f64 sums) |")
+    print(f"| bare ORT forward passes (batches of 16 windows, nothing kept) | {med(floor, 0):.1f} | {med(floor, 1):.1f} | {med(floor, 2):.0f} MB | – | – |")
     print(f"seedconv / paper: wall {med(ours, 0) / med(theirs, 0):.2f}, CPU {med(ours, 1) / med(theirs, 1):.2f}, "
-          f"peak memory {med(ours, 2) / med(theirs, 2):.2f}, disk {sc_disk / result['disk']:.2f} "
+          f"peak memory {med(ours, 2) / med(theirs, 2):.2f}, disk {sc_disk / result['disk']:.2f}; "
+          f"seedconv / bare forward: wall {med(ours, 0) / med(floor, 0):.2f} "
           f"({result['checkpoints']} checkpoints, {result['rows']} rows, vocab {result['vocab']}, "
           f"median of {args.repeats} alternating runs; CPU: {cpu_name()}, {os.cpu_count()} cores)")
 
@@ -82,18 +93,38 @@ def current(store, stage):
     return [json.load(open(f"{store}/{stage}/{key}/manifest.json")) for key in index.values()]
 
 
-def paper(store, out_dir):
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-
+def windows_of(store):
+    """The corpus tokens and its forward windows: (start, row indices)."""
     tokens = pq.read_table(f"{store}/corpus/current/tokens.parquet").column("token_id").to_numpy().astype(np.int64)
     rows_t = pq.read_table(f"{store}/corpus/current/rows.parquet")
     rows = rows_t.column("row").to_numpy()
     cstart = rows_t.column("context_start").to_numpy()
-    windows = []  # (start, [row indices])
-    for s in np.unique(cstart):
-        idx = np.nonzero(cstart == s)[0]
-        windows.append((int(s), idx))
+    return tokens, rows, [(int(s), np.nonzero(cstart == s)[0]) for s in np.unique(cstart)]
+
+
+def bare(store):
+    """The floor: every checkpoint's ONNX Runtime forward passes over the
+    same windows, 16 windows of one length per call, nothing kept."""
+    tokens, rows, windows = windows_of(store)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = os.cpu_count()
+    by_len = {}
+    for s, idx in windows:
+        ids = tokens[s:int(rows[idx[-1]]) + 1]
+        by_len.setdefault(len(ids), []).append(ids)
+    for d in current(store, "dist"):
+        sess = ort.InferenceSession(d["extra"]["model"], so, providers=["CPUExecutionProvider"])
+        for group in by_len.values():
+            for i in range(0, len(group), 16):
+                ids = np.stack(group[i:i + 16])
+                sess.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+
+def paper(store, out_dir):
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+
+    tokens, rows, windows = windows_of(store)
 
     dists = current(store, "dist")
     model = {(d["ingredients"]["params"]["size"], d["ingredients"]["params"]["seed"], d["ingredients"]["params"]["step"]): d["extra"]["model"] for d in dists}

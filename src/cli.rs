@@ -285,6 +285,10 @@ pub enum BenchWhat {
     /// against the forward passes of one checkpoint, on random models
     /// (default: Pythia-70M's shape).
     Lineage(BenchLineageArgs),
+    /// Peak resident memory of `dist` and `kl` at the paper's scale (five
+    /// seeds, the paper's sample text, vocabulary 50,277) under each
+    /// setting that bounds it, each in its own `run` process.
+    Memory(BenchMemoryArgs),
     /// Training throughput (tokens/s) of each model size in the config's [train].
     Train(BenchTrainArgs),
     /// The Slurm executor: submitting a synthetic plan (held, then
@@ -386,6 +390,27 @@ pub struct BenchLineageArgs {
     /// windows of 2,048 with stride 1,024: 4).
     #[arg(long, default_value_t = 4)]
     pub windows: usize,
+}
+
+/// Arguments of `bench memory`.
+#[derive(Debug, Args)]
+pub struct BenchMemoryArgs {
+    /// Width of the random models (memory is the logits' and arrays').
+    #[arg(long, default_value_t = 64)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 5)]
+    pub seeds: usize,
+    /// `dist.batch_size` values (windows of 2,048 per forward pass).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+    pub batch: Vec<usize>,
+    /// `kl.resident_mb` values.
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 512, 4096])]
+    pub resident: Vec<usize>,
+    /// The shipped data folder (its `paper_sample`).
+    #[arg(long, default_value = "data")]
+    pub data: std::path::PathBuf,
 }
 
 /// Arguments of `bench blimp`.

@@ -18,12 +18,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {
-    // Freed memory is never purged back to the kernel while the process
-    // runs (each run or worker is a process; its peak is unchanged): the
-    // aggregates free and reallocate buffers of hundreds of MB, and every
-    // purge made the next one fault and zero its pages again.
-    // SAFETY: sets one option; mimalloc reads it at its next purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     // Training runs in worker processes of this binary (their own thread pools).
     if let Ok(exe) = std::env::current_exe() {
         seedconv::stages::train::register_worker(exe);
@@ -36,6 +30,21 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // How long freed memory stays with mimalloc before it goes back to the
+    // kernel. A training worker is one job in its own process: it keeps
+    // everything (its tensors are freed and reallocated every step; a purge
+    // made each step fault its pages in again). Any other process may run
+    // many jobs: memory unused for a second goes back (and at each job's
+    // end, `engine::memory`), so it holds the largest job's memory rather
+    // than the sum of what each stage left behind; aggregate's buffers,
+    // freed and reallocated within a second, stay.
+    let delay = if matches!(cli.command, Command::TrainWorker) {
+        -1
+    } else {
+        1000
+    };
+    // SAFETY: sets one option; mimalloc reads it at its next purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay) };
     // init probes how long a window the model takes; ONNX Runtime logs each
     // refused length as an error, and those refusals are expected.
     let ort = if matches!(cli.command, Command::Init(_)) {

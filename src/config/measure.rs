@@ -112,6 +112,13 @@ pub struct KlConfig {
     /// checkpoints kept `until_consumed` (a trajectory needs every step's
     /// model on disk at once).
     pub drift: bool,
+    /// MB of full log-prob arrays `kl` and `drift` hold in memory at once:
+    /// rows are compared in spans that fit (all seeds' arrays, or drift's
+    /// three), and a span's pages leave the process once compared. Bounds
+    /// their resident memory whatever the suite's rows and vocabulary (a
+    /// Pythia group's five arrays are 4.7 GB). Speed only: the bytes out are
+    /// the same at any value.
+    pub resident_mb: usize,
 }
 
 impl Default for KlConfig {
@@ -120,6 +127,7 @@ impl Default for KlConfig {
             validation_k: vec![16, 64, 256],
             validation_rows: 256,
             drift: true,
+            resident_mb: 128,
         }
     }
 }

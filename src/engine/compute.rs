@@ -266,6 +266,7 @@ impl Engine {
         if !matches!(outcome, Outcome::Computed(_)) {
             let _ = std::fs::remove_dir_all(&tmp);
         }
+        super::memory::release_free();
         outcome
     }
 }

@@ -21,6 +21,7 @@ pub mod executor;
 pub mod fsutil;
 pub mod hashcache;
 pub mod job;
+pub mod memory;
 pub mod plan;
 pub mod scheduler;
 pub mod store;

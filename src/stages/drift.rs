@@ -7,12 +7,15 @@
 //!
 //! The full distributions come from dist's retained arrays when they are
 //! held (`dist.retain_full`), else from the models again: each checkpoint's
-//! model runs once per instance, its whole array held in memory while the
-//! next one is compared with it (rows × kept vocabulary × 4 B each: 58 MB on
-//! the default study, 0.94 GB for a Pythia group of 4,662 rows), so a
-//! trajectory costs one more forward pass per checkpoint than dist already
-//! made, and an across instance one per size.
+//! model runs once per instance, so a trajectory costs one more forward pass
+//! per checkpoint than dist already made, and an across instance one per
+//! size. Rows go in chunks of whole batches whose arrays fit
+//! `kl.resident_mb` (a trajectory holds three: final, previous, current;
+//! rows × kept vocabulary × 4 B each, 58 MB on the default study and
+//! 0.94 GB for a Pythia group of 4,662 rows); with several chunks each model
+//! is opened once per chunk.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, StringArray, UInt32Array};
@@ -67,6 +70,7 @@ impl Stage for Drift {
                 ckpts,
                 vocab: suite.vocab,
                 set: set.clone(),
+                resident: cx.config().kl.resident_mb << 20,
             };
             let gpu = job.set.uses_gpu();
             out.push(
@@ -128,19 +132,22 @@ struct DriftJob {
     vocab: Option<usize>,
     #[serde(flatten)]
     set: RunSettings,
+    /// unkeyed: bytes of log-prob arrays held at once (`kl.resident_mb`).
+    #[serde(skip)]
+    resident: usize,
 }
 
-/// A checkpoint's full log-probs: dist's retained array, or its model's
-/// output held in memory.
-enum Full {
-    Mapped(memmap2::Mmap),
+/// One chunk of a checkpoint's full log-probs: rows of dist's retained
+/// array, or its model's output for those rows held in memory.
+enum Full<'a> {
+    Mapped(&'a [f32]),
     Owned(Vec<f32>),
 }
 
-impl Full {
+impl Full<'_> {
     fn values(&self) -> &[f32] {
         match self {
-            Full::Mapped(m) => eval::full_values(m),
+            Full::Mapped(m) => m,
             Full::Owned(v) => v,
         }
     }
@@ -155,71 +162,125 @@ struct Compared {
     tv: Vec<f64>,
 }
 
+impl Compared {
+    fn new(a: usize, b: usize, reference: &'static str) -> Self {
+        Compared {
+            a,
+            b,
+            reference,
+            kl: Vec::new(),
+            tv: Vec::new(),
+        }
+    }
+}
+
+/// Consecutive runs of the plan's batches whose rows fit `resident` bytes
+/// for `arrays` arrays of width `n` (at least one batch each).
+fn chunks(plan: &EvalPlan, resident: usize, arrays: usize, n: usize) -> Vec<Range<usize>> {
+    let per_row = (arrays * n * 4).max(1);
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut rows_in = 0;
+    for (i, b) in plan.batches.iter().enumerate() {
+        match out.last_mut() {
+            Some(c) if (rows_in + b.rows.len()) * per_row <= resident => {
+                c.end = i + 1;
+                rows_in += b.rows.len();
+            }
+            _ => {
+                out.push(i..i + 1);
+                rows_in = b.rows.len();
+            }
+        }
+    }
+    out
+}
+
 impl Job for DriftJob {
     fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, StageError> {
         let n = tokenizer::kept_vocab(self.vocab, ctx)?;
         let plan = corpus::eval_plan(ctx, &self.set)?;
         self.check_widths(ctx)?;
-        let mut done: Vec<Compared> = Vec::new();
-        let mut recomputed = 0;
-        let mut load = |i: usize| -> Result<Full, StageError> {
-            let full = self.full(ctx, &plan, i, n)?;
-            recomputed += matches!(full, Full::Owned(_)) as usize;
-            Ok(full)
-        };
-        match self.kind {
+        let arrays = self.arrays(ctx, plan.rows.len(), n)?;
+        // Comparisons in the order the table lists them, each one's rows
+        // filled chunk by chunk.
+        let mut done: Vec<Compared> = match self.kind {
             Kind::Trajectory => {
                 let last = self.ckpts.len() - 1;
-                let fin = load(last)?;
-                let mut prev: Option<Full> = None;
-                for i in 0..=last {
-                    ctx.progress(i as u64, self.ckpts.len() as u64, "checkpoints");
-                    ctx.check_cancel()?;
-                    // The final checkpoint against itself: the same array
-                    // twice (its drift is 0 by the same arithmetic).
-                    let cur = if i == last { None } else { Some(load(i)?) };
-                    let cur_v = cur.as_ref().unwrap_or(&fin).values();
-                    let mut views = vec![cur_v, fin.values()];
-                    if let Some(p) = &prev {
-                        views.push(p.values());
+                (0..=last)
+                    .flat_map(|i| {
+                        let prev = (i > 0).then(|| Compared::new(i, i - 1, "previous"));
+                        std::iter::once(Compared::new(i, last, "final")).chain(prev)
+                    })
+                    .collect()
+            }
+            Kind::Across => (0..self.ckpts.len())
+                .flat_map(|a| {
+                    (0..self.ckpts.len())
+                        .filter(move |&b| b != a)
+                        .map(move |b| Compared::new(a, b, "size"))
+                })
+                .collect(),
+        };
+        // A trajectory holds its final, previous and current checkpoints at
+        // once; an across instance every size.
+        let held = match self.kind {
+            Kind::Trajectory => 3,
+            Kind::Across => self.ckpts.len(),
+        };
+        let chunks = chunks(&plan, self.resident, held, n);
+        let total = (chunks.len() * self.ckpts.len()) as u64;
+        let mut loaded = 0u64;
+        for batches in &chunks {
+            let rows =
+                plan.batches[batches.start].rows.start..plan.batches[batches.end - 1].rows.end;
+            let mut load = |i: usize| -> Result<Full, StageError> {
+                ctx.progress(loaded, total, "checkpoint chunks");
+                ctx.check_cancel()?;
+                loaded += 1;
+                self.full(ctx, &plan, arrays[i].as_ref(), i, n, batches.clone())
+            };
+            let mut out = done.iter_mut();
+            match self.kind {
+                Kind::Trajectory => {
+                    let last = self.ckpts.len() - 1;
+                    let fin = load(last)?;
+                    let mut prev: Option<Full> = None;
+                    for i in 0..=last {
+                        // The final checkpoint against itself: the same
+                        // array twice (its drift is 0 by the same arithmetic).
+                        let cur = if i == last { None } else { Some(load(i)?) };
+                        let cur_v = cur.as_ref().unwrap_or(&fin).values();
+                        let mut views = vec![cur_v, fin.values()];
+                        if let Some(p) = &prev {
+                            views.push(p.values());
+                        }
+                        for (kl, tv) in compare(&views, rows.len(), n) {
+                            let o = out.next().expect("one comparison a view");
+                            debug_assert_eq!(o.a, i);
+                            o.kl.extend(kl);
+                            o.tv.extend(tv);
+                        }
+                        prev = cur;
                     }
-                    let per = compare(&views, plan.rows.len(), n);
-                    done.push(Compared {
-                        a: i,
-                        b: last,
-                        reference: "final",
-                        kl: per.iter().map(|r| r.0[0]).collect(),
-                        tv: per.iter().map(|r| r.1[0]).collect(),
-                    });
-                    if prev.is_some() {
-                        done.push(Compared {
-                            a: i,
-                            b: i - 1,
-                            reference: "previous",
-                            kl: per.iter().map(|r| r.0[1]).collect(),
-                            tv: per.iter().map(|r| r.1[1]).collect(),
-                        });
+                }
+                Kind::Across => {
+                    let fulls: Vec<Full> = (0..self.ckpts.len())
+                        .map(&mut load)
+                        .collect::<Result<_, _>>()?;
+                    let views: Vec<&[f32]> = fulls.iter().map(Full::values).collect();
+                    for a in 0..views.len() {
+                        for b in (0..views.len()).filter(|&b| b != a) {
+                            let c = compare(&[views[a], views[b]], rows.len(), n).pop();
+                            let (kl, tv) = c.expect("one comparison");
+                            let o = out.next().expect("one comparison a pair");
+                            o.kl.extend(kl);
+                            o.tv.extend(tv);
+                        }
                     }
-                    prev = cur;
                 }
             }
-            Kind::Across => {
-                let fulls: Vec<Full> = (0..self.ckpts.len())
-                    .map(&mut load)
-                    .collect::<Result<_, _>>()?;
-                let views: Vec<&[f32]> = fulls.iter().map(Full::values).collect();
-                for a in 0..views.len() {
-                    for b in (0..views.len()).filter(|&b| b != a) {
-                        let per = compare(&[views[a], views[b]], plan.rows.len(), n);
-                        done.push(Compared {
-                            a,
-                            b,
-                            reference: "size",
-                            kl: per.iter().map(|r| r.0[0]).collect(),
-                            tv: per.iter().map(|r| r.1[0]).collect(),
-                        });
-                    }
-                }
+            for map in arrays.iter().flatten() {
+                eval::release_rows(map, rows.clone(), n);
             }
         }
         self.write(ctx, &plan, &done)?;
@@ -237,17 +298,18 @@ impl Job for DriftJob {
             "mean_kl_previous": mean("previous"),
             "mean_kl_final": mean("final"),
             "mean_kl_size": mean("size"),
-            "models_run": recomputed,
+            "models_run": arrays.iter().filter(|a| a.is_none()).count(),
+            "chunks": chunks.len(),
         }))
     }
 }
 
-/// Per row, KL(views[0] ‖ views[j]) and TV(views[0], views[j]) for each
-/// j ≥ 1, in order.
+/// Per comparison j ≥ 1, in order: per row KL(views[0] ‖ views[j]) and
+/// TV(views[0], views[j]).
 fn compare(views: &[&[f32]], rows: usize, n: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
     let k = views.len();
     let pairs: Vec<(usize, usize)> = (1..k).map(|j| (0, j)).collect();
-    (0..rows)
+    let per: Vec<(Vec<f64>, Vec<f64>)> = (0..rows)
         .into_par_iter()
         .map_init(
             || kernels::row_buffer(k),
@@ -259,6 +321,14 @@ fn compare(views: &[&[f32]], rows: usize, n: usize) -> Vec<(Vec<f64>, Vec<f64>)>
                 (kl, b.tv[..k - 1].to_vec())
             },
         )
+        .collect();
+    (0..k - 1)
+        .map(|j| {
+            (
+                per.iter().map(|r| r.0[j]).collect(),
+                per.iter().map(|r| r.1[j]).collect(),
+            )
+        })
         .collect()
 }
 
@@ -275,17 +345,48 @@ impl DriftJob {
         }
     }
 
-    /// Checkpoint `i`'s full log-probs (rows × n).
-    fn full(&self, ctx: &JobCtx, plan: &EvalPlan, i: usize, n: usize) -> Result<Full, StageError> {
-        let c = &self.ckpts[i];
-        let scratch = ctx.upstream_scratch(dist::NAME, &c.label())?;
-        if let Some(map) = eval::read_full(scratch, plan.rows.len(), n) {
-            return Ok(Full::Mapped(map));
+    /// Each checkpoint's retained array from dist, where held (`None`:
+    /// its model runs again).
+    fn arrays(
+        &self,
+        ctx: &JobCtx,
+        rows: usize,
+        n: usize,
+    ) -> Result<Vec<Option<memmap2::Mmap>>, StageError> {
+        self.ckpts
+            .iter()
+            .map(|c| {
+                Ok(eval::read_full(
+                    ctx.upstream_scratch(dist::NAME, &c.label())?,
+                    rows,
+                    n,
+                ))
+            })
+            .collect()
+    }
+
+    /// Checkpoint `i`'s full log-probs for the rows of `batches`
+    /// (rows × n): its array's, else its model's output.
+    fn full<'a>(
+        &self,
+        ctx: &JobCtx,
+        plan: &EvalPlan,
+        array: Option<&'a memmap2::Mmap>,
+        i: usize,
+        n: usize,
+        batches: Range<usize>,
+    ) -> Result<Full<'a>, StageError> {
+        let rows = plan.batches[batches.start].rows.start..plan.batches[batches.end - 1].rows.end;
+        if let Some(map) = array {
+            return Ok(Full::Mapped(
+                &eval::full_values(map)[rows.start * n..rows.end * n],
+            ));
         }
+        let c = &self.ckpts[i];
         let (mut model, _) = self.set.open(&c.model_path(ctx)?, ctx.threads, ctx.gpu)?;
         let mut graph = LogProbGraph::new(self.set.threads(ctx.threads));
-        let mut out = Vec::with_capacity(plan.rows.len() * n);
-        for b in &plan.batches {
+        let mut out = Vec::with_capacity(rows.len() * n);
+        for b in &plan.batches[batches] {
             ctx.check_cancel()?;
             let lp = plan.forward_graph(&mut model, &mut graph, b, n)?;
             out.extend_from_slice(&lp);

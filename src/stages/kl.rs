@@ -28,8 +28,15 @@ use crate::table;
 
 pub const NAME: &str = "kl";
 pub const VERSION: u32 = 7;
-/// Rows per step when every seed's log-probs come from an array.
+/// Rows per step when every seed's log-probs come from an array, at most
+/// (enough to keep the pool busy).
 const ARRAY_SPAN: usize = 2048;
+
+/// Rows per step from arrays: as many as fit `resident` bytes for `seeds`
+/// arrays of width `n`, at least one, at most [`ARRAY_SPAN`].
+pub fn array_span(resident: usize, seeds: usize, n: usize) -> usize {
+    (resident / (seeds * n * 4).max(1)).clamp(1, ARRAY_SPAN)
+}
 /// Each instance's per-(row, ordered pair) table: KL and the pair battery.
 pub const FILE: &str = "kl.parquet";
 /// Each instance's per-row table of the seed-group measures.
@@ -65,6 +72,7 @@ impl Stage for Kl {
                     validation_rows: cx.config().kl.validation_rows,
                     set: set.clone(),
                     retain_full: cx.config().dist.retain_full,
+                    resident: cx.config().kl.resident_mb << 20,
                 };
                 let gpu = job.set.uses_gpu();
                 out.push(
@@ -130,6 +138,9 @@ struct KlJob {
     /// gives the same bytes.
     #[serde(skip)]
     retain_full: bool,
+    /// unkeyed: bytes of the arrays held at once (`kl.resident_mb`).
+    #[serde(skip)]
+    resident: usize,
 }
 
 /// Where one seed's log-probs come from.
@@ -178,7 +189,8 @@ impl Job for KlJob {
             .flat_map(|a| (0..seeds).filter(move |&b| b != a).map(move |b| (a, b)))
             .collect();
         let every = validation_stride(rows, self.validation_rows);
-        let exact = exact_pass(ctx, &plan, &mut sources, n, &pairs, &ks, every)?;
+        let span = array_span(self.resident, seeds, n);
+        let exact = exact_pass(ctx, &plan, &mut sources, n, &pairs, &ks, every, span)?;
 
         let np = pairs.len();
         let mean = exact.kl.iter().sum::<f64>() / (rows * np) as f64;
@@ -442,9 +454,11 @@ impl KlJob {
 }
 
 /// Exact KL of every row and pair, and the validated rows' estimates:
-/// arrays are read in place (memory-mapped); models run batch by batch.
-/// With every seed from an array, spans of many rows keep the pool busy
-/// instead of one small batch at a time.
+/// arrays are read in place (memory-mapped) and each span's pages released
+/// once compared; models run batch by batch. With every seed from an array,
+/// spans of `span` rows keep the pool busy instead of one small batch at a
+/// time.
+#[allow(clippy::too_many_arguments)]
 fn exact_pass(
     ctx: &JobCtx,
     plan: &EvalPlan,
@@ -453,6 +467,7 @@ fn exact_pass(
     pairs: &[(usize, usize)],
     ks: &[usize],
     every: usize,
+    span: usize,
 ) -> Result<Exact, StageError> {
     let rows = plan.rows.len();
     let seeds = sources.len();
@@ -466,8 +481,8 @@ fn exact_pass(
     let all_arrays = sources.iter().all(|s| matches!(s, Source::Array(_)));
     let spans: Vec<(std::ops::Range<usize>, usize)> = if all_arrays {
         (0..rows)
-            .step_by(ARRAY_SPAN)
-            .map(|a| (a..(a + ARRAY_SPAN).min(rows), 0))
+            .step_by(span)
+            .map(|a| (a..(a + span).min(rows), 0))
             .collect()
     } else {
         plan.batches
@@ -509,10 +524,12 @@ fn exact_pass(
             }
         }
         // Each recomputed seed's array back to its graph for the next
-        // batch (a fresh one faults every page: 100 MB at 50k).
+        // batch (a fresh one faults every page: 100 MB at 50k); each
+        // array's span out of the resident set.
         for (src, r) in sources.iter_mut().zip(ran) {
-            if let Source::Model(m) = src {
-                m.1.recycle(r);
+            match src {
+                Source::Model(m) => m.1.recycle(r),
+                Source::Array(map) => eval::release_rows(map, range.clone(), n),
             }
         }
     }

@@ -224,3 +224,68 @@ fn identical_seeds_have_zero_divergence_and_agree_on_every_top_token() {
             .all(|&x| x.abs() < 1e-12));
     }
 }
+
+/// `kl.resident_mb` changes memory only: spans of one row in kl and one
+/// batch per drift chunk — from dist's arrays and from the models, mapped
+/// and recomputed — give every kl and drift table the same bytes, and the
+/// setting is in no key (the default config finds everything fresh).
+#[test]
+fn any_resident_memory_setting_gives_the_same_kl_and_drift_bytes() {
+    let p = Project::micro();
+    let models = p.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for size in ["tiny", "twin"] {
+        std::os::unix::fs::symlink(causal(), models.join(size)).unwrap();
+    }
+    let template = format!(
+        "{}/{{size}}/neox-seed{{seed}}/step{{step}}/model.onnx",
+        models.display()
+    );
+    let cfg = hf_suite_config(&template, "[0, 50, 300]")
+        .replace("sizes = [\"tiny\"]", "sizes = [\"tiny\", \"twin\"]");
+    p.write_config(&cfg);
+    p.ok(&["run", "drift", "kl"]);
+    let tables = |p: &Project| -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for stage in ["kl", "drift"] {
+            let dir = p.store().join(stage).join("current");
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.ends_with(".parquet") {
+                    out.insert(format!("{stage}/{n}"), std::fs::read(e.path()).unwrap());
+                }
+            }
+        }
+        out
+    };
+    let first = tables(&p);
+    assert!(first.keys().any(|n| n.starts_with("drift/")));
+    let force = ["--force", "dist", "--force", "kl", "--force", "drift"];
+    for retain in ["false", "true"] {
+        let retain = format!("dist.retain_full={retain}");
+        let mut args = vec!["run", "--set", "kl.resident_mb=0", "--set", &retain];
+        args.extend(force);
+        args.extend(["drift", "kl"]);
+        p.ok(&args);
+        let m = p.manifest_of("drift", "tiny-seed11.drift.parquet");
+        assert!(
+            m["extra"]["chunks"].as_u64().unwrap() > 1,
+            "{retain}: one chunk a batch, several batches: {m}"
+        );
+        let again = tables(&p);
+        assert_eq!(first.len(), again.len());
+        for (n, b) in &first {
+            assert!(
+                again[n] == *b,
+                "{n} differs with kl.resident_mb = 0, {retain}"
+            );
+        }
+    }
+    // Not keyed: the default config has nothing to run.
+    let dry = p.ok(&["run", "--dry-run", "drift", "kl"]);
+    assert!(
+        dry.stdout.contains("0 would run, 0 may run"),
+        "{}",
+        dry.stdout
+    );
+}

@@ -82,19 +82,6 @@ pub fn explore(a: &BenchExploreArgs, session: impl FnOnce() -> Result<Session>) 
     Ok(())
 }
 
-/// (VmRSS, VmHWM) in MiB.
-fn rss() -> (f64, f64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 1024.0
-    };
-    (get("VmRSS:"), get("VmHWM:"))
-}
-
 fn ms(t: Instant) -> String {
     format!("{:.0} ms", t.elapsed().as_secs_f64() * 1e3)
 }
@@ -110,7 +97,7 @@ fn get(ex: &Explorer, url: &str) -> Result<serde_json::Value> {
 
 fn measure(label: &str, ex: Explorer, t_open: Instant) -> Result<String> {
     let open = ms(t_open);
-    let (after_open, _) = rss();
+    let (after_open, _) = crate::commands::memory_mib();
     let ex = Arc::new(ex);
     let size = ex.sizes[0].name.clone();
     let steps = ex.sizes[0].steps.clone();
@@ -150,7 +137,7 @@ fn measure(label: &str, ex: Explorer, t_open: Instant) -> Result<String> {
         &format!("/api/trajectory?size={size}&row={}&measure=kl", row + 1),
     )?;
     let traj_warm = ms(t);
-    let (_, peak) = rss();
+    let (_, peak) = crate::commands::memory_mib();
     Ok(format!(
         "| {label} | {open} | {after_open:.0} MiB | {first} | {cold} | {warm} | {traj} ({} steps) | {traj_warm} | {peak:.0} MiB | {:.1} MiB |",
         steps.len(),

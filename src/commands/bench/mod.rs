@@ -2,8 +2,9 @@
 //! the machine it ran on. One module a benchmark, each taking its own clap
 //! arguments (`cli::Bench*Args`): `engine` (the engine's own overhead on a
 //! synthetic plan), `slurm` (submission and per-task key resolution),
-//! `train`, `dist` (against bare ONNX Runtime), `kl`, `blimp` and `explore`
-//! (the viewer's latency and memory).
+//! `train`, `dist` (against bare ONNX Runtime), `kl`, `blimp`, `explore`
+//! (the viewer's latency and memory), `lineage` and `memory` (dist's and
+//! kl's peaks at the paper's scale, by setting).
 
 mod blimp;
 mod dist;
@@ -11,6 +12,7 @@ mod engine;
 mod explore;
 mod kl;
 mod lineage;
+mod memory;
 mod slurm;
 mod train;
 
@@ -36,6 +38,7 @@ pub fn bench(
         BenchWhat::Blimp(a) => blimp::blimp(a),
         BenchWhat::Explore(a) => explore::explore(a, session),
         BenchWhat::Lineage(a) => lineage::lineage(a),
+        BenchWhat::Memory(a) => memory::memory(a),
         BenchWhat::Slurm(a) => slurm::slurm(&session()?, a),
         BenchWhat::Train(a) => train::train(&crate::config::load_with(config, set)?, a),
     }
