@@ -12,11 +12,10 @@ use seedconv::lm::onnx::runtime::OrtModel;
 /// Row id → (kl, tv) of one comparison.
 type PerRow = BTreeMap<u32, (f64, f64)>;
 
-#[test]
-fn self_drift_and_sizes_match_float64_and_a_checkpoint_against_itself_is_zero() {
-    let p = Project::micro();
-    // Two sizes over the same files: the same seed's "sizes" are one model,
-    // so their divergence is exactly 0 and their trajectories are equal.
+/// A config of two sizes over the same files (steps 0, 50, 300): the same
+/// seed's "sizes" are one model, so their divergence is exactly 0 and their
+/// trajectories are equal.
+fn twin_sizes(p: &Project) -> String {
     let models = p.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
     for size in ["tiny", "twin"] {
@@ -26,8 +25,14 @@ fn self_drift_and_sizes_match_float64_and_a_checkpoint_against_itself_is_zero() 
         "{}/{{size}}/neox-seed{{seed}}/step{{step}}/model.onnx",
         models.display()
     );
-    let cfg = hf_suite_config(&template, "[0, 50, 300]")
-        .replace("sizes = [\"tiny\"]", "sizes = [\"tiny\", \"twin\"]");
+    hf_suite_config(&template, "[0, 50, 300]")
+        .replace("sizes = [\"tiny\"]", "sizes = [\"tiny\", \"twin\"]")
+}
+
+#[test]
+fn self_drift_and_sizes_match_float64_and_a_checkpoint_against_itself_is_zero() {
+    let p = Project::micro();
+    let cfg = twin_sizes(&p);
     p.write_config(&cfg);
     p.ok(&["run"]);
     let s = p.store();
@@ -232,17 +237,7 @@ fn identical_seeds_have_zero_divergence_and_agree_on_every_top_token() {
 #[test]
 fn any_resident_memory_setting_gives_the_same_kl_and_drift_bytes() {
     let p = Project::micro();
-    let models = p.path().join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    for size in ["tiny", "twin"] {
-        std::os::unix::fs::symlink(causal(), models.join(size)).unwrap();
-    }
-    let template = format!(
-        "{}/{{size}}/neox-seed{{seed}}/step{{step}}/model.onnx",
-        models.display()
-    );
-    let cfg = hf_suite_config(&template, "[0, 50, 300]")
-        .replace("sizes = [\"tiny\"]", "sizes = [\"tiny\", \"twin\"]");
+    let cfg = twin_sizes(&p);
     p.write_config(&cfg);
     p.ok(&["run", "drift", "kl"]);
     let tables = |p: &Project| -> BTreeMap<String, Vec<u8>> {
