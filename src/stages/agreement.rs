@@ -34,7 +34,7 @@ use crate::suite::{Checkpoint, Suite};
 use crate::table;
 
 pub const NAME: &str = "agreement";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The task name of BLiMP's pairs.
 pub const BLIMP_TASK: &str = "blimp";
 
@@ -511,7 +511,7 @@ impl Job for AgreementJob {
                     .u("n_items", ids.len() as u32);
             }
         }
-        let meta = [("seedconv.stage", NAME.to_string())];
+        let meta = [("stage", NAME.to_string())];
         table::write(&ctx.out.join("accuracy.parquet"), &acc.batch()?, &meta)?;
         let kappa = table::columns(vec![
             ("task", Arc::new(StringArray::from(k_task)) as ArrayRef),

@@ -30,7 +30,7 @@ use crate::suite::Checkpoint;
 use crate::table;
 
 pub const NAME: &str = "lineage";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 pub const FILE: &str = "lineage.parquet";
 pub const STARTS: &str = "starts.parquet";
 
@@ -407,11 +407,7 @@ impl Job for LineageJob {
                 Arc::new(StringArray::from(m.hash.clone())),
             ),
         ])?;
-        table::write(
-            &ctx.out.join(FILE),
-            &batch,
-            &[("seedconv.stage", NAME.into())],
-        )?;
+        table::write(&ctx.out.join(FILE), &batch, &[("stage", NAME.into())])?;
 
         // Every checkpoint's distance to every start.
         let (mut sz, mut sd, mut st, mut ss, mut d) = (vec![], vec![], vec![], vec![], vec![]);
@@ -434,7 +430,7 @@ impl Job for LineageJob {
         table::write(
             &ctx.out.join(STARTS),
             &starts_batch,
-            &[("seedconv.stage", NAME.into())],
+            &[("stage", NAME.into())],
         )?;
         Ok(
             json!({ "flagged": flagged, "tensors_compared": names.len(), "parameters_compared": m.params }),

@@ -316,6 +316,7 @@ fn lineage_flags_checkpoints_that_descend_from_another_seed_and_not_a_clean_suit
     p.write_config(&copied_suite(&p, false));
     let r = p.ok(&["run"]);
     assert!(!r.stderr.contains("lineage:"), "{}", r.stderr);
+    p.assert_tables_name_their_stage();
     let t = read_table(&p.store().join("lineage/current/tiny.lineage.parquet"));
     let flagged = col::<BooleanArray>(&t, "flagged");
     assert_eq!(t.num_rows(), 6);
@@ -472,6 +473,7 @@ fn lm_eval_samples_give_item_level_agreement() {
     );
     write_samples(&p, None);
     p.ok(&["run", "agreement"]);
+    p.assert_tables_name_their_stage();
     let dir = p.store().join("agreement/current");
     let pred = |seed: u64, step: u64| -> Vec<usize> {
         (0..60)

@@ -151,6 +151,27 @@ window = 64
     pub fn store(&self) -> PathBuf {
         self.path().join("stages")
     }
+    /// Every current table in the store names its stage in its metadata as
+    /// docs/tables.md says (`seedconv.stage`, prefixed once by the writer).
+    pub fn assert_tables_name_their_stage(&self) {
+        for e in std::fs::read_dir(self.store()).unwrap().flatten() {
+            let stage = e.file_name().to_string_lossy().to_string();
+            let Ok(files) = std::fs::read_dir(e.path().join("current")) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().to_string();
+                if !name.ends_with(".parquet") {
+                    continue;
+                }
+                let md = seedconv::table::schema(&f.path()).unwrap().metadata;
+                assert!(
+                    md.iter().any(|(k, v)| k == "seedconv.stage" && *v == stage),
+                    "{stage}/{name}: {md:?}"
+                );
+            }
+        }
+    }
     pub fn write_config(&self, text: &str) {
         std::fs::write(self.path().join("pipeline.toml"), text).unwrap();
     }
