@@ -189,20 +189,6 @@ impl Session {
     }
 }
 
-/// This process's resident memory now and at its peak (VmRSS, VmHWM) in
-/// MiB; NaN where `/proc` has no such lines (not Linux).
-pub fn memory_mib() -> (f64, f64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 1024.0
-    };
-    (get("VmRSS:"), get("VmHWM:"))
-}
-
 pub fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -209,7 +209,7 @@ pub fn run(s: &Session, args: &RunArgs, quiet: bool) -> Result<()> {
             "computed": report.computed, "reused": report.reused, "failed": report.failed,
             "skipped": report.skipped, "cancelled": report.cancelled, "seconds": seconds,
             "bytes_written": bytes, "report": html.as_ref().map(|p| p.display().to_string()),
-            "peak_rss_mib": Some(super::memory_mib().1).filter(|m| m.is_finite()),
+            "peak_rss_mib": Some(crate::engine::memory::memory_mib().1).filter(|m| m.is_finite()),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }

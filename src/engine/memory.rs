@@ -30,11 +30,24 @@ pub fn release_free() {
     BASE.store(resident().unwrap_or(now), Ordering::Relaxed);
 }
 
-/// This process's resident bytes (Linux `/proc/self/statm`).
+/// This process's resident memory now and at its peak (VmRSS, VmHWM) in
+/// MiB; NaN where `/proc` has no such lines (not Linux).
+pub fn memory_mib() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+/// This process's resident bytes, where known.
 fn resident() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let mib = memory_mib().0;
+    mib.is_finite().then_some((mib * (1u64 << 20) as f64) as u64)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

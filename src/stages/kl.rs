@@ -32,15 +32,16 @@ pub const VERSION: u32 = 7;
 /// (enough to keep the pool busy).
 const ARRAY_SPAN: usize = 2048;
 
+/// Each instance's per-(row, ordered pair) table: KL and the pair battery.
+pub const FILE: &str = "kl.parquet";
+/// Each instance's per-row table of the seed-group measures.
+pub const GROUP_FILE: &str = "group.parquet";
+
 /// Rows per step from arrays: as many as fit `resident` bytes for `seeds`
 /// arrays of width `n`, at least one, at most [`ARRAY_SPAN`].
 pub fn array_span(resident: usize, seeds: usize, n: usize) -> usize {
     (resident / (seeds * n * 4).max(1)).clamp(1, ARRAY_SPAN)
 }
-/// Each instance's per-(row, ordered pair) table: KL and the pair battery.
-pub const FILE: &str = "kl.parquet";
-/// Each instance's per-row table of the seed-group measures.
-pub const GROUP_FILE: &str = "group.parquet";
 
 /// The `kl` stage: one instance per (size, step) of a suite of ≥ 2 seeds.
 pub struct Kl;

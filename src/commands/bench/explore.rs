@@ -97,7 +97,7 @@ fn get(ex: &Explorer, url: &str) -> Result<serde_json::Value> {
 
 fn measure(label: &str, ex: Explorer, t_open: Instant) -> Result<String> {
     let open = ms(t_open);
-    let (after_open, _) = crate::commands::memory_mib();
+    let (after_open, _) = crate::engine::memory::memory_mib();
     let ex = Arc::new(ex);
     let size = ex.sizes[0].name.clone();
     let steps = ex.sizes[0].steps.clone();
@@ -137,7 +137,7 @@ fn measure(label: &str, ex: Explorer, t_open: Instant) -> Result<String> {
         &format!("/api/trajectory?size={size}&row={}&measure=kl", row + 1),
     )?;
     let traj_warm = ms(t);
-    let (_, peak) = crate::commands::memory_mib();
+    let (_, peak) = crate::engine::memory::memory_mib();
     Ok(format!(
         "| {label} | {open} | {after_open:.0} MiB | {first} | {cold} | {warm} | {traj} ({} steps) | {traj_warm} | {peak:.0} MiB | {:.1} MiB |",
         steps.len(),

@@ -96,35 +96,45 @@ retain_full = true
         ),
     )?;
     run(&cfg, &["corpus"])?;
-    let starts = {
-        let t = crate::table::read(&dir.path().join("store/corpus/current/rows.parquet"))?;
-        let c = t
-            .column_by_name("context_start")
-            .and_then(|c| {
-                c.as_any()
-                    .downcast_ref::<arrow_array::UInt32Array>()
-                    .cloned()
-            })
-            .context("rows.parquet: context_start")?;
-        c.values().to_vec()
+    // The corpus's rows batched as dist batches them: the pruned
+    // unembedding emits only the rows a batch reads.
+    let corpus = dir.path().join("store/corpus/current");
+    let (tp, rp) = (corpus.join("tokens.parquet"), corpus.join("rows.parquet"));
+    let (tb, rb) = (crate::table::read(&tp)?, crate::table::read(&rp)?);
+    let col = |b: &arrow_array::RecordBatch, name: &str, p: &Path| -> Result<Vec<u32>> {
+        Ok(
+            crate::table::column::<arrow_array::UInt32Array>(b, name, p)?
+                .values()
+                .to_vec(),
+        )
     };
-    let rows = starts.len();
-    // Rows read per window, in order: a batch is that many consecutive
-    // windows, and the pruned unembedding emits only the rows read.
-    let mut per_window: Vec<usize> = Vec::new();
-    for (i, s) in starts.iter().enumerate() {
-        if i == 0 || starts[i - 1] != *s {
-            per_window.push(0);
-        }
-        *per_window.last_mut().expect("pushed") += 1;
-    }
+    let (tokens, row_pos, starts, targets) = (
+        col(&tb, "token_id", &tp)?,
+        col(&rb, "row", &rp)?,
+        col(&rb, "context_start", &rp)?,
+        col(&rb, "target_id", &rp)?,
+    );
+    let rows = row_pos.len();
+    let plan = |b: usize| {
+        crate::lm::eval::EvalPlan::new(
+            tokens.clone(),
+            row_pos.clone(),
+            starts.clone(),
+            None,
+            targets.clone(),
+            b,
+            crate::lm::eval::Scoring::Causal,
+        )
+    };
     let batch_rows = |b: usize| {
-        per_window
-            .chunks(b.max(1))
-            .map(|c| c.iter().sum::<usize>())
+        plan(b)
+            .batches
+            .iter()
+            .map(|x| x.rows.len())
             .max()
             .unwrap_or(0)
     };
+    let windows = plan(1).batches.len();
     let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
     let array = rows * VOCAB * 4;
     println!("| stage | setting | wall s | peak RSS | what the setting holds |");
@@ -173,7 +183,7 @@ retain_full = true
     );
     println!(
         "\n({rows} rows of the paper's sample text in {} windows of {WINDOW}, vocabulary {VOCAB} of {PADDED} logits, {} seeds; random models of width {}, {} layers; each line one `seedconv run -j 1` process, its peak from the run's `--json` summary; {})",
-        per_window.len(),
+        windows,
         a.seeds,
         a.d_model,
         a.layers,
