@@ -47,7 +47,8 @@ pub fn memory_mib() -> (f64, f64) {
 /// This process's resident bytes, where known.
 fn resident() -> Option<u64> {
     let mib = memory_mib().0;
-    mib.is_finite().then_some((mib * (1u64 << 20) as f64) as u64)
+    mib.is_finite()
+        .then_some((mib * (1u64 << 20) as f64) as u64)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -16,6 +16,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::lm::fused;
+
 /// Additive attention mask value; finite so fully masked rows stay finite.
 pub const MASK: f32 = -1e9;
 pub const LN_EPS: f64 = 1e-5;
@@ -131,6 +133,10 @@ pub struct Model {
     pub shape: Shape,
     pub vars: BTreeMap<String, Var>,
     causal: Tensor,
+    /// Bias adds and LayerNorm gains as single nodes (`lm::fused`: the same
+    /// bits, a faster backward); false: candle's broadcast ops, for the
+    /// tests that check the two agree.
+    pub fused: bool,
 }
 
 impl Model {
@@ -147,6 +153,7 @@ impl Model {
             shape,
             vars,
             causal: causal_mask(shape.context)?,
+            fused: true,
         })
     }
 
@@ -176,6 +183,25 @@ impl Model {
             .as_tensor()
     }
 
+    /// `x + b` for a bias `b` over the last axis.
+    fn add_bias(&self, x: &Tensor, b: &str) -> candle_core::Result<Tensor> {
+        if self.fused {
+            fused::bias_add(x, self.p(b))
+        } else {
+            x.broadcast_add(self.p(b))
+        }
+    }
+
+    /// LayerNorm over the last axis with gain `w` and bias `b`.
+    fn layer_norm(&self, x: &Tensor, w: &str, b: &str) -> candle_core::Result<Tensor> {
+        let xn = normalise(x)?;
+        if self.fused {
+            self.add_bias(&fused::scale(&xn, self.p(w))?, b)
+        } else {
+            xn.broadcast_mul(self.p(w))?.broadcast_add(self.p(b))
+        }
+    }
+
     /// Logits [B, T, vocab_padded] for token ids [B, T] (u32), T ≤ context.
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let s = self.shape;
@@ -190,10 +216,11 @@ impl Model {
         let scale = 1.0 / (hd as f64).sqrt();
         for i in 0..s.layers {
             let n = |k: &str| format!("h.{i:02}.{k}");
-            let a = layer_norm(&x, self.p(&n("ln1.w")), self.p(&n("ln1.b")))?;
-            let qkv = a
-                .broadcast_matmul(self.p(&n("attn.qkv.w")))?
-                .broadcast_add(self.p(&n("attn.qkv.b")))?;
+            let a = self.layer_norm(&x, &n("ln1.w"), &n("ln1.b"))?;
+            let qkv = self.add_bias(
+                &a.broadcast_matmul(self.p(&n("attn.qkv.w")))?,
+                &n("attn.qkv.b"),
+            )?;
             let heads = |k: usize| -> candle_core::Result<Tensor> {
                 qkv.narrow(2, k * d, d)?
                     .reshape((b, t, h, hd))?
@@ -208,21 +235,21 @@ impl Model {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b, t, d))?;
-            let y = y
-                .broadcast_matmul(self.p(&n("attn.out.w")))?
-                .broadcast_add(self.p(&n("attn.out.b")))?;
+            let y = self.add_bias(
+                &y.broadcast_matmul(self.p(&n("attn.out.w")))?,
+                &n("attn.out.b"),
+            )?;
             x = (x + y)?;
-            let a = layer_norm(&x, self.p(&n("ln2.w")), self.p(&n("ln2.b")))?;
-            let f = a
-                .broadcast_matmul(self.p(&n("mlp.fc.w")))?
-                .broadcast_add(self.p(&n("mlp.fc.b")))?;
+            let a = self.layer_norm(&x, &n("ln2.w"), &n("ln2.b"))?;
+            let f = self.add_bias(&a.broadcast_matmul(self.p(&n("mlp.fc.w")))?, &n("mlp.fc.b"))?;
             let f = f.gelu_erf()?;
-            let f = f
-                .broadcast_matmul(self.p(&n("mlp.proj.w")))?
-                .broadcast_add(self.p(&n("mlp.proj.b")))?;
+            let f = self.add_bias(
+                &f.broadcast_matmul(self.p(&n("mlp.proj.w")))?,
+                &n("mlp.proj.b"),
+            )?;
             x = (x + f)?;
         }
-        let x = layer_norm(&x, self.p("ln_f.w"), self.p("ln_f.b"))?;
+        let x = self.layer_norm(&x, "ln_f.w", "ln_f.b")?;
         x.broadcast_matmul(self.p("unembed.w"))
     }
 }
@@ -238,13 +265,13 @@ fn causal_mask(c: usize) -> candle_core::Result<Tensor> {
     Tensor::from_vec(causal_mask_values(c), (c, c), &Device::Cpu)
 }
 
-/// LayerNorm over the last axis, from differentiable primitives.
-fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+/// LayerNorm's normalisation over the last axis (before gain and bias),
+/// from differentiable primitives.
+fn normalise(x: &Tensor) -> candle_core::Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-    xn.broadcast_mul(w)?.broadcast_add(b)
+    xc.broadcast_div(&(var + LN_EPS)?.sqrt()?)
 }
 
 /// Token ids as a [B, T] u32 tensor.

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::StageError;
+use crate::lm::fused;
 use crate::lm::model::{ids_tensor, Model, Shape};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -26,6 +27,10 @@ pub struct Hyper {
     /// unkeyed: resolved at run time (token ids); the key has the objective.
     #[serde(skip)]
     pub task: Task,
+    /// unkeyed: candle's own op chains instead of `lm::fused`'s (the same
+    /// bits, slower); for the tests that check the two agree.
+    #[serde(skip)]
+    pub reference_ops: bool,
 }
 
 impl Hyper {
@@ -154,6 +159,7 @@ pub fn train(
     }
     let task = hp.task;
     let mut model = Model::from_weights(shape, &shape.init(init_seed)).map_err(cerr)?;
+    model.fused = !hp.reference_ops;
     if matches!(task, Task::Mlm { .. }) {
         model.set_bidirectional().map_err(cerr)?;
     }
@@ -215,15 +221,26 @@ pub fn train(
         let logits = model
             .forward(&ids_tensor(&inp, b, t).map_err(cerr)?)
             .map_err(cerr)?;
-        let mut logits = logits.reshape((b * t, shape.vocab_padded)).map_err(cerr)?;
+        // The fused loss reads [b, t, vocab] as rows itself: a reshape node
+        // adds nothing but one more logits-sized gradient pass (0 + g).
+        let mut logits = if model.fused && sel.is_empty() {
+            logits
+        } else {
+            logits.reshape((b * t, shape.vocab_padded)).map_err(cerr)?
+        };
         if !sel.is_empty() {
             let n = sel.len();
             let idx = Tensor::from_vec(sel, n, &candle_core::Device::Cpu).map_err(cerr)?;
             logits = logits.index_select(&idx, 0).map_err(cerr)?;
         }
-        let n = tgt.len();
-        let targets = Tensor::from_vec(tgt, n, &candle_core::Device::Cpu).map_err(cerr)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets).map_err(cerr)?;
+        let loss = if model.fused {
+            fused::cross_entropy(&logits, &tgt)
+        } else {
+            let n = tgt.len();
+            Tensor::from_vec(tgt, n, &candle_core::Device::Cpu)
+                .and_then(|t| candle_nn::loss::cross_entropy(&logits, &t))
+        }
+        .map_err(cerr)?;
         let lr = hp.lr_at(step);
         opt_decay.set_learning_rate(lr);
         opt_plain.set_learning_rate(lr);
@@ -266,6 +283,7 @@ mod tests {
             beta2: 0.95,
             log_every: 1,
             task: Task::Causal,
+            reference_ops: false,
         };
         assert!((hp.lr_at(0) - 1e-4).abs() < 1e-12);
         assert!((hp.lr_at(9) - 1e-3).abs() < 1e-12);
@@ -309,6 +327,67 @@ mod tests {
         // A sequence too short to draw from still gets one target.
         let (_, labels) = mlm_mask(&[0, 10, 1], 2, 1000, &mut rng);
         assert_eq!(labels, vec![(1, 10)]);
+    }
+
+    /// Training with the fused ops gives every weight and logged loss bit
+    /// for bit as candle's own op chains do, for both objectives (the
+    /// masked LM's loss averages over a varying number of positions).
+    #[test]
+    fn fused_training_is_bit_identical_to_candles_ops() {
+        let shape = Shape {
+            vocab: 45,
+            vocab_padded: 48,
+            layers: 2,
+            d_model: 16,
+            heads: 2,
+            context: 12,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let tokens: Vec<u32> = (0..400).map(|_| rng.random_range(3..45)).collect();
+        for task in [
+            Task::Causal,
+            Task::Mlm {
+                cls: 0,
+                sep: 1,
+                mask: 2,
+            },
+        ] {
+            let run = |reference_ops: bool| {
+                let hp = Hyper {
+                    steps: 6,
+                    batch_size: 3,
+                    learning_rate: 1e-2,
+                    warmup_steps: 2,
+                    min_lr_fraction: 0.1,
+                    weight_decay: 0.01,
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    log_every: 1,
+                    task,
+                    reference_ops,
+                };
+                let mut hashes = Vec::new();
+                let log = train(
+                    shape,
+                    &tokens,
+                    (3, 4),
+                    &hp,
+                    &[0, 3, 6],
+                    &|_| Ok(()),
+                    &mut |_, m, _| {
+                        hashes.push(crate::lm::model::weights_hash(&m.weights().unwrap()));
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                let losses: Vec<u32> = log.iter().map(|r| r.loss.to_bits()).collect();
+                (hashes, losses)
+            };
+            let (fused, reference) = (run(false), run(true));
+            assert_eq!(fused.0.len(), 3);
+            assert_ne!(fused.0[0], fused.0[2], "the weights moved");
+            assert_eq!(fused, reference, "{task:?}");
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub fn hyper(t: &TrainConfig) -> Hyper {
         beta2: 0.95,
         log_every: t.log_every,
         task: Task::Causal,
+        reference_ops: false,
     }
 }
 
