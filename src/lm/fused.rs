@@ -91,26 +91,9 @@ impl CustomOp1 for CrossEntropy {
             .zip(exp.chunks_exact_mut(width))
             .enumerate()
         {
-            // max_keepdim: the first value no later one exceeds.
-            let mut max = xr[0];
-            for &v in xr {
-                if max < v {
-                    max = v;
-                }
-            }
-            // x − max, exp (glibc's expf, as candle's unary map calls it).
-            for (e, &v) in er.iter_mut().zip(xr) {
-                *e = (v - max).exp();
-            }
+            let max = exp_shifted(xr, er, i, &mut argmax);
             let s = row_sum(er);
             sums.push(s);
-            // The max's backward routes to every position equal to it.
-            argmax.extend(
-                xr.iter()
-                    .enumerate()
-                    .filter(|(_, &v)| v == max)
-                    .map(|(j, _)| (i, j)),
-            );
             // The target's log-softmax: (x − max) − ln(sum).
             let t = self.targets[i] as usize;
             picked.push((xr[t] - max) - s.ln());
@@ -169,14 +152,193 @@ impl CustomOp1 for CrossEntropy {
             // d = x − bcast(max): the max gets minus d's row sum.
             row_max[i] = z(row_sum(&neg));
         }
-        // max's backward: eq(max, x) · gradient, added to x's.
-        let mut at = argmax.iter().peekable();
-        for (i, (gr, &gm)) in grad.chunks_exact_mut(width).zip(&row_max).enumerate() {
-            for (j, g) in gr.iter_mut().enumerate() {
-                let hit = at.next_if(|&&(r, c)| r == i && c == j).is_some();
-                *g += if hit { 1.0f32 } else { 0.0 } * gm;
+        route_max(&mut grad, width, &row_max, &argmax);
+        Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
+    }
+}
+
+/// `candle_nn::ops::softmax(x, D::Minus1)` for f32 `x` on the CPU (the
+/// attention weights): five nodes and their backward's dozen passes in one.
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax {
+        saved: Mutex::new(None),
+    })
+}
+
+struct Softmax {
+    /// exp(x − max), the row sums and where each row's maxima are.
+    saved: Mutex<Option<Saved>>,
+}
+
+/// Per row: the first value no later one exceeds (candle's max_keepdim),
+/// exp(x − max) into `e` (glibc's expf, as candle's unary map calls it),
+/// and the positions equal to the max (its backward routes there).
+/// Returns the max.
+fn exp_shifted(xr: &[f32], er: &mut [f32], row: usize, argmax: &mut Vec<(usize, usize)>) -> f32 {
+    let mut max = xr[0];
+    for &v in xr {
+        if max < v {
+            max = v;
+        }
+    }
+    for (e, &v) in er.iter_mut().zip(xr) {
+        *e = (v - max).exp();
+    }
+    argmax.extend(
+        xr.iter()
+            .enumerate()
+            .filter(|(_, &v)| v == max)
+            .map(|(j, _)| (row, j)),
+    );
+    max
+}
+
+/// The max's backward: `eq(max, x) · g_max` added to x's gradient (zero
+/// elsewhere: adding 0 · g changes no finite gradient, which is never −0).
+fn route_max(grad: &mut [f32], width: usize, row_max: &[f32], argmax: &[(usize, usize)]) {
+    if row_max.iter().all(|g| g.is_finite()) {
+        for &(i, j) in argmax {
+            grad[i * width + j] += 1.0f32 * row_max[i];
+        }
+        return;
+    }
+    let mut at = argmax.iter().peekable();
+    for (i, (gr, &gm)) in grad.chunks_exact_mut(width).zip(row_max).enumerate() {
+        for (j, g) in gr.iter_mut().enumerate() {
+            let hit = at.next_if(|&&(r, c)| r == i && c == j).is_some();
+            *g += if hit { 1.0f32 } else { 0.0 } * gm;
+        }
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout)?;
+        let width = layout.shape().dims().last().copied().unwrap_or(1);
+        let mut exp = vec![0.0f32; x.len()];
+        let mut out = vec![0.0f32; x.len()];
+        let mut sums = Vec::with_capacity(x.len() / width);
+        let mut argmax = Vec::new();
+        for (i, ((xr, er), or)) in x
+            .chunks_exact(width)
+            .zip(exp.chunks_exact_mut(width))
+            .zip(out.chunks_exact_mut(width))
+            .enumerate()
+        {
+            exp_shifted(xr, er, i, &mut argmax);
+            let s = row_sum(er);
+            sums.push(s);
+            for (o, &e) in or.iter_mut().zip(er.iter()) {
+                *o = e / s;
             }
         }
+        *self.saved.lock().expect("not poisoned") = Some(Saved { exp, sums, argmax });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let width = arg.dim(candle_core::D::Minus1)?;
+        let Saved { exp, sums, argmax } = self
+            .saved
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("softmax: backward without forward".into()))?;
+        let gp = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let z = |g: f32| 0.0f32 + g;
+        let mut grad = vec![0.0f32; gp.len()];
+        let mut tmp = vec![0.0f32; width];
+        let mut row_max = Vec::with_capacity(sums.len());
+        for (((gr, er), pr), &s) in grad
+            .chunks_exact_mut(width)
+            .zip(exp.chunks_exact(width))
+            .zip(gp.chunks_exact(width))
+            .zip(&sums)
+        {
+            // p = num / bcast(den): den's slot is 0 − (g · num) / den², its
+            // sum over the row goes back to num through the sum's broadcast.
+            for ((t, &g), &e) in tmp.iter_mut().zip(pr).zip(er) {
+                *t = 0.0 - (g * e) / (s * s);
+            }
+            let g_den = z(row_sum(&tmp));
+            // num = exp(d): d's slot is (num's slot) · num; d = x − bcast(max).
+            for (((o, t), &g), &e) in gr.iter_mut().zip(tmp.iter_mut()).zip(pr).zip(er) {
+                let g_num = z(g / s) + g_den;
+                let gd = z(g_num * e);
+                *o = z(gd);
+                *t = 0.0 - gd;
+            }
+            row_max.push(z(row_sum(&tmp)));
+        }
+        route_max(&mut grad, width, &row_max, &argmax);
+        Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
+    }
+}
+
+/// `x.gelu_erf()` for f32 `x` on the CPU: candle's backward of it is
+/// twelve elementwise nodes (x², −, ½, exp, ×0.398942, ·x, /√2, erf, ×½,
+/// +½, +, ·g); here one pass with the same operations in the same order.
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluErf)
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout)?;
+        let y = x
+            .iter()
+            .map(|&v| (libm::erff(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v)
+            .collect();
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let x = arg.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        // The f64 constants as candle's affine casts them.
+        let (half, c, r2) = (
+            0.5f64 as f32,
+            0.398942f64 as f32,
+            (1.0 / 2f64.sqrt()) as f32,
+        );
+        let grad = x
+            .iter()
+            .zip(&g)
+            .map(|(&x, &g)| {
+                let h = -(x * x) * half + 0.0;
+                let scaled_exp = ((h.exp() * c + 0.0) * x) * 1.0 + 0.5;
+                let erf_half = libm::erff(x * r2 + 0.0) * half + 0.0;
+                0.0 + g * (scaled_exp + erf_half)
+            })
+            .collect();
         Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
     }
 }
@@ -336,6 +498,84 @@ mod tests {
             };
             assert_eq!(run(true), run(false), "rows {rows}, width {width}");
         }
+    }
+
+    /// Attention-like scores (a masked, scaled product of variables) through
+    /// softmax and a product after it: the same bits as candle_nn's softmax,
+    /// forward and backward, with masked columns and tied maxima.
+    #[test]
+    fn softmax_matches_candles_chain_bit_for_bit() {
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for (h, t, k) in [(3, 9, 4), (2, 64, 8)] {
+            let q = random(&mut rng, h * t * k, 3.0);
+            let mut kk = random(&mut rng, h * t * k, 3.0);
+            // Keys 0 and 1 equal: tied scores wherever they are the max.
+            for i in 0..h {
+                for c in 0..k {
+                    kk[(i * t + 1) * k + c] = kk[i * t * k + c];
+                }
+            }
+            let v = random(&mut rng, h * t * k, 3.0);
+            let mask = crate::lm::model::causal_mask_values(t);
+            let run = |fused: bool| {
+                let var = |d: &Vec<f32>| {
+                    Var::from_tensor(&Tensor::from_vec(d.clone(), (h, t, k), &dev).unwrap())
+                        .unwrap()
+                };
+                let (q, kk, v) = (var(&q), var(&kk), var(&v));
+                let m = Tensor::from_vec(mask.clone(), (t, t), &dev).unwrap();
+                let kt = kk.t().unwrap().contiguous().unwrap();
+                let att = ((q.matmul(&kt).unwrap() * 0.35).unwrap())
+                    .broadcast_add(&m)
+                    .unwrap();
+                let p = if fused {
+                    softmax_last(&att).unwrap()
+                } else {
+                    candle_nn::ops::softmax(&att, candle_core::D::Minus1).unwrap()
+                };
+                let out = p.matmul(&v).unwrap().sqr().unwrap().sum_all().unwrap();
+                let grads = out.backward().unwrap();
+                (
+                    bits(&p),
+                    bits(grads.get(&q).unwrap()),
+                    bits(grads.get(&kk).unwrap()),
+                    bits(grads.get(&v).unwrap()),
+                )
+            };
+            assert_eq!(run(true), run(false), "{h} × {t}");
+        }
+    }
+
+    /// GELU (erf) between two products of variables: the same bits as
+    /// candle's gelu_erf, forward and backward, over a wide range of inputs.
+    #[test]
+    fn gelu_erf_matches_candles_op_bit_for_bit() {
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let (n, k, m) = (40, 6, 33);
+        let a = random(&mut rng, n * k, 6.0);
+        let w = random(&mut rng, k * m, 6.0);
+        let w2 = random(&mut rng, m, 2.0);
+        let run = |fused: bool| {
+            let a = Var::from_tensor(&Tensor::from_vec(a.clone(), (n, k), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::from_vec(w.clone(), (k, m), &dev).unwrap()).unwrap();
+            let w2 = Tensor::from_vec(w2.clone(), (m, 1), &dev).unwrap();
+            let h = a.matmul(&w).unwrap();
+            let y = if fused {
+                gelu_erf(&h).unwrap()
+            } else {
+                h.gelu_erf().unwrap()
+            };
+            let out = y.matmul(&w2).unwrap().sqr().unwrap().sum_all().unwrap();
+            let grads = out.backward().unwrap();
+            (
+                bits(&y),
+                bits(grads.get(&a).unwrap()),
+                bits(grads.get(&w).unwrap()),
+            )
+        };
+        assert_eq!(run(true), run(false));
     }
 
     /// A bias add and a gain inside a small residual graph: the same output

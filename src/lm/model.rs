@@ -133,9 +133,9 @@ pub struct Model {
     pub shape: Shape,
     pub vars: BTreeMap<String, Var>,
     causal: Tensor,
-    /// Bias adds and LayerNorm gains as single nodes (`lm::fused`: the same
-    /// bits, a faster backward); false: candle's broadcast ops, for the
-    /// tests that check the two agree.
+    /// Bias adds, LayerNorm gains, the attention softmax and GELU as single nodes
+    /// (`lm::fused`: the same bits, a faster backward); false: candle's own
+    /// ops, for the tests that check the two agree.
     pub fused: bool,
 }
 
@@ -229,7 +229,11 @@ impl Model {
             };
             let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
             let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = if self.fused {
+                fused::softmax_last(&att)?
+            } else {
+                candle_nn::ops::softmax(&att, D::Minus1)?
+            };
             let y = att
                 .matmul(&v)?
                 .transpose(1, 2)?
@@ -242,7 +246,11 @@ impl Model {
             x = (x + y)?;
             let a = self.layer_norm(&x, &n("ln2.w"), &n("ln2.b"))?;
             let f = self.add_bias(&a.broadcast_matmul(self.p(&n("mlp.fc.w")))?, &n("mlp.fc.b"))?;
-            let f = f.gelu_erf()?;
+            let f = if self.fused {
+                fused::gelu_erf(&f)?
+            } else {
+                f.gelu_erf()?
+            };
             let f = self.add_bias(
                 &f.broadcast_matmul(self.p(&n("mlp.proj.w")))?,
                 &n("mlp.proj.b"),
