@@ -289,7 +289,9 @@ pub enum BenchWhat {
     /// seeds, the paper's sample text, vocabulary 50,277) under each
     /// setting that bounds it, each in its own `run` process.
     Memory(BenchMemoryArgs),
-    /// Training throughput (tokens/s) of each model size in the config's [train].
+    /// Training throughput (tokens/s) of each model size in the config's
+    /// [train], with the fused training ops and with candle's own (the same
+    /// bits), and their ratio.
     Train(BenchTrainArgs),
     /// The Slurm executor: submitting a synthetic plan (held, then
     /// cancelled) to the cluster, and each stage's per-task key resolution

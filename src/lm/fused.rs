@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 /// `candle_nn::loss::cross_entropy(logits, targets)` for f32 logits on the
 /// CPU: mean negative log-softmax at the targets, a row per target. The
@@ -37,18 +38,31 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Te
     })
 }
 
-/// What the backward pass needs from the forward: exp(x − max) per element,
-/// its row sums, and where each row's maxima are.
+/// What the backward pass needs from the forward: exp(x − max) per
+/// element, and each row's sum of it and max.
 struct Saved {
     exp: Vec<f32>,
     sums: Vec<f32>,
-    argmax: Vec<(usize, usize)>,
+    maxima: Vec<f32>,
+}
+
+impl Saved {
+    fn take(slot: &Mutex<Option<Saved>>, op: &str) -> candle_core::Result<Saved> {
+        slot.lock()
+            .expect("not poisoned")
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: backward without forward")))
+    }
 }
 
 struct CrossEntropy {
     targets: Vec<u32>,
     saved: Mutex<Option<Saved>>,
 }
+
+/// Rows per parallel task: the rows are independent, and each is the same
+/// arithmetic on whichever thread (the bits do not depend on the split).
+const ROWS_PER_TASK: usize = 64;
 
 /// candle's f32 row sum (`vec_reduce_sum`: AVX lanes where present), the
 /// one its sum over the last axis uses.
@@ -69,6 +83,110 @@ fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result
     }
 }
 
+/// `f` on a CPU f32 tensor's values, read in place (a copy where the
+/// tensor is not contiguous).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => Ok(f(f32_data(s, layout)?)),
+        _ => candle_core::bail!("fused ops run on the CPU"),
+    }
+}
+
+/// One row's forward: the first value no later one exceeds (candle's
+/// max_keepdim) and exp(x − max) into `e` (glibc's expf, as candle's unary
+/// map calls it). Returns (max, the row sum of e).
+fn exp_shifted(xr: &[f32], er: &mut [f32]) -> (f32, f32) {
+    let mut max = xr[0];
+    for &v in xr {
+        if max < v {
+            max = v;
+        }
+    }
+    for (e, &v) in er.iter_mut().zip(xr) {
+        *e = (v - max).exp();
+    }
+    (max, row_sum(er))
+}
+
+/// Whether to split rows over rayon's pool: not with one thread (a training
+/// worker on its share of two cores), where handing each op to the pool's
+/// thread and waiting cost more than the split gains.
+fn parallel() -> bool {
+    rayon::current_num_threads() > 1
+}
+
+/// The forward of every row (in parallel where there are threads):
+/// exp(x − max) and per row (max, sum, `extra(row, max, sum)`).
+fn rows_forward<T: Send>(
+    x: &[f32],
+    width: usize,
+    extra: impl Fn(usize, f32, f32) -> T + Sync,
+) -> (Vec<f32>, Vec<(f32, f32, T)>) {
+    let mut exp = vec![0.0f32; x.len()];
+    let row = |(i, (xr, er)): (usize, (&[f32], &mut [f32]))| {
+        let (max, sum) = exp_shifted(xr, er);
+        (max, sum, extra(i, max, sum))
+    };
+    let per_row = if parallel() {
+        x.par_chunks(width)
+            .zip(exp.par_chunks_mut(width))
+            .with_min_len(ROWS_PER_TASK)
+            .enumerate()
+            .map(row)
+            .collect()
+    } else {
+        x.chunks(width)
+            .zip(exp.chunks_mut(width))
+            .enumerate()
+            .map(row)
+            .collect()
+    };
+    (exp, per_row)
+}
+
+/// The backward of every row (in parallel where there are threads).
+/// `d_grad(row, out)` writes the gradient reaching x − max (before the
+/// max's share); x's gradient is `0 + d_grad`, and the max, d's other
+/// operand, gets `0 + Σ (0 − d_grad)` (candle's row sum), routed back by
+/// `eq(max, x)` to the positions equal to it (`mask · g_max`, added to the
+/// whole row as candle does).
+fn rows_backward(
+    x: &[f32],
+    width: usize,
+    maxima: &[f32],
+    d_grad: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut grad = vec![0.0f32; x.len()];
+    let row = |neg: &mut Vec<f32>, (i, (gr, xr)): (usize, (&mut [f32], &[f32]))| {
+        d_grad(i, gr);
+        for (n, g) in neg.iter_mut().zip(gr.iter_mut()) {
+            *n = 0.0 - *g;
+            *g += 0.0;
+        }
+        let g_max = 0.0 + row_sum(neg);
+        let max = maxima[i];
+        for (g, &v) in gr.iter_mut().zip(xr) {
+            *g += if v == max { 1.0f32 } else { 0.0 } * g_max;
+        }
+    };
+    if parallel() {
+        grad.par_chunks_mut(width)
+            .zip(x.par_chunks(width))
+            .with_min_len(ROWS_PER_TASK)
+            .enumerate()
+            .for_each_init(|| vec![0.0f32; width], row);
+    } else {
+        let mut neg = vec![0.0f32; width];
+        grad.chunks_mut(width)
+            .zip(x.chunks(width))
+            .enumerate()
+            .for_each(|r| row(&mut neg, r));
+    }
+    grad
+}
+
 impl CustomOp1 for CrossEntropy {
     fn name(&self) -> &'static str {
         "cross-entropy"
@@ -82,26 +200,19 @@ impl CustomOp1 for CrossEntropy {
         let x = f32_data(storage, layout)?;
         let width = layout.shape().dims().last().copied().unwrap_or(1);
         let rows = x.len() / width;
-        let mut exp = vec![0.0f32; rows * width];
-        let mut sums = Vec::with_capacity(rows);
-        let mut argmax = Vec::with_capacity(rows);
-        let mut picked = Vec::with_capacity(rows);
-        for (i, (xr, er)) in x
-            .chunks_exact(width)
-            .zip(exp.chunks_exact_mut(width))
-            .enumerate()
-        {
-            let max = exp_shifted(xr, er, i, &mut argmax);
-            let s = row_sum(er);
-            sums.push(s);
-            // The target's log-softmax: (x − max) − ln(sum).
+        // The target's log-softmax: (x − max) − ln(sum).
+        let (exp, per_row) = rows_forward(x, width, |i, max, sum| {
             let t = self.targets[i] as usize;
-            picked.push((xr[t] - max) - s.ln());
-        }
+            (x[i * width + t] - max) - sum.ln()
+        });
         // sum_all over the gathered column, then affine(−1/rows, 0).
-        let total = row_sum(&picked);
-        let loss = total * ((-1f64 / rows as f64) as f32) + 0.0;
-        *self.saved.lock().expect("not poisoned") = Some(Saved { exp, sums, argmax });
+        let picked: Vec<f32> = per_row.iter().map(|r| r.2).collect();
+        let loss = row_sum(&picked) * ((-1f64 / rows as f64) as f32) + 0.0;
+        *self.saved.lock().expect("not poisoned") = Some(Saved {
+            exp,
+            sums: per_row.iter().map(|r| r.1).collect(),
+            maxima: per_row.iter().map(|r| r.0).collect(),
+        });
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
@@ -113,46 +224,30 @@ impl CustomOp1 for CrossEntropy {
     ) -> candle_core::Result<Option<Tensor>> {
         let width = arg.dim(candle_core::D::Minus1)?;
         let rows = arg.elem_count() / width;
-        let Saved { exp, sums, argmax } = self
-            .saved
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("cross-entropy: backward without forward".into())
-            })?;
+        let Saved { exp, sums, maxima } = Saved::take(&self.saved, self.name())?;
         let g0 = grad_res
             .to_dtype(candle_core::DType::F32)?
             .to_scalar::<f32>()?;
         // Each gradient slot starts at zero and is added to: `z(g)` = 0 + g.
         let z = |g: f32| 0.0f32 + g;
         // affine → reshape → sum_all → gather: the target's gradient.
-        let target = z(z(z(z(g0 * ((-1f64 / rows as f64) as f32) + 0.0))));
-        let mut grad = vec![0.0f32; rows * width];
-        let mut neg = vec![0.0f32; width];
-        let mut row_max = vec![0.0f32; rows];
-        for (i, (gr, er)) in grad
-            .chunks_exact_mut(width)
-            .zip(exp.chunks_exact(width))
-            .enumerate()
-        {
-            let t = self.targets[i] as usize;
-            // log-softmax = d − bcast(ln s): d gets the gather's gradient,
-            // ln s minus its row sum (one nonzero value: exact in any order).
-            let g_ls = z(target);
-            let g_ln = z(0.0 - g_ls);
-            let g_sum = z(g_ln / sums[i]);
-            let g_exp = z(g_sum);
-            for (j, ((g, &e), n)) in gr.iter_mut().zip(er).zip(neg.iter_mut()).enumerate() {
-                let d1 = z(if j == t { g_ls } else { 0.0 });
-                let gd = d1 + g_exp * e;
-                *g = z(gd);
-                *n = 0.0 - gd;
-            }
-            // d = x − bcast(max): the max gets minus d's row sum.
-            row_max[i] = z(row_sum(&neg));
-        }
-        route_max(&mut grad, width, &row_max, &argmax);
+        let g_target = z(z(z(z(g0 * ((-1f64 / rows as f64) as f32) + 0.0))));
+        let grad = with_f32(arg, |x| {
+            rows_backward(x, width, &maxima, |i, gr| {
+                let t = self.targets[i] as usize;
+                // log-softmax = d − bcast(ln s): d gets the gather's
+                // gradient, ln s minus its row sum (one nonzero value:
+                // exact in any order), s that over s, each exp that.
+                let g_ls = z(g_target);
+                let g_ln = z(0.0 - g_ls);
+                let g_exp = z(z(g_ln / sums[i]));
+                let er = &exp[i * width..(i + 1) * width];
+                for (j, (g, &e)) in gr.iter_mut().zip(er).enumerate() {
+                    let d1 = z(if j == t { g_ls } else { 0.0 });
+                    *g = d1 + g_exp * e;
+                }
+            })
+        })?;
         Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
     }
 }
@@ -166,49 +261,7 @@ pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 struct Softmax {
-    /// exp(x − max), the row sums and where each row's maxima are.
     saved: Mutex<Option<Saved>>,
-}
-
-/// Per row: the first value no later one exceeds (candle's max_keepdim),
-/// exp(x − max) into `e` (glibc's expf, as candle's unary map calls it),
-/// and the positions equal to the max (its backward routes there).
-/// Returns the max.
-fn exp_shifted(xr: &[f32], er: &mut [f32], row: usize, argmax: &mut Vec<(usize, usize)>) -> f32 {
-    let mut max = xr[0];
-    for &v in xr {
-        if max < v {
-            max = v;
-        }
-    }
-    for (e, &v) in er.iter_mut().zip(xr) {
-        *e = (v - max).exp();
-    }
-    argmax.extend(
-        xr.iter()
-            .enumerate()
-            .filter(|(_, &v)| v == max)
-            .map(|(j, _)| (row, j)),
-    );
-    max
-}
-
-/// The max's backward: `eq(max, x) · g_max` added to x's gradient (zero
-/// elsewhere: adding 0 · g changes no finite gradient, which is never −0).
-fn route_max(grad: &mut [f32], width: usize, row_max: &[f32], argmax: &[(usize, usize)]) {
-    if row_max.iter().all(|g| g.is_finite()) {
-        for &(i, j) in argmax {
-            grad[i * width + j] += 1.0f32 * row_max[i];
-        }
-        return;
-    }
-    let mut at = argmax.iter().peekable();
-    for (i, (gr, &gm)) in grad.chunks_exact_mut(width).zip(row_max).enumerate() {
-        for (j, g) in gr.iter_mut().enumerate() {
-            let hit = at.next_if(|&&(r, c)| r == i && c == j).is_some();
-            *g += if hit { 1.0f32 } else { 0.0 } * gm;
-        }
-    }
 }
 
 impl CustomOp1 for Softmax {
@@ -223,24 +276,31 @@ impl CustomOp1 for Softmax {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_data(storage, layout)?;
         let width = layout.shape().dims().last().copied().unwrap_or(1);
-        let mut exp = vec![0.0f32; x.len()];
         let mut out = vec![0.0f32; x.len()];
-        let mut sums = Vec::with_capacity(x.len() / width);
-        let mut argmax = Vec::new();
-        for (i, ((xr, er), or)) in x
-            .chunks_exact(width)
-            .zip(exp.chunks_exact_mut(width))
-            .zip(out.chunks_exact_mut(width))
-            .enumerate()
-        {
-            exp_shifted(xr, er, i, &mut argmax);
-            let s = row_sum(er);
-            sums.push(s);
-            for (o, &e) in or.iter_mut().zip(er.iter()) {
+        let (exp, per_row) = rows_forward(x, width, |_, _, _| ());
+        let sums: Vec<f32> = per_row.iter().map(|r| r.1).collect();
+        let divide = |((or, er), &s): ((&mut [f32], &[f32]), &f32)| {
+            for (o, &e) in or.iter_mut().zip(er) {
                 *o = e / s;
             }
+        };
+        if parallel() {
+            out.par_chunks_mut(width)
+                .zip(exp.par_chunks(width))
+                .zip(&sums)
+                .with_min_len(ROWS_PER_TASK)
+                .for_each(divide);
+        } else {
+            out.chunks_mut(width)
+                .zip(exp.chunks(width))
+                .zip(&sums)
+                .for_each(divide);
         }
-        *self.saved.lock().expect("not poisoned") = Some(Saved { exp, sums, argmax });
+        *self.saved.lock().expect("not poisoned") = Some(Saved {
+            exp,
+            sums,
+            maxima: per_row.iter().map(|r| r.0).collect(),
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -251,39 +311,30 @@ impl CustomOp1 for Softmax {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let width = arg.dim(candle_core::D::Minus1)?;
-        let Saved { exp, sums, argmax } = self
-            .saved
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("softmax: backward without forward".into()))?;
-        let gp = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let Saved { exp, sums, maxima } = Saved::take(&self.saved, self.name())?;
         let z = |g: f32| 0.0f32 + g;
-        let mut grad = vec![0.0f32; gp.len()];
-        let mut tmp = vec![0.0f32; width];
-        let mut row_max = Vec::with_capacity(sums.len());
-        for (((gr, er), pr), &s) in grad
-            .chunks_exact_mut(width)
-            .zip(exp.chunks_exact(width))
-            .zip(gp.chunks_exact(width))
-            .zip(&sums)
-        {
-            // p = num / bcast(den): den's slot is 0 − (g · num) / den², its
-            // sum over the row goes back to num through the sum's broadcast.
-            for ((t, &g), &e) in tmp.iter_mut().zip(pr).zip(er) {
-                *t = 0.0 - (g * e) / (s * s);
-            }
-            let g_den = z(row_sum(&tmp));
-            // num = exp(d): d's slot is (num's slot) · num; d = x − bcast(max).
-            for (((o, t), &g), &e) in gr.iter_mut().zip(tmp.iter_mut()).zip(pr).zip(er) {
-                let g_num = z(g / s) + g_den;
-                let gd = z(g_num * e);
-                *o = z(gd);
-                *t = 0.0 - gd;
-            }
-            row_max.push(z(row_sum(&tmp)));
-        }
-        route_max(&mut grad, width, &row_max, &argmax);
+        let grad = with_f32(grad_res, |gp| {
+            with_f32(arg, |x| {
+                rows_backward(x, width, &maxima, |i, gr| {
+                    let (er, pr) = (
+                        &exp[i * width..(i + 1) * width],
+                        &gp[i * width..(i + 1) * width],
+                    );
+                    let s = sums[i];
+                    // p = num / bcast(den): den's slot is 0 − (g · num) /
+                    // den², whose row sum comes back to num through the
+                    // sum's broadcast; num's own slot is 0 + g / den.
+                    for ((o, &g), &e) in gr.iter_mut().zip(pr).zip(er) {
+                        *o = 0.0 - (g * e) / (s * s);
+                    }
+                    let g_den = z(row_sum(gr));
+                    // num = exp(d): d's slot is (num's slot) · num.
+                    for ((o, &g), &e) in gr.iter_mut().zip(pr).zip(er) {
+                        *o = z((z(g / s) + g_den) * e);
+                    }
+                })
+            })
+        })??;
         Ok(Some(Tensor::from_vec(grad, arg.shape(), arg.device())?))
     }
 }

@@ -21,8 +21,13 @@ pub fn train(l: &crate::config::Loaded, a: &BenchTrainArgs) -> Result<()> {
         None => l.config.tokenizer.vocab_size,
     };
     let mut hp = crate::stages::train::hyper(t);
-    println!("| size | params | layers × d_model × heads × context | batch | tokens/s | export + ORT check |");
-    println!("| --- | ---: | --- | ---: | ---: | ---: |");
+    println!(
+        "| size | params | layers × d_model × heads × context | batch | tokens/s | candle's own ops | ratio | export + ORT check |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    let tokens: Vec<u32> = (0..200_000u64)
+        .map(|i| ((i * 2654435761) % vocab as u64) as u32)
+        .collect();
     for (name, s) in &t.sizes {
         let shape = Shape {
             vocab,
@@ -32,42 +37,55 @@ pub fn train(l: &crate::config::Loaded, a: &BenchTrainArgs) -> Result<()> {
             heads: s.heads,
             context: s.context,
         };
-        let tokens: Vec<u32> = (0..200_000u64)
-            .map(|i| ((i * 2654435761) % vocab as u64) as u32)
-            .collect();
-        let mut time_at = Vec::new();
-        let mut export_secs = 0.0;
         hp.steps = steps + 2;
         hp.warmup_steps = 1;
-        let mut on_ckpt = |step: usize, m: &crate::lm::model::Model, _| -> Result<(), StageError> {
-            time_at.push(Instant::now());
-            if step == 2 {
-                let te = Instant::now();
-                let w = m.weights().map_err(|e| StageError::Other(e.to_string()))?;
-                let bytes = crate::lm::onnx::export::to_bytes(&shape, &w);
-                let mut ort = crate::lm::onnx::runtime::OrtModel::from_bytes(&bytes, name, 2)?;
-                let ids: Vec<i64> = tokens[..4 * shape.context]
-                    .iter()
-                    .map(|&x| x as i64)
-                    .collect();
-                ort.logits(&ids, 4, shape.context)?;
-                export_secs = te.elapsed().as_secs_f64();
-            }
-            Ok(())
+        // Tokens per second over `steps` updates (after two), and the first
+        // checkpoint's export + ONNX Runtime check; with the fused training
+        // ops (`lm::fused`) or candle's own chains (the same bits, slower).
+        let measure = |reference_ops: bool| -> Result<(f64, f64)> {
+            let mut time_at = Vec::new();
+            let mut export_secs = 0.0;
+            let mut on_ckpt =
+                |step: usize, m: &crate::lm::model::Model, _| -> Result<(), StageError> {
+                    time_at.push(Instant::now());
+                    if step == 2 {
+                        let te = Instant::now();
+                        let w = m.weights().map_err(|e| StageError::Other(e.to_string()))?;
+                        let bytes = crate::lm::onnx::export::to_bytes(&shape, &w);
+                        let mut ort =
+                            crate::lm::onnx::runtime::OrtModel::from_bytes(&bytes, name, 2)?;
+                        let ids: Vec<i64> = tokens[..4 * shape.context]
+                            .iter()
+                            .map(|&x| x as i64)
+                            .collect();
+                        ort.logits(&ids, 4, shape.context)?;
+                        export_secs = te.elapsed().as_secs_f64();
+                    }
+                    Ok(())
+                };
+            let hp = crate::lm::train::Hyper {
+                reference_ops,
+                ..hp.clone()
+            };
+            crate::lm::train::train(
+                shape,
+                &tokens,
+                (1, 1),
+                &hp,
+                &[2, steps + 2],
+                &|_| Ok(()),
+                &mut on_ckpt,
+            )?;
+            let secs = time_at[1].duration_since(time_at[0]).as_secs_f64() - export_secs;
+            Ok((
+                (steps * hp.batch_size * shape.context) as f64 / secs,
+                export_secs,
+            ))
         };
-        crate::lm::train::train(
-            shape,
-            &tokens,
-            (1, 1),
-            &hp,
-            &[2, steps + 2],
-            &|_| Ok(()),
-            &mut on_ckpt,
-        )?;
-        let secs = time_at[1].duration_since(time_at[0]).as_secs_f64() - export_secs;
-        let tps = (steps * hp.batch_size * shape.context) as f64 / secs;
+        let (tps, export_secs) = measure(false)?;
+        let (reference, _) = measure(true)?;
         println!(
-            "| {name} | {} | {} × {} × {} × {} | {} | {:.0} | {:.3} s |",
+            "| {name} | {} | {} × {} × {} × {} | {} | {:.0} | {:.0} | {:.2}× | {:.3} s |",
             shape.n_params(),
             s.layers,
             s.d_model,
@@ -75,6 +93,8 @@ pub fn train(l: &crate::config::Loaded, a: &BenchTrainArgs) -> Result<()> {
             s.context,
             hp.batch_size,
             tps,
+            reference,
+            tps / reference,
             export_secs
         );
     }
