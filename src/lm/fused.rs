@@ -83,6 +83,16 @@ fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result
     }
 }
 
+/// A contiguous f32 tensor's values and its last axis's length (its rows'
+/// width).
+fn rows_of<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<(&'a [f32], usize)> {
+    let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+    Ok((f32_data(storage, layout)?, width))
+}
+
 /// `f` on a CPU f32 tensor's values, read in place (a copy where the
 /// tensor is not contiguous).
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
@@ -197,8 +207,7 @@ impl CustomOp1 for CrossEntropy {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout)?;
-        let width = layout.shape().dims().last().copied().unwrap_or(1);
+        let (x, width) = rows_of(storage, layout)?;
         let rows = x.len() / width;
         // The target's log-softmax: (x − max) − ln(sum).
         let (exp, per_row) = rows_forward(x, width, |i, max, sum| {
@@ -274,8 +283,7 @@ impl CustomOp1 for Softmax {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout)?;
-        let width = layout.shape().dims().last().copied().unwrap_or(1);
+        let (x, width) = rows_of(storage, layout)?;
         let mut out = vec![0.0f32; x.len()];
         let (exp, per_row) = rows_forward(x, width, |_, _, _| ());
         let sums: Vec<f32> = per_row.iter().map(|r| r.1).collect();
@@ -502,6 +510,16 @@ mod tests {
             .collect()
     }
 
+    /// Bits of the gradients of `out` with respect to `vars`.
+    fn grad_bits(out: &Tensor, vars: &[&Var]) -> Vec<Vec<u32>> {
+        let grads = out.backward().unwrap();
+        vars.iter().map(|v| bits(grads.get(v).unwrap())).collect()
+    }
+
+    fn var<S: Into<candle_core::Shape>>(data: &[f32], shape: S) -> Var {
+        Var::from_tensor(&Tensor::from_vec(data.to_vec(), shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
     fn random(rng: &mut rand_chacha::ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| (rng.random::<f32>() - 0.5) * scale)
@@ -528,10 +546,8 @@ mod tests {
                 .map(|_| rng.random_range(0..width as u32))
                 .collect();
             let run = |fused: bool| {
-                let a = Var::from_tensor(&Tensor::from_vec(a.clone(), (2, rows, k), &dev).unwrap())
-                    .unwrap();
-                let w = Var::from_tensor(&Tensor::from_vec(w.clone(), (k, width), &dev).unwrap())
-                    .unwrap();
+                let a = var(&a, (2, rows, k));
+                let w = var(&w, (k, width));
                 let logits = a.broadcast_matmul(&w).unwrap();
                 let loss = if fused {
                     cross_entropy(&logits, &targets).unwrap()
@@ -540,11 +556,9 @@ mod tests {
                     let logits = logits.reshape((2 * rows, width)).unwrap();
                     candle_nn::loss::cross_entropy(&logits, &t).unwrap()
                 };
-                let grads = loss.backward().unwrap();
                 (
                     loss.to_scalar::<f32>().unwrap().to_bits(),
-                    bits(grads.get(&a).unwrap()),
-                    bits(grads.get(&w).unwrap()),
+                    grad_bits(&loss, &[&a, &w]),
                 )
             };
             assert_eq!(run(true), run(false), "rows {rows}, width {width}");
@@ -570,11 +584,7 @@ mod tests {
             let v = random(&mut rng, h * t * k, 3.0);
             let mask = crate::lm::model::causal_mask_values(t);
             let run = |fused: bool| {
-                let var = |d: &Vec<f32>| {
-                    Var::from_tensor(&Tensor::from_vec(d.clone(), (h, t, k), &dev).unwrap())
-                        .unwrap()
-                };
-                let (q, kk, v) = (var(&q), var(&kk), var(&v));
+                let (q, kk, v) = (var(&q, (h, t, k)), var(&kk, (h, t, k)), var(&v, (h, t, k)));
                 let m = Tensor::from_vec(mask.clone(), (t, t), &dev).unwrap();
                 let kt = kk.t().unwrap().contiguous().unwrap();
                 let att = ((q.matmul(&kt).unwrap() * 0.35).unwrap())
@@ -586,13 +596,7 @@ mod tests {
                     candle_nn::ops::softmax(&att, candle_core::D::Minus1).unwrap()
                 };
                 let out = p.matmul(&v).unwrap().sqr().unwrap().sum_all().unwrap();
-                let grads = out.backward().unwrap();
-                (
-                    bits(&p),
-                    bits(grads.get(&q).unwrap()),
-                    bits(grads.get(&kk).unwrap()),
-                    bits(grads.get(&v).unwrap()),
-                )
+                (bits(&p), grad_bits(&out, &[&q, &kk, &v]))
             };
             assert_eq!(run(true), run(false), "{h} × {t}");
         }
@@ -609,8 +613,8 @@ mod tests {
         let w = random(&mut rng, k * m, 6.0);
         let w2 = random(&mut rng, m, 2.0);
         let run = |fused: bool| {
-            let a = Var::from_tensor(&Tensor::from_vec(a.clone(), (n, k), &dev).unwrap()).unwrap();
-            let w = Var::from_tensor(&Tensor::from_vec(w.clone(), (k, m), &dev).unwrap()).unwrap();
+            let a = var(&a, (n, k));
+            let w = var(&w, (k, m));
             let w2 = Tensor::from_vec(w2.clone(), (m, 1), &dev).unwrap();
             let h = a.matmul(&w).unwrap();
             let y = if fused {
@@ -619,12 +623,7 @@ mod tests {
                 h.gelu_erf().unwrap()
             };
             let out = y.matmul(&w2).unwrap().sqr().unwrap().sum_all().unwrap();
-            let grads = out.backward().unwrap();
-            (
-                bits(&y),
-                bits(grads.get(&a).unwrap()),
-                bits(grads.get(&w).unwrap()),
-            )
+            (bits(&y), grad_bits(&out, &[&a, &w]))
         };
         assert_eq!(run(true), run(false));
     }
@@ -633,17 +632,15 @@ mod tests {
     /// and gradient bits as candle's broadcast ops.
     #[test]
     fn bias_add_and_scale_match_candles_broadcasts_bit_for_bit() {
-        let dev = Device::Cpu;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let (b, t, d) = (3, 7, 12);
         let x0 = random(&mut rng, b * t * d, 2.0);
         let bias = random(&mut rng, d, 1.0);
         let gain = random(&mut rng, d, 3.0);
         let run = |fused: bool| {
-            let x =
-                Var::from_tensor(&Tensor::from_vec(x0.clone(), (b, t, d), &dev).unwrap()).unwrap();
-            let bv = Var::from_tensor(&Tensor::from_vec(bias.clone(), d, &dev).unwrap()).unwrap();
-            let gv = Var::from_tensor(&Tensor::from_vec(gain.clone(), d, &dev).unwrap()).unwrap();
+            let x = var(&x0, (b, t, d));
+            let bv = var(&bias, d);
+            let gv = var(&gain, d);
             let (y, z) = if fused {
                 let y = bias_add(&x, &bv).unwrap();
                 (
@@ -667,13 +664,7 @@ mod tests {
                 .unwrap()
                 .sum_all()
                 .unwrap();
-            let grads = out.backward().unwrap();
-            (
-                bits(&out),
-                bits(grads.get(&x).unwrap()),
-                bits(grads.get(&bv).unwrap()),
-                bits(grads.get(&gv).unwrap()),
-            )
+            (bits(&out), grad_bits(&out, &[&x, &bv, &gv]))
         };
         assert_eq!(run(true), run(false));
     }
