@@ -128,18 +128,19 @@ fn parallel() -> bool {
 }
 
 /// The forward of every row (in parallel where there are threads):
-/// exp(x − max) and per row (max, sum, `extra(row, max, sum)`).
+/// exp(x − max) with each row's max and sum — what the backward needs —
+/// and per row `extra(row, max, sum)`.
 fn rows_forward<T: Send>(
     x: &[f32],
     width: usize,
     extra: impl Fn(usize, f32, f32) -> T + Sync,
-) -> (Vec<f32>, Vec<(f32, f32, T)>) {
+) -> (Saved, Vec<T>) {
     let mut exp = vec![0.0f32; x.len()];
     let row = |(i, (xr, er)): (usize, (&[f32], &mut [f32]))| {
         let (max, sum) = exp_shifted(xr, er);
         (max, sum, extra(i, max, sum))
     };
-    let per_row = if parallel() {
+    let per_row: Vec<(f32, f32, T)> = if parallel() {
         x.par_chunks(width)
             .zip(exp.par_chunks_mut(width))
             .with_min_len(ROWS_PER_TASK)
@@ -153,7 +154,18 @@ fn rows_forward<T: Send>(
             .map(row)
             .collect()
     };
-    (exp, per_row)
+    let mut saved = Saved {
+        exp,
+        sums: Vec::with_capacity(per_row.len()),
+        maxima: Vec::with_capacity(per_row.len()),
+    };
+    let mut extras = Vec::with_capacity(per_row.len());
+    for (max, sum, t) in per_row {
+        saved.maxima.push(max);
+        saved.sums.push(sum);
+        extras.push(t);
+    }
+    (saved, extras)
 }
 
 /// The backward of every row (in parallel where there are threads).
@@ -210,18 +222,13 @@ impl CustomOp1 for CrossEntropy {
         let (x, width) = rows_of(storage, layout)?;
         let rows = x.len() / width;
         // The target's log-softmax: (x − max) − ln(sum).
-        let (exp, per_row) = rows_forward(x, width, |i, max, sum| {
+        let (saved, picked) = rows_forward(x, width, |i, max, sum| {
             let t = self.targets[i] as usize;
             (x[i * width + t] - max) - sum.ln()
         });
         // sum_all over the gathered column, then affine(−1/rows, 0).
-        let picked: Vec<f32> = per_row.iter().map(|r| r.2).collect();
         let loss = row_sum(&picked) * ((-1f64 / rows as f64) as f32) + 0.0;
-        *self.saved.lock().expect("not poisoned") = Some(Saved {
-            exp,
-            sums: per_row.iter().map(|r| r.1).collect(),
-            maxima: per_row.iter().map(|r| r.0).collect(),
-        });
+        *self.saved.lock().expect("not poisoned") = Some(saved);
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
@@ -285,8 +292,7 @@ impl CustomOp1 for Softmax {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, width) = rows_of(storage, layout)?;
         let mut out = vec![0.0f32; x.len()];
-        let (exp, per_row) = rows_forward(x, width, |_, _, _| ());
-        let sums: Vec<f32> = per_row.iter().map(|r| r.1).collect();
+        let (saved, _) = rows_forward(x, width, |_, _, _| ());
         let divide = |((or, er), &s): ((&mut [f32], &[f32]), &f32)| {
             for (o, &e) in or.iter_mut().zip(er) {
                 *o = e / s;
@@ -294,21 +300,17 @@ impl CustomOp1 for Softmax {
         };
         if parallel() {
             out.par_chunks_mut(width)
-                .zip(exp.par_chunks(width))
-                .zip(&sums)
+                .zip(saved.exp.par_chunks(width))
+                .zip(&saved.sums)
                 .with_min_len(ROWS_PER_TASK)
                 .for_each(divide);
         } else {
             out.chunks_mut(width)
-                .zip(exp.chunks(width))
-                .zip(&sums)
+                .zip(saved.exp.chunks(width))
+                .zip(&saved.sums)
                 .for_each(divide);
         }
-        *self.saved.lock().expect("not poisoned") = Some(Saved {
-            exp,
-            sums,
-            maxima: per_row.iter().map(|r| r.0).collect(),
-        });
+        *self.saved.lock().expect("not poisoned") = Some(saved);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
